@@ -1,0 +1,1 @@
+"""Embedded assets (teacher weights, evaluator, prompts, layouts), installed as `sdtoolkit.assets`."""

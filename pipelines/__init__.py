@@ -1,0 +1,1 @@
+"""Diffusers pipelines and export of trained students, installed as `sdtoolkit.pipelines`."""

@@ -1,0 +1,52 @@
+"""The `sdtoolkit` command line: one subcommand per job, each in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under sdtoolkit.cli that defines `add_parser(subparsers)` and `run(args)`.
+# Later subcommands plug in by adding one line here.
+SUBCOMMANDS: dict[str, str] = {
+    "info": "sdtoolkit.cli.info",
+}
+
+
+class CLIError(Exception):
+    """A bad input the user can fix; printed as one line, exit status 2, nothing written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdtoolkit",
+        description="Diffusion distillation (LCM, PCM, DMD2, SiD) and text-to-3D score distillation on one Denoiser.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from sdtoolkit import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except CLIError as error:
+        print(f"sdtoolkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

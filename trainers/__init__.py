@@ -1,0 +1,1 @@
+"""Distillation trainers, one file per method, installed as `sdtoolkit.trainers`."""
