@@ -1,0 +1,565 @@
+"""The shared `Denoiser`: any diffusers UNet/transformer + its noise schedule + prediction type + guidance.
+
+Every trainer and every 3D optimizer goes through this class (k-diffusion's `Denoiser` pattern). It is the one place
+that knows:
+
+- how to call the wrapped network (UNet2DConditionModel, UNet2DModel, SD3Transformer2DModel,
+  SanaTransformer2DModel), with which timestep, conditioning and guidance embedding;
+- its prediction type and how to turn it into x0, eps, v, flow velocity or TrigFlow F (`sdtoolkit.prediction`);
+- classifier-free guidance (diffusers convention, cond and uncond batched into one forward) and guidance rescale
+  (`sdtoolkit.guidance`);
+- text conditioning through the pipeline's own `encode_prompt`, and VAE encode/decode with scaling and shift;
+- the attention kernel (`sdtoolkit.attention`), dtype policy, gradient checkpointing, channels_last, compile.
+
+Shapes: x_t is `[B, C, H, W]` latents, t is `[B]` in the schedule's native time (`sdtoolkit.schedules`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sdtoolkit.guidance import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
+from sdtoolkit.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
+from sdtoolkit.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
+
+SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "SanaTransformer2DModel")
+#: blocks compiled by `Denoiser.compile(regional=True)` when the model declares no `_repeated_blocks`
+REPEATED_BLOCKS = ("BasicTransformerBlock", "ResnetBlock2D", "JointTransformerBlock", "SanaTransformerBlock")
+
+
+@dataclass
+class Conditioning:
+    """Everything but (x_t, t) that a diffusers denoiser takes, batched along dim 0.
+
+    Attributes:
+        encoder_hidden_states: `[B, L, D]` text embeddings (UNet cross-attention, SD3/SANA joint attention).
+        pooled_projections: `[B, D']` pooled text embedding (SD3 `pooled_projections`).
+        encoder_attention_mask: `[B, L]` text mask (SANA).
+        class_labels: `[B]` labels for class-conditional UNet2DModel / UNet2DConditionModel.
+        added_cond_kwargs: extra UNet conditioning (SDXL `text_embeds`, `time_ids`), each `[B, ...]`.
+    """
+
+    encoder_hidden_states: Tensor | None = None
+    pooled_projections: Tensor | None = None
+    encoder_attention_mask: Tensor | None = None
+    class_labels: Tensor | None = None
+    added_cond_kwargs: dict[str, Tensor] = field(default_factory=dict)
+
+    def _tensors(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def map(self, fn) -> Conditioning:
+        """Applies `fn` to every tensor (including those in `added_cond_kwargs`)."""
+        values = {k: (fn(v) if isinstance(v, Tensor) else v) for k, v in self._tensors().items()}
+        values["added_cond_kwargs"] = {k: fn(v) for k, v in self.added_cond_kwargs.items()}
+        return Conditioning(**values)
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        return self.map(lambda x: x.to(*args, **kwargs))
+
+    def __getitem__(self, index) -> Conditioning:
+        return self.map(lambda x: x[index])
+
+    def repeat_interleave(self, repeats: int) -> Conditioning:
+        return self.map(lambda x: x.repeat_interleave(repeats, dim=0))
+
+    @property
+    def batch_size(self) -> int | None:
+        for value in [*self._tensors().values(), *self.added_cond_kwargs.values()]:
+            if isinstance(value, Tensor):
+                return value.shape[0]
+        return None
+
+    @staticmethod
+    def cat(conditionings: list[Conditioning]) -> Conditioning:
+        """Concatenates along the batch dimension (e.g. [uncond, cond] for one guided forward)."""
+        first = conditionings[0]
+        values: dict[str, Any] = {}
+        for name, value in first._tensors().items():
+            if name == "added_cond_kwargs":
+                values[name] = {k: torch.cat([c.added_cond_kwargs[k] for c in conditionings]) for k in value}
+            elif isinstance(value, Tensor):
+                values[name] = torch.cat([getattr(c, name) for c in conditionings])
+            else:
+                values[name] = value
+        return Conditioning(**values)
+
+
+@dataclass
+class Prediction:
+    """A denoiser output at (x_t, t): the clean-sample estimate x0 and the noise estimate eps (x_t = alpha x0 +
+    sigma eps holds exactly), plus the network's raw (guided) output in its own prediction type."""
+
+    x0: Tensor
+    eps: Tensor
+    raw: Tensor
+
+
+class Denoiser(nn.Module):
+    """Wraps a diffusers network with its schedule and prediction type; one call gives x0, eps, v, flow or F.
+
+    Args:
+        model: a diffusers UNet2DConditionModel, UNet2DModel, SD3Transformer2DModel or SanaTransformer2DModel
+            (possibly wrapped by accelerate/DDP/peft; the unwrapped one is found through `.module`).
+        schedule: its noise schedule (`sdtoolkit.schedules`).
+        prediction_type: what the network outputs: `epsilon`, `sample`, `v_prediction`, `flow` or `trigflow`.
+        vae, text_encoder, tokenizer, pipeline: optional parts used by `encode`/`decode`/`encode_prompt`.
+        attention: attention kernel (`sdtoolkit.attention.ATTENTION_BACKENDS`); None leaves the model as is.
+        autocast_dtype: run the network under `torch.autocast` in this dtype (trainable fp32 master weights).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: NoiseSchedule,
+        prediction_type: str,
+        *,
+        vae: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        tokenizer: Any | None = None,
+        pipeline: Any | None = None,
+        attention: str | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+        self.prediction_type = canonical_prediction_type(prediction_type)
+        self.model_kind = type(unwrap_model(model)).__name__
+        if self.model_kind not in SUPPORTED_MODELS:
+            raise ValueError(
+                f"model class {self.model_kind!r} is not supported; supported: {', '.join(SUPPORTED_MODELS)}"
+            )
+        if self.prediction_type == "trigflow" and not isinstance(schedule, TrigFlowSchedule):
+            raise ValueError("prediction_type='trigflow' needs a TrigFlowSchedule")
+        # parts that are not trained here stay out of the module tree (and out of state_dicts and optimizers)
+        self._parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "pipeline": pipeline}
+        self.autocast_dtype = autocast_dtype
+        self._attention_context = contextlib.nullcontext
+        self.attention_backend: str | None = None
+        if attention is not None:
+            self.set_attention(attention)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pipeline(
+        cls,
+        pipeline: Any,
+        *,
+        model: nn.Module | None = None,
+        prediction_type: str | None = None,
+        attention: str | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> Denoiser:
+        """Wraps a diffusers pipeline's `unet` or `transformer` (or `model`, e.g. a student copy of it), taking the
+        schedule and prediction type from its scheduler config (flow schedulers mean `flow`)."""
+        network = model if model is not None else getattr(pipeline, "unet", None) or pipeline.transformer
+        schedule = schedule_from_config(pipeline.scheduler)
+        if prediction_type is None:
+            if isinstance(schedule, FlowSchedule):
+                prediction_type = "flow"
+            elif isinstance(schedule, TrigFlowSchedule):
+                prediction_type = "trigflow"
+            else:
+                prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
+        return cls(
+            network,
+            schedule,
+            prediction_type,
+            vae=getattr(pipeline, "vae", None),
+            text_encoder=getattr(pipeline, "text_encoder", None),
+            tokenizer=getattr(pipeline, "tokenizer", None),
+            pipeline=pipeline,
+            attention=attention,
+            autocast_dtype=autocast_dtype,
+        )
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The diffusers model itself (unwrapped from DDP/compile wrappers)."""
+        return unwrap_model(self.model)
+
+    @property
+    def vae(self) -> nn.Module | None:
+        return self._parts["vae"]
+
+    @property
+    def pipeline(self) -> Any | None:
+        return self._parts["pipeline"]
+
+    @property
+    def config(self) -> Any:
+        return self.base_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.base_model.parameters()).dtype
+
+    @property
+    def time_cond_proj_dim(self) -> int | None:
+        """Width of the guidance embedding of guidance-distilled UNets (LCM's w-embedding), or None."""
+        return getattr(self.config, "time_cond_proj_dim", None)
+
+    # ------------------------------------------------------------------ network call
+
+    def model_output(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning | None = None,
+        *,
+        guidance_embed: Tensor | None = None,
+    ) -> Tensor:
+        """The raw network output (in `self.prediction_type`) at (x_t, t), with no guidance.
+
+        Args:
+            x_t: `[B, C, H, W]` noisy latents. t: `[B]` native times (a scalar is broadcast).
+            guidance_embed: `[B]` guidance values for guidance-embedding models: LCM's w (= diffusers scale - 1) for
+                UNets with `time_cond_proj_dim`, the `guidance` input for SANA-Sprint-style transformers.
+        """
+        cond = cond if cond is not None else Conditioning()
+        t = _as_batch(t, x_t)
+        timestep = self.schedule.model_timestep(t)
+        model_input = x_t
+        if self.prediction_type == "trigflow":
+            model_input = x_t / self.schedule.sigma_data  # F_theta(x_t / sigma_d, c_noise(t)), Lu & Song 2024 Eq. 6
+        dtype = self.dtype if self.autocast_dtype is None else model_input.dtype
+        model_input = model_input.to(dtype)
+        with self._attention_context(), self._autocast():
+            output = self._call_network(model_input, timestep, cond, guidance_embed)
+        if output.shape[1] == 2 * x_t.shape[1]:  # learned-variance models: keep the mean prediction
+            output = output[:, : x_t.shape[1]]
+        return output.to(x_t.dtype)
+
+    def _call_network(self, x: Tensor, timestep: Tensor, cond: Conditioning, guidance_embed: Tensor | None) -> Tensor:
+        kind, model = self.model_kind, self.model
+        if kind == "UNet2DConditionModel":
+            timestep_cond = None
+            if self.time_cond_proj_dim is not None:
+                if guidance_embed is None:
+                    raise ValueError("this UNet has time_cond_proj_dim (a guidance embedding): pass guidance_embed")
+                timestep_cond = guidance_scale_embedding(guidance_embed, self.time_cond_proj_dim, dtype=x.dtype)
+            return model(
+                x,
+                timestep,
+                encoder_hidden_states=_cast(cond.encoder_hidden_states, x.dtype),
+                timestep_cond=timestep_cond,
+                class_labels=cond.class_labels,
+                added_cond_kwargs={k: _cast(v, x.dtype) for k, v in cond.added_cond_kwargs.items()} or None,
+                return_dict=False,
+            )[0]
+        if kind == "UNet2DModel":
+            return model(x, timestep, class_labels=cond.class_labels, return_dict=False)[0]
+        if kind == "SD3Transformer2DModel":
+            return model(
+                hidden_states=x,
+                timestep=timestep,
+                encoder_hidden_states=_cast(cond.encoder_hidden_states, x.dtype),
+                pooled_projections=_cast(cond.pooled_projections, x.dtype),
+                return_dict=False,
+            )[0]
+        if kind == "SanaTransformer2DModel":
+            kwargs = {}
+            if guidance_embed is not None:
+                kwargs["guidance"] = guidance_embed
+            return model(
+                hidden_states=x,
+                encoder_hidden_states=_cast(cond.encoder_hidden_states, x.dtype),
+                timestep=timestep,
+                encoder_attention_mask=cond.encoder_attention_mask,
+                return_dict=False,
+                **kwargs,
+            )[0]
+        raise AssertionError(kind)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------ predictions
+
+    def coefficients(self, t: Tensor, x_t: Tensor) -> Coefficients:
+        """alpha_t, sigma_t and their derivatives at `t`, broadcast against `x_t`, in x_t's dtype."""
+        t = _as_batch(t, x_t)
+        alpha_t, sigma_t, d_alpha_t, d_sigma_t = (c.to(x_t.dtype) for c in self.schedule.coefficients(t, x_t.ndim))
+        sigma_data = getattr(self.schedule, "sigma_data", 1.0)
+        return Coefficients(alpha_t, sigma_t, d_alpha_t, d_sigma_t, sigma_data)
+
+    def predict(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning | None = None,
+        *,
+        uncond: Conditioning | None = None,
+        guidance_scale: float | Tensor = 1.0,
+        guidance_rescale: float = 0.0,
+        guidance_embed: Tensor | None = None,
+    ) -> Prediction:
+        """x0 and eps at (x_t, t), with classifier-free guidance when `uncond` is given and the scale is not 1.
+
+        Guidance follows diffusers: pred_u + s (pred_c - pred_u), with cond and uncond concatenated into ONE
+        forward of batch 2B. It is combined in the network's own prediction type, which equals combining x0 or eps
+        (the conversions are affine with weights independent of the prediction). `guidance_scale` may be a float
+        or a `[B]` tensor of per-sample scales.
+        """
+        needs_uncond = uncond is not None and not _is_one(guidance_scale)
+        if needs_uncond:
+            x_in = torch.cat([x_t, x_t])
+            t_in = torch.cat([_as_batch(t, x_t)] * 2)
+            g_in = None if guidance_embed is None else torch.cat([guidance_embed, guidance_embed])
+            raw_u, raw_c = self.model_output(x_in, t_in, Conditioning.cat([uncond, cond]), guidance_embed=g_in).chunk(
+                2
+            )
+            scale = guidance_scale
+            if isinstance(scale, Tensor) and scale.ndim == 1:
+                scale = scale.to(raw_c.dtype)[(...,) + (None,) * (raw_c.ndim - 1)]
+            raw = classifier_free_guidance(raw_u, raw_c, scale)
+            raw = rescale_guidance(raw, raw_c, guidance_rescale)
+        else:
+            raw = self.model_output(x_t, t, cond, guidance_embed=guidance_embed)
+        x0, eps = to_x0_eps(raw, x_t, self.prediction_type, self.coefficients(t, x_t))
+        return Prediction(x0=x0, eps=eps, raw=raw)
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning | None = None,
+        *,
+        target: str = "sample",
+        **guidance: Any,
+    ) -> Tensor:
+        """The prediction of type `target` (`sample`/`x0`, `epsilon`/`eps`, `v_prediction`/`v`, `flow`, `trigflow`)
+        at (x_t, t); keyword arguments as in `predict`."""
+        target = canonical_prediction_type(target)
+        prediction = self.predict(x_t, t, cond, **guidance)
+        if target == "sample":
+            return prediction.x0
+        if target == "epsilon":
+            return prediction.eps
+        if target == self.prediction_type:
+            return prediction.raw
+        return from_x0_eps(prediction.x0, prediction.eps, target, self.coefficients(t, x_t))
+
+    def convert(self, x0: Tensor, eps: Tensor, t: Tensor, target: str) -> Tensor:
+        """Any prediction type from an (x0, eps) pair at time t (e.g. the v-target of a training loss)."""
+        like = x0
+        return from_x0_eps(x0, eps, canonical_prediction_type(target), self.coefficients(t, like))
+
+    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """x_t = alpha_t x0 + sigma_t eps (the forward process of the wrapped schedule)."""
+        return self.schedule.add_noise(x0, eps, _as_batch(t, x0))
+
+    # ------------------------------------------------------------------ text and VAE
+
+    @torch.no_grad()
+    def encode_prompt(
+        self, prompts: list[str], negative_prompt: str | list[str] | None = None
+    ) -> tuple[Conditioning, Conditioning]:
+        """(cond, uncond) for `prompts`, through the pipeline's own `encode_prompt` (so the conditioning is exactly
+        what the pipeline would use at sampling time). The unconditional prompt defaults to "" as in diffusers."""
+        pipe = self.pipeline
+        if pipe is None or not hasattr(pipe, "encode_prompt"):
+            raise ValueError("encode_prompt needs the Denoiser to hold a diffusers pipeline (Denoiser.from_pipeline)")
+        prompts = list(prompts)
+        negative = negative_prompt if negative_prompt is not None else [""] * len(prompts)
+        name = type(pipe).__name__
+        if name.startswith("StableDiffusion3"):
+            embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                do_classifier_free_guidance=True,
+                negative_prompt=negative,
+            )
+            return Conditioning(embeds, pooled_projections=pooled), Conditioning(
+                neg_embeds, pooled_projections=neg_pooled
+            )
+        if name.startswith("Sana"):
+            embeds, mask, neg_embeds, neg_mask = pipe.encode_prompt(
+                prompts, do_classifier_free_guidance=True, negative_prompt=negative, device=self.device
+            )
+            return Conditioning(embeds, encoder_attention_mask=mask), Conditioning(
+                neg_embeds, encoder_attention_mask=neg_mask
+            )
+        if name.startswith("StableDiffusion") and "XL" not in name or name.startswith("LatentConsistency"):
+            embeds, neg_embeds = pipe.encode_prompt(
+                prompts, self.device, 1, do_classifier_free_guidance=True, negative_prompt=negative
+            )
+            return Conditioning(embeds), Conditioning(neg_embeds)
+        raise NotImplementedError(
+            f"encode_prompt for {name} is not wired yet; supported: StableDiffusionPipeline (SD 1.x/2.x and the "
+            "builtin teacher), StableDiffusion3Pipeline, SanaPipeline. Build a Conditioning by hand for other models."
+        )
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
+        """Images in [-1, 1] `[B, 3, H, W]` -> latents z = (E(x) - shift) * scale (Rombach et al. 2022, Sec. 3; the
+        scale/shift factors come from the VAE config). Differentiable (SDS backpropagates through it)."""
+        vae = self._require_vae()
+        posterior = vae.encode(images.to(vae.dtype)).latent_dist
+        z = posterior.sample(generator) if sample else posterior.mode()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * vae.config.scaling_factor).to(images.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images in [-1, 1] (unclamped), inverting `encode`'s scale and shift."""
+        vae = self._require_vae()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents / vae.config.scaling_factor + shift
+        return vae.decode(z.to(vae.dtype), return_dict=False)[0].to(latents.dtype)
+
+    def _require_vae(self) -> nn.Module:
+        if self.vae is None:
+            raise ValueError("this Denoiser holds no VAE; build it with Denoiser.from_pipeline or pass vae=")
+        return self.vae
+
+    # ------------------------------------------------------------------ performance switches and policy
+
+    def set_attention(self, backend: str) -> str:
+        """Selects the attention kernel (`sdtoolkit.attention`); returns the concrete backend chosen."""
+        from sdtoolkit.attention import configure_attention
+
+        self.attention_backend, self._attention_context = configure_attention(
+            self.base_model, backend, self.device, self.autocast_dtype or self.dtype
+        )
+        return self.attention_backend
+
+    def freeze(self, dtype: torch.dtype | None = None) -> Denoiser:
+        """Frozen-teacher policy: no gradients, eval mode, and (on an accelerator) a half-precision copy.
+
+        `dtype=None` picks bf16 on CUDA (fp16 where bf16 is unsupported) and keeps fp32 on CPU."""
+        if dtype is None:
+            dtype = torch.float32
+            if self.device.type == "cuda":
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.base_model.requires_grad_(False).eval().to(dtype)
+        for name in ("vae", "text_encoder"):
+            part = self._parts[name]
+            if part is not None:
+                part.requires_grad_(False).eval()
+        return self
+
+    def enable_gradient_checkpointing(self) -> Denoiser:
+        self.base_model.enable_gradient_checkpointing()
+        return self
+
+    def to_channels_last(self) -> Denoiser:
+        self.base_model.to(memory_format=torch.channels_last)
+        return self
+
+    def compile(self, regional: bool = True, **compile_kwargs: Any) -> Denoiser:
+        """torch.compile the network. `regional=True` compiles only the repeated blocks (the model's
+        `_repeated_blocks`, or `REPEATED_BLOCKS`), which keeps compile time far below compiling the whole model."""
+        model = self.base_model
+        if not regional:
+            self.model = torch.compile(self.model, **compile_kwargs)
+            return self
+        names = set(getattr(model, "_repeated_blocks", None) or REPEATED_BLOCKS)
+        compiled = 0
+        for module in model.modules():
+            if type(module).__name__ in names:
+                module.compile(**compile_kwargs)
+                compiled += 1
+        if compiled == 0:
+            raise ValueError(f"no block of {sorted(names)} found in {self.model_kind}; use compile(regional=False)")
+        return self
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Runs the network with its (peft) LoRA adapters switched off: the teacher is the student's own backbone
+        without adapters (LCM-LoRA; the LoRA fake score of distribution matching)."""
+        model = self.base_model
+        if not getattr(model, "_hf_peft_config_loaded", False) and not hasattr(model, "peft_config"):
+            yield
+            return
+        model.disable_adapters()
+        try:
+            yield
+        finally:
+            model.enable_adapters()
+
+    @contextlib.contextmanager
+    def adapter(self, name: str) -> Iterator[None]:
+        """Runs the network with only the named LoRA adapter active, then restores the previous active set."""
+        model = self.base_model
+        previous = model.active_adapters() if callable(getattr(model, "active_adapters", None)) else None
+        model.set_adapter(name)
+        try:
+            yield
+        finally:
+            if previous:
+                model.set_adapter(previous)
+
+    def with_model(self, model: nn.Module) -> Denoiser:
+        """A Denoiser sharing this one's schedule, prediction type and parts around another network (a student
+        or EMA copy of the same architecture)."""
+        other = Denoiser(
+            model,
+            self.schedule,
+            self.prediction_type,
+            vae=self.vae,
+            text_encoder=self._parts["text_encoder"],
+            tokenizer=self._parts["tokenizer"],
+            pipeline=self.pipeline,
+            autocast_dtype=self.autocast_dtype,
+        )
+        if self.attention_backend is not None:
+            other.set_attention(self.attention_backend)
+        return other
+
+    def replace_schedule(self, schedule: NoiseSchedule) -> Denoiser:
+        other = self.with_model(self.model)
+        other.schedule = schedule
+        return other
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strips DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ in (
+            "DistributedDataParallel",
+            "FullyShardedDataParallel",
+            "DeepSpeedEngine",
+        ):
+            model = model.module
+        else:
+            return model
+
+
+def _as_batch(t: Tensor | float, x: Tensor) -> Tensor:
+    """Broadcasts a scalar or `[1]` time to `[B]` on x's device."""
+    t = torch.as_tensor(t, device=x.device)
+    if not t.is_floating_point():
+        t = t.float()
+    if t.ndim == 0 or t.shape[0] == 1 and x.shape[0] != 1:
+        t = t.reshape(1).expand(x.shape[0])
+    return t
+
+
+def _cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if x is None else x.to(dtype)
+
+
+def _is_one(scale: float | Tensor) -> bool:
+    if isinstance(scale, Tensor):
+        return bool((scale == 1).all()) if scale.numel() <= 1 else False
+    return scale == 1
+
+
+__all__ = ["Conditioning", "Denoiser", "Prediction", "SUPPORTED_MODELS", "unwrap_model"]

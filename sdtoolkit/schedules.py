@@ -1,0 +1,300 @@
+"""Noise schedules x_t = alpha_t * x0 + sigma_t * eps: discrete VP (DDPM / Stable Diffusion), rectified flow, TrigFlow.
+
+Every schedule is written in its own native time `t` and exposes the same five numbers, so the Denoiser can convert
+between prediction types without knowing which schedule it holds:
+
+- `alpha(t)`, `sigma(t)`: the marginal x_t = alpha_t x0 + sigma_t eps, eps ~ N(0, I);
+- `d_alpha(t)`, `d_sigma(t)`: their time derivatives (the flow velocity is u = d_alpha x0 + d_sigma eps);
+- `model_timestep(t)`: the value a diffusers network receives as its `timestep` argument.
+
+| schedule | native t | alpha_t | sigma_t | network timestep |
+|---|---|---|---|---|
+| `VPSchedule` (DDPM, Ho et al. 2020) | index in [0, T-1], float | sqrt(alphā_t) | sqrt(1 - alphā_t) | t |
+| `FlowSchedule` (Liu et al. 2022; Esser et al. 2024) | sigma in [0, 1] | 1 - t | t | t * T |
+| `TrigFlowSchedule` (Lu & Song 2024, sCM) | angle in [0, pi/2] | cos t | sigma_d sin t | t * time_scale |
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sdtoolkit.utils import append_dims
+
+__all__ = [
+    "NoiseSchedule",
+    "VPSchedule",
+    "FlowSchedule",
+    "TrigFlowSchedule",
+    "make_betas",
+    "schedule_from_config",
+]
+
+
+class NoiseSchedule(ABC):
+    """Base class: the forward process x_t = alpha_t x0 + sigma_t eps in the schedule's native time `t`."""
+
+    #: smallest and largest valid native time
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    @abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        """Signal coefficient alpha_t, same shape as `t`."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """Noise coefficient sigma_t, same shape as `t`."""
+
+    @abstractmethod
+    def d_alpha(self, t: Tensor) -> Tensor:
+        """d alpha_t / dt."""
+
+    @abstractmethod
+    def d_sigma(self, t: Tensor) -> Tensor:
+        """d sigma_t / dt."""
+
+    def model_timestep(self, t: Tensor) -> Tensor:
+        """The `timestep` argument the wrapped network expects for native time `t`."""
+        return t
+
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio SNR(t) = alpha_t^2 / sigma_t^2 (Kingma et al. 2021, Eq. 1)."""
+        return self.alpha(t) ** 2 / self.sigma(t) ** 2
+
+    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """x_t = alpha_t x0 + sigma_t eps, with `t` of shape [B] broadcast over the sample dimensions."""
+        alpha_t = append_dims(self.alpha(t), x0.ndim).to(x0.dtype)
+        sigma_t = append_dims(self.sigma(t), x0.ndim).to(x0.dtype)
+        return alpha_t * x0 + sigma_t * eps
+
+    def coefficients(self, t: Tensor, ndim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(alpha_t, sigma_t, d_alpha_t, d_sigma_t), each broadcast to `ndim` dimensions."""
+        return tuple(append_dims(f(t), ndim) for f in (self.alpha, self.sigma, self.d_alpha, self.d_sigma))
+
+
+def make_betas(
+    num_train_timesteps: int = 1000,
+    beta_start: float = 0.0001,
+    beta_end: float = 0.02,
+    beta_schedule: str = "linear",
+    trained_betas: list[float] | None = None,
+) -> Tensor:
+    """DDPM betas as diffusers builds them: `linear` (Ho et al. 2020), `scaled_linear` (Stable Diffusion: linear in
+    sqrt(beta)), `squaredcos_cap_v2` (Nichol & Dhariwal 2021, Eq. 17). Returned in float64."""
+    if trained_betas is not None:
+        return torch.tensor(trained_betas, dtype=torch.float64)
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+
+        def alpha_bar(s: float) -> float:
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        T = num_train_timesteps
+        betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)]
+        return torch.tensor(betas, dtype=torch.float64)
+    raise ValueError(
+        f"beta_schedule={beta_schedule!r} is not supported; choose one of 'linear', 'scaled_linear', "
+        "'squaredcos_cap_v2' or pass trained_betas"
+    )
+
+
+class VPSchedule(NoiseSchedule):
+    """Discrete variance-preserving schedule of DDPM (Ho et al. 2020, Eq. 4) as Stable Diffusion uses it.
+
+    alphā_t = prod_{s<=t} (1 - beta_s); alpha_t = sqrt(alphā_t), sigma_t = sqrt(1 - alphā_t), so
+    alpha_t^2 + sigma_t^2 = 1. Native time is the (float) timestep index t in [0, T-1]; between integer steps the
+    log-SNR lambda_t = log(alpha_t^2 / sigma_t^2) is interpolated linearly, which keeps alpha, sigma exact on the
+    grid, VP everywhere, and differentiable in t (d_alpha, d_sigma from lambda'):
+    d alpha / dt = 1/2 alpha sigma^2 lambda',  d sigma / dt = -1/2 sigma alpha^2 lambda'.
+    """
+
+    def __init__(self, betas: Tensor, rescale_betas_zero_snr: bool = False):
+        betas = betas.to(torch.float64)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if rescale_betas_zero_snr:
+            alphas_cumprod = _rescale_zero_terminal_snr(alphas_cumprod)
+        self.betas = betas
+        self.alphas_cumprod = alphas_cumprod
+        self.num_train_timesteps = len(betas)
+        # keep lambda finite at a zero-terminal-SNR end point
+        ac = alphas_cumprod.clamp(1e-12, 1 - 1e-12)
+        self.log_snr_table = torch.log(ac) - torch.log1p(-ac)
+        self.t_min, self.t_max = 0.0, float(self.num_train_timesteps - 1)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VPSchedule:
+        """Builds the schedule from a diffusers DDPM/DDIM/PNDM/LCM/TCD/Euler scheduler config."""
+        betas = make_betas(
+            num_train_timesteps=config.get("num_train_timesteps", 1000),
+            beta_start=config.get("beta_start", 0.0001),
+            beta_end=config.get("beta_end", 0.02),
+            beta_schedule=config.get("beta_schedule", "linear"),
+            trained_betas=config.get("trained_betas"),
+        )
+        return cls(betas, rescale_betas_zero_snr=config.get("rescale_betas_zero_snr", False))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda_t, linearly interpolated between integer timesteps."""
+        table = self.log_snr_table.to(t.device)
+        t64 = t.to(torch.float64).clamp(self.t_min, self.t_max)
+        lo = t64.floor().long().clamp(max=self.num_train_timesteps - 2)
+        frac = t64 - lo
+        return (table[lo] * (1 - frac) + table[lo + 1] * frac).to(_float_dtype(t))
+
+    def _d_log_snr(self, t: Tensor) -> Tensor:
+        table = self.log_snr_table.to(t.device)
+        lo = t.to(torch.float64).clamp(self.t_min, self.t_max).floor().long().clamp(max=self.num_train_timesteps - 2)
+        return (table[lo + 1] - table[lo]).to(_float_dtype(t))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.sigmoid(self.log_snr(t)).sqrt()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sigmoid(-self.log_snr(t)).sqrt()
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return 0.5 * self.alpha(t) * self.sigma(t) ** 2 * self._d_log_snr(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return -0.5 * self.sigma(t) * self.alpha(t) ** 2 * self._d_log_snr(t)
+
+    def snr(self, t: Tensor) -> Tensor:
+        return self.log_snr(t).exp()
+
+
+def _rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
+    """Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"), Algorithm 1."""
+    alphas_bar_sqrt = alphas_cumprod.sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
+    return alphas_bar_sqrt**2
+
+
+class FlowSchedule(NoiseSchedule):
+    """Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2023): x_t = (1 - t) x0 + t eps, t in [0, 1].
+
+    The network predicts the velocity u = dx_t/dt = eps - x0 and receives t * T as its timestep (SD3, SANA, FLUX
+    in diffusers). `shift` is the resolution-dependent time shift of Esser et al. 2024 (SD3), Eq. 23:
+    t' = shift t / (1 + (shift - 1) t), applied when sampling training times or building a sampling grid.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        self.num_train_timesteps = num_train_timesteps
+        self.shift = shift
+        self.t_min, self.t_max = 0.0, 1.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FlowSchedule:
+        """Builds the schedule from a diffusers FlowMatchEulerDiscreteScheduler (or FlowMatch*) config."""
+        return cls(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=config.get("shift", 1.0))
+
+    def shift_time(self, t: Tensor) -> Tensor:
+        """SD3's time shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, Eq. 23)."""
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -torch.ones_like(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def model_timestep(self, t: Tensor) -> Tensor:
+        return t * self.num_train_timesteps
+
+
+class TrigFlowSchedule(NoiseSchedule):
+    """TrigFlow (Lu & Song 2024, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models", Eq. 3):
+    x_t = cos(t) x0 + sin(t) z with z ~ N(0, sigma_d^2 I), t in [0, pi/2].
+
+    Written with unit noise eps = z / sigma_d: alpha_t = cos t, sigma_t = sigma_d sin t. The TrigFlow network
+    F_theta(x_t / sigma_d, c_noise(t)) predicts the scaled velocity F = (dx_t/dt) / sigma_d, so that
+    x0 = cos(t) x_t - sigma_d sin(t) F (Eq. 6). `time_scale` maps t to the network's timestep (c_noise(t) = t for
+    sCM; 1000 t for networks trained on a 0..1000 embedding).
+    """
+
+    def __init__(self, sigma_data: float = 0.5, time_scale: float = 1.0):
+        self.sigma_data = sigma_data
+        self.time_scale = time_scale
+        self.t_min, self.t_max = 0.0, math.pi / 2
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrigFlowSchedule:
+        """Builds the schedule from a diffusers SCMScheduler config (`sigma_data`)."""
+        return cls(sigma_data=config.get("sigma_data", 0.5), time_scale=config.get("time_scale", 1.0))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.cos(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_data * torch.sin(t)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -torch.sin(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_data * torch.cos(t)
+
+    def model_timestep(self, t: Tensor) -> Tensor:
+        return t * self.time_scale
+
+
+_VP_SCHEDULERS = {
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "KDPM2DiscreteScheduler",
+}
+_FLOW_SCHEDULERS = {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler"}
+_TRIGFLOW_SCHEDULERS = {"SCMScheduler"}
+
+
+def schedule_from_config(config: dict[str, Any] | Any) -> NoiseSchedule:
+    """Builds the matching schedule from a diffusers scheduler, its `config`, or its JSON dict.
+
+    The family is decided by the scheduler class (or the config's `_class_name`); a config without one is read as
+    VP when it has `beta_schedule`.
+    """
+    name = None
+    if hasattr(config, "config") and hasattr(config, "step"):  # a scheduler object
+        name = type(config).__name__
+        config = config.config
+    config = dict(config)
+    name = name or config.get("_class_name")
+    if name in _FLOW_SCHEDULERS or config.get("use_flow_sigmas"):
+        return FlowSchedule.from_config(config)
+    if name in _TRIGFLOW_SCHEDULERS:
+        return TrigFlowSchedule.from_config(config)
+    if name in _VP_SCHEDULERS or (name is None and "beta_schedule" in config):
+        return VPSchedule.from_config(config)
+    known = sorted(_VP_SCHEDULERS | _FLOW_SCHEDULERS | _TRIGFLOW_SCHEDULERS)
+    raise ValueError(f"scheduler {name!r} has no matching noise schedule; known schedulers: {', '.join(known)}")
+
+
+def _float_dtype(t: Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.float32
