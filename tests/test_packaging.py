@@ -3,10 +3,11 @@
 import pathlib
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
