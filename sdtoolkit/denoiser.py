@@ -142,6 +142,7 @@ class Denoiser(nn.Module):
         self._parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "pipeline": pipeline}
         self.autocast_dtype = autocast_dtype
         self._attention_context = contextlib.nullcontext
+        self.attention_requested: str | None = None
         self.attention_backend: str | None = None
         if attention is not None:
             self.set_attention(attention)
@@ -433,10 +434,10 @@ class Denoiser(nn.Module):
         """Selects the attention kernel (`sdtoolkit.attention`); returns the concrete backend chosen."""
         from sdtoolkit.attention import configure_attention
 
-        self.attention_backend, self._attention_context = configure_attention(
-            self.base_model, backend, self.device, self.autocast_dtype or self.dtype
-        )
-        return self.attention_backend
+        setting = configure_attention(self.base_model, backend, self.device, self.autocast_dtype or self.dtype)
+        self._attention_context = setting  # calling it gives the context manager each forward runs in
+        self.attention_requested, self.attention_backend = backend, setting.backend
+        return setting.backend
 
     def freeze(self, dtype: torch.dtype | None = None) -> Denoiser:
         """Frozen-teacher policy: no gradients, eval mode, and (on an accelerator) a half-precision copy.
@@ -517,8 +518,8 @@ class Denoiser(nn.Module):
             pipeline=self.pipeline,
             autocast_dtype=self.autocast_dtype,
         )
-        if self.attention_backend is not None:
-            other.set_attention(self.attention_backend)
+        if self.attention_requested is not None:
+            other.set_attention(self.attention_requested)
         return other
 
     def replace_schedule(self, schedule: NoiseSchedule) -> Denoiser:

@@ -205,3 +205,33 @@ def test_unsupported_model_and_trigflow_mismatch_errors():
         Denoiser(torch.nn.Linear(2, 2), FlowSchedule(), "flow")
     with pytest.raises(ValueError, match="TrigFlowSchedule"):
         Denoiser(tiny_unconditional_unet(), FlowSchedule(), "trigflow")
+
+
+def test_attention_backend_through_the_denoiser_matches_default(pipe):
+    denoiser = Denoiser.from_pipeline(pipe)
+    cond, _ = denoiser.encode_prompt(["a red cube"])
+    x_t, t = torch.randn(1, 4, 8, 8), torch.tensor([400.0])
+    with torch.no_grad():
+        default = denoiser.predict(x_t, t, cond).eps
+        assert denoiser.set_attention("math") == "math"
+        math = denoiser.predict(x_t, t, cond).eps
+        assert denoiser.with_model(pipe.unet).attention_backend == "math"
+    torch.testing.assert_close(math, default, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="available"):
+        denoiser.set_attention("xformers")
+
+
+def test_jvp_through_the_denoiser_in_jvp_mode(pipe):
+    """sCM needs d/dt of the network output: torch.func.jvp works through the JVP-safe attention path."""
+    denoiser = Denoiser.from_pipeline(pipe)
+    denoiser.set_attention("jvp")
+    cond, _ = denoiser.encode_prompt(["a red cube"])
+    x_t, t = torch.randn(1, 4, 8, 8), torch.tensor([400.0])
+    tangent = torch.randn_like(x_t)
+    with torch.no_grad():
+        _, jvp_out = torch.func.jvp(lambda x: denoiser.model_output(x, t, cond), (x_t,), (tangent,))
+        h = 1e-2
+        fd = (
+            denoiser.model_output(x_t + h * tangent, t, cond) - denoiser.model_output(x_t - h * tangent, t, cond)
+        ) / (2 * h)
+    torch.testing.assert_close(jvp_out, fd, rtol=2e-2, atol=2e-3)
