@@ -1,0 +1,243 @@
+"""Loading teachers (built-in, local folder or Hub id): safetensors only, one clear error when unavailable."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "BUILTIN_PREFIX",
+    "ModelNotAvailableError",
+    "UnsafeWeightsError",
+    "builtin_model_path",
+    "load_component",
+    "load_teacher",
+    "resolve_model_id",
+]
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS: dict[str, str] = {"shapes": "shapes-teacher"}
+"""`builtin:NAME` -> folder inside the installed `sdtoolkit.assets` package (a diffusers `save_pretrained` folder)."""
+
+ASSETS_PACKAGE = "sdtoolkit.assets"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelNotAvailableError(OSError):
+    """The model cannot be found locally and cannot be downloaded; the message says how to get it."""
+
+
+class UnsafeWeightsError(OSError):
+    """The folder holds only pickled weights (.bin/.ckpt/...), which sdtoolkit refuses to load."""
+
+
+def hub_cache_dir() -> str:
+    """Where Hugging Face Hub downloads live (`HF_HUB_CACHE`, default ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """True when `HF_HUB_OFFLINE` forbids network access."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def builtin_model_path(name: str) -> Path:
+    """The folder of built-in model `name` inside `sdtoolkit.assets` (it may not exist; see `resolve_model_id`)."""
+    if name not in BUILTIN_MODELS:
+        raise ValueError(
+            f"unknown built-in model {BUILTIN_PREFIX}{name}; valid: "
+            + ", ".join(BUILTIN_PREFIX + valid for valid in BUILTIN_MODELS)
+        )
+    return Path(str(resources.files(ASSETS_PACKAGE).joinpath(BUILTIN_MODELS[name])))
+
+
+def _looks_like_path(id_or_path: str) -> bool:
+    return (
+        id_or_path.startswith(("/", ".", "~"))
+        or "\\" in id_or_path
+        or id_or_path.count("/") > 1
+        or os.path.splitdrive(id_or_path)[0] != ""
+    )
+
+
+def resolve_model_id(id_or_path: str | os.PathLike) -> str | Path:
+    """`builtin:NAME` -> its folder in `sdtoolkit.assets`; an existing directory -> that `Path`; else a Hub id (str).
+
+    Raises `ValueError` for an unknown built-in name (listing the valid ones) and `ModelNotAvailableError` for a
+    missing built-in folder or a path-like string that is not a directory.
+    """
+    if isinstance(id_or_path, os.PathLike):
+        id_or_path = os.fspath(id_or_path)
+    if id_or_path.startswith(BUILTIN_PREFIX):
+        name = id_or_path[len(BUILTIN_PREFIX) :]
+        path = builtin_model_path(name)
+        if not path.is_dir():
+            raise ModelNotAvailableError(
+                f"built-in model {id_or_path} is not installed: folder {BUILTIN_MODELS[name]!r} is missing from the "
+                f"{ASSETS_PACKAGE} package (looked in {path}); reinstall sdtoolkit with its assets"
+            )
+        return path
+    path = Path(id_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if _looks_like_path(id_or_path) or path.exists():
+        raise ModelNotAvailableError(f"model folder {id_or_path!r} does not exist or is not a directory")
+    return id_or_path
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """Refuse a local folder (or one of its component subfolders) whose weights are pickles only."""
+    offenders = []
+    for directory in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        files = [p for p in directory.iterdir() if p.is_file()]
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles and not any(p.suffix == ".safetensors" for p in files):
+            offenders.append(f"{directory} ({', '.join(sorted(pickles))})")
+    if offenders:
+        raise UnsafeWeightsError(
+            "refusing pickled weights (loading them can run arbitrary code); sdtoolkit loads .safetensors only. "
+            f"No safetensors beside: {'; '.join(offenders)}. Convert once in a trusted environment: load the model "
+            "with diffusers and call save_pretrained(folder, safe_serialization=True)"
+        )
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    errors: tuple[type[BaseException], ...] = (OSError, EntryNotFoundError, HFValidationError)
+    try:
+        import httpx
+
+        errors += (httpx.HTTPError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _not_available(model_id: str, revision: str | None, cause: BaseException) -> ModelNotAvailableError:
+    """The one error for a Hub model that cannot be loaded here."""
+    fetch = f"hf download {model_id}" + (f" --revision {revision}" if revision else "")
+    if "safetensors" in str(cause).lower():
+        return ModelNotAvailableError(
+            f"model {model_id!r} has no safetensors weights (sdtoolkit never loads pickled .bin/.ckpt files); "
+            f"convert it with save_pretrained(folder, safe_serialization=True) and pass that folder. Cause: {cause}"
+        )
+    where = (
+        "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so nothing can be downloaded"
+        if hub_offline()
+        else "it could not be downloaded (no network, a wrong id, or a gated repo that needs `hf auth login`)"
+    )
+    return ModelNotAvailableError(
+        f"model {model_id!r} is not available: {where}. On a machine with network, download it with `{fetch}` "
+        f"(older clients: `huggingface-cli download {model_id}`) into the cache at {hub_cache_dir()} "
+        f"(HF_HUB_CACHE) and copy that cache here, or pass a local diffusers folder instead. Cause: "
+        f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    )
+
+
+def _pipeline_source(resolved: str | Path, subfolder: str | None, revision: str | None) -> str | Path:
+    """DiffusionPipeline has no `subfolder`: for a local folder join it; for a Hub id fetch just that subfolder."""
+    if subfolder is None:
+        return resolved
+    if isinstance(resolved, Path):
+        return resolved / subfolder
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(resolved, revision=revision, allow_patterns=[f"{subfolder}/*"])) / subfolder
+
+
+def load_teacher(
+    id_or_path: str | os.PathLike,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    device: torch.device | str | None = None,
+    pipeline_class: type | None = None,
+    **kwargs: Any,
+):
+    """Load a diffusers pipeline (safetensors only) from `builtin:NAME`, a local folder, or a Hub id.
+
+    Args:
+        id_or_path: `builtin:shapes`, a `save_pretrained` folder, or a Hub id such as
+            `stable-diffusion-v1-5/stable-diffusion-v1-5`.
+        torch_dtype: dtype of the loaded weights (None: as stored).
+        variant: weights variant, e.g. "fp16".
+        revision: Hub branch, tag or commit.
+        subfolder: the pipeline lives in this subfolder of the folder / repo.
+        device: move the pipeline there after loading.
+        pipeline_class: a `DiffusionPipeline` subclass to load with (default: the class in `model_index.json`).
+        **kwargs: passed on to `from_pretrained`.
+
+    Raises:
+        ModelNotAvailableError: a Hub model that is neither cached nor downloadable (message says how to fetch it).
+        UnsafeWeightsError: a local folder with pickled weights only.
+    """
+    from diffusers import DiffusionPipeline
+
+    resolved = resolve_model_id(id_or_path)
+    cls = pipeline_class or DiffusionPipeline
+    try:
+        source = _pipeline_source(resolved, subfolder, revision)
+        if isinstance(source, Path):
+            if not source.is_dir():
+                raise ModelNotAvailableError(f"model folder {source} does not exist")
+            _refuse_pickles(source)
+        if torch_dtype is not None:  # diffusers >= 0.42 and transformers >= 5 call it `dtype`
+            kwargs["dtype"] = torch_dtype
+        pipeline = cls.from_pretrained(source, variant=variant, revision=revision, use_safetensors=True, **kwargs)
+    except (ModelNotAvailableError, UnsafeWeightsError):
+        raise
+    except _network_errors() as error:
+        if isinstance(resolved, Path):
+            raise
+        raise _not_available(str(resolved), revision, error) from error
+    if device is not None:
+        pipeline = pipeline.to(device)
+    return pipeline
+
+
+def load_component(
+    id_or_path: str | os.PathLike,
+    cls: type,
+    subfolder: str | None = None,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    device: torch.device | str | None = None,
+    **kwargs: Any,
+):
+    """Load one component (e.g. `UNet2DConditionModel` from subfolder "unet") with `cls.from_pretrained`, safetensors
+    only, with the same errors as `load_teacher`."""
+    resolved = resolve_model_id(id_or_path)
+    try:
+        if isinstance(resolved, Path):
+            folder = resolved / subfolder if subfolder else resolved
+            if not folder.is_dir():
+                raise ModelNotAvailableError(f"model folder {folder} does not exist")
+            _refuse_pickles(folder)
+        if subfolder:
+            kwargs["subfolder"] = subfolder
+        if torch_dtype is not None:  # diffusers >= 0.42 and transformers >= 5 call it `dtype`
+            kwargs["dtype"] = torch_dtype
+        model = cls.from_pretrained(resolved, variant=variant, revision=revision, use_safetensors=True, **kwargs)
+    except (ModelNotAvailableError, UnsafeWeightsError):
+        raise
+    except _network_errors() as error:
+        if isinstance(resolved, Path):
+            raise
+        raise _not_available(str(resolved), revision, error) from error
+    if device is not None:
+        model = model.to(device)
+    return model
