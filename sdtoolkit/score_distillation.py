@@ -333,7 +333,7 @@ class ScorePair(nn.Module):
             backbone = copy.deepcopy(base)
             for m in _tuner_layers(backbone):  # a full copy starts from the plain teacher weights
                 m.enable_adapters(False)
-            backbone.requires_grad_(True).train()
+            backbone.to(torch.float32).requires_grad_(True).train()  # trainable master weights in fp32
             self._fake_backbone = backbone  # registered: trained, checkpointed
             self.fake_denoiser = teacher.with_model(backbone)
         self.extra_embedding: ExtraEmbedding | None = None
@@ -465,7 +465,7 @@ class ScorePair(nn.Module):
 
         Gradients follow the caller's grad mode: wrap in `torch.no_grad()` for DMD, in `fake_frozen()` to
         backpropagate into x_t only (SiD), or neither to train the fake score."""
-        with self._fake_context():
+        with self.fake_context():
             return self.fake_denoiser.predict(
                 x_t, t, cond, uncond=uncond, guidance_scale=guidance_scale, guidance_embed=guidance_embed
             )
@@ -520,7 +520,9 @@ class ScorePair(nn.Module):
         return bool(_tuner_layers(self.teacher.base_model))
 
     @contextlib.contextmanager
-    def _fake_context(self) -> Iterator[None]:
+    def fake_context(self) -> Iterator[None]:
+        """Switches the fake score's backbone to the fake score (its adapter on, its extra embedding installed), for
+        calls that need the network itself (e.g. the GAN head on the fake score's bottleneck features)."""
         backbone = self.fake_denoiser.base_model
         with contextlib.ExitStack() as stack:
             if self.config.kind == "lora":

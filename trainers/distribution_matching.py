@@ -1,0 +1,326 @@
+"""Shared machinery of the distribution-matching trainers (DMD2, Flash-DMD, SiD): the few-step student on fixed
+timesteps with backward simulation, the real/fake score pair, samples, teacher ODE pairs and the export spec.
+
+The student is a full trainable copy of the teacher's backbone that maps pure noise at t_0 (and re-noised samples
+at t_1 > ... > t_{k-1}) to clean latents. Its timesteps are exactly what a stock `LCMScheduler` with
+`original_inference_steps = k` produces (999 for one step, 999/499 for two, 999/749/499/249 for four), so the
+exported `StableDiffusionPipeline + LCMScheduler` samples the same chain: z ~ N(0, I) -> x0_0; x_{t_1} =
+alpha_{t_1} x0_0 + sigma_{t_1} eps; ... (DMD2's multi-step sampler, Yin et al. 2024b, Sec. 4.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sdtoolkit.denoiser import Conditioning, Denoiser
+from sdtoolkit.score_distillation import FakeScoreConfig, ScorePair, dmd_gradient, injection_loss, sample_timesteps
+from sdtoolkit.training import DistillationMethod, MethodConfig, TrainConfig
+
+__all__ = [
+    "DistributionMatchingConfig",
+    "DistributionMatchingMethod",
+    "FewStepStudent",
+    "frozen",
+    "student_timesteps",
+    "teacher_ode_samples",
+]
+
+
+def student_timesteps(num_steps: int, scheduler_config: Any = None) -> list[int]:
+    """The student's fixed timesteps: the default schedule of a stock `LCMScheduler` built from the teacher's
+    scheduler config with `original_inference_steps = num_steps` (so the exported pipeline uses the same ones).
+    1 -> [999], 2 -> [999, 499], 4 -> [999, 749, 499, 249] for 1000 training steps."""
+    from diffusers import LCMScheduler
+
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    config = dict(scheduler_config or {})
+    scheduler = LCMScheduler.from_config(config, original_inference_steps=num_steps)
+    scheduler.set_timesteps(num_steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Temporarily sets `requires_grad=False` on every parameter of `modules` (restored on exit)."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+class FewStepStudent:
+    """A k-step generator on fixed timesteps t_0 > ... > t_{k-1} around a student `Denoiser`.
+
+    Randomness comes from torch's global RNG unless a `generator` is passed (sampling for grids/validation).
+    """
+
+    def __init__(self, denoiser: Denoiser, timesteps: list[int]):
+        self.denoiser = denoiser
+        self.timesteps = list(timesteps)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def _t(self, i: int, x: Tensor) -> Tensor:
+        return torch.full((x.shape[0],), float(self.timesteps[i]), device=x.device)
+
+    def x0(self, x_t: Tensor, i: int, cond: Conditioning) -> Tensor:
+        """The student's clean-sample prediction at its i-th timestep."""
+        return self.denoiser.predict(x_t, self._t(i, x_t), cond).x0
+
+    def renoise(self, x0: Tensor, i: int, generator: torch.Generator | None = None) -> Tensor:
+        """x_{t_i} = alpha_{t_i} x0 + sigma_{t_i} eps with fresh eps (LCMScheduler.step's re-noising)."""
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.denoiser.add_noise(x0, eps, self._t(i, x0))
+
+    @torch.no_grad()
+    def simulate(self, z: Tensor, cond: Conditioning, steps: int) -> Tensor:
+        """Backward simulation (DMD2 Sec. 4.5): run the student's own chain from pure noise z for `steps` steps
+        without gradients and return its input at step `steps` (x_{t_steps})."""
+        x = z
+        for i in range(steps):
+            x = self.renoise(self.x0(x, i, cond), i + 1)
+        return x
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
+        """The full k-step chain from z (what the exported pipeline does), clean latents out."""
+        x = z
+        for i in range(self.num_steps):
+            x0 = self.x0(x, i, cond)
+            if i < self.num_steps - 1:
+                x = self.renoise(x0, i + 1, generator)
+        return x0
+
+    def generate(
+        self,
+        z: Tensor,
+        cond: Conditioning,
+        index: int | None = None,
+        real_latents: Tensor | None = None,
+    ) -> tuple[Tensor, int]:
+        """A training sample with gradients through the last student forward only.
+
+        Step i is drawn uniformly from the student's steps unless given; its input is z for i = 0, else the
+        backward-simulated x_{t_i} (or, with `real_latents`, the forward-noised real latents: DMD2 without
+        backward simulation). Returns (x0 with grad, i)."""
+        if index is None:
+            index = int(torch.randint(self.num_steps, ()).item())
+        if index == 0:
+            x = z
+        elif real_latents is not None:
+            x = self.renoise(real_latents, index)
+        else:
+            x = self.simulate(z, cond, index)
+        return self.x0(x, index, cond), index
+
+
+@torch.no_grad()
+def teacher_ode_samples(
+    scores: ScorePair,
+    z: Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    guidance_scale: float,
+    num_steps: int = 50,
+    scheduler_config: Any = None,
+) -> Tensor:
+    """The teacher's deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12) solution from noise z on the stock
+    DDIMScheduler grid for `num_steps`, with CFG: x_{t'} = alpha_{t'} x0_hat + sigma_{t'} eps_hat. Gives DMD's
+    noise -> image regression pairs."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(dict(scheduler_config or {}))
+    scheduler.set_timesteps(num_steps)
+    timesteps = [float(t) for t in scheduler.timesteps]
+    teacher = scores.teacher
+    x = z
+    for j, t in enumerate(timesteps):
+        tt = torch.full((z.shape[0],), t, device=z.device)
+        prediction = scores.real(x, tt, cond, uncond=uncond, guidance_scale=guidance_scale)
+        if j == len(timesteps) - 1:
+            return prediction.x0
+        t_next = torch.full_like(tt, timesteps[j + 1])
+        x = teacher.add_noise(prediction.x0, prediction.eps, t_next)
+    return x
+
+
+@dataclass
+class DistributionMatchingConfig(MethodConfig):
+    """Settings shared by the distribution-matching methods (defaults: DMD2 on SD1.5, Yin et al. 2024b)."""
+
+    num_steps: int = 1
+    """Student steps k (1-4); timesteps = LCMScheduler(original_inference_steps=k): 999 | 999,499 | 999,749,499,249."""
+    learning_rate: float = 1e-5
+    """Generator learning rate (DMD2 SD1.5 from scratch: 1e-5)."""
+    fake_learning_rate: float = 1e-5
+    """Fake-score (and its discriminator head) learning rate."""
+    fake_updates_per_generator: int = 10
+    """Two time-scale update rule: fake-score updates per generator update (DMD2: 10 for SD1.5, 5 for SDXL)."""
+    fake_score: str = "lora"
+    """`lora` (adapter on the teacher's own backbone) or `full` (a trainable copy, as in the papers)."""
+    fake_rank: int = 64
+    """LoRA rank of the fake score."""
+    real_guidance_scale: float = 1.75
+    """CFG scale of the real score (diffusers convention; DMD2: 1.75 for SD1.5, 8 for SDXL)."""
+    min_t: float = 0.02
+    """Lowest time of the distribution-matching loss, as a fraction of the schedule (DMD2: 0.02)."""
+    max_t: float = 0.98
+    """Highest time of the distribution-matching loss, as a fraction of the schedule (DMD2: 0.98)."""
+    backward_simulation: bool = True
+    """Multi-step students: feed step i the student's own backward-simulated x_{t_i} (DMD2 Sec. 4.5) instead of
+    forward-noised real latents."""
+    adam_beta1: float = 0.9
+    """Adam beta1 of both optimizers."""
+    adam_beta2: float = 0.999
+    """Adam beta2 of both optimizers."""
+    weight_decay: float = 0.01
+    """AdamW weight decay of both optimizers (DMD2: 0.01)."""
+
+
+class DistributionMatchingMethod(DistillationMethod):
+    """Base class: student + score pair + per-step sample stash + sampling + export. Subclasses write the losses."""
+
+    config_class = DistributionMatchingConfig
+    find_unused_parameters = True
+
+    @classmethod
+    def check_config(cls, config: DistributionMatchingConfig, train: TrainConfig) -> None:
+        if not 1 <= config.num_steps <= 8:
+            raise ValueError(f"num_steps={config.num_steps} is not supported; choose 1 to 8 student steps")
+        if config.fake_score not in ("lora", "full"):
+            raise ValueError(f"fake_score={config.fake_score!r} is not supported; choose 'lora' or 'full'")
+        if config.fake_updates_per_generator < 1:
+            raise ValueError(f"fake_updates_per_generator={config.fake_updates_per_generator} must be >= 1")
+        if not 0.0 <= config.min_t < config.max_t <= 1.0:
+            raise ValueError(f"need 0 <= min_t < max_t <= 1, got min_t={config.min_t}, max_t={config.max_t}")
+        if config.fake_rank < 1:
+            raise ValueError(f"fake_rank={config.fake_rank} must be >= 1")
+
+    # ------------------------------------------------------------------ networks
+
+    def build(self) -> dict[str, nn.Module]:
+        config = self.config
+        teacher = self.teacher
+        # 1. the student: a full copy of the plain teacher backbone, made BEFORE the fake adapter is attached
+        student_unet = copy.deepcopy(teacher.base_model).requires_grad_(True).train()
+        for p in student_unet.parameters():
+            # a NaN/inf gradient entry becomes finite before clipping (SiD-LSG's nan_to_num on generator grads)
+            p.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5))
+        # 2. the frozen teacher and the fake score on it
+        teacher.freeze()
+        fake_config = FakeScoreConfig(kind=config.fake_score, rank=config.fake_rank, **self.fake_score_overrides())
+        self.scores = ScorePair(teacher, fake_config)
+        self.timesteps = student_timesteps(config.num_steps, self.teacher.pipeline.scheduler.config)
+        modules = {"student": student_unet, "fake_score": self._fake_module()}
+        modules.update(self.extra_modules())
+        self._built = modules  # optimizers() runs before setup(): it reads the parameters from here
+        return modules
+
+    def fake_score_overrides(self) -> dict[str, Any]:
+        """Extra `FakeScoreConfig` fields of a subclass."""
+        return {}
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Further trainable networks of a subclass (discriminators)."""
+        return {}
+
+    def _fake_module(self) -> nn.Module:
+        return self.teacher.base_model if self.scores.config.kind == "lora" else self.scores._fake_backbone
+
+    def setup(self, models: dict[str, nn.Module]) -> None:
+        super().setup(models)
+        # route calls through the prepared (possibly DDP-wrapped) modules
+        if self.scores.config.kind == "lora":
+            self.teacher.model = models["fake_score"]
+        else:
+            self.scores.fake_denoiser.model = models["fake_score"]
+        self.student = FewStepStudent(self.teacher.with_model(models["student"]), self.timesteps)
+        self.head = models.get("discriminator")
+        self._stash: dict[tuple[int, int], Tensor] = {}
+
+    def _adam(self) -> dict[str, Any]:
+        c = self.config
+        return {"betas": (c.adam_beta1, c.adam_beta2), "weight_decay": c.weight_decay}
+
+    # ------------------------------------------------------------------ per-step helpers
+
+    def latent_shape(self, batch_size: int) -> tuple[int, ...]:
+        config = self.teacher.config
+        size = config.sample_size
+        return (batch_size, config.in_channels, size, size)
+
+    def noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(self.latent_shape(batch_size), generator=generator, device=self.accelerator.device)
+
+    def uncond(self, batch_size: int) -> Conditioning:
+        return self.training_data.uncond(batch_size)
+
+    def stash(self, batch: dict[str, Tensor], step: int, x: Tensor) -> None:
+        """Keeps this step's generator samples (detached) for the fake-score update of the same micro-batch."""
+        self._stash = {(step, id(batch)): x.detach()}
+
+    def stashed(self, batch: dict[str, Tensor], step: int) -> Tensor | None:
+        return self._stash.get((step, id(batch)))
+
+    def distribution_matching_loss(self, x: Tensor, cond: Conditioning, uncond: Conditioning) -> dict[str, Tensor]:
+        """DMD2's generator loss on samples x: t ~ U[min_t, max_t], x_t = alpha_t sg(x) + sigma_t eps, the real
+        (guided) and fake x0 at x_t without gradient, and the injection loss of `dmd_gradient`."""
+        c = self.config
+        teacher = self.teacher
+        t = sample_timesteps(teacher.schedule, x.shape[0], c.min_t, c.max_t, device=x.device)
+        with torch.no_grad():
+            x_t = teacher.add_noise(x.detach(), torch.randn_like(x), t)
+            x0_real = self.scores.real(x_t, t, cond, uncond=uncond, guidance_scale=c.real_guidance_scale).x0
+            x0_fake = self.scores.fake(x_t, t, cond).x0
+            grad = dmd_gradient(x.detach(), x0_real, x0_fake)
+        return {"loss_dm": injection_loss(x, grad), "dm_grad_norm": grad.flatten(1).norm(dim=1).mean()}
+
+    # ------------------------------------------------------------------ sampling and export
+
+    @torch.no_grad()
+    def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
+        model = self.accelerator.unwrap_model(self.models["student"])
+        student = FewStepStudent(self.teacher.with_model(model), self.timesteps)
+        was_training = model.training
+        model.eval()
+        try:
+            z = torch.randn(
+                self.latent_shape(cond.batch_size), generator=generator, device=generator.device, dtype=torch.float32
+            ).to(self.accelerator.device)
+            return student.sample(z, cond.to(self.accelerator.device), generator)
+        finally:
+            model.train(was_training)
+
+    def save_student(self, folder: Path) -> Any:
+        from sdtoolkit.pipelines.export import ExportSpec
+
+        model = self.accelerator.unwrap_model(self.models["student"])
+        model.save_pretrained(Path(folder) / "unet", safe_serialization=True)
+        steps = ",".join(str(t) for t in self.timesteps)
+        return ExportSpec(
+            method=self.name,
+            student="unet",
+            pipeline_class="StableDiffusionPipeline",
+            scheduler_class="LCMScheduler",
+            num_inference_steps=self.config.num_steps,
+            guidance_scale=1.0,
+            scheduler_config={"original_inference_steps": self.config.num_steps},
+            notes=f"A {self.config.num_steps}-step generator on the fixed timesteps {steps} "
+            f"({type(self).__doc__.splitlines()[0].strip()}). CFG is distilled in: sample with guidance_scale=1.",
+        )
