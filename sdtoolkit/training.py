@@ -1,0 +1,743 @@
+"""The one accelerate training loop every distillation method runs in, and the small interface a method implements.
+
+Writing a method
+================
+A method is a subclass of `DistillationMethod` registered with `@register_method` (its `name` becomes the CLI
+subcommand `sdtoolkit distill <name>`), with a typed dataclass config (`config_class`, one docstring per field,
+defaults = the paper's; every field becomes a `--flag`). The loop owns everything else: accelerate, data, mixed
+precision, gradient accumulation and clipping, checkpoints with exact resume, logging, sample grids, validation,
+the final student and its export. The method's life cycle, in call order:
+
+1. `__init__(config, teacher, accelerator, data)`: `teacher` is the frozen-ready `Denoiser` of the teacher
+   pipeline on `accelerator.device`; `data` holds the text cache (`data.text`) and `data.uncond(batch_size)`.
+2. `build() -> dict[str, nn.Module]`: create the trainable networks (student UNet, LoRA-adapted backbone, fake
+   score, discriminator...). The loop passes them through `accelerator.prepare` (DDP under `accelerate launch`).
+3. `optimizers() -> list[OptimizerSpec]`: one entry per optimizer: a name, its parameters, learning rate, and
+   `every`/`offset` (the optimizer steps on global steps with `step % every == offset`). Two-time-scale updates are
+   two entries, e.g. DMD2's TTUR (Yin et al. 2024, Sec. 4.1)::
+
+       [OptimizerSpec("fake_score", fake_params, lr=2e-6),              # every step, listed first: runs first
+        OptimizerSpec("generator", student_params, lr=2e-6, every=5)]   # every 5th step
+
+4. `setup(models)`: receives the prepared modules (same names) before training; build Denoisers around them here.
+5. per global step, for each micro-batch (gradient accumulation), for each optimizer due at this step, in list
+   order: `loss(name, batch, step) -> {"loss": scalar, ...}` (the loop backpropagates `"loss"` with
+   `accelerator.backward` and logs every other entry too), then on `sync_gradients`: clip, optimizer step, LR
+   scheduler step, zero grad, and `after_step(name, step)` (EMA updates go there). Gradients are isolated per
+   optimizer: while one optimizer's loss is backpropagated, the others' accumulated `.grad` are set aside, so a
+   generator loss that flows through the fake score never pollutes the fake score's gradients, also with
+   accumulation. Per-step state shared between the updates of one step (e.g. the generator's samples that the
+   fake score trains on) lives on the method object.
+6. `checkpoint_objects()`: extra objects with `state_dict`/`load_state_dict` (EMA, ...) saved with every
+   checkpoint; `after_load()` runs after a resume (e.g. copy the EMA into the target network).
+7. `sample(cond, uncond, generator) -> latents` for sample grids and validation (use an unwrapped model and only
+   `generator`'s randomness: training randomness must not move).
+8. `save_student(folder) -> ExportSpec`: write the trained student (diffusers UNet folder or LoRA weights) and say
+   how to export it (`sdtoolkit.pipelines.export`): pipeline class, scheduler class and config, default steps.
+
+Class attributes: `data = "images"` (cached VAE latents of an image–caption folder, `batch["latent_mean"|
+"latent_std"]`) or `"prompts"` (text only); `find_unused_parameters = True` when some registered parameters do
+not take part in every backward (alternating updates through one DDP module).
+
+Batches are dicts: `prompt_index [B]`, the text conditioning `cond.<field>` (use
+`sdtoolkit.training_data.batch_conditioning(batch)`), and for image methods the VAE posterior of each image
+(`sdtoolkit.training_data.sample_latents(batch)` draws z). Randomness comes from torch's global RNG (seeded, and
+saved/restored by `save_state`/`load_state`), which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from sdtoolkit.denoiser import Conditioning, Denoiser
+
+BUILTIN_TEACHER = "builtin:shapes"
+"""The embedded teacher shipped in `assets/shapes-teacher/`; runs on it are validated with `sdtoolkit.eval`."""
+CONFIG_NAME = "config.json"
+"""The resolved configuration written in every run folder (and accepted back by `--config`)."""
+LOSSES_NAME = "losses.jsonl"
+"""Per-step logged values (one JSON object per optimizer step) in every run folder."""
+
+__all__ = [
+    "BUILTIN_TEACHER",
+    "DistillationMethod",
+    "MethodConfig",
+    "OptimizerSpec",
+    "TrainConfig",
+    "Trainer",
+    "config_from_dict",
+    "get_method",
+    "method_names",
+    "register_method",
+]
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+
+
+@dataclass
+class TrainConfig:
+    """What every method shares: teacher, data, loop, checkpoints, logging."""
+
+    teacher: str = BUILTIN_TEACHER
+    """Teacher: `builtin:shapes` (the embedded teacher), a local diffusers pipeline folder, or a Hub id."""
+    output: str = "runs/distill"
+    """Run folder: config.json, losses.jsonl, checkpoints/, samples/, student/, export/."""
+    data: str | None = None
+    """Image–caption folder (images + metadata.jsonl or same-name .txt captions) for methods that need real
+    latents. Default for builtin:shapes: procedural shape renders (`sdtoolkit.data.ShapesDataset`)."""
+    prompts: str | None = None
+    """Prompt file (.txt one per line, .jsonl or .csv with a prompt/text/caption field) for data-free methods.
+    Default for builtin:shapes: `sdtoolkit.data.all_prompts()`."""
+    cache_dir: str | None = None
+    """Where cached text embeddings and VAE latents live (default: <output>/cache); share it between runs."""
+    resolution: int | None = None
+    """Training image resolution (default: the teacher's, unet.sample_size × VAE scale factor)."""
+    max_steps: int = 1000
+    """Optimizer steps to train for (global steps: one step = batch-size × processes × accumulation images)."""
+    batch_size: int = 8
+    """Batch size per device."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    mixed_precision: str = "no"
+    """`no`, `fp16` or `bf16` (accelerate's mixed precision; fp32 master weights). bf16 is the GPU choice."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping for every optimizer (0 disables), applied only when gradients are synced."""
+    seed: int = 0
+    """Seed of every random draw (the data order, noise, timesteps, guidance scales)."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint (accelerate `save_state`) every N steps and at the end."""
+    checkpoints_total_limit: int = 2
+    """Keep only the newest N checkpoints."""
+    sample_every: int = 500
+    """Write a sample grid (rows = prompts, columns = seeds) every N steps and at the end; 0 disables."""
+    sample_prompts: int = 4
+    """Rows of the sample grid (the first prompts of the data)."""
+    sample_seeds: int = 4
+    """Columns of the sample grid."""
+    validate_every: int = 0
+    """Score samples with the shapes evaluator every N steps and at the end (builtin:shapes only); 0: at the end
+    only; -1: never."""
+    validation_prompts: int = 60
+    """How many prompts validation samples (one image each), spread evenly over the prompt list."""
+    log_with: str = "auto"
+    """`auto` (tensorboard when installed), `tensorboard`, or `none`. losses.jsonl is always written."""
+    num_workers: int = 0
+    """DataLoader worker processes (the cached data are in memory, 0 is usually fastest)."""
+    num_threads: int | None = None
+    """torch.set_num_threads for CPU runs (None: leave torch's default)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of the trained networks (less memory, ~30% slower)."""
+    allow_tf32: bool = True
+    """Allow TF32 matmuls on Ampere+ GPUs."""
+    export: bool = True
+    """Export a ready diffusers pipeline to <output>/export at the end (also `sdtoolkit export RUN OUT`)."""
+    builtin_images: int = 4096
+    """How many builtin:shapes renders (`sdtoolkit.data.ShapesDataset`, seed 1) serve as real data."""
+
+
+@dataclass
+class MethodConfig:
+    """Base class of method configs: a typed dataclass, one docstring per field, defaults = the paper's."""
+
+
+@dataclass
+class OptimizerSpec:
+    """One optimizer of a method: which parameters, how fast, how often it steps (AdamW + linear warm-up)."""
+
+    name: str
+    """Name used in logs (`<name>/loss`) and passed to `DistillationMethod.loss`."""
+    params: list = field(repr=False)
+    """Parameters (or torch param-group dicts) it updates."""
+    lr: float
+    """Learning rate after warm-up."""
+    every: int = 1
+    """Step on global steps with step % every == offset (DMD2's two time-scale update: generator every=5)."""
+    offset: int = 0
+    """See `every`."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many of ITS OWN steps."""
+    max_grad_norm: float | None = None
+    """Clipping for this optimizer (None: TrainConfig.max_grad_norm)."""
+
+    def due(self, step: int) -> bool:
+        return step % self.every == self.offset % self.every
+
+    def parameters(self) -> list[nn.Parameter]:
+        out: list[nn.Parameter] = []
+        for entry in self.params:
+            out.extend(entry["params"] if isinstance(entry, dict) else [entry])
+        return out
+
+
+def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Builds dataclass `cls` from a JSON-style dict, converting lists to tuples where the field is a tuple and
+    naming unknown keys with the valid ones."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if isinstance(value, list) and _is_tuple_type(hints.get(key)):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _is_tuple_type(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple_type(arg) for arg in typing.get_args(hint))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------- interface
+
+
+@dataclass
+class TrainingData:
+    """What the loop hands a method about the data: the text cache and the dataset's prompt list."""
+
+    text: Any
+    """`sdtoolkit.training_data.TextCache` (prompts, cond rows, the unconditional row)."""
+    device: torch.device
+
+    def uncond(self, batch_size: int) -> Conditioning:
+        """Conditioning of the empty prompt, `batch_size` rows, on the training device."""
+        return self.text.unconditional(batch_size).to(self.device)
+
+    def conditioning(self, indices: list[int] | Tensor) -> Conditioning:
+        return self.text.conditioning(indices).to(self.device)
+
+
+class DistillationMethod(ABC):
+    """A distillation method in the shared loop; see the module docstring for the call order."""
+
+    name: ClassVar[str]
+    """Registry name and CLI subcommand."""
+    config_class: ClassVar[type[MethodConfig]]
+    """Its typed dataclass config."""
+    data: ClassVar[str] = "images"
+    """`images` (cached VAE latents + captions) or `prompts` (text only)."""
+    find_unused_parameters: ClassVar[bool] = False
+    """Passed to DDP: True when some registered parameters miss some backward passes."""
+    description: ClassVar[str] = ""
+    """One paragraph shown by `sdtoolkit distill <name> --help`."""
+
+    def __init__(self, config: MethodConfig, teacher: Denoiser, accelerator: Any, data: TrainingData):
+        self.config = config
+        self.teacher = teacher
+        self.accelerator = accelerator
+        self.training_data = data
+        self.models: dict[str, nn.Module] = {}
+
+    @classmethod
+    def check_config(cls, config: MethodConfig, train: TrainConfig) -> None:
+        """Validate the configs before anything is loaded; raise ValueError naming the bad value and the fix."""
+        return None
+
+    @abstractmethod
+    def build(self) -> dict[str, nn.Module]:
+        """Create the trainable networks; the loop `prepare`s them and hands them back to `setup`."""
+
+    @abstractmethod
+    def optimizers(self) -> list[OptimizerSpec]:
+        """One `OptimizerSpec` per optimizer, in the order their updates run within a step."""
+
+    def setup(self, models: dict[str, nn.Module]) -> None:
+        """Receives the prepared (possibly DDP-wrapped) modules under the names `build` gave them."""
+        self.models = models
+
+    @abstractmethod
+    def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """The loss of optimizer `name` on `batch`: `{"loss": scalar tensor, <other scalars to log>...}`."""
+
+    def after_step(self, name: str, step: int) -> None:
+        """Called after optimizer `name` stepped (gradients synced), e.g. for EMA updates."""
+        return None
+
+    def checkpoint_objects(self) -> list[Any]:
+        """Extra state saved in checkpoints (objects with `state_dict`/`load_state_dict`), same order every run."""
+        return []
+
+    def after_load(self) -> None:
+        """Called after `load_state` restored a checkpoint."""
+        return None
+
+    @abstractmethod
+    def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
+        """Latents sampled by the current student at its default step count, from `generator`'s noise only."""
+
+    @abstractmethod
+    def save_student(self, folder: Path) -> Any:
+        """Writes the trained student into `folder`; returns its `sdtoolkit.pipelines.export.ExportSpec`."""
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+METHODS: dict[str, type[DistillationMethod]] = {}
+"""Registered methods by name (populated by importing `sdtoolkit.trainers` and the `sdtoolkit.methods` entry
+points of installed plug-ins)."""
+
+
+def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
+    """Class decorator adding a method to `METHODS` under `cls.name`; a duplicate name is an error."""
+    name = cls.name
+    if name in METHODS and METHODS[name] is not cls:
+        raise ValueError(f"a distillation method named {name!r} is already registered ({METHODS[name].__module__})")
+    METHODS[name] = cls
+    return cls
+
+
+def _load_methods() -> None:
+    import importlib
+    from importlib.metadata import entry_points
+
+    importlib.import_module("sdtoolkit.trainers")
+    for entry in entry_points(group="sdtoolkit.methods"):
+        entry.load()
+
+
+def method_names() -> list[str]:
+    _load_methods()
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[DistillationMethod]:
+    _load_methods()
+    if name not in METHODS:
+        raise ValueError(f"unknown distillation method {name!r}; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+# ---------------------------------------------------------------------------------------------------- teacher
+
+
+def load_teacher_pipeline(spec: str) -> Any:
+    """The teacher's diffusers pipeline for `builtin:shapes`, a local folder or a Hub id (via
+    `sdtoolkit.loading.load_teacher`)."""
+    from sdtoolkit.loading import load_teacher
+
+    teacher = load_teacher(spec)
+    return teacher.pipeline if isinstance(teacher, Denoiser) else teacher
+
+
+def teacher_resolution(pipeline: Any) -> int:
+    """The teacher's native image size: unet.sample_size × VAE scale factor."""
+    scale = getattr(pipeline, "vae_scale_factor", None) or 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+    return int(pipeline.unet.config.sample_size * scale)
+
+
+# ---------------------------------------------------------------------------------------------------- loop
+
+
+class TrainingProgress:
+    """The step counter, saved with every checkpoint (`register_for_checkpointing`)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest `checkpoints/step_*` of a run folder, or `folder` itself when it is a checkpoint."""
+    if (folder / "progress.json").is_file():
+        return folder
+    candidates = sorted((folder / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    candidates = [c for c in candidates if (c / "progress.json").is_file()]
+    return candidates[-1] if candidates else None
+
+
+class Trainer:
+    """Runs one method with one `TrainConfig` on accelerate (single process or `accelerate launch`).
+
+    Args:
+        method_class: the registered method. method_config: its config. config: the loop's config.
+        resolved: the full resolved configuration (written to config.json). resume_from: a checkpoint folder.
+        prepare_data: builds (dataset, text cache, prompt list) from (teacher, teacher pipeline, config, method
+            class), e.g. `sdtoolkit.cli.distill.prepare_data` (prompt files, image folders, builtin shapes, caches).
+        pipeline: the teacher pipeline, already loaded (default: load `config.teacher`).
+    """
+
+    def __init__(
+        self,
+        method_class: type[DistillationMethod],
+        method_config: MethodConfig,
+        config: TrainConfig,
+        resolved: dict[str, Any],
+        prepare_data: Callable[..., tuple[Any, Any, list[str]]],
+        resume_from: Path | None = None,
+        pipeline: Any | None = None,
+    ):
+        self.method_class = method_class
+        self.method_config = method_config
+        self.config = config
+        self.resolved = resolved
+        self.prepare_data = prepare_data
+        self.resume_from = resume_from
+        self.pipeline = pipeline
+        self.output = Path(config.output)
+        self.history: list[dict[str, float]] = []
+        self.metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def _accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import (
+            DataLoaderConfiguration,
+            DistributedDataParallelKwargs,
+            GradientAccumulationPlugin,
+            ProjectConfiguration,
+        )
+
+        config = self.config
+        log_with = None
+        if config.log_with == "tensorboard" or (config.log_with == "auto" and _tensorboard_available()):
+            log_with = "tensorboard"
+        return Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
+            ),
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output), logging_dir=str(self.output / "logs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=self.method_class.find_unused_parameters)
+            ],
+        )
+
+    def run(self) -> Path:
+        """Trains, checkpoints, samples, validates, saves the student and exports it; returns the run folder."""
+        from accelerate.utils import set_seed
+
+        config = self.config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if config.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        accelerator = self.accelerator = self._accelerator()
+        set_seed(config.seed + accelerator.process_index)
+        if accelerator.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / CONFIG_NAME).write_text(json.dumps(self.resolved, indent=2) + "\n")
+
+        # 1. teacher and data (the main process builds the caches, the others then read them)
+        pipeline = self.pipeline if self.pipeline is not None else load_teacher_pipeline(config.teacher)
+        pipeline.set_progress_bar_config(disable=True)
+        pipeline.to(accelerator.device)
+        self.pipeline = pipeline
+        teacher = Denoiser.from_pipeline(pipeline)
+        with accelerator.main_process_first():
+            dataset, text, self.prompts = self.prepare_data(teacher, pipeline, config, self.method_class)
+        data = TrainingData(text=text, device=accelerator.device)
+
+        # 2. method: networks, optimizers, LR warm-up
+        method = self.method = self.method_class(self.method_config, teacher, accelerator, data)
+        modules = method.build()
+        if config.gradient_checkpointing:
+            for module in modules.values():
+                if hasattr(module, "enable_gradient_checkpointing"):
+                    module.enable_gradient_checkpointing()
+        specs = self.specs = method.optimizers()
+        optimizers = [
+            torch.optim.AdamW(s.params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps) for s in specs
+        ]
+        schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(o, _warmup(s.warmup_steps * accelerator.num_processes))
+            for s, o in zip(specs, optimizers)
+        ]
+        dataloader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) >= config.batch_size * accelerator.num_processes,
+            num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        names = list(modules)
+        prepared = accelerator.prepare(*modules.values(), *optimizers, *schedulers, dataloader)
+        prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
+        n = len(names)
+        models = dict(zip(names, prepared[:n]))
+        self.optimizers = prepared[n : n + len(specs)]
+        self.schedulers = prepared[n + len(specs) : n + 2 * len(specs)]
+        dataloader = prepared[-1]
+        method.setup(models)
+
+        # 3. checkpointed state beyond models/optimizers/schedulers/RNG: the step counter and the method's extras
+        progress = TrainingProgress()
+        accelerator.register_for_checkpointing(progress)
+        for obj in method.checkpoint_objects():
+            accelerator.register_for_checkpointing(obj)
+        if self.resume_from is not None:
+            accelerator.load_state(str(self.resume_from))
+            method.after_load()
+            accelerator.print(f"resumed from {self.resume_from} at step {progress.step}")
+        self._truncate_history(progress.step)
+        if accelerator.log_with:
+            accelerator.init_trackers("sdtoolkit", config=_flat_scalars(self.resolved))
+
+        self._loop(progress, dataloader, list(models.values()))
+
+        # 4. the student, its export, the end of the run
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self._finish(progress.step)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return self.output
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self, progress: TrainingProgress, dataloader, models: list[nn.Module]) -> None:
+        from tqdm.auto import tqdm
+
+        accelerator, config, method = self.accelerator, self.config, self.method
+        accumulation = config.gradient_accumulation_steps
+        images_per_step = config.batch_size * accelerator.num_processes * accumulation
+        batches = self._batches(dataloader, progress.step * accumulation)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=progress.step,
+            desc=f"{self.method_class.name}",
+            unit="step",
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        speed = None
+        while progress.step < config.max_steps:
+            step, started = progress.step, time.perf_counter()
+            due = [(s, o, sch) for s, o, sch in zip(self.specs, self.optimizers, self.schedulers) if s.due(step)]
+            logs: dict[str, float] = {}
+            for _ in range(accumulation):
+                batch = next(batches)
+                with accelerator.accumulate(*models):
+                    for spec, optimizer, scheduler in due:
+                        out = method.loss(spec.name, batch, step)
+                        self._backward(spec, out["loss"])
+                        if accelerator.sync_gradients:
+                            max_norm = spec.max_grad_norm if spec.max_grad_norm is not None else config.max_grad_norm
+                            if max_norm and max_norm > 0:
+                                norm = accelerator.clip_grad_norm_(spec.parameters(), max_norm)
+                                out = {**out, "grad_norm": torch.as_tensor(norm)}
+                            optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                            method.after_step(spec.name, step)
+                        for key, value in out.items():
+                            value = float(torch.as_tensor(value).detach().float().mean())
+                            scale = 1.0 if key == "grad_norm" else 1.0 / accumulation
+                            logs[f"{spec.name}/{key}"] = logs.get(f"{spec.name}/{key}", 0.0) + value * scale
+            progress.step = step = step + 1
+            elapsed = time.perf_counter() - started
+            speed = images_per_step / elapsed if speed is None else 0.9 * speed + 0.1 * images_per_step / elapsed
+            logs = {k: _mean_across_processes(accelerator, v) for k, v in logs.items()}
+            for spec, _, scheduler in due:
+                logs[f"{spec.name}/lr"] = scheduler.get_last_lr()[0]
+            self._log(step, logs)
+            main_loss = next((v for k, v in logs.items() if k.endswith("/loss")), float("nan"))
+            bar.set_postfix(loss=f"{main_loss:.4g}", img_s=f"{speed:.1f}", refresh=False)
+            bar.update(1)
+            last = step == config.max_steps
+            if config.sample_every > 0 and (step % config.sample_every == 0 or last):
+                self._write_samples(step)
+            if self._validation_due(step, last):
+                self._validate(step)
+            if step % config.checkpoint_every == 0 or last:
+                self._checkpoint(step)
+        bar.close()
+
+    def _batches(self, dataloader, consumed: int) -> Iterator[dict[str, Tensor]]:
+        """Endless micro-batches starting after the first `consumed` ones: epoch e is shuffled by seed + e
+        (accelerate's seedable sampler), and a resume skips into its epoch with `skip_first_batches`."""
+        per_epoch = len(dataloader)
+        if per_epoch == 0:
+            raise ValueError("the training data yield no batch; add data or lower --batch-size")
+        epoch, skip = divmod(consumed, per_epoch)
+        while True:
+            dataloader.set_epoch(epoch)
+            loader = self.accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+            if skip and hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    def _backward(self, spec: OptimizerSpec, loss: Tensor) -> None:
+        """`accelerator.backward(loss)` with the other optimizers' accumulated gradients set aside, so that only
+        `spec`'s parameters accumulate this loss's gradient."""
+        own = {id(p) for p in spec.parameters()}
+        others = [p for s in self.specs if s is not spec for p in s.parameters() if id(p) not in own]
+        saved = [p.grad for p in others]
+        for p in others:
+            p.grad = None
+        self.accelerator.backward(loss)
+        for p, grad in zip(others, saved):
+            p.grad = grad
+
+    # ------------------------------------------------------------------ logging, samples, validation
+
+    def _truncate_history(self, step: int) -> None:
+        path = self.output / LOSSES_NAME
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _log(self, step: int, logs: dict[str, float]) -> None:
+        accelerator = self.accelerator
+        if accelerator.log_with:
+            accelerator.log(logs, step=step)
+        if accelerator.is_main_process:
+            with (self.output / LOSSES_NAME).open("a") as handle:
+                handle.write(json.dumps({"step": step, **logs}) + "\n")
+
+    @torch.no_grad()
+    def _sample_images(self, prompt_indices: list[int], seed: int) -> Tensor:
+        """Images in [0, 1] `[len(prompt_indices), 3, H, W]` from the student, noise from `seed` only."""
+        data = self.method.training_data
+        cond = data.conditioning(prompt_indices)
+        uncond = data.uncond(len(prompt_indices))
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
+        latents = self.method.sample(cond, uncond, generator)
+        images = self.method.teacher.decode(latents.to(self.method.teacher.vae.dtype))
+        return ((images.float() + 1) / 2).clamp(0, 1).cpu()
+
+    def _write_samples(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        from PIL import Image
+
+        count = min(self.config.sample_prompts, len(self.prompts))
+        rows = [i * len(self.prompts) // count for i in range(count)]
+        columns = [self._sample_images(rows, self.config.seed + 1000 + j) for j in range(self.config.sample_seeds)]
+        grid = torch.stack(columns, dim=1)  # [rows, columns, 3, H, W]
+        r, c, _, h, w = grid.shape
+        grid = grid.permute(0, 3, 1, 4, 2).reshape(r * h, c * w, 3)
+        folder = self.output / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((grid.numpy() * 255).round().astype("uint8")).save(folder / f"step_{step:06d}.png")
+        (folder / "prompts.txt").write_text("\n".join(self.prompts[i] for i in rows) + "\n")
+
+    def _validation_due(self, step: int, last: bool) -> bool:
+        every = self.config.validate_every
+        if every < 0 or self.config.teacher != BUILTIN_TEACHER:
+            return False
+        return last or (every > 0 and step % every == 0)
+
+    def _validate(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            from sdtoolkit.eval import Evaluator
+        except ImportError:  # the evaluator is optional at training time
+            self.accelerator.print("validation skipped: sdtoolkit.eval.Evaluator is not available")
+            return
+        prompts = self.prompts
+        count = min(self.config.validation_prompts, len(prompts))
+        indices = [round(i * len(prompts) / count) for i in range(count)]
+        chunks = [indices[i : i + 32] for i in range(0, count, 32)]
+        images = torch.cat([self._sample_images(chunk, self.config.seed + 7) for chunk in chunks])
+        scores = Evaluator.load().score(images, [prompts[i] for i in indices])
+        metrics = _scalar_metrics(scores)
+        self.metrics = {f"val/{k}": v for k, v in metrics.items()}
+        self._log(step, self.metrics)
+        self.accelerator.print(f"step {step} validation: {metrics}")
+
+    # ------------------------------------------------------------------ checkpoints and the end
+
+    def _checkpoint(self, step: int) -> None:
+        accelerator = self.accelerator
+        folder = self.output / "checkpoints" / f"step_{step:06d}"
+        accelerator.save_state(str(folder))
+        if accelerator.is_main_process:
+            (folder / "progress.json").write_text(
+                json.dumps({"step": step, "method": self.method_class.name}, indent=2) + "\n"
+            )
+            kept = sorted((self.output / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+            for old in kept[: max(0, len(kept) - max(1, self.config.checkpoints_total_limit))]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def _finish(self, step: int) -> None:
+        from sdtoolkit.pipelines.export import export_pipeline
+
+        student = self.output / "student"
+        if student.exists():
+            shutil.rmtree(student)
+        student.mkdir(parents=True)
+        spec = self.method.save_student(student)
+        spec.trained_steps = step
+        spec.teacher = self.config.teacher
+        spec.metrics = dict(self.metrics)
+        spec.save(student)
+        if self.config.export:
+            export_pipeline(self.output / "export", self.pipeline, student, spec, self.resolved)
+
+
+def _warmup(steps: int) -> Callable[[int], float]:
+    return lambda current: 1.0 if steps <= 0 else min(1.0, (current + 1) / steps)
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+
+
+def _mean_across_processes(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="mean"))
+
+
+def _scalar_metrics(scores: Any) -> dict[str, float]:
+    """Numbers out of whatever the evaluator returns (a number, a dict, or a dataclass)."""
+    if isinstance(scores, (int, float)):
+        return {"score": float(scores)}
+    if dataclasses.is_dataclass(scores):
+        scores = dataclasses.asdict(scores)
+    if isinstance(scores, dict):
+        return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {}
+
+
+def _flat_scalars(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[f"{prefix}{key}"] = value
+    return out

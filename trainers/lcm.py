@@ -1,0 +1,589 @@
+"""Latent consistency distillation: LCM (Luo et al. 2023, Algorithm 1), LCM-LoRA (Luo et al. 2023b) and phased
+consistency (PCM, Wang et al. 2024) on the shared Denoiser, in the shared training loop.
+
+One step of Algorithm 1 ("LCD"), as `LCM.loss` runs it:
+
+1. draw real latents z ~ q(z | x) from the cached VAE posteriors;
+2. draw n ~ U{1..N} on the skipping-step DDIM grid t_1 < ... < t_N (t_i = i k - 1, k = T / N; LCM Sec. 4.3,
+   N = 50, k = 20 for T = 1000) and set t_{n+k} = t_n on the grid, t_n its predecessor (k train steps lower);
+3. draw the guidance w ~ U[w_min, w_max] (LCM's w: x0 = x0_c + w (x0_c - x0_u), i.e. diffusers' scale w + 1);
+4. noise: z_{t_{n+k}} = alpha z + sigma eps;
+5. online student f_theta(z_{t_{n+k}}, w, c, t_{n+k}) = c_skip z + c_out x0_theta (LCM Sec. 4.1; for PCM the DDIM
+   jump to the edge of the phase of t_{n+k});
+6. the teacher's guided prediction and one DDIM step t_{n+k} -> t_n give z_hat_{t_n} (the augmented PF-ODE solver
+   Psi, LCM Sec. 4.2);
+7. target f_theta^-(z_hat_{t_n}, w, c, t_n) without gradient, from the EMA target network (full student, EMA
+   decay 0.95) or the online student itself (LCM-LoRA);
+8. loss d(f_theta, f_theta^-): L2 or pseudo-Huber (c = 0.001); the loop backpropagates, steps, and (full
+   student) updates the EMA target.
+
+Students: a full UNet copy (with a w-embedding `time_cond_proj_dim=256` by default, as LCM) or a LoRA on the
+teacher's own UNet (`unet.add_adapter(LoraConfig(...))`, the teacher = the same UNet with adapters disabled,
+`Denoiser.adapters_disabled()`). `--phases N>1` switches to PCM's parameterisation and, with `--adversarial`, adds
+its hinge GAN loss (`sdtoolkit.trainers.pcm`). Schedules, prediction types and CFG all go through the Denoiser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sdtoolkit.denoiser import Conditioning, Denoiser, Prediction
+from sdtoolkit.training import DistillationMethod, MethodConfig, OptimizerSpec, TrainConfig, register_method
+from sdtoolkit.training_data import batch_conditioning, sample_latents
+from sdtoolkit.utils import append_dims
+
+LCM_LORA_TARGET_MODULES = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
+"""UNet modules LCM-LoRA adapts (diffusers' consistency_distillation LoRA scripts)."""
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class LCMConfig(MethodConfig):
+    """Latent consistency distillation (LCM / LCM-LoRA / phased PCM). Defaults follow LCM (Luo et al. 2023) as
+    implemented by diffusers' consistency_distillation scripts."""
+
+    lora_rank: int | None = None
+    """None: distil a full UNet copy (LCM). R > 0: train a LoRA of rank R on the teacher's UNet (LCM-LoRA: 64)."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator (None: = rank, i.e. scale 1)."""
+    lora_target_modules: tuple[str, ...] = LCM_LORA_TARGET_MODULES
+    """UNet module names the LoRA adapts (LCM-LoRA's list; names absent from the UNet are skipped)."""
+    lr: float = 1e-4
+    """AdamW learning rate (diffusers' LCM and LCM-LoRA scripts: 1e-4)."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up steps (diffusers' scripts: 500 with 1000s of steps)."""
+    adam_weight_decay: float = 0.0
+    """AdamW weight decay."""
+    num_ddim_timesteps: int = 50
+    """N, the DDIM grid of the solver (LCM: 50, i.e. skip k = T/N = 20)."""
+    w_min: float = 5.0
+    """Smallest guidance w sampled (LCM's convention; diffusers' guidance_scale = w + 1). LCM: 5 (w ~ U[5, 15])."""
+    w_max: float = 15.0
+    """Largest guidance w sampled."""
+    w_embedding: bool | None = None
+    """Condition the student on w through a guidance embedding (time_cond_proj_dim). None: yes for a full student
+    (LCM), no for LoRA (LCM-LoRA). Exported with LatentConsistencyModelPipeline."""
+    time_cond_proj_dim: int = 256
+    """Width of the w-embedding given to the full student's UNet copy (LCM: 256)."""
+    ema_decay: float = 0.95
+    """EMA decay of the target network f_theta^- of a full student (LCM: 0.95). LoRA uses the online student."""
+    loss_type: str = "l2"
+    """`l2` (mean squared error; diffusers' LCM default) or `huber` (pseudo-Huber sqrt(d^2 + c^2) - c)."""
+    huber_c: float = 0.001
+    """c of the pseudo-Huber loss (diffusers' LCM scripts: 0.001)."""
+    sigma_data: float = 0.5
+    """sigma_data of the boundary scalings c_skip, c_out (Song et al. 2023: 0.5)."""
+    timestep_scaling: float = 10.0
+    """Timestep scaling of c_skip, c_out (LCMScheduler's `timestep_scaling`; c_skip(t) ~ 0 beyond t ~ 1)."""
+    phases: int = 1
+    """1: LCM (target at the trajectory's origin). N > 1: PCM with N phases (target at the edge of the phase);
+    sampled with N steps of TCDScheduler (eta = 0)."""
+    adversarial: bool = False
+    """PCM's optional adversarial loss: hinge GAN with small heads on the frozen teacher's down/mid features."""
+    adversarial_weight: float = 0.1
+    """Weight of the generator's adversarial term (PCM: 0.1)."""
+    discriminator_lr: float = 1e-5
+    """Learning rate of the discriminator heads (PCM: 1e-5)."""
+    sample_steps: int | None = None
+    """Sampling steps for grids, validation and the exported default (None: 4 for LCM, N for PCM)."""
+    sample_w: float | None = None
+    """w used when sampling a w-embedded student (None: (w_min + w_max) / 2). Exported as guidance_scale w + 1."""
+    export_ema: bool = True
+    """Export the EMA target network of a full student (LCM releases EMA weights); False: the online student."""
+
+
+# ---------------------------------------------------------------------------------------------------- the maths
+
+
+def ddim_grid(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> Tensor:
+    """The skipping-step grid t_i = i k - 1, i = 1..N, k = T // N (LCM Sec. 4.3; diffusers' `DDIMSolver`).
+
+    Returns `[N]` long timesteps, ascending: 19, 39, ..., 999 for T = 1000, N = 50."""
+    k = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1) * k - 1
+
+
+def lcm_boundary_scalings(t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0) -> tuple[Tensor, Tensor]:
+    """c_skip(t) = sigma_d^2 / ((s t)^2 + sigma_d^2), c_out(t) = s t / sqrt((s t)^2 + sigma_d^2).
+
+    The consistency-model boundary condition f(x, 0) = x (Song et al. 2023, Sec. 3 and App. C) with LCM's
+    timestep scaling s (Luo et al. 2023, Sec. 4.1), exactly as `LCMScheduler.get_scalings_for_boundary_condition_
+    discrete` computes them, so an exported LCMScheduler samples what was trained."""
+    scaled = timestep_scaling * t.float()
+    c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+    c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+    return c_skip, c_out
+
+
+def lcm_consistency_function(x_t: Tensor, x0: Tensor, t: Tensor, sigma_data: float, timestep_scaling: float) -> Tensor:
+    """f_theta(x_t, t) = c_skip(t) x_t + c_out(t) x0_theta(x_t, t) (LCM Sec. 4.1)."""
+    c_skip, c_out = lcm_boundary_scalings(t, sigma_data, timestep_scaling)
+    return append_dims(c_skip, x_t.ndim).to(x_t.dtype) * x_t + append_dims(c_out, x_t.ndim).to(x_t.dtype) * x0
+
+
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    """Mean of sqrt((a - b)^2 + c^2) - c, elementwise (the pseudo-Huber metric of Song & Dhariwal 2023, Sec. 3.3, as
+    diffusers' LCM scripts apply it)."""
+    return (torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c).mean()
+
+
+def consistency_distance(a: Tensor, b: Tensor, loss_type: str, huber_c: float) -> Tensor:
+    """d(a, b): `l2` (mean squared error) or `huber` (pseudo-Huber with constant `huber_c`)."""
+    if loss_type == "l2":
+        return F.mse_loss(a.float(), b.float())
+    if loss_type == "huber":
+        return pseudo_huber(a, b, huber_c)
+    raise ValueError(f"loss_type={loss_type!r}; choose 'l2' or 'huber'")
+
+
+def ddim_jump(denoiser: Denoiser, prediction: Prediction, s: Tensor) -> Tensor:
+    """Deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12) from the prediction at t to time s:
+    x_s = alpha_s x0 + sigma_s eps."""
+    return denoiser.add_noise(prediction.x0, prediction.eps, s)
+
+
+def inference_timesteps(num_steps: int, original_steps: int = 50, num_train_timesteps: int = 1000) -> list[int]:
+    """The `num_steps`-step schedule of LCMScheduler / TCDScheduler (`original_inference_steps = original_steps`):
+    the skipping-step grid, reversed, at indices floor(linspace(0, N, num_steps, endpoint=False))."""
+    grid = ddim_grid(num_train_timesteps, original_steps).flip(0)
+    if not 1 <= num_steps <= original_steps:
+        raise ValueError(f"num_steps={num_steps} must lie in [1, {original_steps}] (the DDIM grid size)")
+    indices = torch.floor(torch.arange(num_steps, dtype=torch.float64) * (original_steps / num_steps)).long()
+    return grid[indices].tolist()
+
+
+@torch.no_grad()
+def lcm_sample(
+    denoiser: Denoiser,
+    noise: Tensor,
+    cond: Conditioning,
+    timesteps: list[int],
+    generator: torch.Generator | None,
+    guidance_embed: Tensor | None = None,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+) -> Tensor:
+    """LCM multistep sampling (Luo et al. 2023, Algorithm 3; what `LCMScheduler.step` does): at each t_i take the
+    consistency function's output, then re-noise it to t_{i+1} with fresh noise drawn from `generator`."""
+    x = noise
+    for i, t in enumerate(timesteps):
+        prediction = denoiser.predict(x, t, cond, guidance_embed=guidance_embed)
+        denoised = lcm_consistency_function(x, prediction.x0, _full(t, x), sigma_data, timestep_scaling)
+        if i + 1 == len(timesteps):
+            return denoised
+        fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = denoiser.add_noise(denoised, fresh, _full(timesteps[i + 1], x))
+    return x
+
+
+@torch.no_grad()
+def phased_sample(
+    denoiser: Denoiser, noise: Tensor, cond: Conditioning, timesteps: list[int], guidance_embed: Tensor | None = None
+) -> Tensor:
+    """Deterministic phased sampling (PCM; `TCDScheduler.step` with eta = 0): from each phase start jump to the next
+    one with the DDIM map, and from the last to t = 0."""
+    x = noise
+    for i, t in enumerate(timesteps):
+        prediction = denoiser.predict(x, t, cond, guidance_embed=guidance_embed)
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else 0
+        x = ddim_jump(denoiser, prediction, _full(s, x))
+    return x
+
+
+def _full(t: int | Tensor, x: Tensor) -> Tensor:
+    return torch.full((x.shape[0],), float(t), device=x.device)
+
+
+# ---------------------------------------------------------------------------------------------------- one step
+
+
+@dataclass
+class ConsistencyStep:
+    """Everything one consistency-distillation step computed (the loss and its ingredients, for tests and GANs)."""
+
+    loss: Tensor
+    online: Tensor
+    """f_theta(z_{t_{n+k}}) (with gradient)."""
+    target: Tensor
+    """f_theta^-(z_hat_{t_n}) (no gradient)."""
+    x_prev: Tensor
+    """z_hat_{t_n}, the teacher's DDIM step."""
+    t_start: Tensor
+    t_end: Tensor
+    edge: Tensor | None
+    """PCM: the phase edge both predictions aim at (None for LCM)."""
+
+
+def consistency_step(
+    *,
+    student: Denoiser,
+    teacher: Denoiser,
+    target: Denoiser,
+    x0: Tensor,
+    noise: Tensor,
+    index: Tensor,
+    w: Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    config: LCMConfig,
+    teacher_context: Any = contextlib.nullcontext,
+) -> ConsistencyStep:
+    """Lines 4-8 of Algorithm 1 for given draws (latents `x0`, `noise`, grid `index` [B], guidance `w` [B])."""
+    num_train = getattr(teacher.schedule, "num_train_timesteps", 1000)
+    grid = ddim_grid(num_train, config.num_ddim_timesteps).to(x0.device)
+    k = num_train // config.num_ddim_timesteps
+    # 2. t_{n+k} on the grid and t_n, k train steps lower (t_1 - k < 0 clamps to 0, where c_skip = 1)
+    t_start = grid[index].float()
+    t_end = (t_start - k).clamp(min=0)
+    edge = None
+    if config.phases > 1:
+        from sdtoolkit.trainers.pcm import phase_edge_of, phase_edges
+
+        edge = phase_edge_of(t_start, phase_edges(config.phases, config.num_ddim_timesteps, num_train))
+    # 4. z_{t_{n+k}} = alpha z + sigma eps
+    x_t = teacher.add_noise(x0, noise, t_start)
+    embed = w if student.time_cond_proj_dim is not None else None
+    # 5. online consistency function
+    online_prediction = student.predict(x_t, t_start, cond, guidance_embed=embed)
+    online = _consistency_output(student, x_t, online_prediction, t_start, edge, config)
+    # 6. augmented PF-ODE solver: guided teacher prediction, one DDIM step t_{n+k} -> t_n
+    with torch.no_grad(), teacher_context():
+        if teacher.time_cond_proj_dim is not None:  # an already guidance-distilled teacher: w through its embedding
+            guided = teacher.predict(x_t, t_start, cond, guidance_embed=w)
+        else:
+            guided = teacher.predict(x_t, t_start, cond, uncond=uncond, guidance_scale=w + 1)
+        x_prev = ddim_jump(teacher, guided, t_end).to(x0.dtype)
+    # 7. target consistency function at (z_hat_{t_n}, t_n), no gradient
+    with torch.no_grad():
+        target_prediction = target.predict(x_prev, t_end, cond, guidance_embed=embed)
+        target_value = _consistency_output(target, x_prev, target_prediction, t_end, edge, config)
+        if edge is not None:  # PCM's boundary condition: at the phase edge the target is z_hat_{t_n} itself
+            at_edge = append_dims(t_end <= edge, x_prev.ndim)
+            target_value = torch.where(at_edge, x_prev, target_value)
+    # 8. distance
+    loss = consistency_distance(online, target_value, config.loss_type, config.huber_c)
+    return ConsistencyStep(loss, online, target_value, x_prev, t_start, t_end, edge)
+
+
+def _consistency_output(
+    denoiser: Denoiser, x_t: Tensor, prediction: Prediction, t: Tensor, edge: Tensor | None, config: LCMConfig
+) -> Tensor:
+    if edge is None:  # LCM: c_skip x_t + c_out x0
+        return lcm_consistency_function(x_t, prediction.x0, t, config.sigma_data, config.timestep_scaling)
+    return ddim_jump(denoiser, prediction, edge)  # PCM: the DDIM map to the edge of the phase (c_skip = 0)
+
+
+# ---------------------------------------------------------------------------------------------------- the method
+
+
+@register_method
+class LCM(DistillationMethod):
+    """Latent consistency distillation (LCM / LCM-LoRA / PCM)."""
+
+    name = "lcm"
+    config_class = LCMConfig
+    data = "images"
+    description = (
+        "Latent consistency distillation (Luo et al. 2023, Algorithm 1): a full UNet student with an EMA target "
+        "and w-embedding (LCM), or a LoRA on the teacher (--lora-rank, LCM-LoRA); --phases N>1 trains a phased "
+        "consistency model (PCM, Wang et al. 2024), --adversarial adds its hinge GAN loss. Needs real latents: an "
+        "image-caption folder (--data) or the builtin:shapes renders. Exports a LatentConsistencyModelPipeline / "
+        "StableDiffusionPipeline with LCMScheduler, or TCDScheduler for PCM."
+    )
+    config: LCMConfig
+
+    @classmethod
+    def check_config(cls, config: LCMConfig, train: TrainConfig) -> None:
+        if config.lora_rank is not None and config.lora_rank <= 0:
+            raise ValueError(
+                f"--lora-rank {config.lora_rank} must be a positive integer (LCM-LoRA uses 64); "
+                "omit it to distil a full UNet"
+            )
+        if config.lora_rank is not None and config.w_embedding:
+            raise ValueError("--w-embedding needs a full student (a LoRA cannot add the embedding); drop --lora-rank")
+        if config.phases < 1 or config.phases > config.num_ddim_timesteps:
+            raise ValueError(f"--phases {config.phases} must lie in [1, {config.num_ddim_timesteps}]")
+        if config.adversarial and config.phases == 1:
+            raise ValueError("--adversarial is PCM's loss: use it with --phases N > 1")
+        if not 0 <= config.w_min <= config.w_max:
+            raise ValueError(f"guidance range [{config.w_min}, {config.w_max}] must satisfy 0 <= w_min <= w_max")
+        if config.loss_type not in ("l2", "huber"):
+            raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
+        steps = config.sample_steps
+        if steps is not None and not 1 <= steps <= config.num_ddim_timesteps:
+            raise ValueError(f"--sample-steps {steps} must lie in [1, {config.num_ddim_timesteps}]")
+
+    @property
+    def is_lora(self) -> bool:
+        return self.config.lora_rank is not None
+
+    @property
+    def uses_w_embedding(self) -> bool:
+        if self.config.w_embedding is None:
+            return not self.is_lora
+        return self.config.w_embedding
+
+    @property
+    def sample_steps(self) -> int:
+        return self.config.sample_steps or (self.config.phases if self.config.phases > 1 else 4)
+
+    @property
+    def sample_w(self) -> float:
+        c = self.config
+        return c.sample_w if c.sample_w is not None else (c.w_min + c.w_max) / 2
+
+    # ------------------------------------------------------------------ networks
+
+    def build(self) -> dict[str, nn.Module]:
+        config, teacher, device = self.config, self.teacher, self.accelerator.device
+        teacher_unet = teacher.base_model
+        modules: dict[str, nn.Module] = {}
+        if self.is_lora:
+            from peft import LoraConfig
+
+            # LCM-LoRA: the student is the teacher's UNet plus an adapter; with adapters disabled it is the teacher
+            teacher.freeze()
+            teacher_unet.add_adapter(
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=config.lora_alpha or config.lora_rank,
+                    target_modules=list(config.lora_target_modules),
+                    init_lora_weights="gaussian",
+                )
+            )
+            for parameter in teacher_unet.parameters():  # LoRA weights train in fp32 over a possibly bf16 base
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
+            student = teacher_unet
+        else:
+            student = self._full_student_copy(teacher_unet).to(device)
+            teacher.freeze()
+        student.train()
+        modules["student"] = student
+        if config.adversarial:
+            from sdtoolkit.trainers.pcm import TrunkDiscriminator
+
+            modules["discriminator"] = TrunkDiscriminator.for_unet(teacher_unet).to(device)
+        if not self.is_lora:
+            from sdtoolkit.ema import EMA, ema_target
+
+            self.ema = EMA(student, decay=config.ema_decay)
+            self.target_unet = ema_target(student)
+        self.built = modules
+        return modules
+
+    def _full_student_copy(self, teacher_unet: nn.Module) -> nn.Module:
+        """A trainable fp32 copy of the teacher UNet; with the w-embedding, a UNet whose config adds
+        `time_cond_proj_dim` (as diffusers' LCM script), teacher weights loaded, the new `cond_proj` zero-initialised
+        so that the student starts exactly as the teacher."""
+        if not self.uses_w_embedding or teacher_unet.config.get("time_cond_proj_dim") is not None:
+            return copy.deepcopy(teacher_unet).float().requires_grad_(True)
+        cls = type(teacher_unet)
+        student = cls.from_config({**teacher_unet.config, "time_cond_proj_dim": self.config.time_cond_proj_dim})
+        missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
+        if unexpected or any("cond_proj" not in name for name in missing):
+            raise RuntimeError(f"student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        nn.init.zeros_(student.time_embedding.cond_proj.weight)
+        return student.float().requires_grad_(True)
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        config = self.config
+        params = [p for p in self.built["student"].parameters() if p.requires_grad]
+        student = OptimizerSpec(
+            "student", params, lr=config.lr, weight_decay=config.adam_weight_decay, warmup_steps=config.lr_warmup_steps
+        )
+        if not config.adversarial:
+            return [student]
+        # PCM alternates: the discriminator on even steps, the student (consistency + adversarial) on odd ones
+        discriminator = OptimizerSpec(
+            "discriminator", list(self.built["discriminator"].parameters()), lr=config.discriminator_lr, every=2
+        )
+        student.every, student.offset = 2, 1
+        return [discriminator, student]
+
+    def _unwrapped(self, name: str) -> nn.Module:
+        return self.accelerator.unwrap_model(self.models[name])
+
+    def setup(self, models: dict[str, nn.Module]) -> None:
+        super().setup(models)
+        teacher = self.teacher
+        self.student = teacher.with_model(models["student"])  # the prepared (maybe DDP) module: with gradient
+        unwrapped = self.accelerator.unwrap_model(models["student"])
+        if self.is_lora:
+            self.target = teacher.with_model(unwrapped)  # LCM-LoRA: the online student is its own target
+            self.sampler = self.target
+            self.teacher_context = teacher.adapters_disabled
+        else:
+            self.target = teacher.with_model(self.target_unet.to(self.accelerator.device))
+            self.sampler = self.target if self.config.export_ema else teacher.with_model(unwrapped)
+            self.teacher_context = contextlib.nullcontext
+
+    # ------------------------------------------------------------------ the step
+
+    def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        config = self.config
+        device = self.accelerator.device
+        # 1. real latents from the cached posteriors
+        x0 = sample_latents({k: v.to(device) for k, v in batch.items() if k.startswith("latent_")})
+        batch_size = x0.shape[0]
+        cond = batch_conditioning(batch).to(device)
+        uncond = self.training_data.uncond(batch_size)
+        # 2.-4. grid index n, guidance w, noise
+        noise = torch.randn_like(x0)
+        index = torch.randint(0, config.num_ddim_timesteps, (batch_size,), device=device)
+        w = (config.w_max - config.w_min) * torch.rand(batch_size, device=device) + config.w_min
+        out = consistency_step(
+            student=self.student,
+            teacher=self.teacher,
+            target=self.target,
+            x0=x0,
+            noise=noise,
+            index=index,
+            w=w,
+            cond=cond,
+            uncond=uncond,
+            config=config,
+            teacher_context=self.teacher_context,
+        )
+        if not config.adversarial:
+            return {"loss": out.loss}
+        from sdtoolkit.trainers.pcm import adversarial_losses
+
+        adv = adversarial_losses(
+            self, out, cond, train_discriminator=(name == "discriminator"), num_phases=config.phases
+        )
+        if name == "discriminator":
+            return {"loss": adv["d_loss"], "consistency": out.loss.detach()}
+        return {"loss": out.loss + config.adversarial_weight * adv["g_loss"], "consistency": out.loss.detach(), **adv}
+
+    def after_step(self, name: str, step: int) -> None:
+        if name == "student" and not self.is_lora:  # 8. f_theta^- <- EMA of f_theta, only on synced steps
+            student = self._unwrapped("student")
+            self.ema.update(student)
+            self.ema.copy_to(self.target_unet)
+
+    def checkpoint_objects(self) -> list[Any]:
+        return [] if self.is_lora else [self.ema]
+
+    def after_load(self) -> None:
+        if not self.is_lora:
+            self.ema.copy_to(self.target_unet)
+
+    # ------------------------------------------------------------------ sampling and saving
+
+    def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
+        sampler = self.sampler
+        config = sampler.config
+        shape = (cond.batch_size, config.in_channels, config.sample_size, config.sample_size)
+        noise = torch.randn(shape, generator=generator, device=self.accelerator.device, dtype=torch.float32)
+        embed = None
+        if sampler.time_cond_proj_dim is not None:
+            embed = torch.full((shape[0],), self.sample_w, device=noise.device)
+        num_train = getattr(sampler.schedule, "num_train_timesteps", 1000)
+        timesteps = inference_timesteps(self.sample_steps, self.config.num_ddim_timesteps, num_train)
+        if self.config.phases > 1:
+            return phased_sample(sampler, noise, cond, timesteps, embed)
+        c = self.config
+        return lcm_sample(sampler, noise, cond, timesteps, generator, embed, c.sigma_data, c.timestep_scaling)
+
+    def save_student(self, folder: Path) -> Any:
+        from sdtoolkit.pipelines.export import ExportSpec
+
+        config = self.config
+        if self.is_lora:
+            from diffusers import StableDiffusionPipeline
+            from peft.utils import get_peft_model_state_dict
+
+            unet = self._unwrapped("student")
+            state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+            StableDiffusionPipeline.save_lora_weights(
+                folder, unet_lora_layers=state, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict()
+            )
+        else:
+            unet = self.target_unet if config.export_ema else self._unwrapped("student")
+            unet.save_pretrained(folder / "unet", safe_serialization=True)
+        scheduler_config: dict[str, Any] = {
+            "original_inference_steps": config.num_ddim_timesteps,
+            "clip_sample": False,
+            "thresholding": False,
+        }
+        if config.phases > 1:
+            pipeline_class, scheduler_class = "StableDiffusionPipeline", "TCDScheduler"
+            call_kwargs, notes = (
+                {"eta": 0.0},
+                (
+                    f"Phased consistency model (PCM, Wang et al. 2024) with {config.phases} phases: sample with "
+                    f"{config.phases} deterministic TCDScheduler steps (eta=0), one per phase."
+                ),
+            )
+        else:
+            scheduler_config["timestep_scaling"] = config.timestep_scaling
+            w_embedded = self.sampler.time_cond_proj_dim is not None
+            pipeline_class = "LatentConsistencyModelPipeline" if w_embedded else "StableDiffusionPipeline"
+            scheduler_class, call_kwargs = "LCMScheduler", {}
+            notes = (
+                "Latent consistency model (Luo et al. 2023"
+                + (", LCM-LoRA" if self.is_lora else "")
+                + f"), teacher guidance w ~ U[{config.w_min}, {config.w_max}] (LCM's w; diffusers' scale w + 1)."
+            )
+        guidance = self.sample_w + 1 if self.sampler.time_cond_proj_dim is not None else 1.0
+        return ExportSpec(
+            method=self.name,
+            student="lora" if self.is_lora else "unet",
+            pipeline_class=pipeline_class,
+            scheduler_class=scheduler_class,
+            num_inference_steps=self.sample_steps,
+            guidance_scale=guidance,
+            scheduler_config=scheduler_config,
+            call_kwargs=call_kwargs,
+            notes=notes,
+        )
+
+
+@dataclass
+class PCMConfig(LCMConfig):
+    """Phased consistency distillation (Wang et al. 2024): LCM's config with 4 phases and the pseudo-Huber loss of
+    PCM's released scripts."""
+
+    phases: int = 4
+    """Number of phases N (PCM releases 1-, 2-, 4- and 8-phase models); sampled in N deterministic steps."""
+    loss_type: str = "huber"
+    """PCM's scripts train with the pseudo-Huber loss."""
+
+
+@register_method
+class PCM(LCM):
+    """`sdtoolkit distill pcm`: the phased variant of `lcm` with PCM's defaults."""
+
+    name = "pcm"
+    config_class = PCMConfig
+    description = (
+        "Phased consistency distillation (PCM, Wang et al. 2024): the ODE trajectory is split into N phases "
+        "(--phases, default 4) and the student learns to jump to the edge of each; optional adversarial loss "
+        "(--adversarial). Same trainer as `lcm`; exported with TCDScheduler (eta=0), N steps."
+    )
