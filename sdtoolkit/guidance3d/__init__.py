@@ -1,0 +1,54 @@
+"""3D score-distillation guidance on the shared Denoiser: SDS, CSD, VSD and region-specific SemanticSDS, built by
+name from typed configs through a fail-on-duplicate registry."""
+
+from sdtoolkit.guidance3d import sds, semantic, vsd  # noqa: F401  (importing registers every guidance)
+from sdtoolkit.guidance3d.prompts import ViewDependentPrompts, view_prompt
+from sdtoolkit.guidance3d.registry import available, build, find, register
+from sdtoolkit.guidance3d.sds import (
+    CSDConfig,
+    GuidanceOutput,
+    SDSConfig,
+    SDSGuidance,
+    TimestepScheduleConfig,
+    region_gradient,
+    sample_sds_timesteps,
+    sds_surrogate_loss,
+    sds_weight,
+)
+from sdtoolkit.guidance3d.semantic import (
+    Layout,
+    LayoutError,
+    LayoutObject,
+    LayoutPrior,
+    SemanticSDSConfig,
+    parse_layout,
+    region_masks,
+)
+from sdtoolkit.guidance3d.vsd import VSDConfig, VSDGuidance
+
+__all__ = [
+    "CSDConfig",
+    "GuidanceOutput",
+    "Layout",
+    "LayoutError",
+    "LayoutObject",
+    "LayoutPrior",
+    "SDSConfig",
+    "SDSGuidance",
+    "SemanticSDSConfig",
+    "TimestepScheduleConfig",
+    "VSDConfig",
+    "VSDGuidance",
+    "ViewDependentPrompts",
+    "available",
+    "build",
+    "find",
+    "parse_layout",
+    "region_gradient",
+    "region_masks",
+    "register",
+    "sample_sds_timesteps",
+    "sds_surrogate_loss",
+    "sds_weight",
+    "view_prompt",
+]

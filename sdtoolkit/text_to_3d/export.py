@@ -1,0 +1,192 @@
+"""Export of a trained field: marching cubes (Lorensen & Cline 1987, via PyMCubes) on the density grid at an
+automatic iso-threshold, vertex colours from the field, GLB/OBJ/PLY through trimesh, and turntable videos that are
+mp4 when imageio-ffmpeg is present and GIF otherwise (the file name always says what the file is)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MESH_FORMATS = ("glb", "obj", "ply")
+
+
+class EmptyFieldError(RuntimeError):
+    """The density field holds no surface to extract; the message says how empty it is and what to try."""
+
+
+def auto_iso_threshold(densities: Tensor, cell_size: float) -> float:
+    """An iso-level for `densities` on a grid of spacing `cell_size`, chosen from the field itself.
+
+    1. A cell is visibly solid when its own opacity 1 - exp(-sigma cell) exceeds 1/2, i.e. sigma > ln 2 / cell.
+    2. The level is half the typical density of the solid cells (their 90th percentile): for a density that steps
+       from ~0 to sigma_in across the surface, sigma_in / 2 puts the surface where the step is (exactly, for a
+       symmetric profile such as a sigmoid), independent of how dense the interior became.
+    3. Without solid cells the field is at most translucent: the level is half the maximum density, provided the
+       densest cell is at least 1 % opaque; below that the field is empty and `EmptyFieldError` says so.
+
+    The level is nudged off every grid value so the surface never passes exactly through a grid point (PyMCubes can
+    leave holes there), and always lies strictly between the minimum and the maximum (never an empty mesh).
+    """
+    values = densities.flatten().double()
+    peak = float(values.max())
+    max_opacity = 1 - math.exp(-peak * cell_size)
+    if not math.isfinite(peak) or max_opacity < 0.01:
+        raise EmptyFieldError(
+            f"the density field is empty: its densest cell is {max_opacity:.2%} opaque (max density {peak:.3g} "
+            f"at cell size {cell_size:.3g}); nothing was optimised into the scene. Train longer, lower the opacity "
+            "regulariser, or raise the guidance scale"
+        )
+    solid = values[values > math.log(2) / cell_size]
+    if solid.numel() > 0:
+        level = (
+            0.5 * float(torch.quantile(solid.float(), 0.9)) if solid.numel() < 1 << 24 else 0.5 * float(solid.max())
+        )
+    else:
+        level = 0.5 * peak
+    level = min(max(level, float(values.min()) + 1e-6 * peak), peak * (1 - 1e-6))
+    while bool((values == level).any()):
+        level = float(np.nextafter(level, peak))
+    return level
+
+
+def marching_cubes(densities: Tensor, lower: float, upper: float, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Triangle mesh of {sigma > level} from densities sampled on a regular grid whose first and last samples sit at
+    `lower` and `upper` on every axis. The grid is padded with zeros so the surface closes at the border (watertight).
+    PyMCubes treats values above the level as inside; faces are wound outward. Returns (vertices [V, 3] in world
+    units, faces [F, 3])."""
+    import mcubes
+
+    volume = np.pad(densities.double().numpy(), 1, mode="constant", constant_values=0.0)
+    vertices, faces = mcubes.marching_cubes(volume, level)
+    n = densities.shape[0]
+    spacing = (upper - lower) / (n - 1)
+    vertices = (vertices - 1) * spacing + lower  # undo the padding offset, index -> world
+    return vertices.astype(np.float32), faces.astype(np.int64)
+
+
+def extract_mesh(nerf, resolution: int = 96, level: float | None = None):
+    """A `trimesh.Trimesh` of the NeRF's density at an automatic (or given) iso-level, with per-vertex colours from
+    the field's albedo. Raises `EmptyFieldError` for an empty field."""
+    import trimesh
+
+    densities, (lower, upper) = nerf.density_grid(resolution)
+    lower, upper = float(lower), float(upper)
+    cell = (upper - lower) / (resolution - 1)
+    level = auto_iso_threshold(densities, cell) if level is None else level
+    vertices, faces = marching_cubes(densities, lower, upper, level)
+    if len(faces) == 0:
+        raise EmptyFieldError(f"marching cubes found no surface at iso-level {level:.4g}")
+    colours = nerf.colours_at(torch.from_numpy(vertices)).clamp(0, 1).numpy()
+    rgba = np.concatenate([colours, np.ones_like(colours[:, :1])], axis=1)
+    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=(rgba * 255).round().astype(np.uint8), process=True)
+    if mesh.is_watertight and mesh.volume < 0:
+        mesh.invert()
+    mesh.metadata["iso_level"] = level
+    return mesh
+
+
+def export_mesh(mesh, output_dir: str | Path, name: str = "mesh", formats=MESH_FORMATS) -> list[Path]:
+    """Writes the mesh as `name.glb` / `.obj` / `.ply` (vertex colours in all three); returns the paths."""
+    output_dir = Path(output_dir)
+    paths = []
+    for fmt in formats:
+        if fmt not in MESH_FORMATS:
+            raise ValueError(f"mesh format {fmt!r} is not supported; choose from {', '.join(MESH_FORMATS)}")
+        path = output_dir / f"{name}.{fmt}"
+        mesh.export(path, file_type=fmt)
+        paths.append(path)
+    return paths
+
+
+def uv_texture_mesh(mesh, nerf, texture_size: int = 512):
+    """A copy of `mesh` with an xatlas UV atlas and a texture baked from the field's albedo (optional: needs
+    `pip install xatlas`)."""
+    try:
+        import xatlas
+    except ImportError:
+        raise ImportError("UV textures need xatlas: pip install xatlas (vertex colours need nothing)") from None
+    import trimesh
+    from PIL import Image
+
+    vmapping, indices, uvs = xatlas.parametrize(mesh.vertices, mesh.faces)
+    vertices = mesh.vertices[vmapping]
+    # bake: for each texel, barycentric interpolation of the 3D position over the face that covers it
+    size = texture_size
+    texture = np.ones((size, size, 3), dtype=np.float32)
+    pixel = (np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="xy"), -1) + 0.5) / size
+    for face in indices:
+        a, b, c = uvs[face]
+        lo = np.floor(np.minimum(np.minimum(a, b), c) * size).astype(int).clip(0, size - 1)
+        hi = np.ceil(np.maximum(np.maximum(a, b), c) * size).astype(int).clip(0, size - 1)
+        block = pixel[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
+        matrix = np.array([[b[0] - a[0], c[0] - a[0]], [b[1] - a[1], c[1] - a[1]]])
+        if abs(np.linalg.det(matrix)) < 1e-12:
+            continue
+        uv = np.linalg.solve(matrix, (block - a).reshape(-1, 2).T).T
+        w = np.stack([1 - uv.sum(-1), uv[:, 0], uv[:, 1]], -1)
+        inside = (w >= -1e-3).all(-1)
+        if not inside.any():
+            continue
+        points = w[inside] @ vertices[face]
+        colours = nerf.colours_at(torch.from_numpy(points.astype(np.float32))).numpy()
+        rows, cols = np.nonzero(inside.reshape(block.shape[:2]))
+        texture[lo[1] + rows, lo[0] + cols] = colours
+    image = Image.fromarray((texture[::-1] * 255).round().astype(np.uint8))
+    visual = trimesh.visual.TextureVisuals(uv=uvs, image=image)
+    return trimesh.Trimesh(vertices, indices, visual=visual, process=False)
+
+
+# ------------------------------------------------------------------------------------------------- video
+
+
+def ffmpeg_available() -> bool:
+    """True when imageio can write mp4 (imageio-ffmpeg installed with its binary)."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:
+        return False
+    return True
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: int = 12) -> Path:
+    """Writes uint8 frames `[N, H, W, 3]` as mp4 when imageio-ffmpeg is there, else as GIF, and returns the real
+    path: the suffix is replaced by the format actually written (without imageio-ffmpeg, imageio would silently
+    write a TIFF into "x.mp4"; we never do). The written file's magic bytes are checked."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if ffmpeg_available():
+        path = path.with_suffix(".mp4")
+        height, width = frames.shape[1:3]
+        pad_h, pad_w = (-height) % 16, (-width) % 16  # H.264 wants multiples of 16 (macro blocks)
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=16)
+    else:
+        path = path.with_suffix(".gif")
+        iio.imwrite(path, frames, plugin="pillow", duration=int(1000 / fps), loop=0)
+    kind = sniff_format(path)
+    if kind != path.suffix[1:]:
+        raise RuntimeError(f"wrote {path} but its content is {kind!r}, not {path.suffix[1:]!r}")
+    return path
+
+
+def sniff_format(path: str | Path) -> str:
+    """'mp4', 'gif', 'tiff', 'png' or 'unknown' from a file's magic bytes."""
+    head = Path(path).read_bytes()[:12]
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"GIF8":
+        return "gif"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return "unknown"

@@ -1,0 +1,60 @@
+"""One call from a config to an asset: optimise (or resume), then export the mesh, the turntable video and the
+evaluation renders beside the config."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdtoolkit.text_to_3d.config import TextTo3DConfig
+from sdtoolkit.text_to_3d.export import export_mesh, extract_mesh, uv_texture_mesh, write_video
+from sdtoolkit.text_to_3d.trainer import render_turntable, save_image_grid, train
+
+
+def generate(
+    config: TextTo3DConfig,
+    output_dir: str | Path,
+    denoiser=None,
+    resume: bool = False,
+    progress: bool = True,
+    mesh_resolution: int = 96,
+    mesh_formats=("glb", "obj", "ply"),
+    video_frames: int = 36,
+    video_resolution: int = 64,
+    uv_texture: bool = False,
+) -> dict:
+    """Trains, exports and returns a summary dict (also written to `summary.json`)."""
+    output_dir = Path(output_dir)
+    start = time.time()
+    run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress)
+    train_seconds = time.time() - start
+    mesh = extract_mesh(run.nerf, mesh_resolution)
+    paths = export_mesh(mesh, output_dir, formats=mesh_formats)
+    if uv_texture:
+        textured = uv_texture_mesh(mesh, run.nerf)
+        paths += export_mesh(textured, output_dir, name="mesh_textured", formats=("glb", "obj"))
+    frames = render_turntable(run.nerf, video_frames, video_resolution, run.scene_scale, background=config.background)
+    video = write_video(
+        (frames["rgb"].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), output_dir / "turntable"
+    )
+    views = render_turntable(run.nerf, 8, 64, run.scene_scale, background=config.background)
+    save_image_grid(views["rgb"], output_dir / "views.png")
+    summary = {
+        "prompt": config.prompt,
+        "method": config.method,
+        "steps": run.step,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - start, 1),
+        "mesh": [str(p) for p in paths],
+        "mesh_vertices": int(len(mesh.vertices)),
+        "mesh_faces": int(len(mesh.faces)),
+        "mesh_watertight": bool(mesh.is_watertight),
+        "iso_level": float(mesh.metadata["iso_level"]),
+        "video": str(video),
+        "views": str(output_dir / "views.png"),
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

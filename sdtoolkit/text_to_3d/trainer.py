@@ -1,0 +1,291 @@
+"""The text-to-3D optimisation loop (DreamFusion's Algorithm: render a random view, encode it, apply the guidance
+gradient, step Adam), with resolution and time schedules, previews, and safetensors checkpoints that resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
+from sdtoolkit.denoiser import Denoiser
+from sdtoolkit.guidance3d import LayoutPrior, ViewDependentPrompts, build, parse_layout, region_masks
+from sdtoolkit.nerf import NeRF
+from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+STATE_FILE = "checkpoint.json"
+CONFIG_FILE = "config.json"
+#: half-extent of a unit-size object as the prior frames it (the shapes fit in radius 0.75)
+UNIT_OBJECT_RADIUS = 0.75
+
+
+def load_prior(prior: str, device: str = "cpu") -> Denoiser:
+    """A frozen Denoiser around a diffusers pipeline: `builtin:NAME`, a folder, or a Hub id."""
+    from sdtoolkit.loading import load_teacher
+
+    return Denoiser.from_pipeline(load_teacher(prior, device=device)).freeze(torch.float32)
+
+
+def prior_image_size(denoiser: Denoiser) -> int:
+    """The prior's native image side: U-Net sample size times the VAE's downsampling factor."""
+    pipe = denoiser.pipeline
+    factor = getattr(pipe, "vae_scale_factor", None) or 2 ** (len(denoiser.vae.config.block_out_channels) - 1)
+    return int(denoiser.config.sample_size) * int(factor)
+
+
+def sample_training_cameras(config, n: int, generator: torch.Generator, distance_scale: float = 1.0) -> Cameras:
+    """Random cameras: azimuth, elevation (with a share of overhead views), distance and fov uniform in ranges."""
+    c = config
+    u = torch.rand(5, n, generator=generator, dtype=torch.float64)
+    azimuth = c.azimuth_range[0] + (c.azimuth_range[1] - c.azimuth_range[0]) * u[0]
+    normal = c.elevation_range[0] + (c.elevation_range[1] - c.elevation_range[0]) * u[1]
+    overhead = c.overhead_range[0] + (c.overhead_range[1] - c.overhead_range[0]) * u[1]
+    elevation = torch.where(u[2] < c.overhead_prob, overhead, normal)
+    distance = (c.distance_range[0] + (c.distance_range[1] - c.distance_range[0]) * u[3]) * distance_scale
+    fov = c.fov_range[0] + (c.fov_range[1] - c.fov_range[0]) * u[4]
+    return Cameras(wrap_azimuth_deg(azimuth).float(), elevation.float(), distance.float(), fov.float())
+
+
+@dataclass
+class TextTo3DRun:
+    """Everything a run holds: the prior, the NeRF, the guidance, the prompts and the optimiser."""
+
+    config: TextTo3DConfig
+    denoiser: Denoiser
+    nerf: NeRF
+    guidance: object
+    prompts: list[ViewDependentPrompts]
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    layout: object = None
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def scene_scale(self) -> float:
+        """Scene size relative to one prior-sized object (1 without a layout)."""
+        return 1.0 if self.layout is None else self.layout.scene_bound / UNIT_OBJECT_RADIUS
+
+
+def setup(config: TextTo3DConfig, denoiser: Denoiser | None = None) -> TextTo3DRun:
+    """Builds the run from its config (loading the prior unless one is given)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    denoiser = denoiser if denoiser is not None else load_prior(config.prior, config.device)
+    layout, region_prior = None, None
+    nerf_config = config.nerf
+    if config.method == "semantic-sds":
+        if config.layout is None:
+            raise ValueError("method 'semantic-sds' needs a layout (--layout scene.json)")
+        layout = parse_layout(config.layout)
+        region_prior = LayoutPrior(layout, config.guidance.mask_softness)
+        nerf_config.field.bound = layout.scene_bound
+        nerf_config.scene_radius = layout.scene_bound * math.sqrt(3)
+        nerf_config.field.num_semantic = len(layout.objects)
+        nerf_config.field.blob_density = 0.0  # the boxes, not a central blob, say where matter starts
+    nerf = NeRF(nerf_config, region_prior=region_prior).to(config.device)
+    if layout is not None:
+        with torch.no_grad():  # start each box as a soft solid, like the blob of a single-object run
+            nerf.field.mlp[-1].bias[0] = 2.0
+    guidance = build(config.method, denoiser, config.guidance)
+    texts = [o.prompt for o in layout.objects] if layout is not None else [config.prompt]
+    prompts = [ViewDependentPrompts(denoiser, text, config.view_dependent_prompts) for text in texts]
+    groups = [
+        {"params": list(nerf.field.encoding.parameters()), "lr": config.lr_encoding},
+        {"params": list(nerf.field.mlp.parameters()), "lr": config.lr_network},
+    ]
+    if hasattr(guidance, "trainable_parameters"):
+        groups.append({"params": guidance.trainable_parameters(), "lr": guidance.config.lora_lr})
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    return TextTo3DRun(config, denoiser, nerf, guidance, prompts, optimizer, generator, layout)
+
+
+def current_resolution(config: TextTo3DConfig, step: int, full: int) -> int:
+    """The render resolution at `step`: `start_resolution` during the warm-up fraction, then `full`."""
+    if config.start_resolution and step < config.resolution_warmup * config.steps:
+        return min(config.start_resolution, full)
+    return full
+
+
+def regularizers(config, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The enabled regularisers of `config.regularizers` on a render's outputs."""
+    r, losses = config.regularizers, {}
+    opacity = out["opacity"].clamp(1e-5, 1 - 1e-5)
+    if r.lambda_opacity:
+        losses["loss_opacity"] = r.lambda_opacity * (opacity**2 + 0.01).sqrt().mean()
+    if r.lambda_entropy:
+        entropy = -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log())
+        losses["loss_entropy"] = r.lambda_entropy * entropy.mean()
+    if r.lambda_orient and "packed_normals" in out:
+        dot = (out["packed_normals"] * out["packed_directions"]).sum(-1).clamp_min(0)
+        losses["loss_orient"] = r.lambda_orient * (out["packed_weights"].detach() * dot**2).sum() / len(opacity)
+    return losses
+
+
+def training_step(run: TextTo3DRun) -> dict[str, float]:
+    """One optimisation step; returns its logs."""
+    config, step, g = run.config, run.step, run.generator
+    full = config.resolution or prior_image_size(run.denoiser)
+    resolution = current_resolution(config, step, full)
+    progress = step / max(config.steps, 1)
+    run.nerf.update_occupancy(step, g)
+    cameras = sample_training_cameras(config.cameras, config.cameras.batch_size, g, run.scene_scale)
+    cameras = cameras.to(run.nerf.device)
+    ray_transform = None
+    if run.layout is not None and torch.rand((), generator=g).item() < config.guidance.local_view_prob:
+        centres, scales = object_view_transform(run.layout, config, len(cameras), g)
+        ray_transform = (centres.to(cameras.device), scales.to(cameras.device))
+    out = run.nerf.render(
+        cameras,
+        resolution,
+        background=config.background,
+        generator=g,
+        ray_transform=ray_transform,
+        compute_normals=bool(config.regularizers.lambda_orient),
+    )
+    rgb = out["rgb"]
+    if resolution != full:
+        rgb = F.interpolate(rgb, size=(full, full), mode="bilinear", align_corners=False)
+    latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
+    conds = [p(cameras) for p in run.prompts]
+    masks = region_masks(out["semantics"], latents.shape[-1]) if "semantics" in out else None
+    result = run.guidance(latents, conds, progress, masks=masks, cameras=cameras, generator=g)
+    losses = {"loss_guidance": result.loss, **result.extra_losses, **regularizers(config, out)}
+    loss = sum(losses.values())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.step += 1
+    logs = {k: float(v.detach()) for k, v in losses.items()}
+    logs.update(step=run.step, t=float(result.t.float().mean()), grad_norm=float(result.grad_norm), res=resolution)
+    logs["opacity"] = float(out["opacity"].mean())
+    return logs
+
+
+def object_view_transform(layout, config, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray transform of object-centric views: one random layout box per camera; the camera orbits its centre at a
+    distance that frames the box like the prior frames one object (`SemanticSDSConfig.box_fill`)."""
+    index = torch.randint(len(layout.objects), (n,), generator=generator)
+    centres = torch.tensor([layout.objects[i].centre for i in index.tolist()])
+    sizes = torch.tensor([max(layout.objects[i].size) for i in index.tolist()])
+    # the cameras are sampled at scene scale; bring them back to unit scale, then to the box's scale
+    scale = sizes / (2 * UNIT_OBJECT_RADIUS) * config.guidance.box_fill / (layout.scene_bound / UNIT_OBJECT_RADIUS)
+    return centres, scale
+
+
+# ------------------------------------------------------------------------------------------------- previews
+
+
+@torch.no_grad()
+def render_turntable(
+    nerf: NeRF, n_views: int, resolution: int, scene_scale: float = 1.0, elevation: float = 15.0, background=(1, 1, 1)
+) -> dict[str, torch.Tensor]:
+    """`n_views` renders evenly spaced in azimuth from the front (the evaluation and video cameras)."""
+    cameras = turntable_cameras(n_views, elevation_deg=elevation)
+    cameras.distance = cameras.distance * scene_scale
+    out = nerf.render(cameras.to(nerf.device), resolution, background=background, stratified=False)
+    return {k: v.cpu() for k, v in out.items() if not k.startswith("packed_")}
+
+
+def save_image_grid(images: torch.Tensor, path: Path) -> None:
+    """Saves `[N, 3, H, W]` images in [0, 1] side by side as one PNG."""
+    from PIL import Image
+
+    row = images.clamp(0, 1).permute(2, 0, 3, 1).reshape(images.shape[2], -1, 3)
+    Image.fromarray((row * 255).round().byte().numpy()).save(path)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run: TextTo3DRun, output_dir: Path) -> Path:
+    """Writes `checkpoint.safetensors` (NeRF, guidance weights, Adam state, RNG states) and `checkpoint.json`."""
+    tensors = {f"nerf.{k}": v.detach().cpu().contiguous() for k, v in run.nerf.state_dict().items()}
+    if hasattr(run.guidance, "state_dict"):
+        tensors.update({f"guidance.{k}": v.cpu().contiguous() for k, v in run.guidance.state_dict().items()})
+    optim = run.optimizer.state_dict()
+    for index, state in optim["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
+    tensors["rng.generator"] = run.generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    path = output_dir / CHECKPOINT_FILE
+    save_file(tensors, str(path))
+    groups = [
+        {k: v for k, v in group.items() if k != "params"} | {"params": group["params"]}
+        for group in optim["param_groups"]
+    ]
+    state = {"step": run.step, "param_groups": groups, "history": run.history[-50:]}
+    (output_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+    return path
+
+
+def load_checkpoint(run: TextTo3DRun, output_dir: Path) -> None:
+    """Restores a run saved by `save_checkpoint` (the run must be built from the same config)."""
+    tensors = load_file(str(output_dir / CHECKPOINT_FILE), device=str(run.nerf.device))
+    state = json.loads((output_dir / STATE_FILE).read_text())
+    run.nerf.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("nerf.")})
+    if hasattr(run.guidance, "load_state_dict"):
+        run.guidance.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("guidance.")})
+    optim_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    run.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    run.generator.set_state(tensors["rng.generator"].cpu())
+    torch.set_rng_state(tensors["rng.torch"].cpu())
+    run.step = state["step"]
+    run.history = state.get("history", [])
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def train(
+    config: TextTo3DConfig,
+    output_dir: str | Path,
+    denoiser: Denoiser | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> TextTo3DRun:
+    """Runs (or resumes) the optimisation, writing config, previews and checkpoints under `output_dir`.
+
+    `stop_at` ends the loop early at that step (after checkpointing), as an interrupted run would."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = setup(config, denoiser)
+    if resume and (output_dir / CHECKPOINT_FILE).exists():
+        load_checkpoint(run, output_dir)
+    save_config(config, output_dir / CONFIG_FILE)
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    start_time = time.time()
+    bar = tqdm(total=config.steps, initial=run.step, desc="text-to-3d", unit="step", disable=not progress)
+    while run.step < end:
+        logs = training_step(run)
+        run.history.append(logs)
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss_guidance']:.3g}", t=f"{logs['t']:.0f}", res=logs["res"])
+        if config.preview_every and run.step % config.preview_every == 0:
+            preview = render_turntable(run.nerf, 8, 64, run.scene_scale, background=config.background)
+            (output_dir / "previews").mkdir(exist_ok=True)
+            save_image_grid(preview["rgb"], output_dir / "previews" / f"step_{run.step:06d}.png")
+        if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+            save_checkpoint(run, output_dir)
+    bar.close()
+    save_checkpoint(run, output_dir)
+    timing = {"train_seconds": time.time() - start_time, "steps": run.step}
+    (output_dir / "timing.json").write_text(json.dumps(timing))
+    return run

@@ -1,0 +1,365 @@
+"""Text-to-3D: SDS/VSD gradients, region masks, layouts, the NeRF pieces, mesh and video export, resume, CLI smoke."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sdtoolkit.denoiser import Denoiser
+from sdtoolkit.guidance3d import (
+    LayoutError,
+    SDSConfig,
+    TimestepScheduleConfig,
+    VSDConfig,
+    build,
+    parse_layout,
+    region_gradient,
+    region_masks,
+    sds_weight,
+)
+from sdtoolkit.guidance3d.registry import register
+from sdtoolkit.nerf import FieldConfig, HashEncoding, NeRFConfig
+from sdtoolkit.testing import tiny_sd_pipeline
+from sdtoolkit.text_to_3d import (
+    EmptyFieldError,
+    TextTo3DConfig,
+    auto_iso_threshold,
+    from_dict,
+    marching_cubes,
+    sniff_format,
+    to_dict,
+    train,
+    write_video,
+)
+from sdtoolkit.text_to_3d import export as export_module
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    return Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+
+
+def tiny_nerf() -> NeRFConfig:
+    return NeRFConfig(
+        field=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16),
+        num_samples=16,
+        occupancy_resolution=16,
+    )
+
+
+def _conds(denoiser, n, prompt="a red cube, front view"):
+    cond, uncond = denoiser.encode_prompt([prompt])
+    return cond.repeat_interleave(n), uncond.repeat_interleave(n)
+
+
+@pytest.mark.parametrize("weighting", ["sds", "uniform", "fantasia3d"])
+def test_sds_loss_gradient_is_w_times_eps_difference(denoiser, weighting):
+    config = SDSConfig(guidance_scale=7.5, weighting=weighting)
+    guidance = build("sds", denoiser, config)
+    latents = torch.randn(2, 4, 8, 8, requires_grad=True)
+    cond, uncond = _conds(denoiser, 2)
+    generator = torch.Generator().manual_seed(3)
+    replay = copy.deepcopy(generator)
+    out = guidance(latents, [(cond, uncond)], 0.3, generator=generator)
+    (autograd,) = torch.autograd.grad(out.loss, latents)
+    # by hand: the same draws of t and eps, eps_hat with diffusers CFG, w(t)
+    from sdtoolkit.score_distillation import sample_timesteps
+
+    t = sample_timesteps(denoiser.schedule, 2, 0.02, 0.98, generator=replay)
+    eps = torch.randn(latents.shape, generator=replay)
+    z_t = denoiser.schedule.add_noise(latents.detach(), eps, t)
+    eps_hat = denoiser.predict(z_t, t, cond, uncond=uncond, guidance_scale=7.5).eps
+    # diffusers convention: eps_u + s (eps_c - eps_u) (separate forwards: equal up to float32 batching noise)
+    eps_u, eps_c = denoiser.predict(z_t, t, uncond).eps, denoiser.predict(z_t, t, cond).eps
+    torch.testing.assert_close(eps_hat, eps_u + 7.5 * (eps_c - eps_u), rtol=1e-4, atol=1e-4)
+    ac = denoiser.schedule.alphas_cumprod[t.long()].float()[:, None, None, None]
+    w = {"sds": 1 - ac, "uniform": torch.ones_like(ac), "fantasia3d": ac.sqrt() * (1 - ac)}[weighting]
+    expected = w * (eps_hat - eps)
+    assert torch.equal(out.t, t)
+    # the loss is averaged over the batch: B * dL/dz is the per-sample SDS gradient
+    # (w(t) from the schedule's alpha/sigma vs from alphas_cumprod here: float32 rounding only)
+    torch.testing.assert_close(autograd * 2, expected, rtol=2e-5, atol=1e-6)
+
+
+def test_sds_surrogate_gradient_is_exactly_g():
+    from sdtoolkit.guidance3d import sds_surrogate_loss
+
+    latents = torch.randn(3, 4, 8, 8, requires_grad=True)
+    g = torch.randn(3, 4, 8, 8)
+    (grad,) = torch.autograd.grad(sds_surrogate_loss(latents, g), latents)
+    torch.testing.assert_close(grad * 3, g, rtol=1e-6, atol=1e-6)  # z - (z - g) = g up to one rounding
+
+
+def test_sds_weight_matches_alphas_cumprod(denoiser):
+    t = torch.tensor([20.0, 500.0, 979.0])
+    c = denoiser.coefficients(t, torch.zeros(3, 1, 1, 1))
+    ac = denoiser.schedule.alphas_cumprod[t.long()].float()
+    torch.testing.assert_close(sds_weight("sds", c.alpha_t, c.sigma_t).flatten(), 1 - ac)
+    with pytest.raises(ValueError, match="weighting"):
+        sds_weight("nope", c.alpha_t, c.sigma_t)
+
+
+def test_timestep_annealing(denoiser):
+    from sdtoolkit.guidance3d import sample_sds_timesteps
+
+    sqrt = TimestepScheduleConfig(anneal="sqrt")
+    early = sample_sds_timesteps(denoiser, sqrt, 1, 0.0)
+    late = sample_sds_timesteps(denoiser, sqrt, 1, 1.0)
+    assert early.item() == 980 and late.item() == 20
+    linear = TimestepScheduleConfig(anneal="linear", max_step_percent_end=0.5)
+    g = torch.Generator().manual_seed(0)
+    assert sample_sds_timesteps(denoiser, linear, 256, 1.0, g).max() <= 500
+
+
+def test_vsd_gradient_is_real_minus_fake(denoiser):
+    pipe_denoiser = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()  # VSD adds a LoRA: keep the fixture clean
+    guidance = build("vsd", pipe_denoiser, VSDConfig(guidance_scale=5.0))
+    from sdtoolkit.data.cameras import sample_cameras
+
+    cameras = sample_cameras(1, torch.Generator().manual_seed(1))
+    latents = torch.randn(1, 4, 8, 8, requires_grad=True)
+    cond, uncond = _conds(pipe_denoiser, 1)
+    generator = torch.Generator().manual_seed(5)
+    replay = copy.deepcopy(generator)
+    out = guidance(latents, [(cond, uncond)], 0.0, cameras=cameras, generator=generator)
+    (autograd,) = torch.autograd.grad(out.loss, latents)
+    from sdtoolkit.score_distillation import sample_timesteps
+
+    t = sample_timesteps(pipe_denoiser.schedule, 1, 0.02, 0.98, generator=replay)
+    eps = torch.randn(latents.shape, generator=replay)
+    z_t = pipe_denoiser.add_noise(latents.detach(), eps, t)
+    # the LoRA starts at zero and the camera MLP's output layer at zero: the fake score equals the teacher
+    eps_fake = pipe_denoiser.predict(z_t, t, cond).eps
+    eps_real = pipe_denoiser.predict(z_t, t, cond, uncond=uncond, guidance_scale=5.0).eps
+    ac = pipe_denoiser.schedule.alphas_cumprod[t.long()].float()
+    torch.testing.assert_close(autograd, (1 - ac) * (eps_real - eps_fake), rtol=1e-4, atol=1e-6)
+    assert out.extra_losses["loss_lora"].requires_grad
+    assert len(guidance.trainable_parameters()) > 0
+
+
+def test_region_masks_partition_the_image():
+    semantics = torch.rand(2, 3, 16, 16)
+    for size in (None, 8, 4):
+        masks = region_masks(semantics, size)
+        assert set(masks.unique().tolist()) <= {0.0, 1.0}
+        torch.testing.assert_close(masks.sum(1), torch.ones_like(masks[:, 0]))
+    masks = region_masks(semantics)
+    per_region = torch.stack([torch.full((2, 4, 16, 16), float(k)) for k in range(3)])
+    combined = region_gradient(per_region, masks)
+    assert torch.equal(combined[:, 0], semantics.argmax(1).float())
+
+
+def _sphere_density(n=64, r0=0.5, softness=0.01):
+    axis = torch.linspace(-1 + 1 / n, 1 - 1 / n, n)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    r = torch.sqrt(x**2 + y**2 + z**2)
+    return 200 * torch.sigmoid((r0 - r) / softness), float(axis[0]), float(axis[-1])
+
+
+def test_auto_iso_threshold_sphere_is_watertight_and_accurate():
+    import trimesh
+
+    densities, lower, upper = _sphere_density()
+    level = auto_iso_threshold(densities, (upper - lower) / 63)
+    vertices, faces = marching_cubes(densities, lower, upper, level)
+    mesh = trimesh.Trimesh(vertices, faces)
+    assert mesh.is_watertight
+    true_volume = 4 / 3 * math.pi * 0.5**3
+    assert abs(abs(mesh.volume) - true_volume) / true_volume < 0.02
+
+
+def test_empty_field_raises_with_reason():
+    with pytest.raises(EmptyFieldError, match="empty"):
+        auto_iso_threshold(torch.full((8, 8, 8), 1e-6), 0.25)
+
+
+def test_glb_round_trip_keeps_faces_and_colours(tmp_path):
+    import trimesh
+
+    densities, lower, upper = _sphere_density(32)
+    vertices, faces = marching_cubes(densities, lower, upper, auto_iso_threshold(densities, (upper - lower) / 31))
+    colours = np.tile(np.array([[230, 25, 25, 255]], dtype=np.uint8), (len(vertices), 1))
+    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colours)
+    paths = export_module.export_mesh(mesh, tmp_path)
+    assert [p.suffix for p in paths] == [".glb", ".obj", ".ply"]
+    loaded = trimesh.load(tmp_path / "mesh.glb", force="mesh")
+    assert len(loaded.faces) == len(mesh.faces)
+    assert np.abs(loaded.visual.vertex_colors[:, :3].astype(int) - [230, 25, 25]).max() <= 1
+    ply = trimesh.load(tmp_path / "mesh.ply", force="mesh")
+    assert len(ply.faces) == len(mesh.faces) and ply.visual.vertex_colors[0, 0] == 230
+
+
+def test_video_writer_never_misnames(tmp_path, monkeypatch):
+    frames = (np.random.default_rng(0).random((4, 24, 24, 3)) * 255).astype(np.uint8)
+    monkeypatch.setattr(export_module, "ffmpeg_available", lambda: False)
+    path = write_video(frames, tmp_path / "turntable.mp4")
+    assert path.suffix == ".gif" and sniff_format(path) == "gif"
+    assert not (tmp_path / "turntable.mp4").exists()
+    monkeypatch.undo()
+    if export_module.ffmpeg_available():
+        path = write_video(frames, tmp_path / "turntable2.gif")
+        assert path.suffix == ".mp4" and sniff_format(path) == "mp4"
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({}, "non-empty 'objects'"),
+        ({"objects": []}, "non-empty 'objects'"),
+        ({"objects": [{"prompt": "", "box": [0, 0, 0, 1, 1, 1]}]}, "prompt must be a non-empty"),
+        ({"objects": [{"prompt": "a", "box": [0, 0, 0, 1, 1]}]}, "list of 6 numbers"),
+        ({"objects": [{"prompt": "a", "box": [0, 0, 0, 0, 1, 1]}]}, "non-positive size"),
+        ({"objects": [{"prompt": "a", "box": [0, 0, 0, 1.5, 1, 1]}]}, "leaves the scene bound"),
+        ({"objects": [{"prompt": "a", "box": {"center": [0, 0, 0]}}]}, "exactly 'center' and 'size'"),
+        ({"objects": [{"prompt": "a", "box": [0, 0, 0, 1, 1, 1]}], "scene_bound": -1}, "scene_bound"),
+        ({"objects": [{"prompt": "a", "box": [0, 0, 0, 1, 1, 1]}], "extra": 1}, "unknown layout keys"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_layout_validation(layout, message):
+    with pytest.raises(LayoutError, match=message):
+        parse_layout(layout if isinstance(layout, str) else json.dumps(layout))
+
+
+def test_layout_forms_agree():
+    a = parse_layout({"objects": [{"prompt": "a red cube", "box": {"center": [0, 0.5, 0], "size": [0.4, 0.4, 0.4]}}]})
+    b = parse_layout({"objects": [{"prompt": "a red cube", "box": [-0.2, 0.3, -0.2, 0.2, 0.7, 0.2]}]})
+    np.testing.assert_allclose(a.objects[0].box_min, b.objects[0].box_min)
+    np.testing.assert_allclose(a.objects[0].box_max, b.objects[0].box_max)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register("sds", SDSConfig)(type("Other", (), {}))
+    with pytest.raises(KeyError, match="registered: "):
+        build("nope", None)
+
+
+def test_hash_encoding_matches_reference_hash():
+    from sdtoolkit.nerf.encodings import HASH_PRIMES
+
+    enc = HashEncoding(num_levels=4, min_res=8, max_res=64, log2_hashmap_size=10, implementation="torch")
+    points = torch.rand(50, 1, 3) * enc.scales[None, :, None]
+    floor = points.floor().long()
+    index = enc.corner_indices(points.floor())
+    for c in range(8):
+        g = floor + torch.tensor([(c >> 2) & 1, (c >> 1) & 1, c & 1])
+        direct = g[..., 0] + g[..., 1] * enc.strides + g[..., 2] * enc.strides**2
+        hashed = (g[..., 0] * HASH_PRIMES[0]) ^ (g[..., 1] * HASH_PRIMES[1]) ^ (g[..., 2] * HASH_PRIMES[2])
+        assert torch.equal(index[..., c], torch.where(enc.dense, direct, hashed) % enc.table_size)
+
+
+def test_nerf_render_is_composited_over_background():
+    from sdtoolkit.data.cameras import turntable_cameras
+    from sdtoolkit.nerf import NeRF
+
+    nerf = NeRF(tiny_nerf())
+    out = nerf.render(turntable_cameras(2), 16, background=(0.0, 1.0, 0.0))
+    assert out["rgb"].shape == (2, 3, 16, 16) and out["opacity"].max() <= 1 + 1e-6
+    corner = out["rgb"][:, :, 0, 0]  # corner rays miss the scene sphere: pure background
+    torch.testing.assert_close(corner, torch.tensor([[0.0, 1.0, 0.0]] * 2))
+    assert out["opacity"][:, :, 8, 8].min() > 0.5  # the Magic3D blob fills the centre
+
+
+def test_config_json_round_trip():
+    config = TextTo3DConfig(prompt="a red cube", method="vsd", steps=7)
+    config.guidance.timesteps.anneal = "sqrt"
+    again = from_dict(json.loads(json.dumps(to_dict(config))))
+    assert again == config
+
+
+def test_exact_resume(tmp_path, denoiser):
+    def config():
+        return TextTo3DConfig(
+            prompt="a red cube",
+            prior="tiny",
+            steps=4,
+            nerf=tiny_nerf(),
+            preview_every=0,
+            checkpoint_every=0,
+            start_resolution=8,
+            resolution_warmup=0.5,
+        )
+
+    straight = train(config(), tmp_path / "a", denoiser=denoiser, progress=False)
+    train(config(), tmp_path / "b", denoiser=denoiser, progress=False, stop_at=2)
+    resumed = train(config(), tmp_path / "b", denoiser=denoiser, progress=False, resume=True)
+    assert resumed.step == 4
+    for (name, a), b in zip(straight.nerf.state_dict().items(), resumed.nerf.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prior")
+    tiny_sd_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method", ["sds", "vsd", "semantic-sds"])
+def test_cli_smoke_per_method(method, tiny_prior, tmp_path, capsys):
+    import trimesh
+
+    from sdtoolkit.cli import main
+
+    args = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--method", method, "--steps", "3"]
+    if method == "semantic-sds":
+        layout = {
+            "objects": [
+                {"prompt": "a red cube", "box": [-0.4, -0.9, -0.4, 0.4, -0.1, 0.4]},
+                {"prompt": "a blue sphere", "box": {"center": [0, 0.5, 0], "size": [0.8, 0.8, 0.8]}},
+            ]
+        }
+        (tmp_path / "scene.json").write_text(json.dumps(layout))
+        args = [a for a in args if a != "a red cube"] + ["--layout", str(tmp_path / "scene.json")]
+    out = tmp_path / "run"
+    args += ["--output", str(out), "--preset", "tiny", "--mesh-resolution", "24", "--video-frames", "3", "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["mesh_faces"] > 0
+    assert json.loads((out / "config.json").read_text())["method"] == method
+    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+    assert sniff_format(summary["video"]) == summary["video"].rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["", "--output", "x"], "prompt is empty"),
+        (["a red cube", "--method", "nerf"], "unknown --method 'nerf'"),
+        (["--method", "semantic-sds"], "needs --layout"),
+        (["a red cube", "--weighting", "magic"], "unknown --weighting"),
+    ],
+)
+def test_cli_rejects_bad_input_in_one_line(args, message, capsys):
+    from sdtoolkit.cli import main
+
+    assert main(["text-to-3d", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_rejects_box_outside_scene(tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    (tmp_path / "bad.json").write_text(json.dumps({"objects": [{"prompt": "a", "box": [0, 0, 0, 2, 0.5, 0.5]}]}))
+    assert main(["text-to-3d", "--method", "semantic-sds", "--layout", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "leaves the scene bound" in err and len(err.splitlines()) == 1
+
+
+def test_hash_encoding_gradient_matches_plain_indexing():
+    from sdtoolkit.nerf.encodings import gather_rows
+
+    table = torch.randn(50, 2, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 50, (30, 8))
+    weights = torch.randn(30, 8, 2, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((gather_rows(table, index) * weights).sum(), table)
+    (plain,) = torch.autograd.grad((table[index] * weights).sum(), table)
+    torch.testing.assert_close(ours, plain)
