@@ -312,13 +312,20 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
     return cls
 
 
+_PLUGINS_LOADED = False
+
+
 def _load_methods() -> None:
+    """Imports `sdtoolkit.trainers` and, once per process, the `sdtoolkit.methods` entry points of plug-ins."""
+    global _PLUGINS_LOADED
     import importlib
     from importlib.metadata import entry_points
 
     importlib.import_module("sdtoolkit.trainers")
-    for entry in entry_points(group="sdtoolkit.methods"):
-        entry.load()
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        for entry in entry_points(group="sdtoolkit.methods"):
+            entry.load()
 
 
 def method_names() -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import textwrap
@@ -74,6 +75,7 @@ def _require_method(parser: argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------------- flags
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each dataclass field (nerfstudio/tyro style), from the source of `cls` and its bases."""
     docs: dict[str, str] = {}
