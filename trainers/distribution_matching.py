@@ -165,7 +165,7 @@ class DistributionMatchingConfig(MethodConfig):
     """Settings shared by the distribution-matching methods (defaults: DMD2 on SD1.5, Yin et al. 2024b)."""
 
     num_steps: int = 1
-    """Student steps k (1-4); timesteps = LCMScheduler(original_inference_steps=k): 999 | 999,499 | 999,749,499,249."""
+    """Student steps k (1-8); timesteps = LCMScheduler(original_inference_steps=k): 999 | 999,499 | 999,749,499,249."""
     learning_rate: float = 1e-5
     """Generator learning rate (DMD2 SD1.5 from scratch: 1e-5)."""
     fake_learning_rate: float = 1e-5
@@ -202,15 +202,18 @@ class DistributionMatchingMethod(DistillationMethod):
     @classmethod
     def check_config(cls, config: DistributionMatchingConfig, train: TrainConfig) -> None:
         if not 1 <= config.num_steps <= 8:
-            raise ValueError(f"num_steps={config.num_steps} is not supported; choose 1 to 8 student steps")
+            raise ValueError(f"--num-steps {config.num_steps}: choose 1 to 8 student steps")
         if config.fake_score not in ("lora", "full"):
-            raise ValueError(f"fake_score={config.fake_score!r} is not supported; choose 'lora' or 'full'")
+            raise ValueError(f"--fake-score {config.fake_score!r}: choose lora or full")
         if config.fake_updates_per_generator < 1:
-            raise ValueError(f"fake_updates_per_generator={config.fake_updates_per_generator} must be >= 1")
+            raise ValueError(f"--fake-updates-per-generator {config.fake_updates_per_generator} must be at least 1")
         if not 0.0 <= config.min_t < config.max_t <= 1.0:
-            raise ValueError(f"need 0 <= min_t < max_t <= 1, got min_t={config.min_t}, max_t={config.max_t}")
+            raise ValueError(f"--min-t {config.min_t} / --max-t {config.max_t}: need 0 <= min-t < max-t <= 1")
         if config.fake_rank < 1:
-            raise ValueError(f"fake_rank={config.fake_rank} must be >= 1")
+            raise ValueError(f"--fake-rank {config.fake_rank} must be at least 1")
+        for name in ("learning_rate", "fake_learning_rate"):
+            if getattr(config, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be > 0")
 
     # ------------------------------------------------------------------ networks
 

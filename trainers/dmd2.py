@@ -80,11 +80,11 @@ class DMD2(DistributionMatchingMethod):
         super().check_config(config, train)
         for name in ("gan_weight", "discriminator_weight", "regression_weight"):
             if getattr(config, name) < 0:
-                raise ValueError(f"{name}={getattr(config, name)} must be >= 0")
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be >= 0")
         if not 0.0 <= config.gan_max_t <= 1.0:
-            raise ValueError(f"gan_max_t={config.gan_max_t} must be a fraction in [0, 1]")
+            raise ValueError(f"--gan-max-t {config.gan_max_t} must be a fraction in [0, 1]")
         if config.regression_weight > 0 and config.regression_pairs < 1:
-            raise ValueError("regression_pairs must be >= 1 when regression_weight > 0")
+            raise ValueError(f"--regression-pairs {config.regression_pairs} must be >= 1 with --regression-weight > 0")
 
     # ------------------------------------------------------------------ networks
 

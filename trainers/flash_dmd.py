@@ -101,18 +101,19 @@ class FlashDMD(DistributionMatchingMethod):
     def check_config(cls, config: FlashDMDConfig, train: TrainConfig) -> None:
         super().check_config(config, train)
         if config.gan_loss not in ("hinge", "softplus"):
-            raise ValueError(f"gan_loss={config.gan_loss!r} is not supported; choose 'hinge' or 'softplus'")
+            raise ValueError(f"--gan-loss {config.gan_loss!r}: choose hinge or softplus")
         if not 0.0 <= config.fake_ema_decay <= 1.0:
-            raise ValueError(f"fake_ema_decay={config.fake_ema_decay} must be in [0, 1]")
+            raise ValueError(f"--fake-ema-decay {config.fake_ema_decay} must be in [0, 1]")
         if config.fake_score == "lora" and config.fake_ema_decay < 1.0:
             raise ValueError(
-                "the EMA injection of the generator into the fake score needs a full fake score: pass "
-                "--fake-score full, or --fake-ema-decay 1 to train a LoRA fake score without it"
+                f"--fake-score lora with --fake-ema-decay {config.fake_ema_decay}: the EMA injection of the generator "
+                "into the fake score needs --fake-score full (or --fake-ema-decay 1 to train a LoRA without it)"
             )
         if config.high_noise_steps is not None and not 1 <= config.high_noise_steps <= config.num_steps:
-            raise ValueError(f"high_noise_steps={config.high_noise_steps} must be in 1..num_steps={config.num_steps}")
+            k = config.num_steps
+            raise ValueError(f"--high-noise-steps {config.high_noise_steps}: choose 1 to --num-steps ({k})")
         if config.gan_weight < 0 or config.reward_weight < 0:
-            raise ValueError("gan_weight and reward_weight must be >= 0")
+            raise ValueError(f"--gan-weight {config.gan_weight} / --reward-weight {config.reward_weight}: need >= 0")
 
     # ------------------------------------------------------------------ networks
 

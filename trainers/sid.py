@@ -77,7 +77,7 @@ class SiD(DistributionMatchingMethod):
     def check_config(cls, config: SiDConfig, train: TrainConfig) -> None:
         super().check_config(config, train)
         if not 0.0 <= config.prompt_dropout < 1.0:
-            raise ValueError(f"prompt_dropout={config.prompt_dropout} must be in [0, 1)")
+            raise ValueError(f"--prompt-dropout {config.prompt_dropout} must be in [0, 1)")
 
     def optimizers(self) -> list[OptimizerSpec]:
         c = self.config

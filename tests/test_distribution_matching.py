@@ -1,0 +1,231 @@
+"""`sdtoolkit distill dmd2|flash-dmd|sid` end to end on a tiny teacher: smoke runs, exact resume, the frozen teacher
+behind the LoRA fake score, export to stock diffusers (checked in a fresh process) and bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sdtoolkit.trainers.distribution_matching import FewStepStudent, student_timesteps
+
+from sdtoolkit.cli import main
+from sdtoolkit.testing import tiny_sd_pipeline
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny teacher folder, a 6-image captioned folder and a prompt file."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("dm")
+    tiny_sd_pipeline().save_pretrained(root / "teacher")
+    data = root / "data"
+    data.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    captions = ["a photo of a red cube", "a photo of a blue sphere", "a photo of a green cone"]
+    for i in range(6):
+        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(np.asarray(pixels)).save(data / f"image{i}.png")
+        (data / f"image{i}.txt").write_text(captions[i % 3])
+    (root / "prompts.txt").write_text("\n".join(captions + ["a yellow torus", "a cube , side view"]) + "\n")
+    return root
+
+
+def distill(assets, method, output, *extra):
+    args = ["distill", method, "--teacher", str(assets / "teacher"), "--output", str(output)]
+    args += ["--cache-dir", str(assets / f"cache-{method}"), "--batch-size", "2", "--seed", str(SEED)]
+    args += ["--sample-prompts", "2", "--sample-seeds", "2", "--log-with", "none", "--fake-rank", "4", *extra]
+    if method == "sid":
+        args += ["--prompts", str(assets / "prompts.txt")]
+    else:
+        args += ["--data", str(assets / "data")]
+    return main(args)
+
+
+def losses(run: Path) -> dict[int, dict]:
+    lines = (run / "losses.jsonl").read_text().splitlines()
+    return {entry["step"]: entry for entry in map(json.loads, lines)}
+
+
+# large learning rates so that a few steps move the weights visibly (the checks below must be able to fail)
+DMD2_ARGS = [
+    "--num-steps",
+    "2",
+    "--gan-weight",
+    "1e-2",
+    "--fake-updates-per-generator",
+    "2",
+    "--learning-rate",
+    "1e-3",
+]
+SID_ARGS = ["--num-steps", "1", "--learning-rate", "1e-3", "--fake-learning-rate", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def runs(assets):
+    out = {"dmd2": assets / "dmd2", "flash-dmd": assets / "flash", "sid": assets / "sid"}
+    args = [*DMD2_ARGS, "--max-steps", "4", "--checkpoint-every", "2", "--sample-every", "4"]
+    assert distill(assets, "dmd2", out["dmd2"], *args) == 0
+    args = ["--num-steps", "2", "--max-steps", "2", "--sample-every", "2", "--fake-ema-decay", "0.9"]
+    assert distill(assets, "flash-dmd", out["flash-dmd"], *args) == 0
+    args = [*SID_ARGS, "--max-steps", "3", "--checkpoint-every", "2", "--sample-every", "3"]
+    assert distill(assets, "sid", out["sid"], *args) == 0
+    return out
+
+
+def test_smoke_runs_log_every_loss_and_write_everything(runs):
+    expected = {
+        "dmd2": {
+            "generator/loss_dm",
+            "generator/loss_gan",
+            "fake_score/loss_denoise",
+            "fake_score/loss_discriminator",
+        },
+        "flash-dmd": {"generator/loss_dm", "generator/loss_gan", "fake_score/loss_denoise", "discriminator/loss"},
+        "sid": {"generator/loss", "generator/kept", "fake_score/loss_denoise"},
+    }
+    for name, run in runs.items():
+        config = json.loads((run / "config.json").read_text())
+        assert config["method"] == name
+        steps = losses(run)
+        assert sorted(steps) == list(range(1, config["train"]["max_steps"] + 1))
+        keys = set().union(*steps.values())
+        assert expected[name] <= keys, (name, keys)
+        assert all(
+            torch.isfinite(torch.tensor(v)) for entry in steps.values() for k, v in entry.items() if k != "step"
+        )
+        assert list((run / "samples").glob("step_*.png")), name
+        spec = json.loads((run / "export" / "export.json").read_text())
+        k = config[name]["num_steps"]
+        assert spec["scheduler_config"] == {"original_inference_steps": k} and spec["num_inference_steps"] == k
+        assert (run / "student" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    # TTUR: with 2 fake updates per generator update, the generator steps at 0 and 2 only (logged as steps 1, 3)
+    steps = losses(runs["dmd2"])
+    assert [s for s in steps if "generator/loss" in steps[s]] == [1, 3]
+    assert all("fake_score/loss" in steps[s] for s in steps)
+
+
+def test_student_trained_and_lora_fake_score_leaves_the_teacher_bit_identical(assets, runs):
+    teacher = load_file(str(assets / "teacher" / "unet" / "diffusion_pytorch_model.safetensors"))
+    student = load_file(str(runs["dmd2"] / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert max(float((student[k] - teacher[k]).abs().max()) for k in teacher) > 1e-4
+    checkpoint = runs["dmd2"] / "checkpoints" / "step_000004"
+    backbone = load_file(str(checkpoint / "model_1.safetensors"))  # prepared modules: student, fake_score, head
+    lora = [k for k in backbone if ".fake_score." in k]
+    assert lora and max(float(backbone[k].abs().max()) for k in lora if "lora_B" in k) > 0  # the LoRA trained
+    base = {k.replace(".base_layer.", "."): v for k, v in backbone.items() if "lora_" not in k}
+    assert set(base) == set(teacher)
+    assert all(torch.equal(base[k], teacher[k]) for k in teacher)  # the teacher's weights never moved
+
+
+def test_resume_gives_the_same_losses(assets, runs):
+    for name, args, total in (("dmd2", DMD2_ARGS, 4), ("sid", SID_ARGS, 3)):
+        short = assets / f"short-{name}"
+        assert (
+            distill(assets, name, short, *args, "--max-steps", "2", "--checkpoint-every", "2", "--sample-every", "0")
+            == 0
+        )
+        assert main(["distill", name, "--resume", str(short), "--max-steps", str(total), "--no-export"]) == 0
+        resumed, uninterrupted = losses(short), losses(runs[name])
+        assert sorted(resumed) == list(range(1, total + 1))
+        for step in range(1, total + 1):
+            for key, value in uninterrupted[step].items():
+                if key.endswith("loss") or key.endswith("grad_norm"):
+                    assert abs(resumed[step][key] - value) <= 1e-6 * max(1.0, abs(value)), (name, step, key)
+
+
+EXPORT_CHECK = r"""
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from diffusers import DiffusionPipeline
+
+args = json.loads(sys.argv[1])
+results = {}
+for name, run in args["runs"].items():
+    export = run + "/export"
+    spec = json.load(open(export + "/export.json"))
+    call = dict(num_inference_steps=spec["num_inference_steps"], guidance_scale=spec["guidance_scale"])
+    pipe = DiffusionPipeline.from_pretrained(export)  # stock diffusers, no sdtoolkit import
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.set_timesteps(spec["num_inference_steps"])
+    prompts = open(run + "/samples/prompts.txt").read().splitlines()
+    grid = np.asarray(Image.open(sorted(__import__("glob").glob(run + "/samples/step_*.png"))[-1])).astype(np.float64)
+    size = grid.shape[0] // len(prompts)
+    worst = 0.0
+    for j in range(grid.shape[1] // size):
+        generator = torch.Generator().manual_seed(args["seed"] + 1000 + j)
+        images = pipe(prompts, generator=generator, output_type="np", **call).images * 255
+        column = grid[:, j * size : (j + 1) * size].reshape(len(prompts), size, size, 3)
+        worst = max(worst, float(np.abs(images - column).max()))
+    results[name] = {"pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
+                     "timesteps": pipe.scheduler.timesteps.tolist(), "grid_diff": worst}
+print(json.dumps(results))
+"""
+
+
+def test_export_loads_in_a_fresh_process_with_the_trained_timesteps(assets, runs):
+    payload = {"runs": {k: str(v) for k, v in runs.items()}, "seed": SEED}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT_CHECK, json.dumps(payload)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, result in results.items():
+        assert result["pipeline"] == "StableDiffusionPipeline" and result["scheduler"] == "LCMScheduler", result
+        k = json.loads((runs[name] / "config.json").read_text())[name]["num_steps"]
+        assert result["timesteps"] == student_timesteps(k), (name, result)
+        assert result["grid_diff"] <= 1.0, (name, result)  # same images as the trainer's own sample grid (8-bit PNG)
+
+
+def test_student_timesteps_are_the_stock_lcm_schedules():
+    assert student_timesteps(1) == [999]
+    assert student_timesteps(2) == [999, 499]
+    assert student_timesteps(4) == [999, 749, 499, 249]
+
+
+def test_toolkit_sampler_equals_stock_pipeline_in_latent_space(runs):
+    from diffusers import DiffusionPipeline
+
+    from sdtoolkit.denoiser import Denoiser
+
+    pipe = DiffusionPipeline.from_pretrained(runs["dmd2"] / "export")
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a photo of a red cube", "a photo of a blue sphere"]
+    stock = pipe(prompts, num_inference_steps=2, guidance_scale=1.0, output_type="latent",
+                 generator=torch.Generator().manual_seed(3)).images  # fmt: skip
+    denoiser = Denoiser.from_pipeline(pipe)
+    cond, _ = denoiser.encode_prompt(prompts)
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(stock.shape, generator=generator)
+    ours = FewStepStudent(denoiser, student_timesteps(2)).sample(z, cond, generator)
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4 * float(stock.abs().max()))
+
+
+def test_bad_inputs_fail_before_training(assets, tmp_path, capsys):
+    teacher = str(assets / "teacher")
+    cases = [
+        ("flash-dmd", ["--fake-score", "lora"], "--fake-score full"),
+        ("dmd2", ["--num-steps", "0"], "--num-steps 0"),
+        ("dmd2", ["--fake-score", "copy"], "--fake-score 'copy'"),
+        ("dmd2", ["--min-t", "0.9", "--max-t", "0.1"], "--min-t"),
+        ("flash-dmd", ["--gan-loss", "wgan"], "--gan-loss 'wgan'"),
+        ("sid", ["--prompt-dropout", "1.5"], "--prompt-dropout 1.5"),
+        ("sid", [], "--prompts"),
+    ]
+    for method, extra, expected in cases:
+        capsys.readouterr()
+        args = ["distill", method, "--teacher", teacher, "--output", str(tmp_path / "never"), *extra]
+        if method != "sid" or extra:
+            args += ["--data", str(assets / "data")] if method != "sid" else ["--prompts", str(assets / "prompts.txt")]
+        assert main(args) == 2, (method, extra)
+        assert expected in capsys.readouterr().err, (method, extra)
+    assert not (tmp_path / "never").exists()
