@@ -10,6 +10,8 @@ import sys
 # Later subcommands plug in by adding one line here.
 SUBCOMMANDS: dict[str, str] = {
     "info": "sdtoolkit.cli.info",
+    "train-teacher": "sdtoolkit.cli.train_teacher",
+    "generate": "sdtoolkit.cli.generate",
     "distill": "sdtoolkit.cli.distill",
     "export": "sdtoolkit.cli.export",
 }
