@@ -169,7 +169,7 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
     run.step += 1
     logs = {k: float(v.detach()) for k, v in losses.items()}
     logs.update(step=run.step, t=float(result.t.float().mean()), grad_norm=float(result.grad_norm), res=resolution)
-    logs["opacity"] = float(out["opacity"].mean())
+    logs["opacity"] = float(out["opacity"].detach().mean())
     return logs
 
 
