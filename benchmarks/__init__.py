@@ -1,0 +1,1 @@
+"""Benchmarks: sdtoolkit against plain-diffusers references of the same work, measured in the same run."""

@@ -1,0 +1,87 @@
+"""Prompt accuracy of LCM / LCM-LoRA students of `builtin:shapes` vs the teacher, every pipeline loaded by stock
+diffusers in this (fresh) process.
+
+    python benchmarks/lcm_shapes.py --teacher-steps 50 4 2 \
+        --export full=runs/lcm-full/export --lora lora=runs/lcm-lora/export --steps 4 2 --out results.json
+
+- the teacher: `DiffusionPipeline.from_pretrained(<assets/shapes-teacher>)` (DDIM), `--teacher-guidance`;
+- `--export NAME=FOLDER`: `DiffusionPipeline.from_pretrained(FOLDER)` with the guidance of its export.json;
+- `--lora NAME=FOLDER`: the teacher pipeline + `LCMScheduler`/`TCDScheduler` from FOLDER/scheduler +
+  `load_lora_weights(FOLDER)`, guidance 1.0 (the LCM-LoRA call).
+
+Every image is scored by the shipped shapes evaluator (`Evaluator.score`: prompt accuracy = shape and colour both
+right), one image per (prompt, seed), `--seeds` seeds per prompt over all 120 prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="builtin:shapes", help="teacher pipeline (builtin:shapes or a folder)")
+    parser.add_argument("--teacher-steps", type=int, nargs="*", default=[50, 4, 2], help="teacher DDIM step counts")
+    parser.add_argument("--teacher-guidance", type=float, default=5.0, help="teacher CFG scale (diffusers)")
+    parser.add_argument("--export", action="append", default=[], help="NAME=FOLDER of an exported pipeline")
+    parser.add_argument("--lora", action="append", default=[], help="NAME=FOLDER of an export with LoRA weights")
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 2], help="student step counts")
+    parser.add_argument("--seeds", type=int, default=2, help="images per prompt")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="where the pipelines run (cpu or cuda)")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from diffusers import DiffusionPipeline
+
+    from sdtoolkit.data import all_prompts
+    from sdtoolkit.eval import Evaluator, generate_images
+    from sdtoolkit.loading import resolve_model_id
+
+    evaluator = Evaluator.load(device=args.device)
+    prompts = all_prompts() * args.seeds
+    teacher_path = resolve_model_id(args.teacher)
+    results: dict[str, dict] = {}
+
+    def score(name: str, pipe, steps: int, guidance: float) -> None:
+        started = time.perf_counter()
+        images = generate_images(pipe, prompts, steps, guidance, seed=0, batch_size=60, progress=False)
+        scores = evaluator.score(images, prompts)
+        scores.update(steps=steps, guidance=guidance, seconds=round(time.perf_counter() - started, 1))
+        results[f"{name}@{steps}"] = scores
+        print(f"{name:>10} {steps:>3} steps: prompt accuracy {scores['prompt_accuracy']:.3f}", flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+    if args.teacher_steps:
+        teacher = DiffusionPipeline.from_pretrained(teacher_path).to(args.device)
+        teacher.set_progress_bar_config(disable=True)
+        for steps in args.teacher_steps:
+            score("teacher", teacher, steps, args.teacher_guidance)
+    for entry in args.export:
+        name, folder = entry.split("=", 1)
+        spec = json.loads(Path(folder, "export.json").read_text())
+        pipe = DiffusionPipeline.from_pretrained(folder).to(args.device)
+        pipe.set_progress_bar_config(disable=True)
+        for steps in args.steps:
+            score(name, pipe, steps, spec["guidance_scale"])
+    for entry in args.lora:
+        import diffusers
+
+        name, folder = entry.split("=", 1)
+        spec = json.loads(Path(folder, "export.json").read_text())
+        pipe = DiffusionPipeline.from_pretrained(teacher_path).to(args.device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = getattr(diffusers, spec["scheduler_class"]).from_pretrained(folder, subfolder="scheduler")
+        pipe.load_lora_weights(folder)
+        for steps in args.steps:
+            score(name, pipe, steps, spec["guidance_scale"])
+
+
+if __name__ == "__main__":
+    main()

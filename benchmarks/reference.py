@@ -1,0 +1,178 @@
+"""Plain-diffusers references: the same work as sdtoolkit's paths, written the way diffusers' example scripts do it.
+
+Each reference follows its anchor line by line where it matters for speed:
+- `ReferenceLCMStep`: `examples/consistency_distillation/train_lcm_distill_sd_wds.py` (diffusers): fp32 student
+  under bf16 autocast, teacher weights cast to the weight dtype, teacher cond and uncond as TWO forwards, target
+  UNet kept in fp32 and run under autocast, `torch.optim.AdamW` with default settings, a per-parameter python EMA
+  loop, gradient clipping every step, `loss.item()` every step.
+- `ReferenceSDSIteration`: stable-dreamfusion / threestudio's SDS: render -> VAE encode with gradient -> noise ->
+  UNet on [uncond, cond] under autocast -> CFG -> w(t)(eps_hat - eps) injected through an MSE surrogate.
+- `reference_forward`: `unet(x, t, encoder_hidden_states=...)` under autocast, as diffusers pipelines run it.
+
+Nothing here imports sdtoolkit's Denoiser: the point is an independent baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.components import Components
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def reference_forward(comps: Components, mixed_precision: bool):
+    """One UNet forward at batch B, as a diffusers pipeline runs it (weights in the weight dtype)."""
+    weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
+    unet = comps.unet().to(weight_dtype).eval().requires_grad_(False)
+    x, text = comps.latents().to(weight_dtype), comps.text().to(weight_dtype)
+    t = torch.full((comps.batch_size,), 500, device=comps.device)
+
+    @torch.no_grad()
+    def run():
+        return unet(x, t, encoder_hidden_states=text).sample
+
+    return run
+
+
+class ReferenceLCMStep:
+    """One LCM distillation step (Luo et al. 2023, Algorithm 1) as diffusers' `train_lcm_distill_sd_wds.py` does it."""
+
+    def __init__(self, comps: Components, mixed_precision: bool, num_ddim_timesteps: int = 50):
+        self.comps, self.mixed_precision = comps, mixed_precision
+        device = comps.device
+        self.weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
+        self.teacher = comps.unet().to(self.weight_dtype).requires_grad_(False)
+        self.unet = comps.unet(time_cond_proj_dim=comps.time_cond_proj_dim).train()
+        self.target = comps.unet(time_cond_proj_dim=comps.time_cond_proj_dim).requires_grad_(False)
+        self.target.load_state_dict(self.unet.state_dict())
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-6)
+        scheduler = comps.scheduler()
+        alphas_cumprod = scheduler.alphas_cumprod.to(device)
+        self.alpha_schedule, self.sigma_schedule = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
+        step_ratio = scheduler.config.num_train_timesteps // num_ddim_timesteps
+        self.ddim_timesteps = (torch.arange(1, num_ddim_timesteps + 1, device=device) * step_ratio - 1).long()
+        self.topk = step_ratio
+        self.latents, self.text = comps.latents(), comps.text()
+        self.uncond = torch.zeros_like(self.text)
+
+    def _x0(self, eps, t, x):
+        return (x - self.sigma_schedule[t].view(-1, 1, 1, 1) * eps) / self.alpha_schedule[t].view(-1, 1, 1, 1)
+
+    def _scalings(self, t, sigma_data=0.5, timestep_scaling=10.0):
+        scaled = t * timestep_scaling
+        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+        return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
+
+    def _w_embedding(self, w, dim):
+        w = w * 1000.0
+        half = dim // 2
+        freqs = torch.exp(torch.arange(half, device=w.device) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+        angles = w[:, None] * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    def __call__(self) -> float:
+        comps, device = self.comps, self.comps.device
+        latents, text, bsz = self.latents, self.text, comps.batch_size
+        index = torch.randint(0, len(self.ddim_timesteps), (bsz,), device=device)
+        start_timesteps = self.ddim_timesteps[index]
+        timesteps = (start_timesteps - self.topk).clamp(min=0)
+        c_skip_start, c_out_start = self._scalings(start_timesteps)
+        c_skip, c_out = self._scalings(timesteps)
+        noise = torch.randn_like(latents)
+        a, s = (
+            self.alpha_schedule[start_timesteps].view(-1, 1, 1, 1),
+            self.sigma_schedule[start_timesteps].view(-1, 1, 1, 1),
+        )
+        noisy = a * latents + s * noise
+        w = (15.0 - 3.0) * torch.rand((bsz,)) + 3.0
+        w_embedding = self._w_embedding(w, comps.time_cond_proj_dim).to(device)
+        w = w.view(bsz, 1, 1, 1).to(device)
+        with autocast(device, self.mixed_precision):
+            noise_pred = self.unet(
+                noisy, start_timesteps, timestep_cond=w_embedding, encoder_hidden_states=text
+            ).sample
+            model_pred = c_skip_start * noisy + c_out_start * self._x0(noise_pred, start_timesteps, noisy)
+        with torch.no_grad(), autocast(device, self.mixed_precision):
+            cond_eps = self.teacher(
+                noisy.to(self.weight_dtype), start_timesteps, encoder_hidden_states=text.to(self.weight_dtype)
+            ).sample
+            uncond_eps = self.teacher(
+                noisy.to(self.weight_dtype), start_timesteps, encoder_hidden_states=self.uncond.to(self.weight_dtype)
+            ).sample
+            cond_x0, uncond_x0 = (
+                self._x0(cond_eps, start_timesteps, noisy),
+                self._x0(uncond_eps, start_timesteps, noisy),
+            )
+            pred_x0 = cond_x0 + w * (cond_x0 - uncond_x0)
+            pred_eps = cond_eps + w * (cond_eps - uncond_eps)
+            prev = timesteps
+            x_prev = (
+                self.alpha_schedule[prev].view(-1, 1, 1, 1) * pred_x0
+                + self.sigma_schedule[prev].view(-1, 1, 1, 1) * pred_eps
+            )
+        with torch.no_grad(), autocast(device, self.mixed_precision):
+            target_eps = self.target(
+                x_prev.float(), timesteps, timestep_cond=w_embedding, encoder_hidden_states=text
+            ).sample
+        target = c_skip * x_prev + c_out * self._x0(target_eps, timesteps, x_prev)
+        loss = torch.mean(torch.sqrt((model_pred.float() - target.float()) ** 2 + 0.001**2) - 0.001)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for target_param, param in zip(self.target.parameters(), self.unet.parameters()):
+                target_param.detach().mul_(0.95).add_(param, alpha=0.05)
+        return loss.detach().item()
+
+
+class ReferenceSDSIteration:
+    """One SDS iteration (Poole et al. 2022) as stable-dreamfusion/threestudio run it on a differentiable render."""
+
+    def __init__(self, comps: Components, mixed_precision: bool, guidance_scale: float = 100.0, batch_size: int = 1):
+        self.comps, self.mixed_precision = comps, mixed_precision
+        self.weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
+        self.unet = comps.unet().to(self.weight_dtype).requires_grad_(False)
+        self.vae = comps.vae().to(self.weight_dtype).requires_grad_(False)
+        self.alphas_cumprod = comps.scheduler().alphas_cumprod.to(comps.device)
+        size = comps.image_size
+        self.render = torch.nn.Parameter(torch.rand(batch_size, 3, size, size, device=comps.device))
+        self.optimizer = torch.optim.Adam([self.render], lr=1e-2)
+        self.text = comps.text()[:batch_size]
+        self.uncond = torch.zeros_like(self.text)
+        self.guidance_scale = guidance_scale
+
+    def __call__(self) -> float:
+        device = self.comps.device
+        with autocast(device, self.mixed_precision):
+            images = self.render * 2 - 1
+            latents = self.vae.encode(images.to(self.weight_dtype)).latent_dist.sample() * 0.18215
+        bsz = latents.shape[0]
+        t = torch.randint(20, 981, (bsz,), device=device)
+        with torch.no_grad(), autocast(device, self.mixed_precision):
+            noise = torch.randn_like(latents)
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+            eps = self.unet(
+                torch.cat([noisy] * 2).to(self.weight_dtype),
+                torch.cat([t] * 2),
+                encoder_hidden_states=torch.cat([self.uncond, self.text]).to(self.weight_dtype),
+            ).sample
+            eps_u, eps_c = eps.chunk(2)
+            eps_hat = eps_u + self.guidance_scale * (eps_c - eps_u)
+            grad = (1 - a) * (eps_hat - noise)
+        target = (latents - grad).detach()
+        loss = 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / bsz
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach().item()

@@ -1,0 +1,151 @@
+"""Measure sdtoolkit against plain-diffusers references of the same work, in the same run, as ratios.
+
+    python -m benchmarks.run --size tiny                       # CPU, a few minutes
+    python -m benchmarks.run --size sd15 --only forward,lcm    # a GPU (H100/H200), one prepared script
+
+Prints a table (reference ms/step, sdtoolkit ms/step, speed-up, images/s, peak memory) and writes JSON.
+Results worth keeping go to benchmarks/RESULTS.md with card, date and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import traceback
+
+import torch
+
+from benchmarks import components, timing, workloads
+
+WORKLOADS = workloads.WORKLOADS
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=["tiny", "sd15"], default="tiny", help="model sizes (sd15 needs a GPU)")
+    parser.add_argument(
+        "--only", default=",".join(WORKLOADS), help=f"comma-separated workloads; known: {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the size's batch (sd15: 16)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (tiny: 3, sd15: 10)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (tiny: 1, sd15: 3)")
+    parser.add_argument("--variants", default="all", help="sdtoolkit variants to run per workload (comma list or all)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.size == "sd15" and device.type != "cuda":
+        parser.error("--size sd15 needs a CUDA device (an SD1.5-size step on a CPU takes minutes)")
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    comps = components.build(args.size, device, args.batch_size)
+    steps = args.steps or (10 if args.size == "sd15" else 3)
+    warmup = args.warmup or (3 if args.size == "sd15" else 1)
+    mixed_precision = device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "size": args.size,
+        "batch_size": comps.batch_size,
+        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+        "workloads": {},
+    }
+    for name in names:
+        workload = WORKLOADS[name]
+        entry: dict = {}
+        results["workloads"][name] = entry
+        print(f"[{name}] reference ...", flush=True)
+        try:
+            ref_step = workload.reference(comps, mixed_precision)
+            entry["reference"] = timing.measure(ref_step, device, warmup, steps).as_dict()
+            entry["reference"]["check"] = workload.check(ref_step) if workload.check else None
+            del ref_step
+        except Exception as error:  # keep measuring the rest; the table says what failed
+            entry["reference"] = {"error": f"{type(error).__name__}: {error}"}
+            traceback.print_exc()
+        _free(device)
+        variants = (
+            workload.variants
+            if args.variants == "all"
+            else [v for v in args.variants.split(",") if v in workload.variants]
+        )
+        for variant in variants:
+            print(f"[{name}] sdtoolkit/{variant} ...", flush=True)
+            try:
+                step = workload.toolkit(comps, mixed_precision, variant)
+                entry[variant] = timing.measure(step, device, warmup, steps).as_dict()
+                del step
+            except Exception as error:
+                entry[variant] = {"error": f"{type(error).__name__}: {error}"}
+                traceback.print_exc()
+            _free(device)
+        if workload.numerics is not None:
+            try:
+                entry["numerics"] = workload.numerics(comps, mixed_precision)
+            except Exception as error:
+                entry["numerics"] = {"error": f"{type(error).__name__}: {error}"}
+                traceback.print_exc()
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def format_table(results: dict) -> str:
+    batch = results["batch_size"]
+    lines = [
+        f"{results['device']} · torch {results['torch']} · size {results['size']} · batch {batch}",
+        f"{'workload':<10} {'variant':<22} {'ms/step':>10} {'img/s':>9} {'× ref':>7} {'first s':>8} {'peak MB':>9}",
+    ]
+    for name, entry in results["workloads"].items():
+        ref = entry.get("reference", {})
+        ref_ms = ref.get("ms_per_step")
+        for variant, values in entry.items():
+            if variant in ("numerics",) or not isinstance(values, dict):
+                continue
+            if "error" in values:
+                lines.append(f"{name:<10} {variant:<22} error: {values['error'][:80]}")
+                continue
+            ms = values["ms_per_step"]
+            images = WORKLOADS[name].images_per_step(batch)
+            ratio = f"{ref_ms / ms:.2f}" if ref_ms else "-"
+            peak = f"{values['peak_memory_mb']:.0f}" if values.get("peak_memory_mb") is not None else "-"
+            lines.append(
+                f"{name:<10} {variant:<22} {ms:>10.1f} {1000 * images / ms:>9.1f} {ratio:>7} "
+                f"{values['first_step_s']:>8.1f} {peak:>9}"
+            )
+        if "numerics" in entry:
+            lines.append(f"{name:<10} numerics: {entry['numerics']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
