@@ -10,6 +10,8 @@ import sys
 # Later subcommands plug in by adding one line here.
 SUBCOMMANDS: dict[str, str] = {
     "info": "sdtoolkit.cli.info",
+    "eval": "sdtoolkit.cli.eval",
+    "train-evaluator": "sdtoolkit.cli.train_evaluator",
     "train-teacher": "sdtoolkit.cli.train_teacher",
     "generate": "sdtoolkit.cli.generate",
     "distill": "sdtoolkit.cli.distill",

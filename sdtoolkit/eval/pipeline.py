@@ -1,0 +1,58 @@
+"""Generation with a diffusers text-to-image pipeline, then scoring with the shapes evaluator."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sdtoolkit.data.dataset import parse_caption
+from sdtoolkit.eval.metrics import REFERENCE_NUM, Evaluator
+
+
+@torch.no_grad()
+def generate_images(
+    pipe, prompts: list[str], steps: int, guidance: float, seed: int = 0, batch_size: int = 16, progress: bool = True
+) -> Tensor:
+    """Images [N, 3, H, W] in [0, 1], one per prompt, from `pipe(prompt=..., output_type="pt")`.
+
+    Image i uses its own CPU generator seeded `seed + i`, so an image does not depend on the batch size.
+    """
+    images = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
+        batch = list(prompts[start : start + batch_size])
+        generators = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(batch))]
+        out = pipe(
+            prompt=batch,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="pt",
+        )
+        images.append(out.images.float().cpu().clamp(0, 1))
+    return torch.cat(images)
+
+
+def evaluate_pipeline(
+    pipe,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    batch_size: int = 16,
+    evaluator: Evaluator | None = None,
+    reference_num: int = REFERENCE_NUM,
+    progress: bool = True,
+) -> dict:
+    """Generates one image per prompt with `pipe` and scores them: `Evaluator.score` plus `fd_shapes` against
+    `reference_num` real renders (skipped when 0 or when fewer than 2 prompts). Prompts are checked first."""
+    for prompt in prompts:
+        parse_caption(prompt)
+    evaluator = Evaluator.load() if evaluator is None else evaluator
+    images = generate_images(pipe, prompts, steps, guidance, seed=seed, batch_size=batch_size, progress=progress)
+    scores = evaluator.score(images, prompts)
+    if reference_num > 0 and len(prompts) >= 2:
+        scores["fd_shapes"] = evaluator.fd_shapes(images, evaluator.reference_stats(n=reference_num))
+    scores.update(steps=steps, guidance=guidance, seed=seed)
+    return scores
