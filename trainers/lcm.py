@@ -73,10 +73,11 @@ class LCMConfig(MethodConfig):
     """LoRA scale numerator (None: = rank, i.e. scale 1)."""
     lora_target_modules: tuple[str, ...] = LCM_LORA_TARGET_MODULES
     """UNet module names the LoRA adapts (LCM-LoRA's list; names absent from the UNet are skipped)."""
-    lr: float = 1e-4
-    """AdamW learning rate (diffusers' LCM and LCM-LoRA scripts: 1e-4)."""
-    lr_warmup_steps: int = 0
-    """Linear warm-up steps (diffusers' scripts: 500 with 1000s of steps)."""
+    lr: float | None = None
+    """AdamW learning rate. None: 1e-6 for a full student, 1e-4 for LoRA (diffusers' LCM and LCM-LoRA example
+    commands)."""
+    lr_warmup_steps: int = 500
+    """Linear learning-rate warm-up steps (diffusers' consistency_distillation scripts: 500)."""
     adam_weight_decay: float = 0.0
     """AdamW weight decay."""
     num_ddim_timesteps: int = 50
@@ -332,6 +333,8 @@ class LCM(DistillationMethod):
             raise ValueError("--adversarial is PCM's loss: use it with --phases N > 1")
         if not 0 <= config.w_min <= config.w_max:
             raise ValueError(f"guidance range [{config.w_min}, {config.w_max}] must satisfy 0 <= w_min <= w_max")
+        if config.lr is not None and config.lr <= 0:
+            raise ValueError(f"--lr {config.lr} must be positive")
         if config.loss_type not in ("l2", "huber"):
             raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
         steps = config.sample_steps
@@ -414,8 +417,9 @@ class LCM(DistillationMethod):
     def optimizers(self) -> list[OptimizerSpec]:
         config = self.config
         params = [p for p in self.built["student"].parameters() if p.requires_grad]
+        lr = config.lr if config.lr is not None else (1e-4 if self.is_lora else 1e-6)
         student = OptimizerSpec(
-            "student", params, lr=config.lr, weight_decay=config.adam_weight_decay, warmup_steps=config.lr_warmup_steps
+            "student", params, lr=lr, weight_decay=config.adam_weight_decay, warmup_steps=config.lr_warmup_steps
         )
         if not config.adversarial:
             return [student]
