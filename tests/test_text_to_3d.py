@@ -363,3 +363,18 @@ def test_hash_encoding_gradient_matches_plain_indexing():
     (ours,) = torch.autograd.grad((gather_rows(table, index) * weights).sum(), table)
     (plain,) = torch.autograd.grad((table[index] * weights).sum(), table)
     torch.testing.assert_close(ours, plain)
+
+
+def test_uv_texture_option(tmp_path):
+    pytest.importorskip("xatlas")
+    import trimesh
+
+    from sdtoolkit.nerf import NeRF
+    from sdtoolkit.text_to_3d.export import export_mesh, extract_mesh, uv_texture_mesh
+
+    nerf = NeRF(tiny_nerf())
+    textured = uv_texture_mesh(extract_mesh(nerf, 16), nerf, texture_size=32)
+    export_mesh(textured, tmp_path, "textured", formats=("glb",))
+    loaded = trimesh.load(tmp_path / "textured.glb", force="mesh")
+    assert loaded.visual.uv.shape == (len(loaded.vertices), 2)
+    assert loaded.visual.material.baseColorTexture.size == (32, 32)

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method", default="sds", help=f"Guidance: {', '.join(METHOD_NAMES)} (default: sds).")
     parser.add_argument("--layout", type=Path, default=None, help="Layout JSON for semantic-sds (objects + boxes).")
     parser.add_argument("--output", type=Path, default=None, help="Output folder (default: runs/<prompt>).")
-    parser.add_argument("--steps", type=int, default=None, help="Optimisation steps (default: 600).")
+    parser.add_argument("--steps", type=int, default=None, help="Optimisation steps (default: 400).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (default: 0).")
     parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale, diffusers convention.")
     parser.add_argument("--weighting", default=None, help=f"w(t): {', '.join(WEIGHTINGS)}.")

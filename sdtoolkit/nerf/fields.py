@@ -24,16 +24,17 @@ class FieldConfig:
 
     bound: float = 1.0
     """The field lives in the cube [-bound, bound]^3 (world units); the procedural shapes fit in radius 0.75."""
-    num_levels: int = 8
-    """Hash-grid levels L (Instant-NGP uses 16; 8 keeps a CPU step fast at 64x64 renders)."""
+    num_levels: int = 6
+    """Hash-grid levels L (Instant-NGP uses 16; the encoding dominates a CPU step, and 6 levels up to `max_res`
+    resolve 64x64 renders of simple objects)."""
     features_per_level: int = 2
     """Features per level F (Instant-NGP: 2)."""
     log2_hashmap_size: int = 15
     """log2 of the table size T per level (Instant-NGP: 14-24)."""
     min_res: int = 16
     """Coarsest grid resolution N_min (Instant-NGP: 16)."""
-    max_res: int = 128
-    """Finest grid resolution N_max over the cube (128 cells over 2 units is ~1 px at 64x64 renders)."""
+    max_res: int = 96
+    """Finest grid resolution N_max over the cube (64 cells over 2 units are ~1 px at the 64x64 default views)."""
     hidden_dim: int = 32
     """Width of the two hidden layers of the shared MLP."""
     blob_density: float = 10.0

@@ -33,13 +33,13 @@ class NeRFConfig:
     """Ray interval through the scene: 'sphere' (|x| <= radius) or 'aabb' (the field's cube)."""
     scene_radius: float = 0.9
     """Radius of the sphere collider (world units)."""
-    num_samples: int = 64
+    num_samples: int = 48
     """Stratified samples per ray of the first (no-grad) pass."""
     num_importance_samples: int = 0
     """Extra PDF samples per ray drawn from the first pass's weights (0 = off)."""
-    alpha_threshold: float = 1e-4
+    alpha_threshold: float = 1e-3
     """nerfacc `alpha_thre`: samples with smaller opacity are skipped in the differentiable pass."""
-    transmittance_threshold: float = 1e-3
+    transmittance_threshold: float = 1e-2
     """nerfacc `early_stop_eps`: samples behind this much accumulated opacity are skipped."""
     chunk: int = 1 << 17
     """Points per field call in the no-grad passes (bounds memory)."""
