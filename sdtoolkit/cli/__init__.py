@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "sdtoolkit.cli.generate",
     "distill": "sdtoolkit.cli.distill",
     "export": "sdtoolkit.cli.export",
+    "text-to-3d": "sdtoolkit.cli.text_to_3d",
 }
 
 
