@@ -143,7 +143,11 @@ class TeacherConfig:
     mixed_precision: str = "no"
     """accelerate's mixed precision: "no", "bf16" or "fp16"."""
     max_minutes: float | None = None
-    """Wall-clock budget of the whole run (rendering, both stages, saving); None: step counts only."""
+    """Wall-clock budget of the whole run (rendering, both stages, saving; not the samples.png written after it);
+    None: step counts only."""
+    max_encode_fraction: float = 0.25
+    """With `max_minutes`: encoding the set into latents may use at most this share of the time left; the UNet
+    then trains on the images encoded by then (a prefix of the set)."""
     checkpoint_minutes: float = 2.0
     """Write a complete loadable SD folder to `<output>/checkpoint` this often during UNet training."""
     log_every: int = 50

@@ -38,7 +38,13 @@ def evaluate_teacher(
     captions = all_prompts()
     prompts = [captions[i % len(captions)] for i in range(num_samples)]
     evaluator = Evaluator.load()
-    results = {"num_samples": num_samples, "guidance": guidance, "seed": seed, "runs": []}
+    results = {
+        "num_samples": num_samples,
+        "guidance": guidance,
+        "seed": seed,
+        "evaluator_sha256": _evaluator_hash(),
+        "runs": [],
+    }
     for num_steps in steps:
         start = time.perf_counter()
         scores = evaluate_pipeline(
@@ -49,6 +55,16 @@ def evaluate_teacher(
         results["runs"].append(scores)
         print(json.dumps(scores))
     return results
+
+
+def _evaluator_hash() -> str:
+    """sha256 of the shipped evaluator's weights, so the numbers can be tied to the evaluator that made them."""
+    import hashlib
+
+    from sdtoolkit.eval import default_evaluator_path
+
+    weights = default_evaluator_path() / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -120,7 +136,8 @@ def write_model_card(folder: str | Path) -> Path:
         "",
         f"- Hardware: {log['hardware']}; mixed precision `{config['mixed_precision']}`.",
         f"- Stage 1, VAE: {log['vae']['steps']} steps, batch {config['vae_batch_size']}, AdamW lr "
-        f"{config['vae_lr']} (cosine to 10 %), loss L1 + MSE + {config['vae_kl_weight']} x KL; final "
+        f"{config['vae_lr']} (warm-up {config.get('vae_warmup_steps', config['warmup_steps'])}, cosine to 10 %), "
+        f"loss L1 + MSE + {config['vae_kl_weight']} x KL; final "
         f"reconstruction loss {_fmt(vae_loss, 4)}; {timings['vae_s']} s.",
         f"- Stage 2, UNet + text encoder (VAE frozen): {log['unet']['steps']} steps, batch {config['batch_size']}, "
         f"AdamW lr {config['lr']} (warm-up {config['warmup_steps']}, cosine to 10 %), weight decay "
@@ -144,7 +161,9 @@ def write_model_card(folder: str | Path) -> Path:
             f"captions, one seed per image (seed {metrics['seed']} + i), DDIM with the shipped scheduler config, "
             f"CFG {metrics['guidance']}. Scored by the shipped shapes evaluator (`sdtoolkit.eval.Evaluator`): prompt "
             "accuracy = shape and colour both right; FD-shapes = Fréchet distance of evaluator features to real "
-            "renders (lower is better). Measured on this machine's CPU.",
+            "renders (lower is better). Evaluator weights sha256 "
+            f"`{metrics.get('evaluator_sha256', 'not recorded')[:16]}...`. Seconds: one CPU thread on a shared "
+            "2-core machine, not a benchmark.",
             "",
             "| DDIM steps | prompt acc. | shape acc. | colour acc. | view acc. | FD-shapes | seconds |",
             "|---|---|---|---|---|---|---|",

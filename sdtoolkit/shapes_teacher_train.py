@@ -219,13 +219,19 @@ def train_vae(config: TeacherConfig, accelerator, data: TrainingSet, max_seconds
 
 
 @torch.no_grad()
-def encode_latents(vae, images: torch.Tensor, device, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image (unscaled), in float32 on `device`."""
+def encode_latents(
+    vae, images: torch.Tensor, device, batch_size: int = 256, max_seconds: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std (unscaled, float32, on `device`) of `images` in order. With `max_seconds`, stops
+    after the batch that crosses it and returns the latents of that prefix only (at least one batch)."""
     means, stds = [], []
+    start_time = time.perf_counter()
     for start in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch"):
         posterior = vae.encode(_to_pixels(images[start : start + batch_size].to(device))).latent_dist
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
+        if max_seconds is not None and time.perf_counter() - start_time > max_seconds:
+            break
     return torch.cat(means), torch.cat(stds)
 
 
@@ -383,7 +389,15 @@ def train_teacher(config: TeacherConfig, output_dir: str | Path) -> Path:
     timings["vae_s"] = vae_log["seconds"]
 
     t0 = time.perf_counter()
-    latent_mean, latent_std = encode_latents(vae, data.images, device)
+    left = remaining()
+    encode_seconds = None if left is None else config.max_encode_fraction * left
+    with accelerator.autocast():
+        latent_mean, latent_std = encode_latents(vae, data.images, device, max_seconds=encode_seconds)
+    if len(latent_mean) < len(data.images):
+        print(
+            f"[train-teacher] warning: only the first {len(latent_mean)} of {len(data.images)} images were encoded "
+            f"within {config.max_encode_fraction:.0%} of the time left; the UNet trains on those"
+        )
     sample = latent_mean[:2048] + latent_std[:2048] * torch.randn_like(latent_mean[:2048])
     scaling_factor = float(1.0 / sample.float().std())
     vae.register_to_config(scaling_factor=scaling_factor)
@@ -392,6 +406,7 @@ def train_teacher(config: TeacherConfig, output_dir: str | Path) -> Path:
         "scaling_factor": scaling_factor,
         "latent_mean": float(latent_mean.mean()),
         "posterior_std_mean": float(latent_std.mean()),
+        "num_encoded": len(latent_mean),
     }
     print(
         f"[train-teacher] VAE {vae_log['steps']} steps in {vae_log['seconds']} s; latents encoded in "

@@ -37,7 +37,8 @@ def test_train_teacher_smoke_run_writes_a_stock_loadable_folder(tmp_path):
     from sdtoolkit.shapes_teacher import TeacherConfig
 
     out = tmp_path / "teacher"
-    assert main(["train-teacher", "--output", str(out), "--tiny", "--threads", "1", "--seed", "3"]) == 0
+    args = ["train-teacher", "--output", str(out), "--tiny", "--threads", "1", "--seed", "3"]
+    assert main([*args, "--checkpoint-minutes", "0"]) == 0  # a loadable checkpoint after every step
     pipeline = _stock_pipeline(out)
     images = _sample(pipeline, ["a red cube, front view", "a blue torus, side view"], steps=2)
     assert images.shape == (2, 3, 64, 64)
@@ -48,7 +49,13 @@ def test_train_teacher_smoke_run_writes_a_stock_loadable_folder(tmp_path):
     assert log["unet"]["steps"] == 3 and log["vae"]["steps"] == 3
     # scaling_factor = 1 / std of the trained latents, as in SD
     assert pipeline.vae.config.scaling_factor == pytest.approx(log["latents"]["scaling_factor"])
-    assert not (out / "checkpoint").exists() or (out / "checkpoint" / "model_index.json").is_file()
+    assert not (out / "checkpoint").exists(), "the final folder supersedes the checkpoint"
+    assert "sdtoolkit train-teacher --output" in config.extra["command"]
+
+    from sdtoolkit.shapes_teacher_card import write_model_card
+
+    card = write_model_card(out).read_text()
+    assert f"{log['parameters']['unet']:,}" in card and "Not measured yet" in card
 
 
 def test_time_budget_stops_a_stage_and_lr_anneals():
@@ -122,6 +129,7 @@ def test_generate_cli_writes_a_grid_from_the_shipped_teacher(tmp_path, capsys):
         (["--steps", "0"], "--steps"),
         (["--steps", "-3"], "--steps"),
         (["--num-images", "0"], "--num-images"),
+        (["--device", "tpu"], "--device"),
     ],
 )
 def test_generate_rejects_bad_input_in_one_line(tmp_path, capsys, extra, message):

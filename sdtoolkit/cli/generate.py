@@ -50,6 +50,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--out must be a .png file, got {args.out}")
     if args.device not in ("cpu", "cuda", "mps") and not args.device.startswith("cuda:"):
         raise CLIError(f"--device {args.device!r} is not a torch device; use cpu, cuda, cuda:N or mps")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
 
 
 def run(args: argparse.Namespace) -> int:

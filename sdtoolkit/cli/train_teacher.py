@@ -109,7 +109,7 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    for name in ("num_workers", "threads"):
+    for name in ("num_workers", "threads", "checkpoint_minutes"):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
