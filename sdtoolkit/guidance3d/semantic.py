@@ -188,7 +188,8 @@ class SemanticSDSConfig(SDSConfig):
     mask_softness: float = 0.02
     """Softness tau of the box indicators (world units)."""
     box_fill: float = 1.0
-    """An object-centric view frames a box of largest side `box_fill` like the prior frames a unit-size object."""
+    """An object-centric view puts the camera `box_fill` x (largest box side / one unit) x the prior's distance from
+    the box centre, so an object filling its box looks as large as the prior's objects (about one unit across)."""
 
 
 @register("semantic-sds", SemanticSDSConfig)

@@ -50,13 +50,13 @@ def evaluate_asset(nerf: NeRF, prompt: str, evaluator, resolution: int = 64) -> 
 def evaluate_layout(nerf: NeRF, layout, evaluator, box_fill: float = 1.0, resolution: int = 64) -> dict:
     """For every layout object: 8 object-centric views of its box (the framing of the training's local views),
     classified against the object's prompt; plus the share of rendered opacity that falls inside each box's views."""
-    from sdtoolkit.text_to_3d.trainer import UNIT_OBJECT_RADIUS
+    from sdtoolkit.text_to_3d.trainer import UNIT_OBJECT_SIZE
 
     results = []
     for obj in layout.objects:
         shape, colour, _ = parse_caption(obj.prompt)
         cameras = turntable_cameras(EVAL_VIEWS, elevation_deg=EVAL_ELEVATION).to(nerf.device)
-        scale = max(obj.size) / (2 * UNIT_OBJECT_RADIUS) * box_fill
+        scale = max(obj.size) / UNIT_OBJECT_SIZE * box_fill
         centre = torch.tensor(obj.centre, device=nerf.device).expand(EVAL_VIEWS, 3)
         out = nerf.render(
             cameras, resolution, stratified=False, ray_transform=(centre, torch.full((EVAL_VIEWS,), scale))

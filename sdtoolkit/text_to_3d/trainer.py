@@ -24,8 +24,10 @@ from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATE_FILE = "checkpoint.json"
 CONFIG_FILE = "config.json"
-#: half-extent of a unit-size object as the prior frames it (the shapes fit in radius 0.75)
+#: half-extent of the space the prior frames around one object (the shapes fit in radius 0.75)
 UNIT_OBJECT_RADIUS = 0.75
+#: size of one object as the prior frames it (the shapes are about one unit across)
+UNIT_OBJECT_SIZE = 1.0
 
 
 def load_prior(prior: str, device: str = "cpu") -> Denoiser:
@@ -180,7 +182,7 @@ def object_view_transform(layout, config, n: int, generator: torch.Generator) ->
     centres = torch.tensor([layout.objects[i].centre for i in index.tolist()])
     sizes = torch.tensor([max(layout.objects[i].size) for i in index.tolist()])
     # the cameras are sampled at scene scale; bring them back to unit scale, then to the box's scale
-    scale = sizes / (2 * UNIT_OBJECT_RADIUS) * config.guidance.box_fill / (layout.scene_bound / UNIT_OBJECT_RADIUS)
+    scale = sizes / UNIT_OBJECT_SIZE * config.guidance.box_fill / (layout.scene_bound / UNIT_OBJECT_RADIUS)
     return centres, scale
 
 
