@@ -171,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
         if not (output / "checkpoint.safetensors").exists():
             raise CLIError(f"--resume: no checkpoint in {str(output)!r}; run without --resume first")
         saved = load_config(output / "config.json")
-        saved.steps = config.steps  # resuming may extend the run
+        if args.steps is not None:
+            saved.steps = args.steps  # resuming may extend the run
+        saved.threads, saved.device = config.threads, config.device
         config = saved
     summary = generate(
         config,
