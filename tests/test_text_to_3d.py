@@ -378,3 +378,14 @@ def test_uv_texture_option(tmp_path):
     loaded = trimesh.load(tmp_path / "textured.glb", force="mesh")
     assert loaded.visual.uv.shape == (len(loaded.vertices), 2)
     assert loaded.visual.material.baseColorTexture.size == (32, 32)
+
+
+def test_cli_resume_extends_a_run(tiny_prior, tmp_path):
+    from sdtoolkit.cli import main
+
+    common = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--output", str(tmp_path / "run"), "--quiet"]
+    common += ["--preset", "tiny", "--mesh-resolution", "16", "--video-frames", "2", "--formats", "glb"]
+    assert main([*common, "--steps", "2"]) == 0
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 3
+    assert len(json.loads((tmp_path / "run" / "checkpoint.json").read_text())["history"]) == 3
