@@ -146,6 +146,10 @@ def write_model_card(folder: str | Path) -> Path:
         f"- Wall time: {timings['total_s']} s in all (rendering {timings['render_s']} s, latent encoding "
         f"{timings['encode_s']} s).",
         f"- Command: `{command}`",
+    ]
+    if config.get("extra", {}).get("note"):
+        lines.append(f"- Note: {config['extra']['note']}.")
+    lines += [
         "",
         "Every number here is copied from `training_config.json`, `training_log.json` and `metrics.json` beside "
         "this card.",
