@@ -465,18 +465,10 @@ class Denoiser(nn.Module):
     def compile(self, regional: bool = True, **compile_kwargs: Any) -> Denoiser:
         """torch.compile the network. `regional=True` compiles only the repeated blocks (the model's
         `_repeated_blocks`, or `REPEATED_BLOCKS`), which keeps compile time far below compiling the whole model."""
-        model = self.base_model
         if not regional:
             self.model = torch.compile(self.model, **compile_kwargs)
             return self
-        names = set(getattr(model, "_repeated_blocks", None) or REPEATED_BLOCKS)
-        compiled = 0
-        for module in model.modules():
-            if type(module).__name__ in names:
-                module.compile(**compile_kwargs)
-                compiled += 1
-        if compiled == 0:
-            raise ValueError(f"no block of {sorted(names)} found in {self.model_kind}; use compile(regional=False)")
+        compile_repeated_blocks(self.base_model, **compile_kwargs)
         return self
 
     @contextlib.contextmanager
@@ -528,6 +520,21 @@ class Denoiser(nn.Module):
         return other
 
 
+def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> int:
+    """Regional compilation: `torch.compile` each repeated block of `model` (its `_repeated_blocks`, else
+    `REPEATED_BLOCKS`) in place; blocks of one class share compiled code, so compile time stays near one block's.
+    Returns the number of blocks compiled; raises if the model has none."""
+    names = set(getattr(model, "_repeated_blocks", None) or REPEATED_BLOCKS)
+    compiled = 0
+    for module in model.modules():
+        if type(module).__name__ in names:
+            module.compile(**compile_kwargs)
+            compiled += 1
+    if compiled == 0:
+        raise ValueError(f"no block of {sorted(names)} found in {type(model).__name__}; compile the whole model")
+    return compiled
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strips DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
@@ -563,4 +570,4 @@ def _is_one(scale: float | Tensor) -> bool:
     return scale == 1
 
 
-__all__ = ["Conditioning", "Denoiser", "Prediction", "SUPPORTED_MODELS", "unwrap_model"]
+__all__ = ["Conditioning", "Denoiser", "Prediction", "SUPPORTED_MODELS", "compile_repeated_blocks", "unwrap_model"]

@@ -143,6 +143,16 @@ class TrainConfig:
     """Recompute activations in the backward pass of the trained networks (less memory, ~30% slower)."""
     allow_tf32: bool = True
     """Allow TF32 matmuls on Ampere+ GPUs."""
+    log_every: int | None = None
+    """Read the losses back from the device (a host sync) every N steps; every step's values are still logged.
+    None: every step on a CPU, every 10 steps on a GPU, so the hot loop never waits on `.item()`."""
+    fused_optimizer: bool = True
+    """Use PyTorch's fused AdamW kernel when all of an optimizer's parameters live on CUDA."""
+    channels_last: bool = False
+    """Store the teacher's and the trainable networks' weights channels-last (faster convolutions on GPUs)."""
+    compile: bool = False
+    """Regional `torch.compile` of the teacher and the trainable networks: only their repeated blocks are compiled,
+    which keeps compile time to seconds (`sdtoolkit.denoiser.compile_repeated_blocks`)."""
     export: bool = True
     """Export a ready diffusers pipeline to <output>/export at the end (also `sdtoolkit export RUN OUT`)."""
     builtin_images: int = 4096
@@ -476,10 +486,9 @@ class Trainer:
             for module in modules.values():
                 if hasattr(module, "enable_gradient_checkpointing"):
                     module.enable_gradient_checkpointing()
+        self._speed_switches(teacher, modules)
         specs = self.specs = method.optimizers()
-        optimizers = [
-            torch.optim.AdamW(s.params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps) for s in specs
-        ]
+        optimizers = [self._optimizer(s) for s in specs]
         schedulers = [
             torch.optim.lr_scheduler.LambdaLR(o, _warmup(s.warmup_steps * accelerator.num_processes))
             for s, o in zip(specs, optimizers)
@@ -525,12 +534,70 @@ class Trainer:
         accelerator.end_training()
         return self.output
 
+    def _speed_switches(self, teacher: Denoiser, modules: dict[str, nn.Module]) -> None:
+        """channels_last and regional compilation of the teacher and the trainable networks (opt-in)."""
+        from sdtoolkit.denoiser import compile_repeated_blocks
+
+        config = self.config
+        networks = {id(teacher.base_model): teacher.base_model}
+        networks.update({id(m): m for m in modules.values()})
+        for network in networks.values():
+            if config.channels_last:
+                network.to(memory_format=torch.channels_last)
+            if config.compile:
+                compile_repeated_blocks(network)
+
+    def _optimizer(self, spec: OptimizerSpec) -> torch.optim.Optimizer:
+        """AdamW; the fused CUDA kernel when asked for and every parameter is on CUDA."""
+        fused = self.config.fused_optimizer and all(p.is_cuda for p in spec.params) and len(spec.params) > 0
+        return torch.optim.AdamW(
+            spec.params,
+            lr=spec.lr,
+            betas=spec.betas,
+            weight_decay=spec.weight_decay,
+            eps=spec.eps,
+            fused=True if fused else None,
+        )
+
     # ------------------------------------------------------------------ the loop
+
+    def train_step(
+        self, step: int, batches: Iterator[dict[str, Tensor]], models: list[nn.Module]
+    ) -> dict[str, Tensor]:
+        """One global step: every optimizer due at `step`, over all accumulated micro-batches. Returns the logged
+        values as detached device tensors (no host sync here; the loop reads them back every `log_every` steps)."""
+        accelerator, config, method = self.accelerator, self.config, self.method
+        accumulation = config.gradient_accumulation_steps
+        due = [(s, o, sch) for s, o, sch in zip(self.specs, self.optimizers, self.schedulers) if s.due(step)]
+        logs: dict[str, Tensor] = {}
+        for _ in range(accumulation):
+            batch = next(batches)
+            with accelerator.accumulate(*models):
+                for spec, optimizer, scheduler in due:
+                    out = method.loss(spec.name, batch, step)
+                    self._backward(spec, out["loss"])
+                    if accelerator.sync_gradients:
+                        max_norm = spec.max_grad_norm if spec.max_grad_norm is not None else config.max_grad_norm
+                        if max_norm and max_norm > 0:
+                            norm = accelerator.clip_grad_norm_(spec.parameters(), max_norm)
+                            out = {**out, "grad_norm": torch.as_tensor(norm)}
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        method.after_step(spec.name, step)
+                    for key, value in out.items():
+                        value = torch.as_tensor(value).detach().float().mean()
+                        scale = 1.0 if key == "grad_norm" else 1.0 / accumulation
+                        name = f"{spec.name}/{key}"
+                        logs[name] = logs[name] + value * scale if name in logs else value * scale
+        for spec, _, scheduler in due:
+            logs[f"{spec.name}/lr"] = torch.tensor(scheduler.get_last_lr()[0])
+        return logs
 
     def _loop(self, progress: TrainingProgress, dataloader, models: list[nn.Module]) -> None:
         from tqdm.auto import tqdm
 
-        accelerator, config, method = self.accelerator, self.config, self.method
+        accelerator, config = self.accelerator, self.config
         accumulation = config.gradient_accumulation_steps
         images_per_step = config.batch_size * accelerator.num_processes * accumulation
         batches = self._batches(dataloader, progress.step * accumulation)
@@ -543,45 +610,29 @@ class Trainer:
             dynamic_ncols=True,
         )
         speed = None
+        log_every = config.log_every or (10 if accelerator.device.type == "cuda" else 1)
+        pending: list[tuple[int, dict[str, Tensor]]] = []
+        started = time.perf_counter()
         while progress.step < config.max_steps:
-            step, started = progress.step, time.perf_counter()
-            due = [(s, o, sch) for s, o, sch in zip(self.specs, self.optimizers, self.schedulers) if s.due(step)]
-            logs: dict[str, float] = {}
-            for _ in range(accumulation):
-                batch = next(batches)
-                with accelerator.accumulate(*models):
-                    for spec, optimizer, scheduler in due:
-                        out = method.loss(spec.name, batch, step)
-                        self._backward(spec, out["loss"])
-                        if accelerator.sync_gradients:
-                            max_norm = spec.max_grad_norm if spec.max_grad_norm is not None else config.max_grad_norm
-                            if max_norm and max_norm > 0:
-                                norm = accelerator.clip_grad_norm_(spec.parameters(), max_norm)
-                                out = {**out, "grad_norm": torch.as_tensor(norm)}
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                            method.after_step(spec.name, step)
-                        for key, value in out.items():
-                            value = float(torch.as_tensor(value).detach().float().mean())
-                            scale = 1.0 if key == "grad_norm" else 1.0 / accumulation
-                            logs[f"{spec.name}/{key}"] = logs.get(f"{spec.name}/{key}", 0.0) + value * scale
+            step = progress.step
+            pending.append((step + 1, self.train_step(step, batches, models)))
             progress.step = step = step + 1
-            elapsed = time.perf_counter() - started
-            speed = images_per_step / elapsed if speed is None else 0.9 * speed + 0.1 * images_per_step / elapsed
-            logs = {k: _mean_across_processes(accelerator, v) for k, v in logs.items()}
-            for spec, _, scheduler in due:
-                logs[f"{spec.name}/lr"] = scheduler.get_last_lr()[0]
-            self._log(step, logs)
-            main_loss = next((v for k, v in logs.items() if k.endswith("/loss")), float("nan"))
-            bar.set_postfix(loss=f"{main_loss:.4g}", img_s=f"{speed:.1f}", refresh=False)
-            bar.update(1)
             last = step == config.max_steps
-            if config.sample_every > 0 and (step % config.sample_every == 0 or last):
+            sample_due = config.sample_every > 0 and (step % config.sample_every == 0 or last)
+            validation_due = self._validation_due(step, last)
+            checkpoint_due = step % config.checkpoint_every == 0 or last
+            if step % log_every == 0 or last or sample_due or validation_due or checkpoint_due:
+                main_loss = self._flush_logs(pending)  # the host sync: the device has finished these steps
+                rate = images_per_step * len(pending) / max(time.perf_counter() - started, 1e-9)
+                speed = rate if speed is None else 0.9 * speed + 0.1 * rate
+                pending, started = [], time.perf_counter()
+                bar.set_postfix(loss=f"{main_loss:.4g}", img_s=f"{speed:.1f}", refresh=False)
+            bar.update(1)
+            if sample_due:
                 self._write_samples(step)
-            if self._validation_due(step, last):
+            if validation_due:
                 self._validate(step)
-            if step % config.checkpoint_every == 0 or last:
+            if checkpoint_due:
                 self._checkpoint(step)
         bar.close()
 
@@ -620,6 +671,22 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in kept))
+
+    def _flush_logs(self, pending: list[tuple[int, dict[str, Tensor]]]) -> float:
+        """Reads the pending steps' values back in ONE device-to-host copy, logs each step, returns the last loss."""
+        accelerator = self.accelerator
+        keys = [(step, key) for step, logs in pending for key in logs]
+        values = torch.stack([logs[key].float().to(accelerator.device) for _, logs in pending for key in logs])
+        if accelerator.num_processes > 1:
+            values = accelerator.reduce(values, reduction="mean")
+        numbers = values.tolist()
+        per_step: dict[int, dict[str, float]] = {}
+        for (step, key), number in zip(keys, numbers):
+            per_step.setdefault(step, {})[key] = number
+        for step, logs in per_step.items():
+            self._log(step, logs)
+        last = per_step[max(per_step)]
+        return next((v for k, v in last.items() if k.endswith("/loss")), float("nan"))
 
     def _log(self, step: int, logs: dict[str, float]) -> None:
         accelerator = self.accelerator
@@ -720,13 +787,6 @@ def _tensorboard_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
-
-
-def _mean_across_processes(accelerator, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return value
-    tensor = torch.tensor([value], device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="mean"))
 
 
 def _scalar_metrics(scores: Any) -> dict[str, float]:
