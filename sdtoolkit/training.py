@@ -455,6 +455,21 @@ class Trainer:
 
     def run(self) -> Path:
         """Trains, checkpoints, samples, validates, saves the student and exports it; returns the run folder."""
+        progress, dataloader, models = self.setup()
+        self._loop(progress, dataloader, models)
+
+        # 4. the student, its export, the end of the run
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self._finish(progress.step)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return self.output
+
+    def setup(self) -> tuple[TrainingProgress, Any, list[nn.Module]]:
+        """Everything before the first step: accelerator, teacher, data, the method's networks and optimizers,
+        resume. Returns (progress, dataloader, prepared models) for `_loop`, or for `train_step` in benchmarks."""
         from accelerate.utils import set_seed
 
         config = self.config
@@ -524,15 +539,7 @@ class Trainer:
         if accelerator.log_with:
             accelerator.init_trackers("sdtoolkit", config=_flat_scalars(self.resolved))
 
-        self._loop(progress, dataloader, list(models.values()))
-
-        # 4. the student, its export, the end of the run
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            self._finish(progress.step)
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        return self.output
+        return progress, dataloader, list(models.values())
 
     def _speed_switches(self, teacher: Denoiser, modules: dict[str, nn.Module]) -> None:
         """channels_last and regional compilation of the teacher and the trainable networks (opt-in)."""

@@ -443,7 +443,10 @@ class LCM(DistillationMethod):
             self.sampler = self.target
             self.teacher_context = teacher.adapters_disabled
         else:
-            self.target = teacher.with_model(self.target_unet.to(self.accelerator.device))
+            # the target never trains: under mixed precision it runs in the half dtype (the EMA shadow stays fp32)
+            half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+            self.target_unet.to(self.accelerator.device, dtype=half)
+            self.target = teacher.with_model(self.target_unet)
             self.sampler = self.target if self.config.export_ema else teacher.with_model(unwrapped)
             self.teacher_context = contextlib.nullcontext
 
