@@ -46,22 +46,44 @@ def evaluate_asset(nerf: NeRF, prompt: str, evaluator, resolution: int = 64) -> 
     }
 
 
+class _OnlyBox(torch.nn.Module):
+    """A layout prior restricted to box `k` for rendering: density outside that box is masked out, the semantic
+    logits are the full prior's."""
+
+    def __init__(self, prior, k: int):
+        super().__init__()
+        self.prior, self.k = prior, k
+
+    def density_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        flat = positions.reshape(-1, 3)
+        return self.prior.indicators(flat)[:, self.k].reshape(positions.shape[:-1])
+
+    def logits(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.prior.logits(positions)
+
+
 @torch.no_grad()
 def evaluate_layout(nerf: NeRF, layout, evaluator, box_fill: float = 1.0, resolution: int = 64) -> dict:
-    """For every layout object: 8 object-centric views of its box (the framing of the training's local views),
-    classified against the object's prompt; plus the share of rendered opacity that falls inside each box's views."""
+    """For every layout object: 8 object-centric views of its box region alone (the field's density outside the box
+    is masked out, so a neighbour in the background does not count), framed like the training's local views,
+    classified against the object's prompt. Each entry also holds its `images` ([8, 3, H, W], CPU)."""
     from sdtoolkit.text_to_3d.trainer import UNIT_OBJECT_SIZE
 
     results = []
-    for obj in layout.objects:
+    prior = nerf.field.region_prior
+    for k, obj in enumerate(layout.objects):
         shape, colour, _ = parse_caption(obj.prompt)
         cameras = turntable_cameras(EVAL_VIEWS, elevation_deg=EVAL_ELEVATION).to(nerf.device)
         scale = max(obj.size) / UNIT_OBJECT_SIZE * box_fill
         centre = torch.tensor(obj.centre, device=nerf.device).expand(EVAL_VIEWS, 3)
-        out = nerf.render(
-            cameras, resolution, stratified=False, ray_transform=(centre, torch.full((EVAL_VIEWS,), scale))
-        )
-        predicted = evaluator.classify(out["rgb"].cpu())
+        transform = (centre, torch.full((EVAL_VIEWS,), scale, device=nerf.device))
+        nerf.field.region_prior = _OnlyBox(prior, k)
+        try:
+            out = nerf.render(cameras, resolution, stratified=False, ray_transform=transform)
+        finally:
+            nerf.field.region_prior = prior
+        images = out["rgb"].cpu()
+        predicted = evaluator.classify(images)
         shape_ok = predicted["shape"] == SHAPES.index(shape)
         colour_ok = predicted["colour"] == COLOUR_NAMES.index(colour)
         results.append(
@@ -73,6 +95,7 @@ def evaluate_layout(nerf: NeRF, layout, evaluator, box_fill: float = 1.0, resolu
                 "predicted": [
                     f"{COLOUR_NAMES[c]} {SHAPES[s]}" for s, c in zip(predicted["shape"], predicted["colour"])
                 ],
+                "images": images,
             }
         )
     return {"objects": results}
