@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.time() - start
         scores = evaluate_layout(run.nerf, parse_layout(LAYOUT), evaluator, config.guidance.box_fill)
         scores.update(seconds=round(seconds, 1), steps=config.steps)
+        for obj in scores["objects"]:
+            save_image_grid(
+                obj.pop("images"), args.output / "layout" / f"object_{obj['prompt'].replace(' ', '-')}.png"
+            )
         results["layout"] = scores
         for obj in scores["objects"]:
             print(f"layout {obj['prompt']:16s} views {obj['view_accuracy']:.2f} {obj['predicted']}", flush=True)
