@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for prompt in prompts:
         config = configure(TextTo3DConfig(prompt=prompt, method=args.method))
         folder = args.output / prompt.replace(" ", "-")
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         if args.export:
             summary = generate(config, folder, denoiser=denoiser, progress=False)
             from sdtoolkit.text_to_3d.trainer import load_checkpoint, setup
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             load_checkpoint(run, folder)
         else:
             run, summary = train(config, folder, denoiser=denoiser, progress=False), {}
-        seconds = time.time() - start
+        seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
         scores = evaluate_asset(run.nerf, prompt, evaluator)
         save_image_grid(render_turntable(run.nerf, 8, 64)["rgb"], folder / "views.png")
-        scores.update(seconds=round(seconds, 1), steps=config.steps, guidance_scale=config.guidance.guidance_scale)
+        scores.update(seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), steps=config.steps)
+        scores.update(guidance_scale=config.guidance.guidance_scale, load_average=os.getloadavg()[0])
         scores.update({k: summary[k] for k in ("mesh_faces", "mesh_watertight", "train_seconds") if k in summary})
         results["assets"].append(scores)
         print(
