@@ -13,9 +13,10 @@ def add_parser(subparsers) -> None:
         "train-teacher",
         help="Train the built-in shapes teacher (a small Stable Diffusion of rendered 3D shapes).",
         description="Render a fixed set of 3D-shape images, train a small AutoencoderKL, then a UNet and CLIP text "
-        "encoder (epsilon prediction, 10%% caption dropout for CFG), and write a folder that stock "
-        "diffusers.StableDiffusionPipeline.from_pretrained loads. Defaults are the CPU recipe; for a GPU use "
-        "--device cuda --mixed-precision bf16 with a large --batch-size and a --max-minutes budget.",
+        "encoder (epsilon prediction, 10% caption dropout for CFG), and write a folder that stock "
+        "diffusers.StableDiffusionPipeline.from_pretrained loads. Defaults are the CPU recipe; on a GPU, e.g. "
+        "--device cuda --mixed-precision bf16 --batch-size 4096 --vae-batch-size 256 --num-images 30000 "
+        "--vae-steps 100000 --unet-steps 100000 --max-minutes 3.5 (the budget then decides the steps).",
     )
     parser.add_argument("--output", required=True, type=Path, help="Folder to write the SD pipeline into.")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="Where to train (default: cpu).")
