@@ -176,3 +176,80 @@ class ReferenceSDSIteration:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
+
+
+class ReferenceDMD2Step:
+    """One generator update and one fake-score update of a 1-step student, as tianweiy/DMD2 (SD 1.5) runs them:
+    fp32 generator and a FULL fp32 fake-UNet copy under bf16 autocast, the real score (teacher weights in the
+    weight dtype) with CFG on a concatenated [uncond, cond] batch. With `sid=True` the generator loss is SiD's
+    (Zhou et al. 2024), whose gradient flows through the teacher's and the fake score's forwards."""
+
+    def __init__(self, comps: Components, mixed_precision: bool, sid: bool = False, guidance: float = 1.75):
+        self.comps, self.mixed_precision, self.sid, self.guidance = comps, mixed_precision, sid, guidance
+        self.weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
+        self.real = comps.unet().to(self.weight_dtype).requires_grad_(False)
+        self.generator = comps.unet().train()
+        self.fake = comps.unet().train()
+        self.g_optimizer = torch.optim.AdamW(self.generator.parameters(), lr=1e-5, weight_decay=0.01)
+        self.f_optimizer = torch.optim.AdamW(self.fake.parameters(), lr=1e-5, weight_decay=0.01)
+        alphas_cumprod = comps.scheduler().alphas_cumprod.to(comps.device)
+        self.alpha, self.sigma = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
+        self.text = comps.text()
+        self.uncond = torch.zeros_like(self.text)
+
+    def _x0(self, eps, t, x):
+        return (x - self.sigma[t].view(-1, 1, 1, 1) * eps) / self.alpha[t].view(-1, 1, 1, 1)
+
+    def _noised(self, x0, t):
+        noise = torch.randn_like(x0)
+        return self.alpha[t].view(-1, 1, 1, 1) * x0 + self.sigma[t].view(-1, 1, 1, 1) * noise, noise
+
+    def _real_x0(self, x_t, t):
+        eps = self.real(
+            torch.cat([x_t, x_t]).to(self.weight_dtype),
+            torch.cat([t, t]),
+            encoder_hidden_states=torch.cat([self.uncond, self.text]).to(self.weight_dtype),
+        ).sample
+        eps_u, eps_c = eps.float().chunk(2)
+        return self._x0(eps_u + self.guidance * (eps_c - eps_u), t, x_t)
+
+    def __call__(self) -> float:
+        device, bsz = self.comps.device, self.comps.batch_size
+        amp = autocast(device, self.mixed_precision)
+        # generator: 1 step from pure noise at t = 999
+        z = self.comps.latents()
+        t_gen = torch.full((bsz,), 999, device=device)
+        with amp:
+            x_g = self._x0(self.generator(z, t_gen, encoder_hidden_states=self.text).sample.float(), t_gen, z)
+        t = torch.randint(20, 981, (bsz,), device=device)
+        x_t, _ = self._noised(x_g, t)
+        if self.sid:
+            self.fake.requires_grad_(False)
+            with amp:
+                y_r = self._real_x0(x_t, t)
+                y_f = self._x0(self.fake(x_t, t, encoder_hidden_states=self.text).sample.float(), t, x_t)
+            weight = (x_g - y_r).abs().mean(dim=(1, 2, 3), keepdim=True).detach()
+            g_loss = ((y_r - y_f) * ((y_r - x_g) - 1.0 * (y_r - y_f)) / weight).mean()
+            self.fake.requires_grad_(True)
+        else:
+            with torch.no_grad(), amp:
+                x0_fake = self._x0(self.fake(x_t, t, encoder_hidden_states=self.text).sample.float(), t, x_t)
+                x0_real = self._real_x0(x_t, t)
+            normalizer = (x_g - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+            grad = (x0_fake - x0_real) / normalizer
+            g_loss = 0.5 * F.mse_loss(x_g.float(), (x_g - grad).detach().float())
+        g_loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.generator.parameters(), 1.0)
+        self.g_optimizer.step()
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.f_optimizer.zero_grad(set_to_none=True)
+        # fake score: denoising loss on the detached generator samples
+        t = torch.randint(20, 981, (bsz,), device=device)
+        x_t, noise = self._noised(x_g.detach(), t)
+        with amp:
+            f_loss = F.mse_loss(self.fake(x_t, t, encoder_hidden_states=self.text).sample.float(), noise)
+        f_loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
+        self.f_optimizer.step()
+        self.f_optimizer.zero_grad(set_to_none=True)
+        return g_loss.detach().item() + f_loss.detach().item()

@@ -39,11 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="override the size's batch (sd15: 16)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (tiny: 3, sd15: 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (tiny: 1, sd15: 3)")
-    parser.add_argument("--variants", default="all", help="sdtoolkit variants to run per workload (comma list or all)")
+    parser.add_argument(
+        "--variants",
+        default="all",
+        help="sdtoolkit variants (eager, compiled; comma list); all: every variant on a GPU, eager on a CPU",
+    )
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (1: on a shared machine, 2 threads spin-wait on each other)",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     if args.size == "sd15" and device.type != "cuda":
         parser.error("--size sd15 needs a CUDA device (an SD1.5-size step on a CPU takes minutes)")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -82,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             entry["reference"] = {"error": f"{type(error).__name__}: {error}"}
             traceback.print_exc()
         _free(device)
-        variants = (
-            workload.variants
-            if args.variants == "all"
-            else [v for v in args.variants.split(",") if v in workload.variants]
-        )
+        if args.variants == "all":
+            # torch.compile on a CPU costs ~100 s per model cold and is not what the CPU size is for
+            variants = [v for v in workload.variants if device.type == "cuda" or "compiled" not in v]
+        else:
+            variants = [v for v in args.variants.split(",") if v in workload.variants]
         for variant in variants:
             print(f"[{name}] sdtoolkit/{variant} ...", flush=True)
             try:
