@@ -389,3 +389,16 @@ def test_cli_resume_extends_a_run(tiny_prior, tmp_path):
     assert main([*common, "--steps", "3", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 3
     assert len(json.loads((tmp_path / "run" / "checkpoint.json").read_text())["history"]) == 3
+
+
+def test_cli_names_the_3d_extra_when_mesh_libraries_are_missing(monkeypatch, capsys):
+    import importlib.util
+
+    from sdtoolkit.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mcubes" else real_find_spec(name, *a)
+    )
+    assert main(["text-to-3d", "a red cube", "--prior", "builtin:shapes"]) == 2
+    assert "pip install 'sdtoolkit[3d]'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ prior into a NeRF, exported as GLB/OBJ/PLY meshes and a turntable video."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -158,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
     from sdtoolkit.loading import ModelNotAvailableError, UnsafeWeightsError, resolve_model_id
 
     config = build_config(args)
+    missing = [name for name in ("mcubes", "trimesh", "imageio") if importlib.util.find_spec(name) is None]
+    if missing:  # checked before any work: the mesh export at the end needs them
+        raise CLIError(
+            f"text-to-3d needs {', '.join(missing)} for its mesh and video export: pip install 'sdtoolkit[3d]'"
+        )
     try:
         resolve_model_id(config.prior)
     except (ValueError, ModelNotAvailableError, UnsafeWeightsError) as error:
