@@ -211,7 +211,7 @@ def write_model_card(out_dir: str | Path, spec: ExportSpec, training_config: dic
         "",
         f"# {spec.method.upper()} student of `{spec.teacher or train.get('teacher', 'unknown teacher')}`",
         "",
-        f"Distilled with [sdtoolkit](https://github.com/) `distill {spec.method}` for {spec.trained_steps} steps. "
+        f"Distilled with sdtoolkit (`sdtoolkit distill {spec.method}`) for {spec.trained_steps} steps. "
         f"Sample it in **{spec.num_inference_steps} steps** with `{spec.pipeline_class}` + `{spec.scheduler_class}`.",
         "",
     ]
