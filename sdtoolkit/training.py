@@ -51,11 +51,9 @@ import dataclasses
 import json
 import shutil
 import time
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,9 +61,14 @@ import torch
 from torch import Tensor, nn
 
 from sdtoolkit.denoiser import Conditioning, Denoiser
+from sdtoolkit.training_config import (  # noqa: F401  (re-exported: the public home of the loop's names)
+    BUILTIN_TEACHER,
+    MethodConfig,
+    OptimizerSpec,
+    TrainConfig,
+    config_from_dict,
+)
 
-BUILTIN_TEACHER = "builtin:shapes"
-"""The embedded teacher shipped in `assets/shapes-teacher/`; runs on it are validated with `sdtoolkit.eval`."""
 CONFIG_NAME = "config.json"
 """The resolved configuration written in every run folder (and accepted back by `--config`)."""
 LOSSES_NAME = "losses.jsonl"
@@ -83,145 +86,6 @@ __all__ = [
     "method_names",
     "register_method",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------- configs
-
-
-@dataclass
-class TrainConfig:
-    """What every method shares: teacher, data, loop, checkpoints, logging."""
-
-    teacher: str = BUILTIN_TEACHER
-    """Teacher: `builtin:shapes` (the embedded teacher), a local diffusers pipeline folder, or a Hub id."""
-    output: str = "runs/distill"
-    """Run folder: config.json, losses.jsonl, checkpoints/, samples/, student/, export/."""
-    data: str | None = None
-    """Image–caption folder (images + metadata.jsonl or same-name .txt captions) for methods that need real
-    latents. Default for builtin:shapes: procedural shape renders (`sdtoolkit.data.ShapesDataset`)."""
-    prompts: str | None = None
-    """Prompt file (.txt one per line, .jsonl or .csv with a prompt/text/caption field) for data-free methods.
-    Default for builtin:shapes: `sdtoolkit.data.all_prompts()`."""
-    cache_dir: str | None = None
-    """Where cached text embeddings and VAE latents live (default: <output>/cache); share it between runs."""
-    resolution: int | None = None
-    """Training image resolution (default: the teacher's, unet.sample_size × VAE scale factor)."""
-    max_steps: int = 1000
-    """Optimizer steps to train for (global steps: one step = batch-size × processes × accumulation images)."""
-    batch_size: int = 8
-    """Batch size per device."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches accumulated per optimizer step."""
-    mixed_precision: str = "no"
-    """`no`, `fp16` or `bf16` (accelerate's mixed precision; fp32 master weights). bf16 is the GPU choice."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping for every optimizer (0 disables), applied only when gradients are synced."""
-    seed: int = 0
-    """Seed of every random draw (the data order, noise, timesteps, guidance scales)."""
-    checkpoint_every: int = 500
-    """Save a resumable checkpoint (accelerate `save_state`) every N steps and at the end."""
-    checkpoints_total_limit: int = 2
-    """Keep only the newest N checkpoints."""
-    sample_every: int = 500
-    """Write a sample grid (rows = prompts, columns = seeds) every N steps and at the end; 0 disables."""
-    sample_prompts: int = 4
-    """Rows of the sample grid (the first prompts of the data)."""
-    sample_seeds: int = 4
-    """Columns of the sample grid."""
-    validate_every: int = 0
-    """Score samples with the shapes evaluator every N steps and at the end (builtin:shapes only); 0: at the end
-    only; -1: never."""
-    validation_prompts: int = 60
-    """How many prompts validation samples (one image each), spread evenly over the prompt list."""
-    log_with: str = "auto"
-    """`auto` (tensorboard when installed), `tensorboard`, or `none`. losses.jsonl is always written."""
-    num_workers: int = 0
-    """DataLoader worker processes (the cached data are in memory, 0 is usually fastest)."""
-    num_threads: int | None = None
-    """torch.set_num_threads for CPU runs (None: leave torch's default)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass of the trained networks (less memory, ~30% slower)."""
-    allow_tf32: bool = True
-    """Allow TF32 matmuls on Ampere+ GPUs."""
-    log_every: int | None = None
-    """Read the losses back from the device (a host sync) every N steps; every step's values are still logged.
-    None: every step on a CPU, every 10 steps on a GPU, so the hot loop never waits on `.item()`."""
-    fused_optimizer: bool = True
-    """Use PyTorch's fused AdamW kernel when all of an optimizer's parameters live on CUDA."""
-    channels_last: bool = False
-    """Store the teacher's and the trainable networks' weights channels-last (faster convolutions on GPUs)."""
-    compile: bool = False
-    """Regional `torch.compile` of the teacher and the trainable networks: only their repeated blocks are compiled,
-    which keeps compile time to seconds (`sdtoolkit.denoiser.compile_repeated_blocks`)."""
-    export: bool = True
-    """Export a ready diffusers pipeline to <output>/export at the end (also `sdtoolkit export RUN OUT`)."""
-    builtin_images: int = 4096
-    """How many builtin:shapes renders (`sdtoolkit.data.ShapesDataset`, seed 1) serve as real data."""
-
-
-@dataclass
-class MethodConfig:
-    """Base class of method configs: a typed dataclass, one docstring per field, defaults = the paper's."""
-
-
-@dataclass
-class OptimizerSpec:
-    """One optimizer of a method: which parameters, how fast, how often it steps (AdamW + linear warm-up)."""
-
-    name: str
-    """Name used in logs (`<name>/loss`) and passed to `DistillationMethod.loss`."""
-    params: list = field(repr=False)
-    """Parameters (or torch param-group dicts) it updates."""
-    lr: float
-    """Learning rate after warm-up."""
-    every: int = 1
-    """Step on global steps with step % every == offset (DMD2's two time-scale update: generator every=5)."""
-    offset: int = 0
-    """See `every`."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    eps: float = 1e-8
-    """Adam epsilon."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up over this many of ITS OWN steps."""
-    max_grad_norm: float | None = None
-    """Clipping for this optimizer (None: TrainConfig.max_grad_norm)."""
-
-    def due(self, step: int) -> bool:
-        return step % self.every == self.offset % self.every
-
-    def parameters(self) -> list[nn.Parameter]:
-        out: list[nn.Parameter] = []
-        for entry in self.params:
-            out.extend(entry["params"] if isinstance(entry, dict) else [entry])
-        return out
-
-
-def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
-    """Builds dataclass `cls` from a JSON-style dict, converting lists to tuples where the field is a tuple and
-    naming unknown keys with the valid ones."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if isinstance(value, list) and _is_tuple_type(hints.get(key)):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _is_tuple_type(hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple_type(arg) for arg in typing.get_args(hint))
-    return False
 
 
 # ---------------------------------------------------------------------------------------------------- interface
