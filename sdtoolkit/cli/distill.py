@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 import textwrap
 import types
 import typing
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> None:
         method = get_method(name)
         sub = methods.add_parser(
             name,
-            help=method.description.split(". ")[0] + "." if method.description else name,
+            help=_first_sentence(method.description) or name,
             description=method.description or None,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
             argument_default=argparse.SUPPRESS,
@@ -62,6 +63,12 @@ def add_parser(subparsers) -> None:
         _add_dataclass_flags(method_group, method.config_class, name)
         sub.set_defaults(run=run)
     parser.set_defaults(run=_require_method(parser))
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a description ("et al." and "e.g." do not end one)."""
+    match = re.search(r"(?<!\bal)(?<!\be\.g)\.(\s|$)", text)
+    return text[: match.start() + 1] if match else text
 
 
 def _require_method(parser: argparse.ArgumentParser):
