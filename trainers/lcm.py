@@ -532,7 +532,11 @@ class LCM(DistillationMethod):
                 folder, unet_lora_layers=state, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict()
             )
         else:
-            unet = self.target_unet if config.export_ema else self._unwrapped("student")
+            if config.export_ema:  # the fp32 EMA weights (the target network may run in a half dtype)
+                unet = copy.deepcopy(self.target_unet).float()
+                self.ema.copy_to(unet)
+            else:
+                unet = self._unwrapped("student")
             unet.save_pretrained(folder / "unet", safe_serialization=True)
         scheduler_config: dict[str, Any] = {
             "original_inference_steps": config.num_ddim_timesteps,
