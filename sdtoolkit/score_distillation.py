@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from sdtoolkit.denoiser import Conditioning, Denoiser, Prediction
 from sdtoolkit.schedules import NoiseSchedule, VPSchedule
-from sdtoolkit.utils import append_dims
+from sdtoolkit.utils import append_dims, frozen
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
@@ -405,19 +405,10 @@ class ScorePair(nn.Module):
             for n, p in params.items():
                 p.copy_(state[n])
 
-    @contextlib.contextmanager
-    def fake_frozen(self) -> Iterator[None]:
+    def fake_frozen(self) -> contextlib.AbstractContextManager:
         """Temporarily stops gradients into the fake score's weights (generator steps that backpropagate through the
         fake score, such as SiD's, then leave its weights untouched)."""
-        params = self.trainable_parameters()
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p, flag in zip(params, flags):
-                p.requires_grad_(flag)
+        return frozen(self.trainable_parameters())
 
     # ------------------------------------------------------------------ the two scores
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+
 import torch
+from torch import nn
 
 
 def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
@@ -14,3 +18,20 @@ def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
     if dims_to_append < 0:
         raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
     return x[(...,) + (None,) * dims_to_append]
+
+
+@contextlib.contextmanager
+def frozen(*parts: nn.Module | Iterable[nn.Parameter] | None) -> Iterator[None]:
+    """Temporarily sets `requires_grad=False` on the parameters of `parts` (modules or parameter lists); restores
+    each flag on exit. A generator loss that backpropagates through a network it must not train runs inside it."""
+    params = [
+        p for part in parts if part is not None for p in (part.parameters() if isinstance(part, nn.Module) else part)
+    ]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)

@@ -10,9 +10,7 @@ alpha_{t_1} x0_0 + sigma_{t_1} eps; ... (DMD2's multi-step sampler, Yin et al. 2
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ __all__ = [
     "DistributionMatchingConfig",
     "DistributionMatchingMethod",
     "FewStepStudent",
-    "frozen",
     "student_timesteps",
     "teacher_ode_samples",
 ]
@@ -46,20 +43,6 @@ def student_timesteps(num_steps: int, scheduler_config: Any = None) -> list[int]
     scheduler = LCMScheduler.from_config(config, original_inference_steps=num_steps)
     scheduler.set_timesteps(num_steps)
     return [int(t) for t in scheduler.timesteps]
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Temporarily sets `requires_grad=False` on every parameter of `modules` (restored on exit)."""
-    params = [p for m in modules if m is not None for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
 
 
 class FewStepStudent:

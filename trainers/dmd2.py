@@ -31,13 +31,9 @@ from sdtoolkit.denoiser import Conditioning
 from sdtoolkit.score_distillation import sample_timesteps
 from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
 from sdtoolkit.training_data import batch_conditioning, sample_latents
+from sdtoolkit.utils import frozen
 
-from .distribution_matching import (
-    DistributionMatchingConfig,
-    DistributionMatchingMethod,
-    frozen,
-    teacher_ode_samples,
-)
+from .distribution_matching import DistributionMatchingConfig, DistributionMatchingMethod, teacher_ode_samples
 
 __all__ = ["DMD2", "DMD2Config"]
 

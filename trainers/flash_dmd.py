@@ -48,8 +48,9 @@ from sdtoolkit.adversarial import PixelDiscriminator, gan_discriminator_loss, ga
 from sdtoolkit.denoiser import Conditioning
 from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
 from sdtoolkit.training_data import batch_conditioning, sample_latents
+from sdtoolkit.utils import frozen
 
-from .distribution_matching import DistributionMatchingConfig, DistributionMatchingMethod, frozen
+from .distribution_matching import DistributionMatchingConfig, DistributionMatchingMethod
 
 __all__ = ["FlashDMD", "FlashDMDConfig"]
 
