@@ -185,11 +185,12 @@ class SemanticSDSConfig(SDSConfig):
     """Probability that a step renders an object-centric view of one box (its camera orbits the box centre at a
     distance scaled to the box) instead of a view of the whole scene. Object-centric priors (the builtin teacher saw
     one centred object per image) need these to shape each object; 0 gives SemanticSDS's scene views only."""
-    isolate_regions: bool = True
-    """Region isolation: for each object k, composite its region over the background (M_k x + (1 - M_k) bg),
-    encode that image and apply object k's SDS to it alone, so no object's prompt reaches another's pixels through
-    the VAE encoder's receptive field, and an object-centric prior sees one object per image as in its training
-    data. False: SemanticSDS's masking of the latent gradient (sum_k M_k g_k on one encode)."""
+    isolate_regions: bool = False
+    """Region isolation (experimental): for each object k, composite its region over the background
+    (M_k x + (1 - M_k) bg), encode that image and apply object k's SDS to it alone, so no object's prompt reaches
+    another's pixels through the VAE encoder's receptive field. False (default): SemanticSDS's masking of the
+    latent gradient, sum_k M_k g_k on one encode. On builtin:shapes isolation measured worse (benchmarks/RESULTS.md:
+    the red cube came out yellow), so it stays off."""
     mask_softness: float = 0.02
     """Softness tau of the box indicators (world units)."""
     box_fill: float = 1.0
