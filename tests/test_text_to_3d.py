@@ -402,3 +402,27 @@ def test_cli_names_the_3d_extra_when_mesh_libraries_are_missing(monkeypatch, cap
     )
     assert main(["text-to-3d", "a red cube", "--prior", "builtin:shapes"]) == 2
     assert "pip install 'sdtoolkit[3d]'" in capsys.readouterr().err
+
+
+def test_semantic_sds_region_isolation_runs(tmp_path, denoiser):
+    from sdtoolkit.guidance3d import SemanticSDSConfig
+
+    layout = {
+        "objects": [
+            {"prompt": "a red cube", "box": [-0.4, -0.9, -0.4, 0.4, -0.1, 0.4]},
+            {"prompt": "a blue sphere", "box": [-0.4, 0.1, -0.4, 0.4, 0.9, 0.4]},
+        ]
+    }
+    guidance = SemanticSDSConfig(isolate_regions=True, local_view_prob=0.0)
+    config = TextTo3DConfig(
+        method="semantic-sds",
+        layout=layout,
+        guidance=guidance,
+        prior="tiny",
+        steps=2,
+        nerf=tiny_nerf(),
+        preview_every=0,
+        checkpoint_every=0,
+    )
+    run = train(config, tmp_path, denoiser=denoiser, progress=False)
+    assert run.step == 2 and all(math.isfinite(h["loss_guidance"]) for h in run.history)
