@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--preview-every", type=int, default=200, help="Preview period in steps (0: off).")
     parser.add_argument("--checkpoint-every", type=int, default=200, help="Checkpoint period in steps (0: end only).")
     parser.add_argument("--resume", action="store_true", help="Continue from OUTPUT/checkpoint.safetensors.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1).")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu).")
     parser.add_argument(
         "--preset",
@@ -143,7 +143,9 @@ def build_config(args: argparse.Namespace):
         config.regularizers.lambda_opacity = args.lambda_opacity
     config.view_dependent_prompts = not args.no_view_prompts
     config.preview_every, config.checkpoint_every = args.preview_every, args.checkpoint_every
-    config.threads, config.device = args.threads, args.device
+    config.device = args.device
+    if args.threads is not None:
+        config.threads = args.threads
     if args.preset == "tiny":
         from sdtoolkit.nerf import FieldConfig, NeRFConfig
 

@@ -95,8 +95,10 @@ class TextTo3DConfig:
     """Save an 8-view turntable preview every this many steps (0 = off)."""
     checkpoint_every: int = 200
     """Save a resumable checkpoint every this many steps (0 = only at the end)."""
-    threads: int | None = None
-    """torch CPU threads (None: leave torch's default)."""
+    threads: int | None = 1
+    """torch CPU threads (None: torch's default). One by default: the field's small gathers barely scale with
+    threads, and on a busy machine extra OpenMP threads spin-wait (measured: a 2-thread run used over 7x the CPU time
+    of a 1-thread run for the same steps; benchmarks/RESULTS.md)."""
     device: str = "cpu"
     """torch device of the prior and the NeRF (random draws stay on the CPU generator, so a seed means the same
     draws on every device)."""
