@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--builtin-images", type=int, default=4096, help="builtin:shapes renders used as real data")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per job (0: leave the default)")
     parser.add_argument("--parallel", type=int, default=8, help="jobs trained at the same time")
-    parser.add_argument("--teacher-steps", type=int, default=50, help="DDIM steps of the teacher's evaluation")
+    parser.add_argument(
+        "--teacher-steps", type=int, default=50, help="DDIM steps of the teacher's evaluation (0: skip it)"
+    )
     parser.add_argument("--skip-train", action="store_true", help="only evaluate existing run folders")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -205,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
     teacher = Path(__file__).resolve().parents[1] / "assets" / "shapes-teacher"
-    results[f"teacher-{args.teacher_steps}"] = evaluate(
-        teacher, args.teacher_steps, args.guidance, args.device, args.seeds, evaluator
-    )
+    if args.teacher_steps > 0:
+        results[f"teacher-{args.teacher_steps}"] = evaluate(
+            teacher, args.teacher_steps, args.guidance, args.device, args.seeds, evaluator
+        )
     for job in jobs:
         export = out / job / "export"
         entry: dict = {"command": " ".join(full[job][2:]), "train_seconds": timings.get(job)}

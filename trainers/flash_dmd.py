@@ -18,9 +18,10 @@ Where the paper is silent or cannot be followed, and what this implementation do
 - Discriminator backbone: the paper uses a frozen SAM vision encoder with trainable heads. SAM cannot be shipped;
   `sdtoolkit.adversarial.PixelDiscriminator` (a small spectrally-normalised conv net with a text projection,
   trained from scratch) stands in for it.
-- Split between high- and low-noise steps: the paper names 999 and 749 as the high-noise steps of its 4-step
-  student; we take the first ceil(k / 2) student steps as high-noise (999,749 | 499,249 for k = 4; 999 | 499 for
-  k = 2). A 1-step student has no low-noise step: the pixel GAN is then applied to the one-step output itself.
+- Split between high- and low-noise steps: the paper gives no threshold for the DM loss (its RL stage samples the
+  high-noise steps 999 and 749 of its 4-step student); we take the first ceil(k / 2) student steps as high-noise
+  (999,749 | 499,249 for k = 4; 999 | 499 for k = 2). A 1-step student has no low-noise step: the pixel GAN is then
+  applied to the one-step output itself.
 - GAN loss form: Algorithm 1 says hinge for the discriminator while Eqs. 9-10 are written as log-likelihoods;
   `gan_loss="hinge"` (default, both sides) or `"softplus"` (non-saturating).
 - Time range of L_DM and of the fake-score loss: not stated beyond DMD2's; we use DMD2's (U[0.02, 0.98] for L_DM,
