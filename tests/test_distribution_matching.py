@@ -125,6 +125,21 @@ def test_student_trained_and_lora_fake_score_leaves_the_teacher_bit_identical(as
     assert all(torch.equal(base[k], teacher[k]) for k in teacher)  # the teacher's weights never moved
 
 
+def test_generator_ema_is_what_gets_saved(assets, runs, tmp_path):
+    """With the default EMA the saved student is the average, not the online generator of the last checkpoint; with
+    `--ema-decay 0` it is the online generator itself."""
+    online = load_file(str(runs["dmd2"] / "checkpoints" / "step_000004" / "model.safetensors"))
+    saved = load_file(str(runs["dmd2"] / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert set(online) == set(saved)
+    assert max(float((online[k] - saved[k]).abs().max()) for k in saved) > 1e-5
+    run = tmp_path / "no-ema"
+    args = [*DMD2_ARGS, "--max-steps", "2", "--checkpoint-every", "2", "--sample-every", "0", "--no-export"]
+    assert distill(assets, "dmd2", run, *args, "--ema-decay", "0") == 0
+    online = load_file(str(run / "checkpoints" / "step_000002" / "model.safetensors"))
+    saved = load_file(str(run / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(online[k], saved[k]) for k in saved)
+
+
 def test_resume_gives_the_same_losses(assets, runs):
     for name, args, total in (("dmd2", DMD2_ARGS, 4), ("sid", SID_ARGS, 3)):
         short = assets / f"short-{name}"
@@ -135,6 +150,10 @@ def test_resume_gives_the_same_losses(assets, runs):
         assert main(["distill", name, "--resume", str(short), "--max-steps", str(total), "--no-export"]) == 0
         resumed, uninterrupted = losses(short), losses(runs[name])
         assert sorted(resumed) == list(range(1, total + 1))
+        # the generator EMA (checkpointed with the run) resumes exactly too: the saved students agree
+        weights = "student/unet/diffusion_pytorch_model.safetensors"
+        a, b = load_file(str(short / weights)), load_file(str(runs[name] / weights))
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6, name
         for step in range(1, total + 1):
             for key, value in uninterrupted[step].items():
                 if key.endswith("loss") or key.endswith("grad_norm"):

@@ -174,6 +174,10 @@ class DistributionMatchingConfig(MethodConfig):
     """Adam beta2 of both optimizers."""
     weight_decay: float = 0.01
     """AdamW weight decay of both optimizers (DMD2: 0.01)."""
+    ema_decay: float = 0.99
+    """Decay of an EMA of the generator, updated after every generator update (with the warm-up min(decay,
+    (1 + n) / (10 + n))); samples, validation and the export use the EMA weights. 0 disables it (then the online
+    generator is exported). SiD and FastGen's DMD2 keep a generator EMA; DMD2's SD1.5 code exports the online one."""
 
 
 class DistributionMatchingMethod(DistillationMethod):
@@ -194,6 +198,8 @@ class DistributionMatchingMethod(DistillationMethod):
             raise ValueError(f"--min-t {config.min_t} / --max-t {config.max_t}: need 0 <= min-t < max-t <= 1")
         if config.fake_rank < 1:
             raise ValueError(f"--fake-rank {config.fake_rank} must be at least 1")
+        if not 0.0 <= config.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay {config.ema_decay}: choose 0 (no EMA) or a decay in (0, 1), e.g. 0.99")
         for name in ("learning_rate", "fake_learning_rate"):
             if getattr(config, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be > 0")
@@ -213,6 +219,11 @@ class DistributionMatchingMethod(DistillationMethod):
         fake_config = FakeScoreConfig(kind=config.fake_score, rank=config.fake_rank, **self.fake_score_overrides())
         self.scores = ScorePair(teacher, fake_config)
         self.timesteps = student_timesteps(config.num_steps, self.teacher.pipeline.scheduler.config)
+        self.ema = None
+        if config.ema_decay > 0:
+            from sdtoolkit.ema import EMA
+
+            self.ema = EMA(student_unet, decay=config.ema_decay, warmup=True)
         modules = {"student": student_unet, "fake_score": self._fake_module()}
         modules.update(self.extra_modules())
         self._built = modules  # optimizers() runs before setup(): it reads the parameters from here
@@ -239,6 +250,23 @@ class DistributionMatchingMethod(DistillationMethod):
         self.student = FewStepStudent(self.teacher.with_model(models["student"]), self.timesteps)
         self.head = models.get("discriminator")
         self._stash: dict[tuple[int, int], Tensor] = {}
+
+    def after_step(self, name: str, step: int) -> None:
+        """Generator EMA update after each (synced) generator step."""
+        if name == "generator" and self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(self.models["student"]))
+
+    def checkpoint_objects(self) -> list[Any]:
+        return [] if self.ema is None else [self.ema]
+
+    def generator_weights(self) -> nn.Module:
+        """The generator to sample and export: a copy holding the EMA weights, or the online student."""
+        model = self.accelerator.unwrap_model(self.models["student"])
+        if self.ema is None:
+            return model
+        averaged = copy.deepcopy(model)
+        self.ema.copy_to(averaged)
+        return averaged
 
     def _adam(self) -> dict[str, Any]:
         c = self.config
@@ -281,7 +309,7 @@ class DistributionMatchingMethod(DistillationMethod):
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
-        model = self.accelerator.unwrap_model(self.models["student"])
+        model = self.generator_weights()
         student = FewStepStudent(self.teacher.with_model(model), self.timesteps)
         was_training = model.training
         model.eval()
@@ -296,7 +324,7 @@ class DistributionMatchingMethod(DistillationMethod):
     def save_student(self, folder: Path) -> Any:
         from sdtoolkit.pipelines.export import ExportSpec
 
-        model = self.accelerator.unwrap_model(self.models["student"])
+        model = self.generator_weights()
         model.save_pretrained(Path(folder) / "unet", safe_serialization=True)
         steps = ",".join(str(t) for t in self.timesteps)
         return ExportSpec(

@@ -218,6 +218,7 @@ class FlashDMD(DistributionMatchingMethod):
 
     def after_step(self, name: str, step: int) -> None:
         """Eq. 11: after each generator update, psi <- lambda psi + (1 - lambda) theta (full fake score)."""
+        super().after_step(name, step)
         decay = self.config.fake_ema_decay
         if name != "generator" or decay >= 1.0:
             return
