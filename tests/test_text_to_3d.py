@@ -426,3 +426,48 @@ def test_semantic_sds_region_isolation_runs(tmp_path, denoiser):
     )
     run = train(config, tmp_path, denoiser=denoiser, progress=False)
     assert run.step == 2 and all(math.isfinite(h["loss_guidance"]) for h in run.history)
+
+
+def test_isolated_object_views_render_one_box_with_its_own_prompt(denoiser):
+    """With `isolate_local_views` an object-centric step renders its box alone (the neighbour's density is masked
+    out) and applies that object's prompt alone, without region masks; scene steps keep the masked form."""
+    from sdtoolkit.guidance3d import SemanticSDSConfig, SingleBoxPrior
+    from sdtoolkit.text_to_3d.trainer import setup, training_step
+
+    layout = {
+        "objects": [
+            {"prompt": "a red cube", "box": [-0.4, -0.9, -0.4, 0.4, -0.1, 0.4]},
+            {"prompt": "a blue sphere", "box": [-0.4, 0.1, -0.4, 0.4, 0.9, 0.4]},
+        ]
+    }
+    calls = []
+    for prob in (1.0, 0.0):
+        guidance = SemanticSDSConfig(local_view_prob=prob)
+        config = TextTo3DConfig(
+            method="semantic-sds", layout=layout, guidance=guidance, prior="tiny", nerf=tiny_nerf()
+        )
+        run = setup(config, denoiser=denoiser)
+        render, guide = run.nerf.render, run.guidance
+
+        def spy_render(*args, run=run, render=render, **kwargs):
+            calls.append(("render", type(run.nerf.field.region_prior).__name__, kwargs["ray_transform"] is not None))
+            return render(*args, **kwargs)
+
+        def spy_guidance(latents, conds, progress, guide=guide, **kwargs):
+            calls.append(("guidance", len(conds), kwargs.get("masks") is not None))
+            return guide(latents, conds, progress, **kwargs)
+
+        run.nerf.render, run.guidance = spy_render, spy_guidance
+        training_step(run)
+        assert type(run.nerf.field.region_prior).__name__ == "LayoutPrior"  # restored after the step
+    assert calls == [
+        ("render", "SingleBoxPrior", True),
+        ("guidance", 1, False),
+        ("render", "LayoutPrior", False),
+        ("guidance", 2, True),
+    ]
+    prior = run.nerf.field.region_prior
+    inside_cube, inside_sphere = torch.tensor([[0.0, -0.5, 0.0]]), torch.tensor([[0.0, 0.5, 0.0]])
+    only_sphere = SingleBoxPrior(prior, 1)
+    assert float(only_sphere.density_mask(inside_cube)) < 1e-6 < 0.99 < float(only_sphere.density_mask(inside_sphere))
+    assert float(prior.density_mask(inside_cube)) > 0.99

@@ -21,6 +21,7 @@ from sdtoolkit.guidance3d.semantic import (
     LayoutObject,
     LayoutPrior,
     SemanticSDSConfig,
+    SingleBoxPrior,
     parse_layout,
     region_masks,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "find",
     "parse_layout",
     "region_gradient",
+    "SingleBoxPrior",
     "region_masks",
     "register",
     "sample_sds_timesteps",

@@ -168,6 +168,23 @@ class LayoutPrior(nn.Module):
         return torch.log(self.indicators(positions) + 1e-4)
 
 
+class SingleBoxPrior(nn.Module):
+    """A layout prior restricted to box `k`: density outside that box is masked out (so the object renders alone,
+    its neighbours removed), the semantic logits are the full prior's. Used for isolated object-centric views in
+    training and for scoring each box in `sdtoolkit.text_to_3d.evaluate.evaluate_layout`."""
+
+    def __init__(self, prior: LayoutPrior, k: int):
+        super().__init__()
+        self.prior, self.k = prior, k
+
+    def density_mask(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
+        flat = positions.reshape(-1, 3)
+        return self.prior.indicators(flat)[:, self.k].reshape(positions.shape[:-1])
+
+    def logits(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N K"]:
+        return self.prior.logits(positions)
+
+
 def region_masks(semantics: Float[Tensor, "B K H W"], size: int | None = None) -> Float[Tensor, "B K h w"]:
     """One-hot masks M_k = [argmax_j S_j = k] of a rendered semantic map, optionally area-resized to `size` first
     (latent resolution). Exactly one mask is 1 at every pixel: the masks partition the image."""
@@ -185,6 +202,11 @@ class SemanticSDSConfig(SDSConfig):
     """Probability that a step renders an object-centric view of one box (its camera orbits the box centre at a
     distance scaled to the box) instead of a view of the whole scene. Object-centric priors (the builtin teacher saw
     one centred object per image) need these to shape each object; 0 gives SemanticSDS's scene views only."""
+    isolate_local_views: bool = True
+    """Object-centric views render their box ALONE (density outside it masked out, `SingleBoxPrior`) and take plain
+    SDS with that object's prompt on the whole image, as a single-object run would; scene views keep the region
+    masking. False: object-centric views render the whole scene (neighbours in view) with region masking, which on
+    builtin:shapes left the second object of a two-object layout unrecognisable (benchmarks/RESULTS.md)."""
     isolate_regions: bool = False
     """Region isolation (experimental): for each object k, composite its region over the background
     (M_k x + (1 - M_k) bg), encode that image and apply object k's SDS to it alone, so no object's prompt reaches

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from sdtoolkit.data import COLOUR_NAMES, SHAPES, parse_caption, render_silhouette, turntable_cameras
+from sdtoolkit.guidance3d.semantic import SingleBoxPrior
 from sdtoolkit.nerf import NeRF
 
 EVAL_VIEWS = 8
@@ -46,22 +47,6 @@ def evaluate_asset(nerf: NeRF, prompt: str, evaluator, resolution: int = 64) -> 
     }
 
 
-class _OnlyBox(torch.nn.Module):
-    """A layout prior restricted to box `k` for rendering: density outside that box is masked out, the semantic
-    logits are the full prior's."""
-
-    def __init__(self, prior, k: int):
-        super().__init__()
-        self.prior, self.k = prior, k
-
-    def density_mask(self, positions: torch.Tensor) -> torch.Tensor:
-        flat = positions.reshape(-1, 3)
-        return self.prior.indicators(flat)[:, self.k].reshape(positions.shape[:-1])
-
-    def logits(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.prior.logits(positions)
-
-
 @torch.no_grad()
 def evaluate_layout(nerf: NeRF, layout, evaluator, box_fill: float = 1.0, resolution: int = 64) -> dict:
     """For every layout object: 8 object-centric views of its box region alone (the field's density outside the box
@@ -77,7 +62,7 @@ def evaluate_layout(nerf: NeRF, layout, evaluator, box_fill: float = 1.0, resolu
         scale = max(obj.size) / UNIT_OBJECT_SIZE * box_fill
         centre = torch.tensor(obj.centre, device=nerf.device).expand(EVAL_VIEWS, 3)
         transform = (centre, torch.full((EVAL_VIEWS,), scale, device=nerf.device))
-        nerf.field.region_prior = _OnlyBox(prior, k)
+        nerf.field.region_prior = SingleBoxPrior(prior, k)
         try:
             out = nerf.render(cameras, resolution, stratified=False, ray_transform=transform)
         finally:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
 from sdtoolkit.denoiser import Denoiser
 from sdtoolkit.guidance3d import LayoutPrior, ViewDependentPrompts, build, parse_layout, region_masks
+from sdtoolkit.guidance3d.semantic import SingleBoxPrior
 from sdtoolkit.nerf import NeRF
 from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
 
@@ -144,23 +145,35 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
     run.nerf.update_occupancy(step, g)
     cameras = sample_training_cameras(config.cameras, config.cameras.batch_size, g, run.scene_scale)
     cameras = cameras.to(run.nerf.device)
-    ray_transform = None
+    ray_transform, alone = None, None
     if run.layout is not None and torch.rand((), generator=g).item() < config.guidance.local_view_prob:
-        centres, scales = object_view_transform(run.layout, config, len(cameras), g)
+        isolate = config.guidance.isolate_local_views
+        if isolate:  # one box for the whole batch, rendered alone
+            alone = int(torch.randint(len(run.layout.objects), (), generator=g))
+        centres, scales = object_view_transform(run.layout, config, len(cameras), g, box=alone)
         ray_transform = (centres.to(cameras.device), scales.to(cameras.device))
-    out = run.nerf.render(
-        cameras,
-        resolution,
-        background=config.background,
-        generator=g,
-        ray_transform=ray_transform,
-        compute_normals=bool(config.regularizers.lambda_orient),
-    )
+    prior = run.nerf.field.region_prior
+    if alone is not None:
+        run.nerf.field.region_prior = SingleBoxPrior(prior, alone)
+    try:
+        out = run.nerf.render(
+            cameras,
+            resolution,
+            background=config.background,
+            generator=g,
+            ray_transform=ray_transform,
+            compute_normals=bool(config.regularizers.lambda_orient),
+        )
+    finally:
+        run.nerf.field.region_prior = prior
     rgb = out["rgb"]
     if resolution != full:
         rgb = F.interpolate(rgb, size=(full, full), mode="bilinear", align_corners=False)
     conds = [p(cameras) for p in run.prompts]
-    if "semantics" in out and getattr(config.guidance, "isolate_regions", False):
+    if alone is not None:  # an isolated object: plain SDS with its own prompt on the whole image
+        latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
+        result = run.guidance(latents, [conds[alone]], progress, cameras=cameras, generator=g)
+    elif "semantics" in out and getattr(config.guidance, "isolate_regions", False):
         result = isolated_region_guidance(run, rgb, out["semantics"], conds, progress, cameras)
     else:
         latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
@@ -197,10 +210,15 @@ def isolated_region_guidance(run: TextTo3DRun, rgb, semantics, conds, progress: 
     return first
 
 
-def object_view_transform(layout, config, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ray transform of object-centric views: one random layout box per camera; the camera orbits its centre at a
-    distance that frames the box like the prior frames one object (`SemanticSDSConfig.box_fill`)."""
-    index = torch.randint(len(layout.objects), (n,), generator=generator)
+def object_view_transform(
+    layout, config, n: int, generator: torch.Generator, box: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray transform of object-centric views: one random layout box per camera (or box `box` for all); the camera
+    orbits its centre at a distance that frames the box like the prior frames one object (`box_fill`)."""
+    if box is None:
+        index = torch.randint(len(layout.objects), (n,), generator=generator)
+    else:
+        index = torch.full((n,), box, dtype=torch.long)
     centres = torch.tensor([layout.objects[i].centre for i in index.tolist()])
     sizes = torch.tensor([max(layout.objects[i].size) for i in index.tolist()])
     # the cameras are sampled at scene scale; bring them back to unit scale, then to the box's scale
