@@ -366,6 +366,11 @@ class Trainer:
                 if hasattr(module, "enable_gradient_checkpointing"):
                     module.enable_gradient_checkpointing()
         self._speed_switches(teacher, modules)
+        self.teacher_offload = None
+        if config.teacher_offload:
+            from sdtoolkit.offload import offload_teacher
+
+            self.teacher_offload = offload_teacher(teacher.base_model, modules, accelerator.device)
         specs = self.specs = method.optimizers()
         optimizers = [self._optimizer(s) for s in specs]
         schedulers = [
@@ -419,7 +424,14 @@ class Trainer:
                 compile_repeated_blocks(network)
 
     def _optimizer(self, spec: OptimizerSpec) -> torch.optim.Optimizer:
-        """AdamW; the fused CUDA kernel when asked for and every parameter is on CUDA."""
+        """AdamW; the fused CUDA kernel when asked for and every parameter is on CUDA; or bitsandbytes' 8-bit AdamW
+        (`optimizer='adamw8bit'`; tensors under 4096 elements keep 32-bit states, bitsandbytes' default)."""
+        if self.config.optimizer == "adamw8bit":
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(
+                spec.params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=spec.eps
+            )
         fused = self.config.fused_optimizer and all(p.is_cuda for p in spec.params) and len(spec.params) > 0
         return torch.optim.AdamW(
             spec.params,
@@ -533,6 +545,8 @@ class Trainer:
         self.accelerator.backward(loss)
         for p, grad in zip(others, saved):
             p.grad = grad
+        if self.teacher_offload is not None:  # a teacher forward with grad kept its weights for this backward
+            self.teacher_offload.offload()
 
     # ------------------------------------------------------------------ logging, samples, validation
 

@@ -4,6 +4,7 @@ each method's config), `OptimizerSpec` (one optimizer of a method), and `config_
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from torch import nn
 
 BUILTIN_TEACHER = "builtin:shapes"
 """The embedded teacher shipped in `assets/shapes-teacher/`; runs on it are validated with `sdtoolkit.eval`."""
+OPTIMIZERS = ("adamw", "adamw8bit")
+"""Values of `TrainConfig.optimizer`."""
 
 
 @dataclass
@@ -68,6 +71,14 @@ class TrainConfig:
     """torch.set_num_threads for CPU runs (None: leave torch's default)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of the trained networks (less memory, ~30% slower)."""
+    teacher_offload: bool = False
+    """Keep the frozen teacher's weights in host memory and copy them to the accelerator only for its forwards
+    (`sdtoolkit.offload`): less device memory, one host-to-device copy of the teacher per teacher forward. Needs a
+    teacher separate from the trained networks: LCM-LoRA and the LoRA fake score of DMD2/SiD train on the teacher's
+    own backbone and refuse it. A CPU run saves nothing with it (the host is the device; it then costs a copy)."""
+    optimizer: str = "adamw"
+    """`adamw` (torch's AdamW, fused on CUDA) or `adamw8bit` (bitsandbytes' AdamW8bit, Dettmers et al. 2022: both
+    moments stored in blockwise-quantised 8 bits, about 1/4 of the state memory; `pip install bitsandbytes`)."""
     allow_tf32: bool = True
     """Allow TF32 matmuls on Ampere+ GPUs."""
     log_every: int | None = None
@@ -84,6 +95,15 @@ class TrainConfig:
     """Export a ready diffusers pipeline to <output>/export at the end (also `sdtoolkit export RUN OUT`)."""
     builtin_images: int = 4096
     """How many builtin:shapes renders (`sdtoolkit.data.ShapesDataset`, seed 1) serve as real data."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(
+                "optimizer='adamw8bit' needs bitsandbytes: `pip install bitsandbytes` (or 'sdtoolkit[lowmem]'), "
+                "or use optimizer='adamw'"
+            )
 
 
 @dataclass
