@@ -1,4 +1,5 @@
-"""Model components for the benchmarks: `tiny` (CPU, seconds) and `sd15` (Stable Diffusion 1.5 sizes, random weights).
+"""Model components for the benchmarks: `tiny` (CPU, seconds), `shapes` (the builtin:shapes teacher's architecture,
+CPU memory figures) and `sd15` (Stable Diffusion 1.5 sizes, random weights).
 
 Throughput does not depend on the weights, so `sd15` builds the UNet (860M parameters) and VAE from their published
 configs with random initialisation: no download, and the same work as the real model.
@@ -61,6 +62,12 @@ class Components:
         torch.manual_seed(seed)
         if self.size == "sd15":
             return UNet2DConditionModel(**SD15_UNET, time_cond_proj_dim=time_cond_proj_dim).to(self.device)
+        if self.size == "shapes":
+            from sdtoolkit.shapes_teacher import TeacherConfig, build_unet
+
+            config = build_unet(TeacherConfig()).config
+            torch.manual_seed(seed)  # a keyword, not a dict entry: from_config drops the config's default-valued keys
+            return UNet2DConditionModel.from_config(config, time_cond_proj_dim=time_cond_proj_dim).to(self.device)
         from sdtoolkit.testing import tiny_unet
 
         return tiny_unet(time_cond_proj_dim=time_cond_proj_dim, seed=seed, sample_size=self.latent_size).to(
@@ -73,6 +80,10 @@ class Components:
         torch.manual_seed(0)
         if self.size == "sd15":
             return AutoencoderKL(**SD15_VAE).to(self.device)
+        if self.size == "shapes":
+            from sdtoolkit.shapes_teacher import TeacherConfig, build_vae
+
+            return build_vae(TeacherConfig()).to(self.device)
         from sdtoolkit.testing import tiny_vae
 
         return tiny_vae().to(self.device)
@@ -81,6 +92,31 @@ class Components:
         from diffusers import DDIMScheduler
 
         return DDIMScheduler(**SD15_SCHEDULER)
+
+    def pipeline(self, dtype: torch.dtype = torch.float32):
+        """A stock `StableDiffusionPipeline` of this size (DDIM scheduler) whose text encoder gives `[B, text_len,
+        text_dim]` embeddings, as the real model's (a small random CLIP text model: the benchmarks time the UNet
+        and VAE, not the text encoder)."""
+        from diffusers import StableDiffusionPipeline
+
+        from sdtoolkit.testing import tiny_text_encoder, tiny_tokenizer
+
+        tokenizer = tiny_tokenizer(model_max_length=self.text_len)
+        text_encoder = tiny_text_encoder(
+            len(tokenizer), hidden_size=self.text_dim, max_position_embeddings=self.text_len
+        )
+        pipeline = StableDiffusionPipeline(
+            vae=self.vae(),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=self.unet(),
+            scheduler=self.scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline.to(self.device, dtype)
 
     def latents(self, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (self.batch_size, 4, self.latent_size, self.latent_size)
@@ -96,4 +132,6 @@ def build(size: str, device: torch.device, batch_size: int | None = None) -> Com
         return Components("sd15", device, batch_size or 16, 64, 512, 77, 768, 256)
     if size == "tiny":
         return Components("tiny", device, batch_size or 8, 8, 16, 16, 32, 32)
-    raise ValueError(f"size={size!r} is not known; choose tiny or sd15")
+    if size == "shapes":
+        return Components("shapes", device, batch_size or 16, 16, 64, 16, 64, 256)
+    raise ValueError(f"size={size!r} is not known; choose tiny, shapes or sd15")

@@ -7,6 +7,10 @@ Each reference follows its anchor line by line where it matters for speed:
   loop, gradient clipping every step, `loss.item()` every step.
 - `ReferenceSDSIteration`: stable-dreamfusion / threestudio's SDS: render -> VAE encode with gradient -> noise ->
   UNet on [uncond, cond] under autocast -> CFG -> w(t)(eps_hat - eps) injected through an MSE surrogate.
+  `ReferenceSDSNeRFIteration` runs it on a render of sdtoolkit's NeRF (the NeRF is ours on both sides of the
+  comparison: only the guidance is the plain-diffusers one), `ReferenceVSDNeRFIteration` is threestudio's
+  `stable-diffusion-vsd-guidance`: a separate LoRA copy of the UNet with a camera class embedding as fake score.
+- `ReferenceSampler`: a stock `StableDiffusionPipeline` call (the exported pipeline's users run exactly this).
 - `reference_forward`: `unet(x, t, encoder_hidden_states=...)` under autocast, as diffusers pipelines run it.
 
 Nothing here imports sdtoolkit's Denoiser: the point is an independent baseline.
@@ -151,11 +155,15 @@ class ReferenceSDSIteration:
         self.uncond = torch.zeros_like(self.text)
         self.guidance_scale = guidance_scale
 
-    def __call__(self) -> float:
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> latents, with gradient (threestudio's `encode_images`)."""
+        with autocast(self.comps.device, self.mixed_precision):
+            latents = self.vae.encode((images * 2 - 1).to(self.weight_dtype)).latent_dist.sample()
+        return latents * self.vae.config.scaling_factor
+
+    def guidance_loss(self, latents: torch.Tensor, **context) -> torch.Tensor:
+        """The SDS surrogate loss whose latent gradient is w(t)(eps_hat - eps)."""
         device = self.comps.device
-        with autocast(device, self.mixed_precision):
-            images = self.render * 2 - 1
-            latents = self.vae.encode(images.to(self.weight_dtype)).latent_dist.sample() * 0.18215
         bsz = latents.shape[0]
         t = torch.randint(20, 981, (bsz,), device=device)
         with torch.no_grad(), autocast(device, self.mixed_precision):
@@ -171,11 +179,124 @@ class ReferenceSDSIteration:
             eps_hat = eps_u + self.guidance_scale * (eps_c - eps_u)
             grad = (1 - a) * (eps_hat - noise)
         target = (latents - grad).detach()
-        loss = 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / bsz
+        return 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / bsz
+
+    def __call__(self) -> float:
+        loss = self.guidance_loss(self.encode(self.render))
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
+
+
+class ReferenceSDSNeRFIteration(ReferenceSDSIteration):
+    """One text-to-3D SDS iteration on a NeRF render: the same NeRF work as sdtoolkit's `training_step` (occupancy
+    update, a random camera, the render at `render_resolution` bilinearly upsampled to the prior's image size as
+    threestudio does, the default opacity-entropy regulariser, Adam on the hash grid and MLP with the trainer's
+    learning rates), with the guidance of `ReferenceSDSIteration`. The NeRF is sdtoolkit's on both sides."""
+
+    def __init__(self, comps: Components, mixed_precision: bool, render_resolution: int, guidance_scale=100.0):
+        super().__init__(comps, mixed_precision, guidance_scale=guidance_scale, batch_size=1)
+        from sdtoolkit.nerf import NeRF, NeRFConfig
+        from sdtoolkit.text_to_3d.config import TextTo3DConfig
+
+        self.config = TextTo3DConfig(prior="benchmark")  # the trainer's defaults: cameras, regulariser, lrs
+        self.nerf = NeRF(NeRFConfig()).to(comps.device)
+        self.render_resolution = render_resolution
+        self.generator = torch.Generator().manual_seed(0)
+        self.step = 0
+        self.optimizer = torch.optim.Adam(self.param_groups(), betas=(0.9, 0.99), eps=1e-15)
+
+    def param_groups(self) -> list[dict]:
+        field = self.nerf.field
+        return [
+            {"params": list(field.encoding.parameters()), "lr": self.config.lr_encoding},
+            {"params": list(field.mlp.parameters()), "lr": self.config.lr_network},
+        ]
+
+    def __call__(self) -> float:
+        from sdtoolkit.text_to_3d.trainer import regularizers, sample_training_cameras
+
+        g, device = self.generator, self.comps.device
+        self.nerf.update_occupancy(self.step, g)
+        cameras = sample_training_cameras(self.config.cameras, 1, g).to(device)
+        out = self.nerf.render(cameras, self.render_resolution, background=self.config.background, generator=g)
+        rgb = out["rgb"]
+        if self.render_resolution != self.comps.image_size:
+            size = (self.comps.image_size, self.comps.image_size)
+            rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        loss = self.guidance_loss(self.encode(rgb), cameras=cameras)
+        loss = loss + sum(regularizers(self.config, out).values())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss.detach().item()
+
+
+class ReferenceVSDNeRFIteration(ReferenceSDSNeRFIteration):
+    """One VSD iteration (ProlificDreamer) on a NeRF render as threestudio's `stable-diffusion-vsd-guidance` runs it:
+    the real score is the frozen UNet with CFG 7.5 on [uncond, cond]; the fake score a SEPARATE copy of the UNet
+    with a rank-4 LoRA on the attention projections and a camera MLP as `class_embedding` (c2w flattened to 16),
+    evaluated on [cond, uncond] with its own CFG 1; its denoising loss (camera dropped 10 %) trains the LoRA and the
+    camera MLP with lr 1e-3 in the same Adam step."""
+
+    def __init__(self, comps: Components, mixed_precision: bool, render_resolution: int):
+        from diffusers.models.embeddings import TimestepEmbedding
+        from peft import LoraConfig
+
+        super().__init__(comps, mixed_precision, render_resolution, guidance_scale=7.5)
+        self.unet_lora = comps.unet().to(self.weight_dtype).requires_grad_(False)
+        self.unet_lora.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        embed_dim = self.unet_lora.config.block_out_channels[0] * 4
+        self.unet_lora.class_embedding = TimestepEmbedding(16, embed_dim).to(comps.device)
+        lora = [p for p in self.unet_lora.parameters() if p.requires_grad]
+        for parameter in lora:
+            parameter.data = parameter.data.float()
+        groups = self.param_groups() + [{"params": lora, "lr": 1e-3}]
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+    def guidance_loss(self, latents: torch.Tensor, cameras=None) -> torch.Tensor:
+        device, amp = self.comps.device, autocast(self.comps.device, self.mixed_precision)
+        bsz = latents.shape[0]
+        camera = cameras.c2w().flatten(1).to(device)
+        t = torch.randint(20, 981, (bsz,), device=device)
+        with torch.no_grad(), amp:
+            noise = torch.randn_like(latents)
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(self.weight_dtype)
+            eps = self.unet(
+                torch.cat([noisy] * 2),
+                torch.cat([t] * 2),
+                encoder_hidden_states=torch.cat([self.uncond, self.text]).to(self.weight_dtype),
+            ).sample
+            eps_u, eps_c = eps.chunk(2)
+            eps_real = eps_u + self.guidance_scale * (eps_c - eps_u)
+            est = self.unet_lora(
+                torch.cat([noisy] * 2),
+                torch.cat([t] * 2),
+                encoder_hidden_states=torch.cat([self.text, self.uncond]).to(self.weight_dtype),
+                class_labels=torch.cat([camera, torch.zeros_like(camera)]),
+            ).sample
+            est_c, est_u = est.chunk(2)
+            eps_fake = est_u + 1.0 * (est_c - est_u)
+            grad = (1 - a) * (eps_real - eps_fake)
+        target = (latents - grad).detach()
+        loss_vsd = 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / bsz
+        # train the LoRA on the detached render latents (threestudio's `train_lora`)
+        x0 = latents.detach()
+        t_lora = torch.randint(0, 1000, (bsz,), device=device)
+        noise = torch.randn_like(x0)
+        a = self.alphas_cumprod[t_lora].view(-1, 1, 1, 1)
+        keep = (torch.rand(bsz, device=device) >= 0.1).to(camera.dtype)[:, None]
+        with amp:
+            pred = self.unet_lora(
+                (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(self.weight_dtype),
+                t_lora,
+                encoder_hidden_states=self.text.to(self.weight_dtype),
+                class_labels=camera * keep,
+            ).sample
+        return loss_vsd + F.mse_loss(pred.float(), noise.float())
 
 
 class ReferenceDMD2Step:
@@ -253,3 +374,42 @@ class ReferenceDMD2Step:
         self.f_optimizer.step()
         self.f_optimizer.zero_grad(set_to_none=True)
         return g_loss.detach().item() + f_loss.detach().item()
+
+
+class ReferenceSampler:
+    """A stock `StableDiffusionPipeline` call on the benchmark's components: the teacher's own sampler (DDIM, CFG),
+    or, with `scheduler="LCMScheduler"` and `guidance_scale=1`, what a user of a few-step export runs."""
+
+    def __init__(
+        self,
+        comps: Components,
+        mixed_precision: bool,
+        steps: int,
+        guidance_scale: float,
+        scheduler: str = "DDIMScheduler",
+        batch_size: int = 4,
+    ):
+        import diffusers
+
+        self.pipeline = comps.pipeline(torch.bfloat16 if mixed_precision else torch.float32)
+        config = self.pipeline.scheduler.config
+        self.pipeline.scheduler = getattr(diffusers, scheduler).from_config(config)
+        self.steps, self.guidance_scale = steps, guidance_scale
+        generator = torch.Generator().manual_seed(0)
+        text = torch.randn(batch_size, comps.text_len, comps.text_dim, generator=generator)
+        self.prompt_embeds = text.to(comps.device, self.pipeline.unet.dtype)
+        self.negative_prompt_embeds = torch.zeros_like(self.prompt_embeds)
+        self.size = comps.image_size
+
+    @torch.no_grad()
+    def __call__(self):
+        generator = torch.Generator().manual_seed(0)
+        return self.pipeline(
+            prompt_embeds=self.prompt_embeds,
+            negative_prompt_embeds=self.negative_prompt_embeds,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            height=self.size,
+            width=self.size,
+            generator=generator,
+        ).images

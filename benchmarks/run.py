@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="all",
-        help="sdtoolkit variants (eager, compiled; comma list); all: every variant on a GPU, eager on a CPU",
+        help="sdtoolkit variants (comma list: eager, compiled, fp32-prior, 1-step, ...; a workload with none of "
+        "them runs its own); all: every variant on a GPU, no compiled ones on a CPU",
     )
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument(
@@ -82,23 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in names:
         workload = WORKLOADS[name]
-        entry: dict = {}
+        entry: dict = {"notes": workload.notes, "images_per_step": workload.images_per_step(comps.batch_size)}
         results["workloads"][name] = entry
         print(f"[{name}] reference ...", flush=True)
         try:
             ref_step = workload.reference(comps, mixed_precision)
             entry["reference"] = timing.measure(ref_step, device, warmup, steps).as_dict()
             entry["reference"]["check"] = workload.check(ref_step) if workload.check else None
+            entry["reference"]["label"] = workload.reference_label
             del ref_step
         except Exception as error:  # keep measuring the rest; the table says what failed
             entry["reference"] = {"error": f"{type(error).__name__}: {error}"}
             traceback.print_exc()
         _free(device)
-        if args.variants == "all":
-            # torch.compile on a CPU costs ~100 s per model cold and is not what the CPU size is for
-            variants = [v for v in workload.variants if device.type == "cuda" or "compiled" not in v]
-        else:
-            variants = [v for v in args.variants.split(",") if v in workload.variants]
+        # torch.compile on a CPU costs ~100 s per model cold and is not what the CPU size is for
+        variants = [v for v in workload.variants if device.type == "cuda" or v not in workload.gpu_only]
+        if args.variants != "all":
+            requested = [v for v in args.variants.split(",") if v in workload.variants]
+            variants = requested or variants  # a workload with none of the named variants runs its own
         for variant in variants:
             print(f"[{name}] sdtoolkit/{variant} ...", flush=True)
             try:
@@ -143,15 +145,16 @@ def format_table(results: dict) -> str:
         for variant, values in entry.items():
             if variant in ("numerics",) or not isinstance(values, dict):
                 continue
+            label = values.get("label", variant)
             if "error" in values:
-                lines.append(f"{name:<10} {variant:<22} error: {values['error'][:80]}")
+                lines.append(f"{name:<10} {label:<22} error: {values['error'][:80]}")
                 continue
             ms = values["ms_per_step"]
-            images = WORKLOADS[name].images_per_step(batch)
+            images = entry.get("images_per_step", WORKLOADS[name].images_per_step(batch))
             ratio = f"{ref_ms / ms:.2f}" if ref_ms else "-"
             peak = f"{values['peak_memory_mb']:.0f}" if values.get("peak_memory_mb") is not None else "-"
             lines.append(
-                f"{name:<10} {variant:<22} {ms:>10.1f} {1000 * images / ms:>9.1f} {ratio:>7} "
+                f"{name:<10} {label:<22} {ms:>10.1f} {1000 * images / ms:>9.1f} {ratio:>7} "
                 f"{values['first_step_s']:>8.1f} {peak:>9}"
             )
         if "numerics" in entry:

@@ -21,6 +21,10 @@ class Workload:
     numerics: Callable[[Components, bool], dict] | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    gpu_only: tuple[str, ...] = ("compiled",)
+    """Variants that `--variants all` runs on a GPU only (torch.compile costs ~100 s per model cold on a CPU)."""
+    reference_label: str = "reference"
+    """How the table names the reference row."""
 
 
 # ---------------------------------------------------------------------------------------------- forward
@@ -84,10 +88,18 @@ WORKLOADS: dict[str, Workload] = {
 # ---------------------------------------------------------------------------------------------- training steps
 
 
-def synthetic_trainer(comps: Components, mixed_precision: bool, method: str, variant: str, **method_overrides):
+def synthetic_trainer(
+    comps: Components,
+    mixed_precision: bool,
+    method: str,
+    variant: str,
+    train_overrides: dict | None = None,
+    **method_overrides,
+):
     """sdtoolkit's real `Trainer` (the loop every `sdtoolkit distill` run uses) around an in-memory teacher pipeline
     of the benchmark's size, with cached latents and text embeddings; returns a zero-argument step function that
-    runs `Trainer.train_step` (every optimizer due, clipping, EMA, no host sync)."""
+    runs `Trainer.train_step` (every optimizer due, clipping, EMA, no host sync). `train_overrides` sets further
+    `TrainConfig` fields (the memory knobs of `benchmarks.memory_knobs`)."""
     import tempfile
 
     from diffusers import StableDiffusionPipeline
@@ -139,6 +151,7 @@ def synthetic_trainer(comps: Components, mixed_precision: bool, method: str, var
         fused_optimizer=cuda,
         channels_last=cuda,
         compile="compiled" in variant,
+        **(train_overrides or {}),
     )
     method_config = method_class.config_class(**method_overrides)
     trainer = Trainer(method_class, method_config, config, {}, prepare_data, pipeline=pipeline)
@@ -197,4 +210,115 @@ WORKLOADS["sid"] = Workload(
     toolkit=toolkit_sid,
     variants=["eager", "compiled"],
     notes="one SiD generator update + one fake-score update; reference: full fake-UNet copy",
+)
+
+
+# ---------------------------------------------------------------------------------------------- text-to-3D
+
+
+def render_resolution(comps: Components) -> int:
+    """NeRF render side: the prior's image size when it is small (tiny: 16), else 64 bilinearly upsampled to the
+    prior's 512 before the VAE (threestudio's DreamFusion-SD setting)."""
+    return min(comps.image_size, 64)
+
+
+def toolkit_text_to_3d(comps: Components, mixed_precision: bool, variant: str, method: str = "sds"):
+    """sdtoolkit's real text-to-3D step: `text_to_3d.trainer.setup(config, denoiser=...)` with a prior Denoiser
+    around the benchmark's UNet and VAE, then `training_step` (occupancy update, random camera, NeRF render, encode,
+    guidance, regularisers, backward, Adam). The config is the CLI's default for a non-builtin prior (guidance scale
+    100 for SDS, the method's VSD defaults), rendered at `render_resolution` and upsampled to the prior's size.
+
+    Variants: `eager`: the prior frozen in the benchmark's weight dtype (bf16 UNet and VAE on a GPU, as the
+    reference), auto attention kernel, channels_last on CUDA; `compiled`: plus regional torch.compile of the UNet;
+    `fp32-prior`: the prior exactly as `sdtoolkit text-to-3d` loads it today (`load_prior`: fp32, nothing else)."""
+    from sdtoolkit.denoiser import Denoiser
+    from sdtoolkit.text_to_3d import TextTo3DConfig
+    from sdtoolkit.text_to_3d.trainer import setup, training_step
+
+    low_precision = mixed_precision and "fp32-prior" not in variant
+    dtype = torch.bfloat16 if low_precision else torch.float32
+    pipeline = comps.pipeline()
+    denoiser = Denoiser.from_pipeline(pipeline).freeze(dtype)
+    if "fp32-prior" not in variant:
+        pipeline.vae.to(dtype)
+        denoiser.set_attention("auto")
+        if comps.device.type == "cuda":
+            denoiser.to_channels_last()
+        if "compiled" in variant:
+            denoiser.compile(regional=True)
+    render = render_resolution(comps)
+    config = TextTo3DConfig(
+        prompt="a red cube",
+        method=method,
+        prior="benchmark",
+        steps=10**9,
+        resolution=comps.image_size,
+        start_resolution=render if render != comps.image_size else None,
+        resolution_warmup=1.0,
+        preview_every=0,
+        checkpoint_every=0,
+        threads=None,
+        device=str(comps.device),
+    )
+    run = setup(config, denoiser=denoiser)
+
+    def step():
+        return training_step(run)
+
+    step.run = run
+    return step
+
+
+WORKLOADS["sds"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceSDSNeRFIteration(comps, mp, render_resolution(comps)),
+    toolkit=toolkit_text_to_3d,
+    variants=["eager", "compiled", "fp32-prior"],
+    gpu_only=("compiled", "fp32-prior"),
+    images_per_step=lambda batch: 1,
+    notes="one text-to-3D SDS iteration including the NeRF render (one camera), CFG 100; the NeRF is sdtoolkit's on "
+    "both sides, the reference's guidance is plain diffusers (threestudio style)",
+)
+WORKLOADS["vsd"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceVSDNeRFIteration(comps, mp, render_resolution(comps)),
+    toolkit=lambda comps, mp, variant: toolkit_text_to_3d(comps, mp, variant, method="vsd"),
+    variants=["eager", "compiled", "fp32-prior"],
+    gpu_only=("compiled", "fp32-prior"),
+    images_per_step=lambda batch: 1,
+    notes="one text-to-3D VSD iteration including the NeRF render and the LoRA update; reference: threestudio's "
+    "separate LoRA copy of the UNet; sdtoolkit: LoRA adapter on the prior's own backbone",
+)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+SAMPLE_BATCH = 4
+"""Images per pipeline call in the `sample` workload (or the size's batch, if smaller)."""
+TEACHER_STEPS, TEACHER_GUIDANCE = 50, 7.5
+
+
+def _sample_batch(batch: int) -> int:
+    return min(batch, SAMPLE_BATCH)
+
+
+def toolkit_sample(comps: Components, mixed_precision: bool, variant: str):
+    """A few-step export as its users run it: the stock pipeline with `LCMScheduler`, `guidance_scale=1` (no CFG),
+    `num_inference_steps` from the variant name ("2-step")."""
+    steps = int(variant.split("-")[0])
+    batch = _sample_batch(comps.batch_size)
+    return reference.ReferenceSampler(comps, mixed_precision, steps, 1.0, "LCMScheduler", batch_size=batch)
+
+
+WORKLOADS["sample"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceSampler(
+        comps, mp, TEACHER_STEPS, TEACHER_GUIDANCE, "DDIMScheduler", batch_size=_sample_batch(comps.batch_size)
+    ),
+    toolkit=toolkit_sample,
+    variants=["1-step", "2-step", "4-step"],
+    gpu_only=(),
+    images_per_step=_sample_batch,
+    reference_label=f"teacher-{TEACHER_STEPS}",
+    notes=f"one StableDiffusionPipeline call (text embeddings given, VAE decode, PIL output) at batch "
+    f"min(B, {SAMPLE_BATCH}): LCMScheduler at 1/2/4 steps without CFG vs the teacher's DDIM at {TEACHER_STEPS} "
+    f"steps with CFG {TEACHER_GUIDANCE}; the weights do not change the time, so random weights stand in for the "
+    "student",
 )

@@ -25,6 +25,66 @@ def test_tiny_benchmark_runs_every_training_workload_and_writes_ratios(tmp_path,
     assert "× ref" in table and "lcm" in table
 
 
+@pytest.mark.slow
+def test_tiny_benchmark_runs_text_to_3d_and_sampling_workloads(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--size", "tiny", "--only", "sds,vsd,sample", "--steps", "1", "--warmup", "1", "--json", str(out)]
+    assert run.main(argv) == 0
+    results = json.loads(out.read_text())
+    sides = {"sds": ["reference", "eager"], "vsd": ["reference", "eager"]}
+    sides["sample"] = ["reference", "1-step", "2-step", "4-step"]
+    for name, keys in sides.items():
+        entry = results["workloads"][name]
+        assert sorted(k for k, v in entry.items() if isinstance(v, dict)) == sorted(keys)  # no GPU-only variant
+        for side in keys:
+            assert "error" not in entry[side], entry[side]
+            assert entry[side]["ms_per_step"] > 0
+    assert results["workloads"]["sds"]["images_per_step"] == 1
+    assert results["workloads"]["sample"]["reference"]["label"] == "teacher-50"
+    table = capsys.readouterr().out
+    assert "teacher-50" in table and "2-step" in table
+
+
+def test_text_to_3d_workload_runs_the_real_training_step():
+    import torch
+
+    from benchmarks import components, workloads
+
+    torch.set_num_threads(1)
+    comps = components.build("tiny", torch.device("cpu"))
+    step = workloads.toolkit_text_to_3d(comps, False, "eager")
+    step.run.config.regularizers.lambda_entropy = 0.0  # what moves the NeRF below is the guidance alone
+    before = {k: v.clone() for k, v in step.run.nerf.field.encoding.state_dict().items()}
+    logs = [step() for _ in range(2)]
+    assert [entry["step"] for entry in logs] == [1, 2] and step.run.step == 2
+    assert logs[0]["res"] == comps.image_size and step.run.config.guidance.guidance_scale == 100.0
+    assert set(logs[0]) >= {"loss_guidance", "t", "grad_norm"} and "loss_entropy" not in logs[0]
+    # the SDS gradient reached the hash grid through the VAE encoder and the render
+    after = step.run.nerf.field.encoding.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sampling_workload_counts_steps_as_asked():
+    import torch
+
+    from benchmarks import components, workloads
+
+    torch.set_num_threads(1)
+    comps = components.build("tiny", torch.device("cpu"), batch_size=2)
+    sampler = workloads.toolkit_sample(comps, False, "2-step")
+    calls = []
+    unet = sampler.pipeline.unet
+    unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    images = sampler()
+    assert len(images) == 2 and images[0].size == (comps.image_size, comps.image_size)
+    assert calls == [2, 2]  # two steps, no CFG batch doubling
+    teacher = workloads.WORKLOADS["sample"].reference(comps, False)
+    calls.clear()
+    teacher.pipeline.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    teacher()
+    assert calls == [4] * 50  # 50 DDIM steps, cond and uncond batched
+
+
 def test_unknown_workload_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         run.main(["--only", "lcm,nope"])
