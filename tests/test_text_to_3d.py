@@ -471,3 +471,33 @@ def test_isolated_object_views_render_one_box_with_its_own_prompt(denoiser):
     only_sphere = SingleBoxPrior(prior, 1)
     assert float(only_sphere.density_mask(inside_cube)) < 1e-6 < 0.99 < float(only_sphere.density_mask(inside_sphere))
     assert float(prior.density_mask(inside_cube)) > 0.99
+
+
+def test_one_box_alone_is_not_hidden_by_its_masked_neighbour(denoiser):
+    """A view of box 1 through box 0 with box 1 rendered alone: the occupancy grid (cached under the whole layout)
+    must not let box 0's masked-out matter prune the samples behind it (the far box would render cut off)."""
+    from sdtoolkit.data import turntable_cameras
+    from sdtoolkit.guidance3d import SingleBoxPrior
+    from sdtoolkit.text_to_3d.trainer import setup
+
+    layout = {
+        "objects": [
+            {"prompt": "a red cube", "box": [-0.3, -0.8, -0.3, 0.3, -0.2, 0.3]},
+            {"prompt": "a blue sphere", "box": [-0.3, 0.2, -0.3, 0.3, 0.8, 0.3]},
+        ]
+    }
+    run = setup(TextTo3DConfig(method="semantic-sds", layout=layout, prior="tiny", nerf=tiny_nerf()), denoiser)
+    nerf = run.nerf  # both boxes start as soft solids; make the cache see them as opaque, as after training
+    nerf.update_occupancy(0, force=True)
+    nerf.occupancy.densities.mul_(50.0)
+    cameras = turntable_cameras(8, elevation_deg=0.0, distance=2.5)
+    views = cameras[[2, 6]]  # azimuth 90 (+y: box 1 in front) and 270 (-y: box 0 between the camera and box 1)
+    prior = nerf.field.region_prior
+    nerf.field.region_prior = SingleBoxPrior(prior, 1)
+    try:
+        with torch.no_grad():
+            opacity = nerf.render(views, 16, stratified=False)["opacity"][:, 0, 8, 8]
+    finally:
+        nerf.field.region_prior = prior
+    assert float(opacity[0]) > 0.2  # box 1 seen from its free side
+    assert abs(float(opacity[1] - opacity[0])) < 0.05, opacity  # ... and the same through its removed neighbour

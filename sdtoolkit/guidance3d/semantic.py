@@ -181,6 +181,10 @@ class SingleBoxPrior(nn.Module):
         flat = positions.reshape(-1, 3)
         return self.prior.indicators(flat)[:, self.k].reshape(positions.shape[:-1])
 
+    def occupancy_mask(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
+        """Applied to the NeRF's occupancy-grid densities (cached under the full layout) during this render."""
+        return self.density_mask(positions)
+
     def logits(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N K"]:
         return self.prior.logits(positions)
 

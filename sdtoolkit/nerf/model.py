@@ -79,7 +79,12 @@ class NeRF(nn.Module):
         if self.occupancy is not None:
             if not bool(self.occupancy.initialised):
                 self.update_occupancy(0, force=True)
-            return self.occupancy.query(positions)
+            densities = self.occupancy.query(positions)
+            # the grid caches the density under the region prior it was updated with (a layout's union of boxes);
+            # a prior that removes more for this render (one box alone) must remove it from the cached values too,
+            # or matter it hides would still prune the samples behind it
+            restrict = getattr(self.field.region_prior, "occupancy_mask", None)
+            return densities if restrict is None else densities * restrict(positions)
         return self.exact_densities(positions)
 
     @torch.no_grad()
