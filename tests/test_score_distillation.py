@@ -264,3 +264,30 @@ def test_camera_conditioned_fake_score_for_vsd(teacher):
     scores.fake_denoising_loss(x0, camera).backward()
     assert scores.extra_embedding.linear_2.weight.grad.abs().sum() > 0
     assert any(n.startswith("extra_embedding.") for n, _ in scores.named_trainable_parameters())
+
+
+def test_fast_adapter_switch_equals_peft_public_switch(teacher, monkeypatch):
+    """`adapter_state`'s fast path (peft's two switch attributes) gives the same forwards and leaves the same
+    requires_grad flags and switch state as the public `set_adapter`/`enable_adapters` path."""
+    import sdtoolkit.score_distillation as sd
+
+    cond, _, x0, t, x_t = _batch(teacher)
+    scores = ScorePair(teacher, FakeScoreConfig(rank=4))
+    with torch.no_grad():
+        for p in scores.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a fake score that differs from the teacher
+    unet = teacher.base_model
+
+    def run() -> tuple:
+        with torch.no_grad():
+            real, fake = scores.real(x_t, t, cond).x0, scores.fake(x_t, t, cond).x0
+        flags = [p.requires_grad for p in unet.parameters()]
+        state = [(list(m.active_adapters), bool(m.disable_adapters)) for m in sd._tuner_layers(unet)]
+        return real, fake, flags, state
+
+    fast = run()
+    monkeypatch.setattr(sd, "_fast_switch_supported", lambda layers: False)
+    public = run()
+    assert torch.equal(fast[0], public[0]) and torch.equal(fast[1], public[1])
+    assert (fast[1] - fast[0]).abs().max() > 1e-4
+    assert fast[2] == public[2] and fast[3] == public[3]
