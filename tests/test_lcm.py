@@ -219,3 +219,27 @@ def test_forward_transition_is_the_marginal(setup):
     ab = alphas_cumprod()[700].float()
     assert abs(float(x_t.mean()) - 0.7 * ab.sqrt()) < 0.02
     assert abs(float(x_t.var()) - (1 - ab)) < 0.03
+
+
+def test_w_embedded_student_copy_of_an_in_memory_unet_gets_cond_proj():
+    """A teacher UNet built in memory (its config lists time_cond_proj_dim among the defaults it was not given) still
+    yields a student with the w-embedding, zero-initialised, equal to the teacher."""
+    from types import SimpleNamespace
+
+    from sdtoolkit.trainers.lcm import LCM
+
+    from sdtoolkit.shapes_teacher import TeacherConfig, build_unet
+
+    teacher = build_unet(TeacherConfig())  # built in memory without time_cond_proj_dim
+    assert teacher.config.time_cond_proj_dim is None
+    assert "time_cond_proj_dim" in teacher.config["_use_default_values"]
+    fake_self = SimpleNamespace(uses_w_embedding=True, config=SimpleNamespace(time_cond_proj_dim=32))
+    student = LCM._full_student_copy(fake_self, teacher)
+    assert student.config.time_cond_proj_dim == 32 and student.time_embedding.cond_proj is not None
+    assert torch.count_nonzero(student.time_embedding.cond_proj.weight) == 0
+    x, t = torch.randn(1, teacher.config.in_channels, 16, 16), torch.tensor([10])
+    text = torch.randn(1, 4, teacher.config.cross_attention_dim)
+    with torch.no_grad():
+        expected = teacher(x, t, text).sample
+        got = student(x, t, text, timestep_cond=torch.randn(1, 32)).sample
+    torch.testing.assert_close(got, expected)

@@ -407,7 +407,9 @@ class LCM(DistillationMethod):
         if not self.uses_w_embedding or teacher_unet.config.get("time_cond_proj_dim") is not None:
             return copy.deepcopy(teacher_unet).float().requires_grad_(True)
         cls = type(teacher_unet)
-        student = cls.from_config({**teacher_unet.config, "time_cond_proj_dim": self.config.time_cond_proj_dim})
+        # a keyword, not a dict entry: diffusers drops config keys listed in `_use_default_values` (a UNet built in
+        # memory without time_cond_proj_dim lists it), so a dict entry would be silently ignored
+        student = cls.from_config(teacher_unet.config, time_cond_proj_dim=self.config.time_cond_proj_dim)
         missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
         if unexpected or any("cond_proj" not in name for name in missing):
             raise RuntimeError(f"student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
