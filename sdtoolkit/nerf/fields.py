@@ -80,7 +80,11 @@ class TextTo3DField(nn.Module):
         return (positions / self.config.bound + 1) / 2
 
     def density_bias(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
-        """Magic3D blob: blob_density (1 - |x| / blob_radius)."""
+        """Magic3D blob: blob_density (1 - |x| / blob_radius); a region prior with its own `density_bias` (a layout:
+        one blob per box) places the blobs instead."""
+        blobs = getattr(self.region_prior, "density_bias", None)
+        if blobs is not None:
+            return blobs(positions, self.config.blob_density, self.config.blob_radius)
         return self.config.blob_density * (1 - positions.norm(dim=-1) / self.config.blob_radius)
 
     def _raw(self, positions: Tensor) -> Tensor:

@@ -95,12 +95,8 @@ def setup(config: TextTo3DConfig, denoiser: Denoiser | None = None) -> TextTo3DR
         region_prior = LayoutPrior(layout, config.guidance.mask_softness)
         nerf_config.field.bound = layout.scene_bound
         nerf_config.scene_radius = layout.scene_bound * math.sqrt(3)
-        nerf_config.field.num_semantic = len(layout.objects)
-        nerf_config.field.blob_density = 0.0  # the boxes, not a central blob, say where matter starts
+        nerf_config.field.num_semantic = len(layout.objects)  # matter starts as one blob per box (LayoutPrior)
     nerf = NeRF(nerf_config, region_prior=region_prior).to(config.device)
-    if layout is not None:
-        with torch.no_grad():  # start each box as a soft solid, like the blob of a single-object run
-            nerf.field.mlp[-1].bias[0] = 2.0
     guidance = build(config.method, denoiser, config.guidance)
     texts = [o.prompt for o in layout.objects] if layout is not None else [config.prompt]
     prompts = [ViewDependentPrompts(denoiser, text, config.view_dependent_prompts) for text in texts]
