@@ -475,15 +475,10 @@ class Denoiser(nn.Module):
     def adapters_disabled(self) -> Iterator[None]:
         """Runs the network with its (peft) LoRA adapters switched off: the teacher is the student's own backbone
         without adapters (LCM-LoRA; the LoRA fake score of distribution matching)."""
-        model = self.base_model
-        if not getattr(model, "_hf_peft_config_loaded", False) and not hasattr(model, "peft_config"):
+        from sdtoolkit.adapters import adapter_state
+
+        with adapter_state(self.base_model, None):  # restores the previous switch state; never touches requires_grad
             yield
-            return
-        model.disable_adapters()
-        try:
-            yield
-        finally:
-            model.enable_adapters()
 
     @contextlib.contextmanager
     def adapter(self, name: str) -> Iterator[None]:

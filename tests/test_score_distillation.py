@@ -269,7 +269,7 @@ def test_camera_conditioned_fake_score_for_vsd(teacher):
 def test_fast_adapter_switch_equals_peft_public_switch(teacher, monkeypatch):
     """`adapter_state`'s fast path (peft's two switch attributes) gives the same forwards and leaves the same
     requires_grad flags and switch state as the public `set_adapter`/`enable_adapters` path."""
-    import sdtoolkit.score_distillation as sd
+    import sdtoolkit.adapters as sd
 
     cond, _, x0, t, x_t = _batch(teacher)
     scores = ScorePair(teacher, FakeScoreConfig(rank=4))
@@ -282,7 +282,7 @@ def test_fast_adapter_switch_equals_peft_public_switch(teacher, monkeypatch):
         with torch.no_grad():
             real, fake = scores.real(x_t, t, cond).x0, scores.fake(x_t, t, cond).x0
         flags = [p.requires_grad for p in unet.parameters()]
-        state = [(list(m.active_adapters), bool(m.disable_adapters)) for m in sd._tuner_layers(unet)]
+        state = [(list(m.active_adapters), bool(m.disable_adapters)) for m in sd.tuner_layers(unet)]
         return real, fake, flags, state
 
     fast = run()
