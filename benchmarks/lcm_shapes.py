@@ -35,6 +35,13 @@ def main() -> None:
     parser.add_argument("--lora", action="append", default=[], help="NAME=FOLDER of an export with LoRA weights")
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 2], help="student step counts")
     parser.add_argument("--seeds", type=int, default=2, help="images per prompt")
+    parser.add_argument(
+        "--export-guidance",
+        type=float,
+        nargs="*",
+        default=None,
+        help="guidance scales to sample each --export with (default: the one in its export.json)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu", help="where the pipelines run (cpu or cuda)")
     parser.add_argument("--baselines", action="store_true", help="also DDIM-trailing and teacher+LCMScheduler")
@@ -88,7 +95,8 @@ def main() -> None:
         pipe = DiffusionPipeline.from_pretrained(folder).to(args.device)
         pipe.set_progress_bar_config(disable=True)
         for steps in args.steps:
-            score(name, pipe, steps, spec["guidance_scale"])
+            for guidance in args.export_guidance or [spec["guidance_scale"]]:
+                score(f"{name} cfg {guidance:g}" if args.export_guidance else name, pipe, steps, guidance)
     for entry in args.lora:
         import diffusers
 
