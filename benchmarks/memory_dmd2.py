@@ -26,6 +26,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -43,6 +44,27 @@ def _rss_kb(field: str = "VmRSS") -> int:
 def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
+
+
+def peak_over_steps(step, device: torch.device, baseline_kb: int, repeats: int = 2) -> tuple[int, float]:
+    """Runs `step` once as a warm-up (optimizer states are allocated there), then `repeats` times; returns the peak
+    memory of those repeats in bytes (CUDA: max allocated; CPU: peak RSS above `baseline_kb`) and seconds per step."""
+    cuda = device.type == "cuda"
+    step()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = (_rss_kb("VmHWM") - baseline_kb) * 1024
+    return int(peak), (time.perf_counter() - start) / repeats
 
 
 def _build_unet(size: str, device: torch.device):
@@ -72,7 +94,6 @@ def worker(mode: str, size: str, device: torch.device, batch_size: int, rank: in
         sample_timesteps,
     )
 
-    cuda = device.type == "cuda"
     baseline_kb = _rss_kb()
     schedule = VPSchedule(make_betas(1000, 0.00085, 0.012, "scaled_linear"))
     unet, latent, text_len, text_dim = _build_unet(size, device)
@@ -120,19 +141,7 @@ def worker(mode: str, size: str, device: torch.device, batch_size: int, rank: in
             optimizer_f.step()
             optimizer_f.zero_grad(set_to_none=True)
 
-    step()  # warm-up: optimizer states are allocated here
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _reset_peak()
-    for _ in range(2):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = (_rss_kb("VmHWM") - baseline_kb) * 1024
+    peak, _ = peak_over_steps(step, device, baseline_kb)
     n_student = sum(p.numel() for p in student_unet.parameters())
     return {"mode": mode, "peak_bytes": int(peak), "student_params": n_student}
 

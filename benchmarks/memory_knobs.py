@@ -27,7 +27,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -50,7 +49,7 @@ def worker(method: str, knob: str, size: str, device: torch.device, batch_size: 
 
     import sdtoolkit.training  # noqa: F401
     from benchmarks import components, workloads
-    from benchmarks.memory_dmd2 import _reset_peak, _rss_kb
+    from benchmarks.memory_dmd2 import _rss_kb, peak_over_steps
 
     if importlib.util.find_spec("bitsandbytes") is not None:
         import bitsandbytes  # noqa: F401
@@ -62,21 +61,7 @@ def worker(method: str, knob: str, size: str, device: torch.device, batch_size: 
     if method == "lcm":
         overrides["time_cond_proj_dim"] = comps.time_cond_proj_dim
     step = workloads.synthetic_trainer(comps, cuda, method, "eager", dict(KNOBS[knob]), **overrides)
-    step()  # warm-up: optimizer states are allocated here
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _reset_peak()
-    start = time.perf_counter()
-    for _ in range(2):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = (_rss_kb("VmHWM") - baseline_kb) * 1024
-    seconds = (time.perf_counter() - start) / 2
+    peak, seconds = peak_over_steps(step, device, baseline_kb)
     trainer = step.trainer
     trained = sum(p.numel() for spec in trainer.specs for p in spec.parameters())
     return {
