@@ -17,8 +17,14 @@ from tqdm.auto import tqdm
 
 from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
 from sdtoolkit.denoiser import Denoiser
-from sdtoolkit.guidance3d import LayoutPrior, ViewDependentPrompts, build, parse_layout, region_masks
-from sdtoolkit.guidance3d.semantic import SingleBoxPrior
+from sdtoolkit.guidance3d import (
+    LayoutPrior,
+    SingleBoxPrior,
+    ViewDependentPrompts,
+    build,
+    parse_layout,
+    region_masks,
+)
 from sdtoolkit.nerf import NeRF
 from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
 
