@@ -248,3 +248,14 @@ def test_bad_inputs_fail_before_training(assets, tmp_path, capsys):
         assert main(args) == 2, (method, extra)
         assert expected in capsys.readouterr().err, (method, extra)
     assert not (tmp_path / "never").exists()
+
+
+def test_eval_export_scores_an_exported_student(runs, tmp_path):
+    """`python -m benchmarks.eval_export` loads the export with stock diffusers and writes its scores."""
+    from benchmarks import eval_export
+
+    out = tmp_path / "scores.json"
+    assert eval_export.main([str(runs["sid"] / "export"), "--seeds", "1", "--out", str(out)]) == 0
+    scores = json.loads(out.read_text())[str(runs["sid"] / "export")]
+    assert scores["num_images"] == 120 and scores["pipeline"] == "StableDiffusionPipeline"
+    assert 0.0 <= scores["prompt_accuracy"] <= 1.0 and scores["fd_shapes"] > 0
