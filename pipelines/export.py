@@ -21,7 +21,9 @@ Which stock pipeline and scheduler (diffusers 0.42):
 - phased (PCM), N phases: `StableDiffusionPipeline` + `TCDScheduler` (`eta=0`, deterministic: the pipeline's
   default); `num_inference_steps=N`, `guidance_scale=1.0`;
 - fixed timesteps (DMD2's 999, 749, 499, 249): `StableDiffusionPipeline` + `LCMScheduler` with
-  `original_inference_steps=4` (`lcm_schedule_for`); `num_inference_steps=4`, `guidance_scale=1.0`.
+  `original_inference_steps=4` (`lcm_schedule_for`); `num_inference_steps=4`, `guidance_scale=1.0`;
+- a 1-step generator on a lower timestep t (DMD2's SDXL 399, SiD-LSG's 625): the same with the scheduler truncated
+  to its first t + 1 betas (`lcm_single_step_schedule`), so its 1-step default is [t].
 
 LatentConsistencyModelPipeline needs a UNet with `time_cond_proj_dim` and passes `eta=None` to the scheduler, so
 students without w-embedding and TCD go through StableDiffusionPipeline (whose `eta` defaults to 0.0).
@@ -41,7 +43,7 @@ SPEC_NAME = "export.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 """diffusers' default LoRA file name (what `load_lora_weights(folder)` looks for)."""
 
-__all__ = ["ExportSpec", "export_pipeline", "lcm_schedule_for", "write_model_card"]
+__all__ = ["ExportSpec", "export_pipeline", "lcm_schedule_for", "lcm_single_step_schedule", "write_model_card"]
 
 
 @dataclass
@@ -104,6 +106,28 @@ def lcm_schedule_for(timesteps: list[int], num_train_timesteps: int = 1000) -> d
             "(export other schedules with TCDScheduler(original_inference_steps=...) or a custom scheduler)"
         )
     return {"original_inference_steps": n}
+
+
+def lcm_single_step_schedule(timestep: int, teacher_scheduler_config: Any) -> dict[str, Any]:
+    """LCMScheduler overrides whose 1-step default schedule is `[timestep]` for any 0 < timestep < T, with the
+    teacher's noise schedule unchanged: a generator conditioned on a lower timestep than T - 1 (DMD2's SDXL 1-step
+    model uses 399, SiD-LSG 625) exports to a stock scheduler without hand-typed timesteps.
+
+    A stock LCMScheduler with `original_inference_steps = 1` samples t = num_train_timesteps - 1, so the schedule is
+    truncated to its first `timestep + 1` betas (`trained_betas`; alpha_bar_t = prod_{s <= t} (1 - beta_s) is
+    unchanged for every t <= timestep). Zero-SNR rescaling, if the teacher uses it, is already in those betas."""
+    from diffusers import LCMScheduler
+
+    full = LCMScheduler.from_config(dict(teacher_scheduler_config or {}))
+    T = full.config.num_train_timesteps
+    if not 0 < timestep < T:
+        raise ValueError(f"generator timestep {timestep} must be in [1, {T - 1}]")
+    return {
+        "num_train_timesteps": timestep + 1,
+        "trained_betas": [float(b) for b in full.betas[: timestep + 1]],
+        "rescale_betas_zero_snr": False,
+        "original_inference_steps": 1,
+    }
 
 
 def _pipeline_class(name: str):
@@ -268,7 +292,12 @@ def write_model_card(out_dir: str | Path, spec: ExportSpec, training_config: dic
 
 
 def _schedule_note(spec: ExportSpec) -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in spec.scheduler_config.items())
+    def shown(key: str, value: Any) -> str:
+        if key == "trained_betas":
+            return f"the teacher's first {len(value)} betas"
+        return f"{key}={value}"
+
+    settings = ", ".join(shown(k, v) for k, v in spec.scheduler_config.items())
     return f"{spec.scheduler_class}({settings})" if settings else spec.scheduler_class
 
 

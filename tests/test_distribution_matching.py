@@ -65,7 +65,8 @@ DMD2_ARGS = [
     "--learning-rate",
     "1e-3",
 ]
-SID_ARGS = ["--num-steps", "1", "--learning-rate", "1e-3", "--fake-learning-rate", "1e-3"]
+# SiD's 1-step generator on a lower timestep (SiD-LSG's 625): exported with the truncated LCMScheduler schedule
+SID_ARGS = ["--num-steps", "1", "--generator-timestep", "625", "--learning-rate", "1e-3", "--fake-learning-rate", "1e-3"]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,11 @@ def test_smoke_runs_log_every_loss_and_write_everything(runs):
         assert list((run / "samples").glob("step_*.png")), name
         spec = json.loads((run / "export" / "export.json").read_text())
         k = config[name]["num_steps"]
-        assert spec["scheduler_config"] == {"original_inference_steps": k} and spec["num_inference_steps"] == k
+        assert spec["num_inference_steps"] == k
+        if config[name]["generator_timestep"] is None:
+            assert spec["scheduler_config"] == {"original_inference_steps": k}
+        else:
+            assert spec["scheduler_config"]["num_train_timesteps"] == config[name]["generator_timestep"] + 1
         assert (run / "student" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     # TTUR: with 2 fake updates per generator update, the generator steps at 0 and 2 only (logged as steps 1, 3)
     steps = losses(runs["dmd2"])
@@ -200,8 +205,9 @@ def test_export_loads_in_a_fresh_process_with_the_trained_timesteps(assets, runs
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for name, result in results.items():
         assert result["pipeline"] == "StableDiffusionPipeline" and result["scheduler"] == "LCMScheduler", result
-        k = json.loads((runs[name] / "config.json").read_text())[name]["num_steps"]
-        assert result["timesteps"] == student_timesteps(k), (name, result)
+        method = json.loads((runs[name] / "config.json").read_text())[name]
+        expected = [method["generator_timestep"]] if method["generator_timestep"] else student_timesteps(method["num_steps"])
+        assert result["timesteps"] == expected, (name, result)
         assert result["grid_diff"] <= 1.0, (name, result)  # same images as the trainer's own sample grid (8-bit PNG)
 
 
@@ -239,6 +245,8 @@ def test_bad_inputs_fail_before_training(assets, tmp_path, capsys):
         ("flash-dmd", ["--gan-loss", "wgan"], "--gan-loss 'wgan'"),
         ("sid", ["--prompt-dropout", "1.5"], "--prompt-dropout 1.5"),
         ("sid", [], "--prompts"),
+        ("dmd2", ["--num-steps", "2", "--generator-timestep", "625"], "--generator-timestep 625"),
+        ("sid", ["--generator-timestep", "1000"], "--generator-timestep 1000"),
     ]
     for method, extra, expected in cases:
         capsys.readouterr()

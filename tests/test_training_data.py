@@ -86,3 +86,25 @@ def test_fixed_timestep_export_schedule():
     assert scheduler.timesteps.tolist() == [999, 499]
     with pytest.raises(ValueError, match="999, 749, 499, 249"):
         lcm_schedule_for([999, 700, 400, 100])
+
+
+def test_single_step_export_schedule_keeps_the_teacher_noise_schedule():
+    """A 1-step generator on timestep t exports to a stock LCMScheduler whose 1-step default is [t] and whose
+    alpha_bar agrees with the teacher's for every timestep up to t (a step at t gives the teacher's x0 formula)."""
+    from diffusers import LCMScheduler
+    from sdtoolkit.pipelines.export import lcm_single_step_schedule
+
+    teacher = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    full = LCMScheduler(**teacher)
+    for t in (399, 625, 998):
+        scheduler = LCMScheduler.from_config(teacher, **lcm_single_step_schedule(t, teacher))
+        scheduler.set_timesteps(1)
+        assert scheduler.timesteps.tolist() == [t]
+        torch.testing.assert_close(scheduler.alphas_cumprod, full.alphas_cumprod[: t + 1], rtol=0, atol=0)
+        sample, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+        x0 = scheduler.step(eps, t, sample).denoised
+        a = full.alphas_cumprod[t]
+        expected = (sample - (1 - a).sqrt() * eps) / a.sqrt()
+        torch.testing.assert_close(x0, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="1000"):
+        lcm_single_step_schedule(1000, teacher)

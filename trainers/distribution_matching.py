@@ -149,6 +149,12 @@ class DistributionMatchingConfig(MethodConfig):
 
     num_steps: int = 1
     """Student steps k (1-8); timesteps = LCMScheduler(original_inference_steps=k): 999 | 999,499 | 999,749,499,249."""
+    generator_timestep: int | None = None
+    """1-step students only: the timestep the generator is conditioned on, its input still pure noise z ~ N(0, I);
+    None = T - 1 (999). A lower one lets the eps-parameterised generator carry more of the image
+    (x0 = (z - sigma_t eps) / alpha_t; alpha_999 = 0.068, alpha_625 = 0.37 for SD's schedule): DMD2's SDXL 1-step
+    model uses 399, SiD-LSG 625 (with input sigma_625 z). Exported with a stock LCMScheduler whose 1-step default is
+    exactly this timestep (`lcm_single_step_schedule`)."""
     learning_rate: float = 1e-5
     """Generator learning rate (DMD2 SD1.5 from scratch: 1e-5)."""
     fake_learning_rate: float = 1e-5
@@ -200,6 +206,14 @@ class DistributionMatchingMethod(DistillationMethod):
             raise ValueError(f"--fake-rank {config.fake_rank} must be at least 1")
         if not 0.0 <= config.ema_decay < 1.0:
             raise ValueError(f"--ema-decay {config.ema_decay}: choose 0 (no EMA) or a decay in (0, 1), e.g. 0.99")
+        if config.generator_timestep is not None:
+            if config.num_steps != 1:
+                raise ValueError(
+                    f"--generator-timestep {config.generator_timestep} is for 1-step students; got --num-steps "
+                    f"{config.num_steps} (multi-step students use the stock LCMScheduler timesteps)"
+                )
+            if not 1 <= config.generator_timestep <= 999:
+                raise ValueError(f"--generator-timestep {config.generator_timestep}: choose a timestep in [1, 999]")
         for name in ("learning_rate", "fake_learning_rate"):
             if getattr(config, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be > 0")
@@ -218,7 +232,10 @@ class DistributionMatchingMethod(DistillationMethod):
         teacher.freeze()
         fake_config = FakeScoreConfig(kind=config.fake_score, rank=config.fake_rank, **self.fake_score_overrides())
         self.scores = ScorePair(teacher, fake_config)
-        self.timesteps = student_timesteps(config.num_steps, self.teacher.pipeline.scheduler.config)
+        if config.generator_timestep is not None:
+            self.timesteps = [int(config.generator_timestep)]
+        else:
+            self.timesteps = student_timesteps(config.num_steps, self.teacher.pipeline.scheduler.config)
         self.ema = None
         if config.ema_decay > 0:
             from sdtoolkit.ema import EMA
@@ -322,11 +339,15 @@ class DistributionMatchingMethod(DistillationMethod):
             model.train(was_training)
 
     def save_student(self, folder: Path) -> Any:
-        from sdtoolkit.pipelines.export import ExportSpec
+        from sdtoolkit.pipelines.export import ExportSpec, lcm_single_step_schedule
 
         model = self.generator_weights()
         model.save_pretrained(Path(folder) / "unet", safe_serialization=True)
         steps = ",".join(str(t) for t in self.timesteps)
+        if self.config.generator_timestep is None:
+            schedule = {"original_inference_steps": self.config.num_steps}
+        else:
+            schedule = lcm_single_step_schedule(self.timesteps[0], self.teacher.pipeline.scheduler.config)
         return ExportSpec(
             method=self.name,
             student="unet",
@@ -334,7 +355,7 @@ class DistributionMatchingMethod(DistillationMethod):
             scheduler_class="LCMScheduler",
             num_inference_steps=self.config.num_steps,
             guidance_scale=1.0,
-            scheduler_config={"original_inference_steps": self.config.num_steps},
+            scheduler_config=schedule,
             notes=f"A {self.config.num_steps}-step generator on the fixed timesteps {steps} "
             f"({type(self).__doc__.splitlines()[0].strip()}). CFG is distilled in: sample with guidance_scale=1.",
         )
