@@ -13,9 +13,10 @@ Per global step (fake score first, then the generator, as SiD's Algorithm 1):
    (`real_guidance_scale`), both with gradients into x_t (the teacher's and the fake score's weights stay fixed);
    L = sum (y_r - y_f) * ((y_r - x_g) - alpha (y_r - y_f)) / mean|x_g - y_r| (Eq. 14), NaN samples masked.
 
-Deviations: the generator input is pure noise at the student's LCMScheduler timesteps (999 for one step) rather
-than SiD-LSG's sigma_625 z at t = 625, so that the exported stock pipeline samples exactly what was trained; the
-fake score is by default a LoRA on the teacher's backbone (`--fake-score full` gives the paper's copy).
+Deviations: the generator input is pure noise z at the student's timestep (999 for one step by default;
+`--generator-timestep 625` gives SiD-LSG's timestep) rather than SiD-LSG's sigma_625 z, so that the exported stock
+pipeline (which starts from z) samples exactly what was trained; the fake score is by default a LoRA on the
+teacher's backbone (`--fake-score full` gives the paper's copy).
 """
 
 from __future__ import annotations
