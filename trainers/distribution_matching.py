@@ -5,7 +5,8 @@ The student is a full trainable copy of the teacher's backbone that maps pure no
 at t_1 > ... > t_{k-1}) to clean latents. Its timesteps are exactly what a stock `LCMScheduler` with
 `original_inference_steps = k` produces (999 for one step, 999/499 for two, 999/749/499/249 for four), so the
 exported `StableDiffusionPipeline + LCMScheduler` samples the same chain: z ~ N(0, I) -> x0_0; x_{t_1} =
-alpha_{t_1} x0_0 + sigma_{t_1} eps; ... (DMD2's multi-step sampler, Yin et al. 2024b, Sec. 4.5).
+alpha_{t_1} x0_0 + sigma_{t_1} eps; ... (DMD2's multi-step sampler, Yin et al. 2024b, Sec. 4.5). A 1-step student
+may instead sit on a lower timestep (`generator_timestep`), exported through a truncated stock LCMScheduler.
 """
 
 from __future__ import annotations
