@@ -207,8 +207,10 @@ def test_export_loads_in_a_fresh_process_with_the_trained_timesteps(assets, runs
     for name, result in results.items():
         assert result["pipeline"] == "StableDiffusionPipeline" and result["scheduler"] == "LCMScheduler", result
         method = json.loads((runs[name] / "config.json").read_text())[name]
-        expected = [method["generator_timestep"]] if method["generator_timestep"] else None
-        expected = expected or student_timesteps(method["num_steps"])
+        if method["generator_timestep"] is None:
+            expected = student_timesteps(method["num_steps"])
+        else:
+            expected = [method["generator_timestep"]]
         assert result["timesteps"] == expected, (name, result)
         assert result["grid_diff"] <= 1.0, (name, result)  # same images as the trainer's own sample grid (8-bit PNG)
 
