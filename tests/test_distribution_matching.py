@@ -1,7 +1,8 @@
-"""`sdtoolkit distill dmd2|flash-dmd|sid` end to end on a tiny teacher: smoke runs, exact resume, the frozen teacher
-behind the LoRA fake score, export to stock diffusers (checked in a fresh process) and bad inputs."""
+"""`sdtoolkit distill dmd2|flash-dmd|sid|sida` end to end on a tiny teacher: smoke runs, exact resume, the frozen
+teacher behind the LoRA fake score, export to stock diffusers (checked in a fresh process) and bad inputs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,17 +69,21 @@ DMD2_ARGS = [
 # SiD's 1-step generator on a lower timestep (SiD-LSG's 625): exported with the truncated LCMScheduler schedule
 SID_ARGS = ["--num-steps", "1", "--generator-timestep", "625"]
 SID_ARGS += ["--learning-rate", "1e-3", "--fake-learning-rate", "1e-3"]
+# SiDA: SiD plus the GAN on the fake score's bottleneck, on real images; the GAN term joins the generator at step 1
+SIDA_ARGS = [*SID_ARGS, "--adversarial-start", "1"]
 
 
 @pytest.fixture(scope="module")
 def runs(assets):
-    out = {"dmd2": assets / "dmd2", "flash-dmd": assets / "flash", "sid": assets / "sid"}
+    out = {"dmd2": assets / "dmd2", "flash-dmd": assets / "flash", "sid": assets / "sid", "sida": assets / "sida"}
     args = [*DMD2_ARGS, "--max-steps", "4", "--checkpoint-every", "2", "--sample-every", "4"]
     assert distill(assets, "dmd2", out["dmd2"], *args) == 0
     args = ["--num-steps", "2", "--max-steps", "2", "--sample-every", "2", "--fake-ema-decay", "0.9"]
     assert distill(assets, "flash-dmd", out["flash-dmd"], *args) == 0
     args = [*SID_ARGS, "--max-steps", "3", "--checkpoint-every", "2", "--sample-every", "3"]
     assert distill(assets, "sid", out["sid"], *args) == 0
+    args = [*SIDA_ARGS, "--max-steps", "3", "--checkpoint-every", "2", "--sample-every", "3"]
+    assert distill(assets, "sida", out["sida"], *args) == 0
     return out
 
 
@@ -92,6 +97,12 @@ def test_smoke_runs_log_every_loss_and_write_everything(runs):
         },
         "flash-dmd": {"generator/loss_dm", "generator/loss_gan", "fake_score/loss_denoise", "discriminator/loss"},
         "sid": {"generator/loss", "generator/kept", "fake_score/loss_denoise"},
+        "sida": {
+            "generator/loss_sid",
+            "generator/loss_adversarial",
+            "fake_score/loss_denoise",
+            "fake_score/loss_discriminator",
+        },
     }
     for name, run in runs.items():
         config = json.loads((run / "config.json").read_text())
@@ -116,6 +127,24 @@ def test_smoke_runs_log_every_loss_and_write_everything(runs):
     steps = losses(runs["dmd2"])
     assert [s for s in steps if "generator/loss" in steps[s]] == [1, 3]
     assert all("fake_score/loss" in steps[s] for s in steps)
+
+
+def test_sida_mixes_its_losses_and_trains_its_discriminator(assets, runs):
+    """SiDA's generator loss is plain SiD before `--adversarial-start` and (1 - lambda) L_SiD + lambda L_adv from it
+    on; its discriminator head trains with the fake score (its weights move from their initialisation)."""
+    steps = losses(runs["sida"])
+    first = steps[1]  # global step 0 < adversarial start 1: SiD alone
+    assert first["generator/loss"] == pytest.approx(first["generator/loss_sid"], rel=1e-6)
+    for step in (2, 3):
+        entry = steps[step]
+        mixed = 0.5 * entry["generator/loss_sid"] + 0.5 * entry["generator/loss_adversarial"]
+        assert entry["generator/loss"] == pytest.approx(mixed, rel=1e-5)
+        assert entry["generator/loss_adversarial"] > 0
+    heads = []
+    for step in (2, 3):  # prepared modules in build order: student, fake score, discriminator head (model_2)
+        heads.append(load_file(str(runs["sida"] / "checkpoints" / f"step_{step:06d}" / "model_2.safetensors")))
+    assert heads[0] and set(heads[0]) == set(heads[1]) and all(k.startswith("net.") for k in heads[0])
+    assert max(float((heads[0][k] - heads[1][k]).abs().max()) for k in heads[0]) > 0
 
 
 def test_student_trained_and_lora_fake_score_leaves_the_teacher_bit_identical(assets, runs):
@@ -147,7 +176,7 @@ def test_generator_ema_is_what_gets_saved(assets, runs, tmp_path):
 
 
 def test_resume_gives_the_same_losses(assets, runs):
-    for name, args, total in (("dmd2", DMD2_ARGS, 4), ("sid", SID_ARGS, 3)):
+    for name, args, total in (("dmd2", DMD2_ARGS, 4), ("sid", SID_ARGS, 3), ("sida", SIDA_ARGS, 3)):
         short = assets / f"short-{name}"
         assert (
             distill(assets, name, short, *args, "--max-steps", "2", "--checkpoint-every", "2", "--sample-every", "0")
@@ -251,12 +280,14 @@ def test_bad_inputs_fail_before_training(assets, tmp_path, capsys):
         ("sid", [], "--prompts"),
         ("dmd2", ["--num-steps", "2", "--generator-timestep", "625"], "--generator-timestep 625"),
         ("sid", ["--generator-timestep", "1000"], "--generator-timestep 1000"),
+        ("sida", ["--adversarial-weight", "1.5"], "--adversarial-weight 1.5"),
+        ("sida", ["--adversarial-start", "-1"], "--adversarial-start -1"),
     ]
     for method, extra, expected in cases:
         capsys.readouterr()
         args = ["distill", method, "--teacher", teacher, "--output", str(tmp_path / "never"), *extra]
         if method != "sid" or extra:
-            args += ["--data", str(assets / "data")] if method != "sid" else ["--prompts", str(assets / "prompts.txt")]
+            args += ["--prompts", str(assets / "prompts.txt")] if method == "sid" else ["--data", str(assets / "data")]
         assert main(args) == 2, (method, extra)
         assert expected in capsys.readouterr().err, (method, extra)
     assert not (tmp_path / "never").exists()
@@ -271,3 +302,13 @@ def test_eval_export_scores_an_exported_student(runs, tmp_path):
     scores = json.loads(out.read_text())[str(runs["sid"] / "export")]
     assert scores["num_images"] == 120 and scores["pipeline"] == "StableDiffusionPipeline"
     assert 0.0 <= scores["prompt_accuracy"] <= 1.0 and scores["fd_shapes"] > 0
+
+
+def test_sida_adversarial_loss_by_hand():
+    """numel * softplus(-D) / w per sample, averaged: logits (0, 2), w (0.5, 0.25), 4 elements per sample."""
+    from sdtoolkit.trainers.sida import sida_adversarial_loss
+
+    logits, w = torch.tensor([0.0, 2.0]), torch.tensor([0.5, 0.25])
+    expected = (4 * math.log(2) / 0.5 + 4 * math.log1p(math.exp(-2.0)) / 0.25) / 2
+    assert float(sida_adversarial_loss(logits, w, 4)) == pytest.approx(expected, rel=1e-6)
+    assert float(sida_adversarial_loss(torch.zeros(0), torch.ones(0), 4)) == 0.0  # every sample masked out

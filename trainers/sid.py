@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sdtoolkit.denoiser import Conditioning
 from sdtoolkit.score_distillation import drop_conditioning, sample_timesteps, sid_generator_loss
 from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
 from sdtoolkit.training_data import batch_conditioning
@@ -96,20 +97,33 @@ class SiD(DistributionMatchingMethod):
         ]
 
     def fake_score_loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        return self.fake_score_terms(batch)[0]
+
+    def fake_score_terms(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor | Conditioning]]:
+        """The fake score's denoising loss on fresh generator samples, and what it used (`x`, `cond` before prompt
+        dropout, `t`, `eps`) for a subclass that adds terms on the same noisy samples (SiDA's discriminator)."""
         c = self.config
         cond = batch_conditioning(batch)
         B = cond.batch_size
         uncond = self.uncond(B)
         with torch.no_grad():
             x, _ = self.student.generate(self.noise(B), cond)
+        t = sample_timesteps(self.teacher.schedule, B, c.min_t, c.max_t, device=x.device)
+        eps = torch.randn_like(x)
+        fake_cond = cond
         if c.fake_train_guidance != 1 or c.fake_guidance != 1:
-            cond = drop_conditioning(cond, uncond, c.prompt_dropout)
+            fake_cond = drop_conditioning(cond, uncond, c.prompt_dropout)
         loss = self.scores.fake_denoising_loss(
-            x, cond, uncond=uncond, guidance_scale=c.fake_train_guidance, t_range=(c.min_t, c.max_t)
+            x, fake_cond, uncond=uncond, guidance_scale=c.fake_train_guidance, t=t, eps=eps
         )
-        return {"loss": loss, "loss_denoise": loss}
+        return {"loss": loss, "loss_denoise": loss}, {"x": x, "cond": cond, "t": t, "eps": eps}
 
     def generator_loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        return self.generator_terms(batch)[0]
+
+    def generator_terms(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor | Conditioning]]:
+        """SiD's generator loss, and what it used (`x_g`, `x_t`, `t`, `cond`, `y_real`, the kept-sample mask) for a
+        subclass that adds terms on the same noisy samples (SiDA's adversarial loss)."""
         c = self.config
         cond = batch_conditioning(batch)
         B = cond.batch_size
@@ -121,7 +135,8 @@ class SiD(DistributionMatchingMethod):
             y_fake = self.scores.fake(x_t, t, cond, uncond=uncond, guidance_scale=c.fake_guidance).x0
             y_real = self.scores.real(x_t, t, cond, uncond=uncond, guidance_scale=c.real_guidance_scale, grad=True).x0
             loss, keep = sid_generator_loss(x_g, y_real, y_fake, alpha=c.alpha)
-        return {"loss": loss, "kept": keep.float().mean(), "student_step": torch.tensor(float(index))}
+        out = {"loss": loss, "kept": keep.float().mean(), "student_step": torch.tensor(float(index))}
+        return out, {"x_g": x_g, "x_t": x_t, "t": t, "cond": cond, "y_real": y_real, "keep": keep}
 
     def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         if name == "generator":
