@@ -281,6 +281,7 @@ def test_bad_inputs_fail_before_training(assets, tmp_path, capsys):
         ("dmd2", ["--num-steps", "2", "--generator-timestep", "625"], "--generator-timestep 625"),
         ("sid", ["--generator-timestep", "1000"], "--generator-timestep 1000"),
         ("sida", ["--adversarial-weight", "1.5"], "--adversarial-weight 1.5"),
+        ("sid", ["--regression-weight", "-1"], "--regression-weight -1"),
         ("sida", ["--adversarial-start", "-1"], "--adversarial-start -1"),
     ]
     for method, extra, expected in cases:
@@ -312,3 +313,37 @@ def test_sida_adversarial_loss_by_hand():
     expected = (4 * math.log(2) / 0.5 + 4 * math.log1p(math.exp(-2.0)) / 0.25) / 2
     assert float(sida_adversarial_loss(logits, w, 4)) == pytest.approx(expected, rel=1e-6)
     assert float(sida_adversarial_loss(torch.zeros(0), torch.ones(0), 4)) == 0.0  # every sample masked out
+
+
+def test_teacher_ode_samples_equal_the_stock_ddim_pipeline():
+    """The regression pairs' teacher outputs are exactly what stock diffusers' DDIM pipeline returns from the same
+    noise (eta = 0, CFG; `set_alpha_to_one` so that its last step returns x0 as `teacher_ode_samples` does)."""
+    from diffusers import DDIMScheduler
+    from sdtoolkit.trainers.distribution_matching import teacher_ode_samples
+
+    from sdtoolkit.denoiser import Denoiser
+    from sdtoolkit.score_distillation import FakeScoreConfig, ScorePair
+
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
+    pipe.set_progress_bar_config(disable=True)
+    teacher = Denoiser.from_pipeline(pipe)
+    scores = ScorePair(teacher, FakeScoreConfig(rank=4))
+    prompts = ["a photo of a red cube", "a photo of a blue sphere"]
+    cond, uncond = teacher.encode_prompt(prompts)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    ours = teacher_ode_samples(scores, z, cond, uncond, 3.0, 10, pipe.scheduler.config)
+    stock = pipe(prompts, latents=z.clone(), num_inference_steps=10, guidance_scale=3.0, output_type="latent").images
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4 * float(stock.abs().max()))
+
+
+def test_sid_regression_option_logs_its_term(assets, runs, tmp_path):
+    """SiD with DMD v1's regression (data-free: pairs from the teacher): the term is logged, positive and part of
+    the generator loss; at weight 0 it is absent."""
+    run = tmp_path / "sid-reg"
+    extra = ["--regression-weight", "1", "--regression-pairs", "4", "--regression-steps", "2"]
+    args = [*SID_ARGS, "--max-steps", "2", "--sample-every", "0", "--no-export", *extra]
+    assert distill(assets, "sid", run, *args) == 0
+    steps = losses(run)
+    assert all(steps[s]["generator/loss_regression"] > 0 for s in (1, 2))
+    assert "generator/loss_regression" not in losses(runs["sid"])[1]

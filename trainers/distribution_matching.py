@@ -27,6 +27,7 @@ __all__ = [
     "DistributionMatchingConfig",
     "DistributionMatchingMethod",
     "FewStepStudent",
+    "RegressionConfig",
     "student_timesteps",
     "teacher_ode_samples",
 ]
@@ -187,6 +188,20 @@ class DistributionMatchingConfig(MethodConfig):
     generator is exported). SiD and FastGen's DMD2 keep a generator EMA; DMD2's SD1.5 code exports the online one."""
 
 
+@dataclass
+class RegressionConfig(DistributionMatchingConfig):
+    """Distribution matching plus DMD v1's optional regression to the teacher's own noise -> image map (Yin et al.
+    2024a, Eq. 9): data-free, since the pairs come from the teacher (DMD2 and SiD)."""
+
+    regression_weight: float = 0.0
+    """Weight of the regression loss on teacher ODE pairs, on the scale of the method's own generator loss: DMD2 a
+    mean over elements, SiD a per-sample sum over elements like its loss (DMD v1: 0.25 with LPIPS; 0 = off)."""
+    regression_pairs: int = 256
+    """How many (noise, teacher output) pairs are generated at the start for the regression loss."""
+    regression_steps: int = 50
+    """DDIM steps of the teacher for those pairs."""
+
+
 class DistributionMatchingMethod(DistillationMethod):
     """Base class: student + score pair + per-step sample stash + sampling + export. Subclasses write the losses."""
 
@@ -218,6 +233,13 @@ class DistributionMatchingMethod(DistillationMethod):
         for name in ("learning_rate", "fake_learning_rate"):
             if getattr(config, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be > 0")
+        if isinstance(config, RegressionConfig):
+            if config.regression_weight < 0:
+                raise ValueError(f"--regression-weight {config.regression_weight} must be >= 0")
+            if config.regression_weight > 0 and config.regression_pairs < 1:
+                raise ValueError(
+                    f"--regression-pairs {config.regression_pairs} must be >= 1 with --regression-weight > 0"
+                )
 
     # ------------------------------------------------------------------ networks
 
@@ -268,6 +290,43 @@ class DistributionMatchingMethod(DistillationMethod):
         self.student = FewStepStudent(self.teacher.with_model(models["student"]), self.timesteps)
         self.head = models.get("discriminator")
         self._stash: dict[tuple[int, int], Tensor] = {}
+        self.pairs = None
+        if getattr(self.config, "regression_weight", 0) > 0:
+            self.pairs = self._regression_pairs(self.config.regression_pairs)
+
+    @torch.no_grad()
+    def _regression_pairs(self, count: int) -> dict[str, Tensor]:
+        """(z, prompt row, teacher DDIM output) triples, drawn from a generator seeded independently of training."""
+        generator = torch.Generator().manual_seed(1234)
+        text = self.training_data.text
+        rows = torch.randint(len(text.prompts), (count,), generator=generator)
+        z = torch.randn(self.latent_shape(count), generator=generator)
+        outputs = []
+        for start in range(0, count, 32):
+            idx = rows[start : start + 32]
+            zz = z[start : start + 32].to(self.accelerator.device)
+            x0 = teacher_ode_samples(
+                self.scores,
+                zz,
+                self.training_data.conditioning(idx),
+                self.uncond(len(idx)),
+                self.config.real_guidance_scale,
+                self.config.regression_steps,
+                self.teacher.pipeline.scheduler.config,
+            )
+            outputs.append(x0.cpu())
+        return {"z": z, "rows": rows, "x0": torch.cat(outputs)}
+
+    def regression_loss(self, batch_size: int, reduction: str = "mean") -> Tensor:
+        """DMD v1's regression: the student's one-step output from a stored noise vs the teacher's ODE output
+        (MSE on latents; `reduction="sum"` sums over each sample's elements and averages over the batch)."""
+        pairs = self.pairs
+        idx = torch.randint(len(pairs["z"]), (batch_size,))
+        device = self.accelerator.device
+        cond = self.training_data.conditioning(pairs["rows"][idx])
+        x = self.student.x0(pairs["z"][idx].to(device), 0, cond)
+        squared = (x.float() - pairs["x0"][idx].to(device).float()) ** 2
+        return squared.mean() if reduction == "mean" else squared.flatten(1).sum(1).mean()
 
     def after_step(self, name: str, step: int) -> None:
         """Generator EMA update after each (synced) generator step."""

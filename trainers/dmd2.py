@@ -33,13 +33,13 @@ from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
 from sdtoolkit.training_data import batch_conditioning, sample_latents
 from sdtoolkit.utils import frozen
 
-from .distribution_matching import DistributionMatchingConfig, DistributionMatchingMethod, teacher_ode_samples
+from .distribution_matching import DistributionMatchingMethod, RegressionConfig
 
 __all__ = ["DMD2", "DMD2Config"]
 
 
 @dataclass
-class DMD2Config(DistributionMatchingConfig):
+class DMD2Config(RegressionConfig):
     """DMD2 (Yin et al. 2024b); defaults are its SD1.5 recipe."""
 
     gan_weight: float = 0.0
@@ -49,12 +49,6 @@ class DMD2Config(DistributionMatchingConfig):
     gan_max_t: float = 0.0
     """Discriminator input: clean latents at t = 0 when 0 (DMD2 SD1.5's cls_on_clean_image), else latents noised
     at t ~ U[0, gan_max_t] (fraction of the schedule; DMD2's diffusion GAN)."""
-    regression_weight: float = 0.0
-    """Weight of DMD v1's regression loss on teacher ODE pairs (Yin et al. 2024a used 0.25 with LPIPS; 0 = off)."""
-    regression_pairs: int = 256
-    """How many (noise, teacher output) pairs are generated at the start for the regression loss."""
-    regression_steps: int = 50
-    """DDIM steps of the teacher for those pairs."""
 
 
 @register_method
@@ -74,13 +68,11 @@ class DMD2(DistributionMatchingMethod):
     @classmethod
     def check_config(cls, config: DMD2Config, train: TrainConfig) -> None:
         super().check_config(config, train)
-        for name in ("gan_weight", "discriminator_weight", "regression_weight"):
+        for name in ("gan_weight", "discriminator_weight"):
             if getattr(config, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be >= 0")
         if not 0.0 <= config.gan_max_t <= 1.0:
             raise ValueError(f"--gan-max-t {config.gan_max_t} must be a fraction in [0, 1]")
-        if config.regression_weight > 0 and config.regression_pairs < 1:
-            raise ValueError(f"--regression-pairs {config.regression_pairs} must be >= 1 with --regression-weight > 0")
 
     # ------------------------------------------------------------------ networks
 
@@ -104,37 +96,6 @@ class DMD2(DistributionMatchingMethod):
             ),
             OptimizerSpec("fake_score", fake_params, lr=c.fake_learning_rate, **self._adam()),
         ]
-
-    def setup(self, models: dict[str, nn.Module]) -> None:
-        super().setup(models)
-        self.pairs = None
-        c = self.config
-        if c.regression_weight > 0:
-            self.pairs = self._regression_pairs(c.regression_pairs)
-
-    @torch.no_grad()
-    def _regression_pairs(self, count: int) -> dict[str, Tensor]:
-        """(z, prompt row, teacher DDIM output) triples, drawn from a generator seeded independently of training."""
-        generator = torch.Generator().manual_seed(1234)
-        text = self.training_data.text
-        rows = torch.randint(len(text.prompts), (count,), generator=generator)
-        z = torch.randn(self.latent_shape(count), generator=generator)
-        outputs = []
-        for start in range(0, count, 32):
-            idx = rows[start : start + 32]
-            cond = self.training_data.conditioning(idx)
-            zz = z[start : start + 32].to(self.accelerator.device)
-            x0 = teacher_ode_samples(
-                self.scores,
-                zz,
-                cond,
-                self.uncond(len(idx)),
-                self.config.real_guidance_scale,
-                self.config.regression_steps,
-                self.teacher.pipeline.scheduler.config,
-            )
-            outputs.append(x0.cpu())
-        return {"z": z, "rows": rows, "x0": torch.cat(outputs)}
 
     # ------------------------------------------------------------------ losses
 
@@ -170,15 +131,6 @@ class DMD2(DistributionMatchingMethod):
             loss = loss + c.regression_weight * out["loss_regression"]
         out["student_step"] = torch.tensor(float(index))
         return {"loss": loss, **out}
-
-    def regression_loss(self, batch_size: int) -> Tensor:
-        """DMD v1's regression: the student's one-step output from a stored noise vs the teacher's ODE output."""
-        pairs = self.pairs
-        idx = torch.randint(len(pairs["z"]), (batch_size,))
-        device = self.accelerator.device
-        cond = self.training_data.conditioning(pairs["rows"][idx])
-        x = self.student.x0(pairs["z"][idx].to(device), 0, cond)
-        return torch.nn.functional.mse_loss(x.float(), pairs["x0"][idx].to(device).float())
 
     def fake_score_loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         c = self.config

@@ -13,6 +13,10 @@ Per global step (fake score first, then the generator, as SiD's Algorithm 1):
    (`real_guidance_scale`), both with gradients into x_t (the teacher's and the fake score's weights stay fixed);
    L = sum (y_r - y_f) * ((y_r - x_g) - alpha (y_r - y_f)) / mean|x_g - y_r| (Eq. 14), NaN samples masked.
 
+Option (not SiD's): DMD v1's regression of the generator's output from stored noises onto the teacher's own ODE
+outputs (`--regression-weight`, on SiD's per-sample-sum scale). It keeps the method data-free (the pairs come from
+the teacher) and anchors the noise -> image map, against the view collapse measured in benchmarks/RESULTS.md.
+
 Deviations: the generator input is pure noise z at the student's timestep (999 for one step by default;
 `--generator-timestep 625` gives SiD-LSG's timestep) rather than SiD-LSG's sigma_625 z, so that the exported stock
 pipeline (which starts from z) samples exactly what was trained; the fake score is by default a LoRA on the
@@ -31,13 +35,13 @@ from sdtoolkit.score_distillation import drop_conditioning, sample_timesteps, si
 from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
 from sdtoolkit.training_data import batch_conditioning
 
-from .distribution_matching import DistributionMatchingConfig, DistributionMatchingMethod
+from .distribution_matching import DistributionMatchingMethod, RegressionConfig
 
 __all__ = ["SiD", "SiDConfig"]
 
 
 @dataclass
-class SiDConfig(DistributionMatchingConfig):
+class SiDConfig(RegressionConfig):
     """SiD / SiD-LSG; defaults are SiD-LSG's SD1.5 run (`run_sid.sh`)."""
 
     alpha: float = 1.0
@@ -135,7 +139,11 @@ class SiD(DistributionMatchingMethod):
             y_fake = self.scores.fake(x_t, t, cond, uncond=uncond, guidance_scale=c.fake_guidance).x0
             y_real = self.scores.real(x_t, t, cond, uncond=uncond, guidance_scale=c.real_guidance_scale, grad=True).x0
             loss, keep = sid_generator_loss(x_g, y_real, y_fake, alpha=c.alpha)
-        out = {"loss": loss, "kept": keep.float().mean(), "student_step": torch.tensor(float(index))}
+        out = {}
+        if c.regression_weight > 0:  # on SiD's per-sample-sum scale
+            out["loss_regression"] = self.regression_loss(B, reduction="sum")
+            loss = loss + c.regression_weight * out["loss_regression"]
+        out |= {"loss": loss, "kept": keep.float().mean(), "student_step": torch.tensor(float(index))}
         return out, {"x_g": x_g, "x_t": x_t, "t": t, "cond": cond, "y_real": y_real, "keep": keep}
 
     def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
