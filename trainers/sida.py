@@ -18,10 +18,12 @@ Where this differs from SiDA, and why:
 - D is DMD2's small classification head on the UNet mid-block output (`BottleneckHead`, one logit per sample); SiDA
   reads its EDM2 encoder's output map directly as a map of logits, which a Stable Diffusion mid block (features,
   not logits) does not provide;
-- warm-up: SiDA holds the generator for its first 100k images and adds the GAN term after 200k; a short run here
-  sees ~30k images in all, so the generator starts at once and the GAN term after `adversarial_start` steps;
-- the discriminator loss is not weighted in t (SiDA uses EDM's lambda(sigma), the weight of its x0 denoising loss;
-  the fake score here regresses eps, which carries that weighting already).
+- warm-up: SiDA holds the generator for its first 100k images and adds the GAN term after 200k; a CPU run here
+  sees 25-50k images in all, so the generator starts at once and the GAN term after `adversarial_start` steps;
+- the discriminator loss is not weighted in t (SiDA weights it by EDM's lambda(sigma), the weight of its own x0
+  denoising loss; the fake score here is trained with the Denoiser's unweighted native-target MSE, and the
+  discriminator term follows it unweighted).
+With `--regression-weight` (inherited from SiD) the regression term is part of L_SiD above (logged `loss_sid`).
 Unlike SiD, SiDA is not data-free: it reads real images (`--data`, or builtin:shapes renders).
 """
 
