@@ -77,7 +77,9 @@ def curve(run: Path, method: str, ttur: int) -> list[dict]:
     return points
 
 
-def evaluate(folder: Path, steps: int, guidance: float, device: str, seeds: int, evaluator) -> dict:
+def evaluate(
+    folder: Path, steps: int, guidance: float, device: str, seeds: int, evaluator, fd_splits: int = 0
+) -> dict:
     from diffusers import DiffusionPipeline
 
     from sdtoolkit.data import all_prompts
@@ -88,7 +90,15 @@ def evaluate(folder: Path, steps: int, guidance: float, device: str, seeds: int,
     prompts = [p for p in all_prompts() for _ in range(seeds)]
     started = time.perf_counter()
     scores = evaluate_pipeline(
-        pipe, prompts, steps, guidance, seed=0, batch_size=120, evaluator=evaluator, progress=False
+        pipe,
+        prompts,
+        steps,
+        guidance,
+        seed=0,
+        batch_size=120,
+        evaluator=evaluator,
+        progress=False,
+        fd_splits=fd_splits,
     )
     scores["eval_seconds"] = round(time.perf_counter() - started, 1)
     scores["pipeline"] = type(pipe).__name__

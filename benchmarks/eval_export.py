@@ -21,7 +21,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the scores (appended per folder)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: num_inference_steps of its export.json)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale (default: guidance_scale of its export.json)"
+    )
+    parser.add_argument(
+        "--fd-splits",
+        type=int,
+        default=0,
+        help="also the FD of K interleaved splits (each holding every prompt; K must divide --seeds) for its noise",
+    )
     args = parser.parse_args(argv)
+    if args.fd_splits and (args.fd_splits < 2 or args.seeds % args.fd_splits):
+        parser.error(f"--fd-splits {args.fd_splits} must be 0 or a divisor >= 2 of --seeds {args.seeds}")
     torch.set_num_threads(args.threads)
     from benchmarks.dm_shapes import evaluate
     from sdtoolkit.eval import Evaluator
@@ -30,15 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     for folder in args.exports:
         spec = json.loads((folder / "export.json").read_text())
-        scores = evaluate(
-            folder, spec["num_inference_steps"], spec["guidance_scale"], args.device, args.seeds, evaluator
-        )
+        steps = spec["num_inference_steps"] if args.steps is None else args.steps
+        guidance = spec["guidance_scale"] if args.guidance is None else args.guidance
+        scores = evaluate(folder, steps, guidance, args.device, args.seeds, evaluator, args.fd_splits)
         results[str(folder)] = scores
         print(
             f"{folder}: prompt acc {scores['prompt_accuracy']:.3f} shape {scores['shape_accuracy']:.3f} "
             f"colour {scores['colour_accuracy']:.3f} FD-shapes {scores['fd_shapes']:.2f}",
             flush=True,
         )
+        if "fd_shapes_splits" in scores:
+            splits = torch.tensor(scores["fd_shapes_splits"])
+            print(f"  FD-shapes of {len(splits)} splits: mean {splits.mean():.2f}, sd {splits.std():.2f}", flush=True)
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0

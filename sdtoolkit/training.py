@@ -626,7 +626,9 @@ class Trainer:
         count = min(self.config.validation_prompts, len(prompts))
         indices = [round(i * len(prompts) / count) for i in range(count)]
         chunks = [indices[i : i + 32] for i in range(0, count, 32)]
-        images = torch.cat([self._sample_images(chunk, self.config.seed + 7) for chunk in chunks])
+        # one seed per chunk: with a shared seed, prompts 32 apart would share their noise (32 distinct noises)
+        seeds = [self.config.seed + 7 + 1009 * k for k in range(len(chunks))]
+        images = torch.cat([self._sample_images(chunk, seed) for chunk, seed in zip(chunks, seeds)])
         scores = Evaluator.load().score(images, [prompts[i] for i in indices])
         metrics = _scalar_metrics(scores)
         self.metrics = {f"val/{k}": v for k, v in metrics.items()}

@@ -208,6 +208,26 @@ def test_evaluate_pipeline_on_the_tiny_pipeline(evaluator):
         evaluate_pipeline(pipe, ["a pink cube"], steps=1, guidance=1.0, evaluator=evaluator)
 
 
+def test_evaluate_pipeline_fd_splits_are_the_interleaved_subsets(evaluator):
+    """`fd_splits=2`: the FD of images[0::2] and images[1::2] against the same reference, by hand."""
+    from sdtoolkit.eval import generate_images
+    from sdtoolkit.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [p for p in ["a red cube", "a green cone", "a blue sphere"] for _ in range(2)]
+    kwargs = {"steps": 1, "guidance": 1.0, "batch_size": 4, "progress": False}
+    scores = evaluate_pipeline(pipe, prompts, evaluator=evaluator, reference_num=16, fd_splits=2, **kwargs)
+    images = generate_images(pipe, prompts, **kwargs)
+    reference = evaluator.reference_stats(n=16)
+    expected = [evaluator.fd_shapes(images[k::2], reference) for k in range(2)]
+    assert scores["fd_shapes_splits"] == pytest.approx(expected, rel=1e-6)
+    assert scores["fd_shapes"] == pytest.approx(evaluator.fd_shapes(images, reference), rel=1e-6)
+    for bad in (1, -2, 4):  # 4 splits of 6 images leave a split with one image
+        with pytest.raises(ValueError, match=f"fd_splits={bad}"):
+            evaluate_pipeline(pipe, prompts, evaluator=evaluator, fd_splits=bad, **kwargs)
+
+
 def test_clip_score_and_fid_say_what_to_install_without_torchmetrics(monkeypatch):
     for name in [m for m in sys.modules if m == "torchmetrics" or m.startswith("torchmetrics.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -32,3 +32,29 @@ def test_log_every_defers_host_syncs_without_changing_the_log(teacher, tmp_path)
     deferred = _run(teacher, tmp_path / "b", "--log-every", "3")
     assert [entry["step"] for entry in deferred] == [1, 2, 3, 4]
     assert deferred == every_step
+
+
+def test_validation_on_the_builtin_teacher_gives_every_chunk_its_own_noise(tmp_path, monkeypatch):
+    """`--validate-every` on builtin:shapes scores the student with the shipped evaluator and logs `val/*`; its
+    prompts are sampled in chunks of 32, each chunk from its own seed (a shared seed gave prompts 32 apart the same
+    noise, so 120 prompts saw only 32 noises)."""
+    from sdtoolkit.training import Trainer
+
+    seeds = []
+    original = Trainer._sample_images
+
+    def spy(self, prompt_indices, seed):
+        seeds.append((len(prompt_indices), seed))
+        return original(self, prompt_indices, seed)
+
+    monkeypatch.setattr(Trainer, "_sample_images", spy)
+    torch.set_num_threads(1)
+    output = tmp_path / "run"
+    args = ["distill", "sid", "--teacher", "builtin:shapes", "--output", str(output), "--max-steps", "1"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--sample-every", "0", "--log-with", "none"]
+    args += ["--no-export", "--validate-every", "1", "--validation-prompts", "40", "--fake-rank", "4"]
+    assert main(args) == 0
+    assert [n for n, _ in seeds] == [32, 8]
+    assert len({seed for _, seed in seeds}) == 2
+    entry = json.loads((output / "losses.jsonl").read_text().splitlines()[-1])
+    assert entry["val/num_images"] == 40 and 0.0 <= entry["val/prompt_accuracy"] <= 1.0

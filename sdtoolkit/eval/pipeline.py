@@ -44,15 +44,28 @@ def evaluate_pipeline(
     evaluator: Evaluator | None = None,
     reference_num: int = REFERENCE_NUM,
     progress: bool = True,
+    fd_splits: int = 0,
 ) -> dict:
     """Generates one image per prompt with `pipe` and scores them: `Evaluator.score` plus `fd_shapes` against
-    `reference_num` real renders (skipped when 0 or when fewer than 2 prompts). Prompts are checked first."""
+    `reference_num` real renders (skipped when 0 or when fewer than 2 prompts). Prompts are checked first.
+
+    `fd_splits` K > 1 adds `fd_shapes_splits`: the FD of each interleaved split `images[k::K]` against the same
+    reference, a measure of FD's sampling noise at N / K images (with prompts listed prompt-major, seeds per prompt a
+    multiple of K, each split holds every prompt equally often; image i is seeded `seed + i`, so the splits of two
+    pipelines scored with the same prompts are paired)."""
+    if fd_splits < 0 or fd_splits == 1 or (fd_splits and len(prompts) < 2 * fd_splits):
+        raise ValueError(f"fd_splits={fd_splits}: use 0 (none) or K >= 2 with at least 2 images per split")
     for prompt in prompts:
         parse_caption(prompt)
     evaluator = Evaluator.load() if evaluator is None else evaluator
     images = generate_images(pipe, prompts, steps, guidance, seed=seed, batch_size=batch_size, progress=progress)
     scores = evaluator.score(images, prompts)
     if reference_num > 0 and len(prompts) >= 2:
-        scores["fd_shapes"] = evaluator.fd_shapes(images, evaluator.reference_stats(n=reference_num))
+        reference = evaluator.reference_stats(n=reference_num)
+        scores["fd_shapes"] = evaluator.fd_shapes(images, reference)
+        if fd_splits:
+            scores["fd_shapes_splits"] = [
+                evaluator.fd_shapes(images[k::fd_splits], reference) for k in range(fd_splits)
+            ]
     scores.update(steps=steps, guidance=guidance, seed=seed)
     return scores
