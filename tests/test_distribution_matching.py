@@ -304,11 +304,11 @@ def test_eval_export_scores_an_exported_student(runs, tmp_path):
     assert scores["num_images"] == 120 and scores["pipeline"] == "StableDiffusionPipeline"
     assert 0.0 <= scores["prompt_accuracy"] <= 1.0 and scores["fd_shapes"] > 0
     assert (scores["steps"], scores["guidance"]) == (1, 1.0)  # from its export.json
-    key = str(runs["sid"] / "export")
-    args = [key, "--seeds", "1", "--steps", "2", "--guidance", "3", "--out", str(out)]
+    key = str(runs["dmd2"] / "export")  # a 2-step student, sampled here with 1 step and CFG 3
+    args = [key, "--seeds", "1", "--steps", "1", "--guidance", "3", "--out", str(out)]
     assert eval_export.main(args) == 0
     overridden = json.loads(out.read_text())[key]
-    assert (overridden["steps"], overridden["guidance"]) == (2, 3.0)
+    assert (overridden["steps"], overridden["guidance"]) == (1, 3.0)
     with pytest.raises(SystemExit):  # 2 splits of 1 seed per prompt
         eval_export.main([key, "--seeds", "1", "--fd-splits", "2"])
 
