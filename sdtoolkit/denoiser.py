@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from sdtoolkit.guidance import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
 from sdtoolkit.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
 from sdtoolkit.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
+from sdtoolkit.utils import cast_floating
 
 SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "SanaTransformer2DModel")
 #: blocks compiled by `Denoiser.compile(regional=True)` when the model declares no `_repeated_blocks`
@@ -447,7 +448,7 @@ class Denoiser(nn.Module):
             dtype = torch.float32
             if self.device.type == "cuda":
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.base_model.requires_grad_(False).eval().to(dtype)
+        cast_floating(self.base_model.requires_grad_(False).eval(), dtype)
         for name in ("vae", "text_encoder"):
             part = self._parts[name]
             if part is not None:

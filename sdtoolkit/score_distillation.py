@@ -58,7 +58,7 @@ from sdtoolkit.adapters import adapter_state
 from sdtoolkit.adapters import tuner_layers as _tuner_layers
 from sdtoolkit.denoiser import Conditioning, Denoiser, Prediction
 from sdtoolkit.schedules import NoiseSchedule, VPSchedule
-from sdtoolkit.utils import append_dims, frozen
+from sdtoolkit.utils import append_dims, cast_floating, frozen
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
@@ -290,7 +290,7 @@ class ScorePair(nn.Module):
             backbone = copy.deepcopy(base)
             for m in _tuner_layers(backbone):  # a full copy starts from the plain teacher weights
                 m.enable_adapters(False)
-            backbone.to(torch.float32).requires_grad_(True).train()  # trainable master weights in fp32
+            cast_floating(backbone, torch.float32).requires_grad_(True).train()  # trainable master weights in fp32
             self._fake_backbone = backbone  # registered: trained, checkpointed
             self.fake_denoiser = teacher.with_model(backbone)
         self.extra_embedding: ExtraEmbedding | None = None

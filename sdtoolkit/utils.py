@@ -35,3 +35,14 @@ def frozen(*parts: nn.Module | Iterable[nn.Parameter] | None) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+
+
+def cast_floating(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`module.to(dtype)` only when some floating parameter or buffer has another dtype.
+
+    Casting a diffusers model that already has the dtype is a no-op that still logs diffusers' "modules that should
+    be kept in float32: []" warning on every run; skipping it keeps the logs to what matters."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+        module.to(dtype)
+    return module

@@ -200,6 +200,18 @@ def test_freeze_and_with_model(pipe):
     assert any(p.requires_grad for p in other.parameters())
 
 
+def test_freeze_casts_only_when_the_dtype_differs(pipe, caplog):
+    import copy
+    import logging
+
+    denoiser = Denoiser.from_pipeline(copy.deepcopy(pipe))
+    with caplog.at_level(logging.WARNING):
+        denoiser.freeze(torch.float32)  # already fp32: no cast, so no diffusers "kept in float32" warning
+    assert "kept in float32" not in caplog.text
+    denoiser.freeze(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in denoiser.base_model.parameters())
+
+
 def test_unsupported_model_and_trigflow_mismatch_errors():
     with pytest.raises(ValueError, match="supported: UNet2DConditionModel"):
         Denoiser(torch.nn.Linear(2, 2), FlowSchedule(), "flow")
