@@ -355,3 +355,26 @@ def test_sid_regression_option_logs_its_term(assets, runs, tmp_path):
     steps = losses(run)
     assert all(steps[s]["generator/loss_regression"] > 0 for s in (1, 2))
     assert "generator/loss_regression" not in losses(runs["sid"])[1]
+
+
+def test_regression_pairs_are_stored_and_reused_on_resume(assets, tmp_path, monkeypatch):
+    """The teacher's ODE pairs are written to the run folder once; a resumed run reads them back (no teacher solve)
+    and continues with the losses of an uninterrupted run."""
+    import sdtoolkit.trainers.distribution_matching as dm
+
+    extra = ["--regression-weight", "1", "--regression-pairs", "4", "--regression-steps", "2", "--no-export"]
+    args = [*SID_ARGS, "--sample-every", "0", "--checkpoint-every", "1", *extra]
+    full, short = tmp_path / "full", tmp_path / "short"
+    assert distill(assets, "sid", full, *args, "--max-steps", "3") == 0
+    assert distill(assets, "sid", short, *args, "--max-steps", "2") == 0
+    stored = load_file(str(short / dm.REGRESSION_PAIRS_NAME))
+    assert stored["z"].shape[0] == stored["x0"].shape[0] == stored["rows"].shape[0] == 4
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("the stored pairs should have been reused")
+
+    monkeypatch.setattr(dm, "teacher_ode_samples", no_solve)
+    assert main(["distill", "sid", "--resume", str(short), "--max-steps", "3"]) == 0
+    key = "generator/loss_regression"
+    a, b = losses(short)[3][key], losses(full)[3][key]
+    assert abs(a - b) <= 1e-6 * b

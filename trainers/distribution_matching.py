@@ -145,6 +145,17 @@ def teacher_ode_samples(
     return x
 
 
+REGRESSION_PAIRS_NAME = "regression_pairs.safetensors"
+"""File in the run folder holding the regression pairs (reused on resume)."""
+
+
+def hash_prompts(prompts: list[str]) -> str:
+    """A stable fingerprint of the prompt list (the pairs' prompt rows index it)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+
+
 @dataclass
 class DistributionMatchingConfig(MethodConfig):
     """Settings shared by the distribution-matching methods (defaults: DMD2 on SD1.5, Yin et al. 2024b)."""
@@ -296,12 +307,35 @@ class DistributionMatchingMethod(DistillationMethod):
 
     @torch.no_grad()
     def _regression_pairs(self, count: int) -> dict[str, Tensor]:
-        """(z, prompt row, teacher DDIM output) triples, drawn from a generator seeded independently of training."""
-        generator = torch.Generator().manual_seed(1234)
+        """(z, prompt row, teacher DDIM output) triples, drawn from a generator seeded independently of training.
+
+        Generating them is the teacher's full ODE solve per pair (minutes for thousands), so they are written to
+        the run folder (`regression_pairs.safetensors`, keyed by what determines them) and read back on resume."""
+        from safetensors.torch import load_file, save_file
+        from tqdm.auto import tqdm
+
         text = self.training_data.text
+        key = {
+            "count": str(count),
+            "steps": str(self.config.regression_steps),
+            "guidance": repr(float(self.config.real_guidance_scale)),
+            "latent_shape": repr(tuple(self.latent_shape(1))[1:]),
+            "prompts": str(hash_prompts(text.prompts)),
+        }
+        folder = getattr(self.accelerator, "project_dir", None)
+        path = Path(folder) / REGRESSION_PAIRS_NAME if folder else None
+        if path is not None and path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                stored = handle.metadata() or {}
+            if all(stored.get(k) == v for k, v in key.items()):
+                return load_file(str(path))
+        generator = torch.Generator().manual_seed(1234)
         rows = torch.randint(len(text.prompts), (count,), generator=generator)
         z = torch.randn(self.latent_shape(count), generator=generator)
         outputs = []
+        bar = tqdm(total=count, desc="teacher ODE pairs", unit="pair", disable=not self.accelerator.is_main_process)
         for start in range(0, count, 32):
             idx = rows[start : start + 32]
             zz = z[start : start + 32].to(self.accelerator.device)
@@ -315,7 +349,14 @@ class DistributionMatchingMethod(DistillationMethod):
                 self.teacher.pipeline.scheduler.config,
             )
             outputs.append(x0.cpu())
-        return {"z": z, "rows": rows, "x0": torch.cat(outputs)}
+            bar.update(len(idx))
+        bar.close()
+        pairs = {"z": z, "rows": rows, "x0": torch.cat(outputs)}
+        if path is not None and self.accelerator.is_main_process:
+            partial = path.with_suffix(".partial")
+            save_file(pairs, str(partial), metadata=key)
+            partial.replace(path)
+        return pairs
 
     def regression_loss(self, batch_size: int, reduction: str = "mean") -> Tensor:
         """DMD v1's regression: the student's one-step output from a stored noise vs the teacher's ODE output
