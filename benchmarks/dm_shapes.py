@@ -78,7 +78,14 @@ def curve(run: Path, method: str, ttur: int) -> list[dict]:
 
 
 def evaluate(
-    folder: Path, steps: int, guidance: float, device: str, seeds: int, evaluator, fd_splits: int = 0
+    folder: Path,
+    steps: int,
+    guidance: float,
+    device: str,
+    seeds: int,
+    evaluator,
+    fd_splits: int = 0,
+    seed: int = 0,
 ) -> dict:
     from diffusers import DiffusionPipeline
 
@@ -94,7 +101,7 @@ def evaluate(
         prompts,
         steps,
         guidance,
-        seed=0,
+        seed=seed,
         batch_size=120,
         evaluator=evaluator,
         progress=False,

@@ -15,7 +15,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_export", description=__doc__.split("\n\n")[0])
     parser.add_argument("exports", nargs="+", type=Path, help="exported pipeline folders (with export.json)")
     parser.add_argument("--seeds", type=int, default=5, help="images per builtin prompt (120 prompts)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also the FD of K interleaved splits (each holding every prompt; K must divide --seeds) for its noise",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="noise seed of the first image (image i uses seed + i): another value gives an independent replicate",
+    )
     args = parser.parse_args(argv)
     if args.fd_splits and (args.fd_splits < 2 or args.seeds % args.fd_splits):
         parser.error(f"--fd-splits {args.fd_splits} must be 0 or a divisor >= 2 of --seeds {args.seeds}")
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads((folder / "export.json").read_text())
         steps = spec["num_inference_steps"] if args.steps is None else args.steps
         guidance = spec["guidance_scale"] if args.guidance is None else args.guidance
-        scores = evaluate(folder, steps, guidance, args.device, args.seeds, evaluator, args.fd_splits)
+        scores = evaluate(folder, steps, guidance, args.device, args.seeds, evaluator, args.fd_splits, args.seed)
         results[str(folder)] = scores
         print(
             f"{folder}: prompt acc {scores['prompt_accuracy']:.3f} shape {scores['shape_accuracy']:.3f} "

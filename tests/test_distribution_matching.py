@@ -309,6 +309,10 @@ def test_eval_export_scores_an_exported_student(runs, tmp_path):
     assert eval_export.main(args) == 0
     overridden = json.loads(out.read_text())[key]
     assert (overridden["steps"], overridden["guidance"]) == (1, 3.0)
+    assert eval_export.main([*args, "--seed", "5000"]) == 0  # an independent replicate: other noises
+    replicate = json.loads(out.read_text())[key]
+    assert replicate["seed"] == 5000 and overridden["seed"] == 0
+    assert replicate["fd_shapes"] != overridden["fd_shapes"]
     with pytest.raises(SystemExit):  # 2 splits of 1 seed per prompt
         eval_export.main([key, "--seeds", "1", "--fd-splits", "2"])
 
