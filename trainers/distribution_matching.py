@@ -320,7 +320,7 @@ class DistributionMatchingMethod(DistillationMethod):
             "steps": str(self.config.regression_steps),
             "guidance": repr(float(self.config.real_guidance_scale)),
             "latent_shape": repr(tuple(self.latent_shape(1))[1:]),
-            "prompts": str(hash_prompts(text.prompts)),
+            "prompts": hash_prompts(text.prompts),
         }
         folder = getattr(self.accelerator, "project_dir", None)
         path = Path(folder) / REGRESSION_PAIRS_NAME if folder else None
