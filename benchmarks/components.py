@@ -63,7 +63,7 @@ class Components:
         if self.size == "sd15":
             return UNet2DConditionModel(**SD15_UNET, time_cond_proj_dim=time_cond_proj_dim).to(self.device)
         if self.size == "shapes":
-            from sdtoolkit.shapes_teacher import TeacherConfig, build_unet
+            from sdtoolkit.models.shapes_teacher import TeacherConfig, build_unet
 
             config = build_unet(TeacherConfig()).config
             torch.manual_seed(seed)  # a keyword, not a dict entry: from_config drops the config's default-valued keys
@@ -81,7 +81,7 @@ class Components:
         if self.size == "sd15":
             return AutoencoderKL(**SD15_VAE).to(self.device)
         if self.size == "shapes":
-            from sdtoolkit.shapes_teacher import TeacherConfig, build_vae
+            from sdtoolkit.models.shapes_teacher import TeacherConfig, build_vae
 
             return build_vae(TeacherConfig()).to(self.device)
         from sdtoolkit.testing import tiny_vae

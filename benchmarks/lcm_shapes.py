@@ -54,7 +54,7 @@ def main() -> None:
 
     from sdtoolkit.data import all_prompts
     from sdtoolkit.eval import Evaluator, generate_images
-    from sdtoolkit.loading import resolve_model_id
+    from sdtoolkit.models.loading import resolve_model_id
 
     evaluator = Evaluator.load(device=args.device)
     prompts = all_prompts() * args.seeds

@@ -69,7 +69,7 @@ def peak_over_steps(step, device: torch.device, baseline_kb: int, repeats: int =
 
 def _build_unet(size: str, device: torch.device):
     from benchmarks.components import SD15_UNET
-    from sdtoolkit.shapes_teacher import TeacherConfig, build_unet
+    from sdtoolkit.models.shapes_teacher import TeacherConfig, build_unet
 
     torch.manual_seed(0)
     if size == "sd15":
@@ -84,9 +84,9 @@ def _build_unet(size: str, device: torch.device):
 
 
 def worker(mode: str, size: str, device: torch.device, batch_size: int, rank: int) -> dict:
-    from sdtoolkit.denoiser import Conditioning, Denoiser
-    from sdtoolkit.schedules import VPSchedule, make_betas
-    from sdtoolkit.score_distillation import (
+    from sdtoolkit.core.denoiser import Conditioning, Denoiser
+    from sdtoolkit.core.schedules import VPSchedule, make_betas
+    from sdtoolkit.distill.score_distillation import (
         FakeScoreConfig,
         ScorePair,
         dmd_gradient,

@@ -47,7 +47,7 @@ def worker(method: str, knob: str, size: str, device: torch.device, batch_size: 
     import diffusers  # noqa: F401
     import peft  # noqa: F401
 
-    import sdtoolkit.training  # noqa: F401
+    import sdtoolkit.distill.loop  # noqa: F401
     from benchmarks import components, workloads
     from benchmarks.memory_dmd2 import _rss_kb, peak_over_steps
 

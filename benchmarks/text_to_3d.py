@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from sdtoolkit.eval import Evaluator
-    from sdtoolkit.guidance3d import parse_layout
     from sdtoolkit.text_to_3d import TextTo3DConfig, generate, train
     from sdtoolkit.text_to_3d.evaluate import evaluate_asset, evaluate_layout
+    from sdtoolkit.text_to_3d.guidance import parse_layout
     from sdtoolkit.text_to_3d.trainer import load_prior, render_turntable, save_image_grid
 
     evaluator = Evaluator.load()

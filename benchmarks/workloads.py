@@ -32,8 +32,8 @@ class Workload:
 
 def _toolkit_denoiser(comps: Components, mixed_precision: bool, variant: str, time_cond_proj_dim=None):
     """A frozen teacher Denoiser with sdtoolkit's optimized path switched on per `variant`."""
-    from sdtoolkit.denoiser import Denoiser
-    from sdtoolkit.schedules import schedule_from_config
+    from sdtoolkit.core.denoiser import Denoiser
+    from sdtoolkit.core.schedules import schedule_from_config
 
     unet = comps.unet(time_cond_proj_dim=time_cond_proj_dim)
     denoiser = Denoiser(unet, schedule_from_config(comps.scheduler()), "epsilon")
@@ -47,7 +47,7 @@ def _toolkit_denoiser(comps: Components, mixed_precision: bool, variant: str, ti
 
 
 def toolkit_forward(comps: Components, mixed_precision: bool, variant: str):
-    from sdtoolkit.denoiser import Conditioning
+    from sdtoolkit.core.denoiser import Conditioning
 
     denoiser = _toolkit_denoiser(comps, mixed_precision, variant)
     x, cond = comps.latents(), Conditioning(comps.text())
@@ -62,7 +62,7 @@ def toolkit_forward(comps: Components, mixed_precision: bool, variant: str):
 
 def forward_numerics(comps: Components, mixed_precision: bool) -> dict:
     """Max abs difference of sdtoolkit's eager forward against the plain forward on the same weights and inputs."""
-    from sdtoolkit.denoiser import Conditioning
+    from sdtoolkit.core.denoiser import Conditioning
 
     denoiser = _toolkit_denoiser(comps, mixed_precision, "eager")
     unet = denoiser.base_model
@@ -104,9 +104,9 @@ def synthetic_trainer(
 
     from diffusers import StableDiffusionPipeline
 
+    from sdtoolkit.distill.data import CachedImageDataset, CachedPromptDataset, TextCache
+    from sdtoolkit.distill.loop import TrainConfig, Trainer, get_method
     from sdtoolkit.testing import tiny_text_encoder, tiny_tokenizer
-    from sdtoolkit.training import TrainConfig, Trainer, get_method
-    from sdtoolkit.training_data import CachedImageDataset, CachedPromptDataset, TextCache
 
     tokenizer = tiny_tokenizer()
     pipeline = StableDiffusionPipeline(
@@ -183,7 +183,7 @@ def toolkit_sid(comps: Components, mixed_precision: bool, variant: str):
 
 
 def _dm_overrides(method: str) -> dict:
-    from sdtoolkit.training import get_method
+    from sdtoolkit.distill.loop import get_method
 
     fields = {f.name for f in __import__("dataclasses").fields(get_method(method).config_class)}
     overrides = {}
@@ -231,7 +231,7 @@ def toolkit_text_to_3d(comps: Components, mixed_precision: bool, variant: str, m
     Variants: `eager`: the prior frozen in the benchmark's weight dtype (bf16 UNet and VAE on a GPU, as the
     reference), auto attention kernel, channels_last on CUDA; `compiled`: plus regional torch.compile of the UNet;
     `fp32-prior`: the prior exactly as `sdtoolkit text-to-3d` loads it today (`load_prior`: fp32, nothing else)."""
-    from sdtoolkit.denoiser import Denoiser
+    from sdtoolkit.core.denoiser import Denoiser
     from sdtoolkit.text_to_3d import TextTo3DConfig
     from sdtoolkit.text_to_3d.trainer import setup, training_step
 

@@ -171,7 +171,7 @@ def export_pipeline(
     student_dir, out_dir = Path(student_dir), Path(out_dir)
     spec = spec or ExportSpec.load(student_dir)
     if isinstance(teacher, str):
-        from sdtoolkit.training import load_teacher_pipeline
+        from sdtoolkit.models.loading import load_teacher_pipeline
 
         teacher = load_teacher_pipeline(teacher)
     components = {

@@ -9,7 +9,7 @@ TINY_WORDS = "a photo of red green blue yellow cube sphere cone torus cylinder f
 
 
 def tiny_tokenizer(model_max_length: int = 16):
-    from sdtoolkit.text import build_word_tokenizer
+    from sdtoolkit.models.text import build_word_tokenizer
 
     return build_word_tokenizer([TINY_WORDS], model_max_length=model_max_length)
 

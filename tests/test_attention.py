@@ -1,11 +1,11 @@
-"""Tests for sdtoolkit.attention: backend discovery, resolution errors, equal outputs, and JVP-safe mode."""
+"""Tests for sdtoolkit.core.attention: backend discovery, resolution errors, equal outputs, and JVP-safe mode."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sdtoolkit.attention import (
+from sdtoolkit.core.attention import (
     ATTENTION_BACKENDS,
     available_backends,
     configure_attention,

@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelPipeline
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
-from sdtoolkit.guidance import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
-from sdtoolkit.schedules import FlowSchedule, VPSchedule
+from sdtoolkit.core.cfg import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.schedules import FlowSchedule, VPSchedule
 from sdtoolkit.testing import tiny_sd3_transformer, tiny_sd_pipeline, tiny_unconditional_unet
 
 

@@ -253,7 +253,7 @@ def test_student_timesteps_are_the_stock_lcm_schedules():
 def test_toolkit_sampler_equals_stock_pipeline_in_latent_space(runs):
     from diffusers import DiffusionPipeline
 
-    from sdtoolkit.denoiser import Denoiser
+    from sdtoolkit.core.denoiser import Denoiser
 
     pipe = DiffusionPipeline.from_pretrained(runs["dmd2"] / "export")
     pipe.set_progress_bar_config(disable=True)
@@ -333,8 +333,8 @@ def test_teacher_ode_samples_equal_the_stock_ddim_pipeline():
     from diffusers import DDIMScheduler
     from sdtoolkit.trainers.distribution_matching import teacher_ode_samples
 
-    from sdtoolkit.denoiser import Denoiser
-    from sdtoolkit.score_distillation import FakeScoreConfig, ScorePair
+    from sdtoolkit.core.denoiser import Denoiser
+    from sdtoolkit.distill.score_distillation import FakeScoreConfig, ScorePair
 
     pipe = tiny_sd_pipeline()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)

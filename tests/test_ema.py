@@ -1,11 +1,11 @@
-"""Tests for sdtoolkit.ema: the math against a hand loop, placement, swapping, and checkpoint round trips."""
+"""Tests for sdtoolkit.core.ema: the math against a hand loop, placement, swapping, and checkpoint round trips."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sdtoolkit.ema import EMA, ema_beta_half_life, ema_target, ema_warmup_decay
+from sdtoolkit.core.ema import EMA, ema_beta_half_life, ema_target, ema_warmup_decay
 
 
 def small_model(seed: int = 0) -> torch.nn.Module:

@@ -13,7 +13,7 @@ from sdtoolkit.trainers.lcm import (
 )
 from sdtoolkit.trainers.pcm import forward_transition, phase_edge_of, phase_edges
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.testing import tiny_sd_pipeline, tiny_unet
 
 T = 1000
@@ -228,7 +228,7 @@ def test_w_embedded_student_copy_of_an_in_memory_unet_gets_cond_proj():
 
     from sdtoolkit.trainers.lcm import LCM
 
-    from sdtoolkit.shapes_teacher import TeacherConfig, build_unet
+    from sdtoolkit.models.shapes_teacher import TeacherConfig, build_unet
 
     teacher = build_unet(TeacherConfig())  # built in memory without time_cond_proj_dim
     assert teacher.config.time_cond_proj_dim is None

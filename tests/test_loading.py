@@ -1,4 +1,4 @@
-"""Tests for sdtoolkit.loading: local folders, offline Hub errors, built-in ids, and refusing pickles."""
+"""Tests for sdtoolkit.models.loading: local folders, offline Hub errors, built-in ids, and refusing pickles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdtoolkit.loading import (
+from sdtoolkit.models.loading import (
     BUILTIN_MODELS,
     ModelNotAvailableError,
     UnsafeWeightsError,

@@ -1,4 +1,4 @@
-"""Peak-memory knobs of the training loop: teacher CPU offload (`sdtoolkit.offload`) and the 8-bit AdamW option."""
+"""Peak-memory knobs of the training loop: teacher CPU offload (`sdtoolkit.core.offload`) and 8-bit AdamW."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdtoolkit.cli import main
-from sdtoolkit.offload import FrozenOffload, offload_teacher
+from sdtoolkit.core.offload import FrozenOffload, offload_teacher
 from sdtoolkit.testing import tiny_sd_pipeline, tiny_unet
 
 
@@ -91,12 +91,12 @@ def test_offload_needs_a_frozen_separate_teacher():
 
 def test_adamw8bit_keeps_8bit_states(teacher, tmp_path):
     pytest.importorskip("bitsandbytes")
-    from sdtoolkit.training import TrainConfig, Trainer
+    from sdtoolkit.distill.loop import TrainConfig, Trainer
 
     config = TrainConfig(optimizer="adamw8bit")
     trainer = Trainer.__new__(Trainer)
     trainer.config = config
-    from sdtoolkit.training_config import OptimizerSpec
+    from sdtoolkit.distill.config import OptimizerSpec
 
     big = torch.nn.Parameter(torch.randn(64, 128))  # bitsandbytes keeps 32-bit states under 4096 elements
     optimizer = trainer._optimizer(OptimizerSpec("generator", [big], lr=1e-3))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sdtoolkit.prediction import (
+from sdtoolkit.core.prediction import (
     PREDICTION_TYPES,
     Coefficients,
     canonical_prediction_type,
@@ -13,7 +13,7 @@ from sdtoolkit.prediction import (
     from_x0_eps,
     to_x0_eps,
 )
-from sdtoolkit.schedules import FlowSchedule, TrigFlowSchedule, VPSchedule, make_betas
+from sdtoolkit.core.schedules import FlowSchedule, TrigFlowSchedule, VPSchedule, make_betas
 
 SCHEDULES = {
     "vp": (VPSchedule(make_betas(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)), (1.0, 998.0)),

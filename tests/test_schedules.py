@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, SCMScheduler
 
-from sdtoolkit.schedules import FlowSchedule, TrigFlowSchedule, VPSchedule, make_betas, schedule_from_config
+from sdtoolkit.core.schedules import FlowSchedule, TrigFlowSchedule, VPSchedule, make_betas, schedule_from_config
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])

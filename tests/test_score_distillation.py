@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
-from sdtoolkit.schedules import FlowSchedule, VPSchedule, make_betas
-from sdtoolkit.score_distillation import (
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.schedules import FlowSchedule, VPSchedule, make_betas
+from sdtoolkit.distill.score_distillation import (
     FakeScoreConfig,
     ScorePair,
     adapter_state,
@@ -269,7 +269,7 @@ def test_camera_conditioned_fake_score_for_vsd(teacher):
 def test_fast_adapter_switch_equals_peft_public_switch(teacher, monkeypatch):
     """`adapter_state`'s fast path (peft's two switch attributes) gives the same forwards and leaves the same
     requires_grad flags and switch state as the public `set_adapter`/`enable_adapters` path."""
-    import sdtoolkit.adapters as sd
+    import sdtoolkit.core.adapters as sd
 
     cond, _, x0, t, x_t = _batch(teacher)
     scores = ScorePair(teacher, FakeScoreConfig(rank=4))

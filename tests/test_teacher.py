@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdtoolkit.cli import main
-from sdtoolkit.loading import builtin_model_path
+from sdtoolkit.models.loading import builtin_model_path
 
 
 def _stock_pipeline(folder):
@@ -34,7 +34,7 @@ def shipped():
 
 
 def test_train_teacher_smoke_run_writes_a_stock_loadable_folder(tmp_path):
-    from sdtoolkit.shapes_teacher import TeacherConfig
+    from sdtoolkit.models.shapes_teacher import TeacherConfig
 
     out = tmp_path / "teacher"
     args = ["train-teacher", "--output", str(out), "--tiny", "--threads", "1", "--seed", "3"]
@@ -52,14 +52,14 @@ def test_train_teacher_smoke_run_writes_a_stock_loadable_folder(tmp_path):
     assert not (out / "checkpoint").exists(), "the final folder supersedes the checkpoint"
     assert "sdtoolkit train-teacher --output" in config.extra["command"]
 
-    from sdtoolkit.shapes_teacher_card import write_model_card
+    from sdtoolkit.models.shapes_teacher_card import write_model_card
 
     card = write_model_card(out).read_text()
     assert f"{log['parameters']['unet']:,}" in card and "Not measured yet" in card
 
 
 def test_time_budget_stops_a_stage_and_lr_anneals():
-    from sdtoolkit.shapes_teacher_train import Budget, learning_rate
+    from sdtoolkit.models.shapes_teacher_train import Budget, learning_rate
 
     budget = Budget(max_steps=10**9, max_seconds=0.0)
     assert budget.done(0) and budget.progress(0) == 1.0
@@ -92,8 +92,8 @@ def test_shipped_teacher_is_sd_layout_and_samples(shipped):
 
 def test_tokenizer_encodes_every_caption_word_as_one_token(shipped):
     from sdtoolkit.data import VOCABULARY, all_prompts
-    from sdtoolkit.shapes_teacher import TeacherConfig, build_tokenizer
-    from sdtoolkit.text import split_words
+    from sdtoolkit.models.shapes_teacher import TeacherConfig, build_tokenizer
+    from sdtoolkit.models.text import split_words
 
     _, pipeline = shipped
     for tokenizer in (build_tokenizer(TeacherConfig()), pipeline.tokenizer):
@@ -153,7 +153,7 @@ def test_train_teacher_rejects_bad_steps(tmp_path, capsys):
 
 def test_sample_prompts_cover_every_shape_colour_and_view():
     from sdtoolkit.data import COLOURS, SHAPES, VIEWS, parse_caption
-    from sdtoolkit.shapes_teacher import sample_prompts
+    from sdtoolkit.models.shapes_teacher import sample_prompts
 
     prompts = sample_prompts(math.lcm(len(SHAPES), len(COLOURS), len(VIEWS)))
     shapes, colours, views = zip(*(parse_caption(p) for p in prompts))

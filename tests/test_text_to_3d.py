@@ -10,19 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdtoolkit.denoiser import Denoiser
-from sdtoolkit.guidance3d import (
-    LayoutError,
-    SDSConfig,
-    TimestepScheduleConfig,
-    VSDConfig,
-    build,
-    parse_layout,
-    region_gradient,
-    region_masks,
-    sds_weight,
-)
-from sdtoolkit.guidance3d.registry import register
+from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.nerf import FieldConfig, HashEncoding, NeRFConfig
 from sdtoolkit.testing import tiny_sd_pipeline
 from sdtoolkit.text_to_3d import (
@@ -37,6 +25,18 @@ from sdtoolkit.text_to_3d import (
     write_video,
 )
 from sdtoolkit.text_to_3d import export as export_module
+from sdtoolkit.text_to_3d.guidance import (
+    LayoutError,
+    SDSConfig,
+    TimestepScheduleConfig,
+    VSDConfig,
+    build,
+    parse_layout,
+    region_gradient,
+    region_masks,
+    sds_weight,
+)
+from sdtoolkit.text_to_3d.guidance.registry import register
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_sds_loss_gradient_is_w_times_eps_difference(denoiser, weighting):
     out = guidance(latents, [(cond, uncond)], 0.3, generator=generator)
     (autograd,) = torch.autograd.grad(out.loss, latents)
     # by hand: the same draws of t and eps, eps_hat with diffusers CFG, w(t)
-    from sdtoolkit.score_distillation import sample_timesteps
+    from sdtoolkit.distill.score_distillation import sample_timesteps
 
     t = sample_timesteps(denoiser.schedule, 2, 0.02, 0.98, generator=replay)
     eps = torch.randn(latents.shape, generator=replay)
@@ -87,7 +87,7 @@ def test_sds_loss_gradient_is_w_times_eps_difference(denoiser, weighting):
 
 
 def test_sds_surrogate_gradient_is_exactly_g():
-    from sdtoolkit.guidance3d import sds_surrogate_loss
+    from sdtoolkit.text_to_3d.guidance import sds_surrogate_loss
 
     latents = torch.randn(3, 4, 8, 8, requires_grad=True)
     g = torch.randn(3, 4, 8, 8)
@@ -105,7 +105,7 @@ def test_sds_weight_matches_alphas_cumprod(denoiser):
 
 
 def test_timestep_annealing(denoiser):
-    from sdtoolkit.guidance3d import sample_sds_timesteps
+    from sdtoolkit.text_to_3d.guidance import sample_sds_timesteps
 
     sqrt = TimestepScheduleConfig(anneal="sqrt")
     early = sample_sds_timesteps(denoiser, sqrt, 1, 0.0)
@@ -128,7 +128,7 @@ def test_vsd_gradient_is_real_minus_fake(denoiser):
     replay = copy.deepcopy(generator)
     out = guidance(latents, [(cond, uncond)], 0.0, cameras=cameras, generator=generator)
     (autograd,) = torch.autograd.grad(out.loss, latents)
-    from sdtoolkit.score_distillation import sample_timesteps
+    from sdtoolkit.distill.score_distillation import sample_timesteps
 
     t = sample_timesteps(pipe_denoiser.schedule, 1, 0.02, 0.98, generator=replay)
     eps = torch.randn(latents.shape, generator=replay)
@@ -405,7 +405,7 @@ def test_cli_names_the_3d_extra_when_mesh_libraries_are_missing(monkeypatch, cap
 
 
 def test_semantic_sds_region_isolation_runs(tmp_path, denoiser):
-    from sdtoolkit.guidance3d import SemanticSDSConfig
+    from sdtoolkit.text_to_3d.guidance import SemanticSDSConfig
 
     layout = {
         "objects": [
@@ -431,7 +431,7 @@ def test_semantic_sds_region_isolation_runs(tmp_path, denoiser):
 def test_isolated_object_views_render_one_box_with_its_own_prompt(denoiser):
     """With `isolate_local_views` an object-centric step renders its box alone (the neighbour's density is masked
     out) and applies that object's prompt alone, without region masks; scene steps keep the masked form."""
-    from sdtoolkit.guidance3d import SemanticSDSConfig, SingleBoxPrior
+    from sdtoolkit.text_to_3d.guidance import SemanticSDSConfig, SingleBoxPrior
     from sdtoolkit.text_to_3d.trainer import setup, training_step
 
     layout = {
@@ -477,7 +477,7 @@ def test_one_box_alone_is_not_hidden_by_its_masked_neighbour(denoiser):
     """A view of box 1 through box 0 with box 1 rendered alone: the occupancy grid (cached under the whole layout)
     must not let box 0's masked-out matter prune the samples behind it (the far box would render cut off)."""
     from sdtoolkit.data import turntable_cameras
-    from sdtoolkit.guidance3d import SingleBoxPrior
+    from sdtoolkit.text_to_3d.guidance import SingleBoxPrior
     from sdtoolkit.text_to_3d.trainer import setup
 
     layout = {

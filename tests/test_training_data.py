@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sdtoolkit.training_data import (
+from sdtoolkit.distill.data import (
     CachedImageDataset,
     build_latent_cache,
     build_text_cache,
@@ -46,7 +46,7 @@ def test_image_caption_folder(tmp_path):
 
 
 def test_caches_are_built_once_and_match_the_encoders(tmp_path):
-    from sdtoolkit.denoiser import Denoiser
+    from sdtoolkit.core.denoiser import Denoiser
     from sdtoolkit.testing import tiny_sd_pipeline
 
     teacher = Denoiser.from_pipeline(tiny_sd_pipeline())

@@ -38,7 +38,7 @@ def test_validation_on_the_builtin_teacher_gives_every_chunk_its_own_noise(tmp_p
     """`--validate-every` on builtin:shapes scores the student with the shipped evaluator and logs `val/*`; its
     prompts are sampled in chunks of 32, each chunk from its own seed (a shared seed gave prompts 32 apart the same
     noise, so 120 prompts saw only 32 noises)."""
-    from sdtoolkit.training import Trainer
+    from sdtoolkit.distill.loop import Trainer
 
     seeds = []
     original = Trainer._sample_images

@@ -19,9 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
-from sdtoolkit.score_distillation import FakeScoreConfig, ScorePair, dmd_gradient, injection_loss, sample_timesteps
-from sdtoolkit.training import DistillationMethod, MethodConfig, TrainConfig
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.distill.config import MethodConfig, TrainConfig
+from sdtoolkit.distill.method import DistillationMethod
+from sdtoolkit.distill.score_distillation import (
+    FakeScoreConfig,
+    ScorePair,
+    dmd_gradient,
+    injection_loss,
+    sample_timesteps,
+)
 
 __all__ = [
     "DistributionMatchingConfig",
@@ -272,7 +279,7 @@ class DistributionMatchingMethod(DistillationMethod):
             self.timesteps = student_timesteps(config.num_steps, self.teacher.pipeline.scheduler.config)
         self.ema = None
         if config.ema_decay > 0:
-            from sdtoolkit.ema import EMA
+            from sdtoolkit.core.ema import EMA
 
             self.ema = EMA(student_unet, decay=config.ema_decay, warmup=True)
         modules = {"student": student_unet, "fake_score": self._fake_module()}

@@ -1,7 +1,7 @@
 """DMD2: improved distribution matching distillation (Yin et al. 2024, "Improved Distribution Matching Distillation
 for Fast Image Synthesis", NeurIPS 2024), on the shared score-distillation core.
 
-Per global step (`sdtoolkit.training` runs the optimizers in this order):
+Per global step (`sdtoolkit.distill.loop` runs the optimizers in this order):
 
 1. generator (every `fake_updates_per_generator`-th step, the two time-scale update rule of Sec. 4.1): draw z, a
    student step i and, for i > 0, its backward-simulated input (Sec. 4.5); x = G(x_{t_i}, t_i) with grad;
@@ -26,12 +26,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.adversarial import BottleneckHead, bottleneck_features, gan_discriminator_loss, gan_generator_loss
-from sdtoolkit.denoiser import Conditioning
-from sdtoolkit.score_distillation import sample_timesteps
-from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
-from sdtoolkit.training_data import batch_conditioning, sample_latents
-from sdtoolkit.utils import frozen
+from sdtoolkit.core.denoiser import Conditioning
+from sdtoolkit.core.utils import frozen
+from sdtoolkit.distill.adversarial import (
+    BottleneckHead,
+    bottleneck_features,
+    gan_discriminator_loss,
+    gan_generator_loss,
+)
+from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.data import batch_conditioning, sample_latents
+from sdtoolkit.distill.method import register_method
+from sdtoolkit.distill.score_distillation import sample_timesteps
 
 from .distribution_matching import DistributionMatchingMethod, RegressionConfig
 

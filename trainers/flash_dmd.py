@@ -16,7 +16,7 @@ No official code exists; this follows the paper's Sec. 3 and Algorithm 1 as publ
 
 Where the paper is silent or cannot be followed, and what this implementation does:
 - Discriminator backbone: the paper uses a frozen SAM vision encoder with trainable heads. SAM cannot be shipped;
-  `sdtoolkit.adversarial.PixelDiscriminator` (a small spectrally-normalised conv net with a text projection,
+  `sdtoolkit.distill.adversarial.PixelDiscriminator` (a small spectrally-normalised conv net with a text projection,
   trained from scratch) stands in for it.
 - Split between high- and low-noise steps: the paper gives no threshold for the DM loss (its RL stage samples the
   high-noise steps 999 and 749 of its 4-step student); we take the first ceil(k / 2) student steps as high-noise
@@ -45,11 +45,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.adversarial import PixelDiscriminator, gan_discriminator_loss, gan_generator_loss, pooled_text
-from sdtoolkit.denoiser import Conditioning
-from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
-from sdtoolkit.training_data import batch_conditioning, sample_latents
-from sdtoolkit.utils import frozen
+from sdtoolkit.core.denoiser import Conditioning
+from sdtoolkit.core.utils import frozen
+from sdtoolkit.distill.adversarial import PixelDiscriminator, gan_discriminator_loss, gan_generator_loss, pooled_text
+from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.data import batch_conditioning, sample_latents
+from sdtoolkit.distill.method import register_method
 
 from .distribution_matching import DistributionMatchingConfig, DistributionMatchingMethod
 

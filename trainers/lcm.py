@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdtoolkit.denoiser import Conditioning, Denoiser, Prediction
-from sdtoolkit.training import DistillationMethod, MethodConfig, OptimizerSpec, TrainConfig, register_method
-from sdtoolkit.training_data import batch_conditioning, sample_latents
-from sdtoolkit.utils import append_dims
+from sdtoolkit.core.denoiser import Conditioning, Denoiser, Prediction
+from sdtoolkit.core.utils import append_dims
+from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
+from sdtoolkit.distill.data import batch_conditioning, sample_latents
+from sdtoolkit.distill.method import DistillationMethod, register_method
 
 LCM_LORA_TARGET_MODULES = (
     "to_q",
@@ -393,7 +394,7 @@ class LCM(DistillationMethod):
 
             modules["discriminator"] = TrunkDiscriminator.for_unet(teacher_unet).to(device)
         if not self.is_lora:
-            from sdtoolkit.ema import EMA, ema_target
+            from sdtoolkit.core.ema import EMA, ema_target
 
             self.ema = EMA(student, decay=config.ema_decay)
             self.target_unet = ema_target(student)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
 
 if TYPE_CHECKING:
     from sdtoolkit.trainers.lcm import ConsistencyStep

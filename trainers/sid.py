@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sdtoolkit.denoiser import Conditioning
-from sdtoolkit.score_distillation import drop_conditioning, sample_timesteps, sid_generator_loss
-from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
-from sdtoolkit.training_data import batch_conditioning
+from sdtoolkit.core.denoiser import Conditioning
+from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.data import batch_conditioning
+from sdtoolkit.distill.method import register_method
+from sdtoolkit.distill.score_distillation import drop_conditioning, sample_timesteps, sid_generator_loss
 
 from .distribution_matching import DistributionMatchingMethod, RegressionConfig
 

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.adversarial import BottleneckHead, bottleneck_features, gan_discriminator_loss
-from sdtoolkit.denoiser import Conditioning
-from sdtoolkit.training import OptimizerSpec, TrainConfig, register_method
-from sdtoolkit.training_data import sample_latents
-from sdtoolkit.utils import frozen
+from sdtoolkit.core.denoiser import Conditioning
+from sdtoolkit.core.utils import frozen
+from sdtoolkit.distill.adversarial import BottleneckHead, bottleneck_features, gan_discriminator_loss
+from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.data import sample_latents
+from sdtoolkit.distill.method import register_method
 
 from .sid import SiD, SiDConfig
 

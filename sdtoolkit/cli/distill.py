@@ -28,7 +28,7 @@ RESERVED = ("config", "resume")
 
 
 def add_parser(subparsers) -> None:
-    from sdtoolkit.training import TrainConfig, get_method, method_names
+    from sdtoolkit.distill.loop import TrainConfig, get_method, method_names
 
     parser = subparsers.add_parser(
         "distill",
@@ -162,7 +162,7 @@ def _show(value: Any) -> str:
 
 def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[str, Any]]:
     """(method class, its config, TrainConfig, checkpoint to resume or None, resolved dict), or CLIError."""
-    from sdtoolkit.training import CONFIG_NAME, TrainConfig, config_from_dict, get_method, latest_checkpoint
+    from sdtoolkit.distill.loop import CONFIG_NAME, TrainConfig, config_from_dict, get_method, latest_checkpoint
 
     name = args.method
     method = get_method(name)
@@ -236,8 +236,8 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
 
 def check(method, method_config, train, checkpoint: Path | None) -> None:
     """Every check that needs no model: values, files, folders. Raises CLIError naming the value and the fix."""
-    from sdtoolkit.training import BUILTIN_TEACHER, CONFIG_NAME
-    from sdtoolkit.training_data import read_image_captions, read_prompt_file
+    from sdtoolkit.distill.data import read_image_captions, read_prompt_file
+    from sdtoolkit.distill.loop import BUILTIN_TEACHER, CONFIG_NAME
 
     try:
         method.check_config(method_config, train)
@@ -252,7 +252,7 @@ def check(method, method_config, train, checkpoint: Path | None) -> None:
     if train.log_with not in ("auto", "tensorboard", "none"):
         raise CLIError(f"--log-with {train.log_with!r}; choose auto, tensorboard or none")
     if train.log_with == "tensorboard":
-        from sdtoolkit.training import _tensorboard_available
+        from sdtoolkit.distill.loop import _tensorboard_available
 
         if not _tensorboard_available():
             raise CLIError(
@@ -288,7 +288,7 @@ def check(method, method_config, train, checkpoint: Path | None) -> None:
 
 
 def _check_teacher(teacher: str) -> None:
-    from sdtoolkit.loading import BUILTIN_MODELS, BUILTIN_PREFIX
+    from sdtoolkit.models.loading import BUILTIN_MODELS, BUILTIN_PREFIX
 
     if teacher.startswith(BUILTIN_PREFIX):
         if teacher[len(BUILTIN_PREFIX) :] not in BUILTIN_MODELS:
@@ -311,7 +311,7 @@ def _check_teacher(teacher: str) -> None:
 
 def load_teacher(spec: str):
     """The teacher pipeline, or CLIError with the loader's message (e.g. how to fetch a Hub model offline)."""
-    from sdtoolkit.training import load_teacher_pipeline
+    from sdtoolkit.models.loading import load_teacher_pipeline
 
     try:
         return load_teacher_pipeline(spec)
@@ -325,8 +325,8 @@ def load_teacher(spec: str):
 def prepare_data(teacher, pipeline, train, method) -> tuple[Any, Any, list[str]]:
     """(dataset, text cache, prompt list) for `method.data`: cached VAE latents of an image–caption folder or of
     builtin:shapes renders, or the prompts of a prompt file / `sdtoolkit.data.all_prompts()`."""
-    from sdtoolkit.training import BUILTIN_TEACHER, teacher_resolution
-    from sdtoolkit.training_data import (
+    from sdtoolkit.distill.config import BUILTIN_TEACHER
+    from sdtoolkit.distill.data import (
         CachedImageDataset,
         CachedPromptDataset,
         build_latent_cache,
@@ -336,6 +336,7 @@ def prepare_data(teacher, pipeline, train, method) -> tuple[Any, Any, list[str]]
         read_image_captions,
         read_prompt_file,
     )
+    from sdtoolkit.models.loading import teacher_resolution
 
     cache = Path(train.cache_dir) if train.cache_dir else Path(train.output) / "cache"
     resolution = train.resolution or teacher_resolution(pipeline)
@@ -369,7 +370,7 @@ SHAPES_DATA_SEED = 1
 
 def _shapes_images(train, resolution: int):
     from sdtoolkit.data import ShapesDataset
-    from sdtoolkit.training_data import fingerprint
+    from sdtoolkit.distill.data import fingerprint
 
     dataset = ShapesDataset(train.builtin_images, seed=SHAPES_DATA_SEED, resolution=resolution)
 
@@ -386,7 +387,7 @@ def _shapes_images(train, resolution: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdtoolkit.training import Trainer
+    from sdtoolkit.distill.loop import Trainer
 
     method, method_config, train, checkpoint, resolved = resolve(args)
     check(method, method_config, train, checkpoint)

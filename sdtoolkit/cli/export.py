@@ -27,8 +27,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sdtoolkit.cli.distill import load_teacher
+    from sdtoolkit.distill.loop import CONFIG_NAME
     from sdtoolkit.pipelines.export import SPEC_NAME, ExportSpec, export_pipeline
-    from sdtoolkit.training import CONFIG_NAME
 
     run_dir, out_dir = Path(args.run_dir), Path(args.out_dir)
     if not (run_dir / CONFIG_NAME).is_file():

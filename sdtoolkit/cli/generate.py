@@ -58,7 +58,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdtoolkit.loading import ModelNotAvailableError, load_teacher, resolve_model_id
+    from sdtoolkit.models.loading import ModelNotAvailableError, load_teacher, resolve_model_id
 
     _check_args(args)
     try:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--model {args.model}: {error}") from None
     pipeline.set_progress_bar_config(desc="generate")
 
-    from sdtoolkit.shapes_teacher import generate_images, image_grid
+    from sdtoolkit.models.shapes_teacher import generate_images, image_grid
 
     start = time.perf_counter()
     images = generate_images(pipeline, args.prompts, args.num_images, args.steps, args.guidance, args.seed)

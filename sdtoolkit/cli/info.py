@@ -38,8 +38,8 @@ def collect() -> dict[str, Any]:
     import torch
 
     from sdtoolkit import __version__
-    from sdtoolkit.attention import available_backends, resolve_backend
-    from sdtoolkit.loading import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_model_path, hub_cache_dir, hub_offline
+    from sdtoolkit.core.attention import available_backends, resolve_backend
+    from sdtoolkit.models.loading import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_model_path, hub_cache_dir, hub_offline
 
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:

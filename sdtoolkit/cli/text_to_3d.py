@@ -71,8 +71,8 @@ def _slug(text: str) -> str:
 
 def build_config(args: argparse.Namespace):
     """Validates the arguments (raising `CLIError` before any work) and returns the `TextTo3DConfig`."""
-    from sdtoolkit.guidance3d import LayoutError, parse_layout
     from sdtoolkit.text_to_3d import TextTo3DConfig
+    from sdtoolkit.text_to_3d.guidance import LayoutError, parse_layout
 
     if args.method not in METHOD_NAMES:
         raise CLIError(f"unknown --method {args.method!r}; choose one of {', '.join(METHOD_NAMES)}")
@@ -158,7 +158,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdtoolkit.loading import ModelNotAvailableError, UnsafeWeightsError, resolve_model_id
+    from sdtoolkit.models.loading import ModelNotAvailableError, UnsafeWeightsError, resolve_model_id
 
     config = build_config(args)
     missing = [name for name in ("mcubes", "trimesh", "imageio") if importlib.util.find_spec(name) is None]

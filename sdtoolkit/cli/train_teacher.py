@@ -104,7 +104,7 @@ TINY = dict(
 
 def build_config(args: argparse.Namespace):
     """The `TeacherConfig` of the parsed flags (validated: one-line CLIError on a bad value)."""
-    from sdtoolkit.shapes_teacher import TeacherConfig
+    from sdtoolkit.models.shapes_teacher import TeacherConfig
 
     for name in ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "num_images", "render_chunk"):
         value = getattr(args, name)
@@ -146,7 +146,7 @@ def _flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdtoolkit.shapes_teacher import train_teacher
+    from sdtoolkit.models.shapes_teacher_train import train_teacher
 
     config = build_config(args)
     if args.output.exists() and not args.output.is_dir():

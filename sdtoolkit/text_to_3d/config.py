@@ -10,8 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdtoolkit.guidance3d import CSDConfig, SDSConfig, SemanticSDSConfig, TimestepScheduleConfig, VSDConfig
 from sdtoolkit.nerf import NeRFConfig
+from sdtoolkit.text_to_3d.guidance import CSDConfig, SDSConfig, SemanticSDSConfig, TimestepScheduleConfig, VSDConfig
 
 METHODS = {"sds": SDSConfig, "csd": CSDConfig, "vsd": VSDConfig, "semantic-sds": SemanticSDSConfig}
 """CLI method name -> guidance config class (the guidance registry holds the same names)."""
@@ -63,7 +63,7 @@ class TextTo3DConfig:
     prior: str = "builtin:shapes"
     """The 2D prior: `builtin:shapes`, a diffusers folder, or a Hub id (SD 1.x/2.x)."""
     layout: dict | None = None
-    """SemanticSDS layout (see `sdtoolkit.guidance3d.semantic`), as parsed JSON."""
+    """SemanticSDS layout (see `sdtoolkit.text_to_3d.guidance.semantic`), as parsed JSON."""
     seed: int = 0
     """Seed of every random draw (cameras, noise, times, jitter); a resumed run continues the same stream."""
     steps: int = 400

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from sdtoolkit.data import COLOUR_NAMES, SHAPES, parse_caption, render_silhouette, turntable_cameras
-from sdtoolkit.guidance3d.semantic import SingleBoxPrior
 from sdtoolkit.nerf import NeRF
+from sdtoolkit.text_to_3d.guidance.semantic import SingleBoxPrior
 
 EVAL_VIEWS = 8
 """Azimuths of the evaluation turntable (0, 45, ..., 315 degrees)."""

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
-from sdtoolkit.denoiser import Denoiser
-from sdtoolkit.guidance3d import (
+from sdtoolkit.nerf import NeRF
+from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
+from sdtoolkit.text_to_3d.guidance import (
     LayoutPrior,
     SingleBoxPrior,
     ViewDependentPrompts,
@@ -25,8 +27,6 @@ from sdtoolkit.guidance3d import (
     parse_layout,
     region_masks,
 )
-from sdtoolkit.nerf import NeRF
-from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATE_FILE = "checkpoint.json"
@@ -39,7 +39,7 @@ UNIT_OBJECT_SIZE = 1.0
 
 def load_prior(prior: str, device: str = "cpu") -> Denoiser:
     """A frozen Denoiser around a diffusers pipeline: `builtin:NAME`, a folder, or a Hub id."""
-    from sdtoolkit.loading import load_teacher
+    from sdtoolkit.models.loading import load_teacher
 
     return Denoiser.from_pipeline(load_teacher(prior, device=device)).freeze(torch.float32)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.data.cameras import Cameras, view_word
-from sdtoolkit.denoiser import Conditioning, Denoiser
 
 VIEW_WORDS = ("front", "side", "back", "overhead")
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
 
 PROMPT_KEYS = ("prompt", "text", "caption")
 """Keys (jsonl) or columns (csv) read as the prompt, first match wins."""

@@ -1,10 +1,10 @@
 """3D score-distillation guidance on the shared Denoiser: SDS, CSD, VSD and region-specific SemanticSDS, built by
 name from typed configs through a fail-on-duplicate registry."""
 
-from sdtoolkit.guidance3d import sds, semantic, vsd  # noqa: F401  (importing registers every guidance)
-from sdtoolkit.guidance3d.prompts import ViewDependentPrompts, view_prompt
-from sdtoolkit.guidance3d.registry import available, build, find, register
-from sdtoolkit.guidance3d.sds import (
+from sdtoolkit.text_to_3d.guidance import sds, semantic, vsd  # noqa: F401  (importing registers every guidance)
+from sdtoolkit.text_to_3d.guidance.prompts import ViewDependentPrompts, view_prompt
+from sdtoolkit.text_to_3d.guidance.registry import available, build, find, register
+from sdtoolkit.text_to_3d.guidance.sds import (
     CSDConfig,
     GuidanceOutput,
     SDSConfig,
@@ -15,7 +15,7 @@ from sdtoolkit.guidance3d.sds import (
     sds_surrogate_loss,
     sds_weight,
 )
-from sdtoolkit.guidance3d.semantic import (
+from sdtoolkit.text_to_3d.guidance.semantic import (
     Layout,
     LayoutError,
     LayoutObject,
@@ -25,7 +25,7 @@ from sdtoolkit.guidance3d.semantic import (
     parse_layout,
     region_masks,
 )
-from sdtoolkit.guidance3d.vsd import VSDConfig, VSDGuidance
+from sdtoolkit.text_to_3d.guidance.vsd import VSDConfig, VSDGuidance
 
 __all__ = [
     "CSDConfig",

@@ -2,7 +2,7 @@
 2023) on the shared `Denoiser`: time schedules, w(t) weightings, classifier-free guidance in the diffusers
 convention, gradient clipping, and the loss whose gradient is the SDS gradient.
 
-CFG convention: `guidance_scale` s means eps_u + s (eps_c - eps_u) (diffusers; `sdtoolkit.guidance`). threestudio's
+CFG convention: `guidance_scale` s means eps_u + s (eps_c - eps_u) (diffusers; `sdtoolkit.core.cfg`). threestudio's
 SDS and nerfstudio's generfacto write eps_c + s' (eps_c - eps_u), i.e. s = s' + 1: threestudio's
 `guidance_scale: 100.` is s = 101 here. DreamFusion's omega = 100 (Ho & Salimans' (1 + w) eps_c - w eps_u) is also
 s = 101.
@@ -17,10 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
-from sdtoolkit.guidance3d.registry import register
-from sdtoolkit.schedules import VPSchedule
-from sdtoolkit.score_distillation import injection_loss, sample_timesteps
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.schedules import VPSchedule
+from sdtoolkit.distill.score_distillation import injection_loss, sample_timesteps
+from sdtoolkit.text_to_3d.guidance.registry import register
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
 ANNEALINGS = ("none", "linear", "sqrt")

@@ -5,13 +5,13 @@ that knows:
 
 - how to call the wrapped network (UNet2DConditionModel, UNet2DModel, SD3Transformer2DModel,
   SanaTransformer2DModel), with which timestep, conditioning and guidance embedding;
-- its prediction type and how to turn it into x0, eps, v, flow velocity or TrigFlow F (`sdtoolkit.prediction`);
+- its prediction type and how to turn it into x0, eps, v, flow velocity or TrigFlow F (`sdtoolkit.core.prediction`);
 - classifier-free guidance (diffusers convention, cond and uncond batched into one forward) and guidance rescale
-  (`sdtoolkit.guidance`);
+  (`sdtoolkit.core.cfg`);
 - text conditioning through the pipeline's own `encode_prompt`, and VAE encode/decode with scaling and shift;
-- the attention kernel (`sdtoolkit.attention`), dtype policy, gradient checkpointing, channels_last, compile.
+- the attention kernel (`sdtoolkit.core.attention`), dtype policy, gradient checkpointing, channels_last, compile.
 
-Shapes: x_t is `[B, C, H, W]` latents, t is `[B]` in the schedule's native time (`sdtoolkit.schedules`).
+Shapes: x_t is `[B, C, H, W]` latents, t is `[B]` in the schedule's native time (`sdtoolkit.core.schedules`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.guidance import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
-from sdtoolkit.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
-from sdtoolkit.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
-from sdtoolkit.utils import cast_floating
+from sdtoolkit.core.cfg import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
+from sdtoolkit.core.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
+from sdtoolkit.core.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
+from sdtoolkit.core.utils import cast_floating
 
 SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "SanaTransformer2DModel")
 #: blocks compiled by `Denoiser.compile(regional=True)` when the model declares no `_repeated_blocks`
@@ -108,10 +108,10 @@ class Denoiser(nn.Module):
     Args:
         model: a diffusers UNet2DConditionModel, UNet2DModel, SD3Transformer2DModel or SanaTransformer2DModel
             (possibly wrapped by accelerate/DDP/peft; the unwrapped one is found through `.module`).
-        schedule: its noise schedule (`sdtoolkit.schedules`).
+        schedule: its noise schedule (`sdtoolkit.core.schedules`).
         prediction_type: what the network outputs: `epsilon`, `sample`, `v_prediction`, `flow` or `trigflow`.
         vae, text_encoder, tokenizer, pipeline: optional parts used by `encode`/`decode`/`encode_prompt`.
-        attention: attention kernel (`sdtoolkit.attention.ATTENTION_BACKENDS`); None leaves the model as is.
+        attention: attention kernel (`sdtoolkit.core.attention.ATTENTION_BACKENDS`); None leaves the model as is.
         autocast_dtype: run the network under `torch.autocast` in this dtype (trainable fp32 master weights).
     """
 
@@ -432,8 +432,8 @@ class Denoiser(nn.Module):
     # ------------------------------------------------------------------ performance switches and policy
 
     def set_attention(self, backend: str) -> str:
-        """Selects the attention kernel (`sdtoolkit.attention`); returns the concrete backend chosen."""
-        from sdtoolkit.attention import configure_attention
+        """Selects the attention kernel (`sdtoolkit.core.attention`); returns the concrete backend chosen."""
+        from sdtoolkit.core.attention import configure_attention
 
         setting = configure_attention(self.base_model, backend, self.device, self.autocast_dtype or self.dtype)
         self._attention_context = setting  # calling it gives the context manager each forward runs in
@@ -476,7 +476,7 @@ class Denoiser(nn.Module):
     def adapters_disabled(self) -> Iterator[None]:
         """Runs the network with its (peft) LoRA adapters switched off: the teacher is the student's own backbone
         without adapters (LCM-LoRA; the LoRA fake score of distribution matching)."""
-        from sdtoolkit.adapters import adapter_state
+        from sdtoolkit.core.adapters import adapter_state
 
         with adapter_state(self.base_model, None):  # restores the previous switch state; never touches requires_grad
             yield

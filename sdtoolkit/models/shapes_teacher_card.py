@@ -1,6 +1,6 @@
 """Measures a trained shapes teacher with the shapes evaluator and writes its model card (`README.md`).
 
-Run as `python -m sdtoolkit.shapes_teacher_card FOLDER [--num-samples 600]`: it samples the folder with stock
+Run as `python -m sdtoolkit.models.shapes_teacher_card FOLDER [--num-samples 600]`: it samples the folder with stock
 diffusers (DDIM, CFG 5) at 50, 4 and 1 steps over every shape x colour x view prompt, scores the images with
 `sdtoolkit.eval` (prompt / shape / colour / view accuracy and FD-shapes against real renders), stores the numbers
 in `metrics.json` and renders `README.md` from `training_config.json`, `training_log.json` and `metrics.json`.
@@ -158,7 +158,7 @@ def write_model_card(folder: str | Path) -> Path:
         "",
     ]
     if metrics is None:
-        lines += ["Not measured yet (run `python -m sdtoolkit.shapes_teacher_card FOLDER`).", ""]
+        lines += ["Not measured yet (run `python -m sdtoolkit.models.shapes_teacher_card FOLDER`).", ""]
     else:
         lines += [
             f"{metrics['num_samples']} samples per row, prompts cycling through all 120 shape x colour x view "

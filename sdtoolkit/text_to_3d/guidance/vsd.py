@@ -1,6 +1,6 @@
 """Variational Score Distillation (ProlificDreamer, Wang et al. 2023, Eq. 9 and Algorithm 1) through the shared
 score-distillation core: the real score is the frozen prior with CFG, the fake score a LoRA adapter on the same
-backbone (`sdtoolkit.score_distillation.ScorePair`), camera-conditioned.
+backbone (`sdtoolkit.distill.score_distillation.ScorePair`), camera-conditioned.
 
 Camera conditioning: the camera-to-world matrix (flattened, 16 numbers) goes through the fake score's
 `ExtraEmbedding` MLP, installed as the U-Net's `class_embedding` during fake-score forwards only, so it is added to
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
-from sdtoolkit.guidance3d.registry import register
-from sdtoolkit.guidance3d.sds import (
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.distill.score_distillation import FakeScoreConfig, ScorePair, sample_timesteps
+from sdtoolkit.text_to_3d.guidance.registry import register
+from sdtoolkit.text_to_3d.guidance.sds import (
     GuidanceOutput,
     TimestepScheduleConfig,
     clip_gradient,
@@ -28,7 +29,6 @@ from sdtoolkit.guidance3d.sds import (
     sds_surrogate_loss,
     sds_weight,
 )
-from sdtoolkit.score_distillation import FakeScoreConfig, ScorePair, sample_timesteps
 
 CAMERA_DIM = 16
 """Width of the camera vector: a flattened 4x4 camera-to-world matrix."""

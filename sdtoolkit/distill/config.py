@@ -73,7 +73,7 @@ class TrainConfig:
     """Recompute activations in the backward pass of the trained networks (less memory, ~30% slower)."""
     teacher_offload: bool = False
     """Keep the frozen teacher's weights in host memory and copy them to the accelerator only for its forwards
-    (`sdtoolkit.offload`): less device memory, one host-to-device copy of the teacher per teacher forward. Needs a
+    (`sdtoolkit.core.offload`): less device memory, one host-to-device copy of the teacher per teacher forward. Needs a
     teacher separate from the trained networks: LCM-LoRA and the LoRA fake score of DMD2/SiD train on the teacher's
     own backbone and refuse it. A CPU run saves nothing with it (the host is the device; it then costs a copy)."""
     optimizer: str = "adamw"
@@ -90,7 +90,7 @@ class TrainConfig:
     """Store the teacher's and the trainable networks' weights channels-last (faster convolutions on GPUs)."""
     compile: bool = False
     """Regional `torch.compile` of the teacher and the trainable networks: only their repeated blocks are compiled,
-    which keeps compile time to seconds (`sdtoolkit.denoiser.compile_repeated_blocks`)."""
+    which keeps compile time to seconds (`sdtoolkit.core.denoiser.compile_repeated_blocks`)."""
     export: bool = True
     """Export a ready diffusers pipeline to <output>/export at the end (also `sdtoolkit export RUN OUT`)."""
     builtin_images: int = 4096

@@ -54,11 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdtoolkit.adapters import adapter_state
-from sdtoolkit.adapters import tuner_layers as _tuner_layers
-from sdtoolkit.denoiser import Conditioning, Denoiser, Prediction
-from sdtoolkit.schedules import NoiseSchedule, VPSchedule
-from sdtoolkit.utils import append_dims, cast_floating, frozen
+from sdtoolkit.core.adapters import adapter_state
+from sdtoolkit.core.adapters import tuner_layers as _tuner_layers
+from sdtoolkit.core.denoiser import Conditioning, Denoiser, Prediction
+from sdtoolkit.core.schedules import NoiseSchedule, VPSchedule
+from sdtoolkit.core.utils import append_dims, cast_floating, frozen
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",

@@ -1,49 +1,7 @@
-"""The one accelerate training loop every distillation method runs in, and the small interface a method implements.
-
-Writing a method
-================
-A method is a subclass of `DistillationMethod` registered with `@register_method` (its `name` becomes the CLI
-subcommand `sdtoolkit distill <name>`), with a typed dataclass config (`config_class`, one docstring per field,
-defaults = the paper's; every field becomes a `--flag`). The loop owns everything else: accelerate, data, mixed
-precision, gradient accumulation and clipping, checkpoints with exact resume, logging, sample grids, validation,
-the final student and its export. The method's life cycle, in call order:
-
-1. `__init__(config, teacher, accelerator, data)`: `teacher` is the frozen-ready `Denoiser` of the teacher
-   pipeline on `accelerator.device`; `data` holds the text cache (`data.text`) and `data.uncond(batch_size)`.
-2. `build() -> dict[str, nn.Module]`: create the trainable networks (student UNet, LoRA-adapted backbone, fake
-   score, discriminator...). The loop passes them through `accelerator.prepare` (DDP under `accelerate launch`).
-3. `optimizers() -> list[OptimizerSpec]`: one entry per optimizer: a name, its parameters, learning rate, and
-   `every`/`offset` (the optimizer steps on global steps with `step % every == offset`). Two-time-scale updates are
-   two entries, e.g. DMD2's TTUR (Yin et al. 2024, Sec. 4.1)::
-
-       [OptimizerSpec("fake_score", fake_params, lr=2e-6),              # every step, listed first: runs first
-        OptimizerSpec("generator", student_params, lr=2e-6, every=5)]   # every 5th step
-
-4. `setup(models)`: receives the prepared modules (same names) before training; build Denoisers around them here.
-5. per global step, for each micro-batch (gradient accumulation), for each optimizer due at this step, in list
-   order: `loss(name, batch, step) -> {"loss": scalar, ...}` (the loop backpropagates `"loss"` with
-   `accelerator.backward` and logs every other entry too), then on `sync_gradients`: clip, optimizer step, LR
-   scheduler step, zero grad, and `after_step(name, step)` (EMA updates go there). Gradients are isolated per
-   optimizer: while one optimizer's loss is backpropagated, the others' accumulated `.grad` are set aside, so a
-   generator loss that flows through the fake score never pollutes the fake score's gradients, also with
-   accumulation. Per-step state shared between the updates of one step (e.g. the generator's samples that the
-   fake score trains on) lives on the method object.
-6. `checkpoint_objects()`: extra objects with `state_dict`/`load_state_dict` (EMA, ...) saved with every
-   checkpoint; `after_load()` runs after a resume (e.g. copy the EMA into the target network).
-7. `sample(cond, uncond, generator) -> latents` for sample grids and validation (use an unwrapped model and only
-   `generator`'s randomness: training randomness must not move).
-8. `save_student(folder) -> ExportSpec`: write the trained student (diffusers UNet folder or LoRA weights) and say
-   how to export it (`sdtoolkit.pipelines.export`): pipeline class, scheduler class and config, default steps.
-
-Class attributes: `data = "images"` (cached VAE latents of an image–caption folder, `batch["latent_mean"|
-"latent_std"]`) or `"prompts"` (text only); `find_unused_parameters = True` when some registered parameters do
-not take part in every backward (alternating updates through one DDP module).
-
-Batches are dicts: `prompt_index [B]`, the text conditioning `cond.<field>` (use
-`sdtoolkit.training_data.batch_conditioning(batch)`), and for image methods the VAE posterior of each image
-(`sdtoolkit.training_data.sample_latents(batch)` draws z). Randomness comes from torch's global RNG (seeded, and
-saved/restored by `save_state`/`load_state`), which is what makes resume exact.
-"""
+"""The one accelerate training loop every distillation method runs in (`Trainer`): data, mixed precision,
+gradient accumulation and clipping, checkpoints with exact resume, logging, sample grids, validation, the final
+student and its export. The interface a method implements, and the method registry, are in
+`sdtoolkit.distill.method`."""
 
 from __future__ import annotations
 
@@ -51,23 +9,29 @@ import dataclasses
 import json
 import shutil
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
-from sdtoolkit.training_config import (  # noqa: F401  (re-exported: the public home of the loop's names)
+from sdtoolkit.core.denoiser import Denoiser
+from sdtoolkit.distill.config import (  # noqa: F401  (re-exported: the public home of the loop's names)
     BUILTIN_TEACHER,
     MethodConfig,
     OptimizerSpec,
     TrainConfig,
     config_from_dict,
 )
+from sdtoolkit.distill.method import (  # noqa: F401  (re-exported)
+    DistillationMethod,
+    TrainingData,
+    get_method,
+    method_names,
+    register_method,
+)
+from sdtoolkit.models.loading import load_teacher_pipeline, teacher_resolution  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "config.json"
 """The resolved configuration written in every run folder (and accepted back by `--config`)."""
@@ -86,150 +50,6 @@ __all__ = [
     "method_names",
     "register_method",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------- interface
-
-
-@dataclass
-class TrainingData:
-    """What the loop hands a method about the data: the text cache and the dataset's prompt list."""
-
-    text: Any
-    """`sdtoolkit.training_data.TextCache` (prompts, cond rows, the unconditional row)."""
-    device: torch.device
-
-    def uncond(self, batch_size: int) -> Conditioning:
-        """Conditioning of the empty prompt, `batch_size` rows, on the training device."""
-        return self.text.unconditional(batch_size).to(self.device)
-
-    def conditioning(self, indices: list[int] | Tensor) -> Conditioning:
-        return self.text.conditioning(indices).to(self.device)
-
-
-class DistillationMethod(ABC):
-    """A distillation method in the shared loop; see the module docstring for the call order."""
-
-    name: ClassVar[str]
-    """Registry name and CLI subcommand."""
-    config_class: ClassVar[type[MethodConfig]]
-    """Its typed dataclass config."""
-    data: ClassVar[str] = "images"
-    """`images` (cached VAE latents + captions) or `prompts` (text only)."""
-    find_unused_parameters: ClassVar[bool] = False
-    """Passed to DDP: True when some registered parameters miss some backward passes."""
-    description: ClassVar[str] = ""
-    """One paragraph shown by `sdtoolkit distill <name> --help`."""
-
-    def __init__(self, config: MethodConfig, teacher: Denoiser, accelerator: Any, data: TrainingData):
-        self.config = config
-        self.teacher = teacher
-        self.accelerator = accelerator
-        self.training_data = data
-        self.models: dict[str, nn.Module] = {}
-
-    @classmethod
-    def check_config(cls, config: MethodConfig, train: TrainConfig) -> None:
-        """Validate the configs before anything is loaded; raise ValueError naming the bad value and the fix."""
-        return None
-
-    @abstractmethod
-    def build(self) -> dict[str, nn.Module]:
-        """Create the trainable networks; the loop `prepare`s them and hands them back to `setup`."""
-
-    @abstractmethod
-    def optimizers(self) -> list[OptimizerSpec]:
-        """One `OptimizerSpec` per optimizer, in the order their updates run within a step."""
-
-    def setup(self, models: dict[str, nn.Module]) -> None:
-        """Receives the prepared (possibly DDP-wrapped) modules under the names `build` gave them."""
-        self.models = models
-
-    @abstractmethod
-    def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        """The loss of optimizer `name` on `batch`: `{"loss": scalar tensor, <other scalars to log>...}`."""
-
-    def after_step(self, name: str, step: int) -> None:
-        """Called after optimizer `name` stepped (gradients synced), e.g. for EMA updates."""
-        return None
-
-    def checkpoint_objects(self) -> list[Any]:
-        """Extra state saved in checkpoints (objects with `state_dict`/`load_state_dict`), same order every run."""
-        return []
-
-    def after_load(self) -> None:
-        """Called after `load_state` restored a checkpoint."""
-        return None
-
-    @abstractmethod
-    def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
-        """Latents sampled by the current student at its default step count, from `generator`'s noise only."""
-
-    @abstractmethod
-    def save_student(self, folder: Path) -> Any:
-        """Writes the trained student into `folder`; returns its `sdtoolkit.pipelines.export.ExportSpec`."""
-
-
-# ---------------------------------------------------------------------------------------------------- registry
-
-METHODS: dict[str, type[DistillationMethod]] = {}
-"""Registered methods by name (populated by importing `sdtoolkit.trainers` and the `sdtoolkit.methods` entry
-points of installed plug-ins)."""
-
-
-def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
-    """Class decorator adding a method to `METHODS` under `cls.name`; a duplicate name is an error."""
-    name = cls.name
-    if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"a distillation method named {name!r} is already registered ({METHODS[name].__module__})")
-    METHODS[name] = cls
-    return cls
-
-
-_PLUGINS_LOADED = False
-
-
-def _load_methods() -> None:
-    """Imports `sdtoolkit.trainers` and, once per process, the `sdtoolkit.methods` entry points of plug-ins."""
-    global _PLUGINS_LOADED
-    import importlib
-    from importlib.metadata import entry_points
-
-    importlib.import_module("sdtoolkit.trainers")
-    if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
-        for entry in entry_points(group="sdtoolkit.methods"):
-            entry.load()
-
-
-def method_names() -> list[str]:
-    _load_methods()
-    return sorted(METHODS)
-
-
-def get_method(name: str) -> type[DistillationMethod]:
-    _load_methods()
-    if name not in METHODS:
-        raise ValueError(f"unknown distillation method {name!r}; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-# ---------------------------------------------------------------------------------------------------- teacher
-
-
-def load_teacher_pipeline(spec: str) -> Any:
-    """The teacher's diffusers pipeline for `builtin:shapes`, a local folder or a Hub id (via
-    `sdtoolkit.loading.load_teacher`)."""
-    from sdtoolkit.loading import load_teacher
-
-    teacher = load_teacher(spec)
-    return teacher.pipeline if isinstance(teacher, Denoiser) else teacher
-
-
-def teacher_resolution(pipeline: Any) -> int:
-    """The teacher's native image size: unet.sample_size × VAE scale factor."""
-    scale = getattr(pipeline, "vae_scale_factor", None) or 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-    return int(pipeline.unet.config.sample_size * scale)
 
 
 # ---------------------------------------------------------------------------------------------------- loop
@@ -368,7 +188,7 @@ class Trainer:
         self._speed_switches(teacher, modules)
         self.teacher_offload = None
         if config.teacher_offload:
-            from sdtoolkit.offload import offload_teacher
+            from sdtoolkit.core.offload import offload_teacher
 
             self.teacher_offload = offload_teacher(teacher.base_model, modules, accelerator.device)
         specs = self.specs = method.optimizers()
@@ -412,7 +232,7 @@ class Trainer:
 
     def _speed_switches(self, teacher: Denoiser, modules: dict[str, nn.Module]) -> None:
         """channels_last and regional compilation of the teacher and the trainable networks (opt-in)."""
-        from sdtoolkit.denoiser import compile_repeated_blocks
+        from sdtoolkit.core.denoiser import compile_repeated_blocks
 
         config = self.config
         networks = {id(teacher.base_model): teacher.base_model}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sdtoolkit.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
 
 __all__ = [
     "GAN_LOSSES",

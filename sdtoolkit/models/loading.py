@@ -241,3 +241,15 @@ def load_component(
     if device is not None:
         model = model.to(device)
     return model
+
+
+def load_teacher_pipeline(spec: str) -> Any:
+    """The teacher's diffusers pipeline for `builtin:shapes`, a local folder or a Hub id (via `load_teacher`)."""
+    teacher = load_teacher(spec)
+    return getattr(teacher, "pipeline", teacher)
+
+
+def teacher_resolution(pipeline: Any) -> int:
+    """The teacher's native image size: unet.sample_size × VAE scale factor."""
+    scale = getattr(pipeline, "vae_scale_factor", None) or 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+    return int(pipeline.unet.config.sample_size * scale)

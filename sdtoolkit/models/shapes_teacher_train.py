@@ -1,4 +1,4 @@
-"""Training of the shapes teacher (`sdtoolkit.shapes_teacher`): render a fixed set, train the VAE, then the UNet
+"""Training of the shapes teacher (`sdtoolkit.models.shapes_teacher`): render a fixed set, train the VAE, then the UNet
 and text encoder with accelerate, EMA, a time budget and periodic loadable checkpoints."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sdtoolkit.shapes_teacher import (
+from sdtoolkit.models.shapes_teacher import (
     TeacherConfig,
     assemble_pipeline,
     build_scheduler,
@@ -27,6 +27,7 @@ from sdtoolkit.shapes_teacher import (
     build_vae,
     count_parameters,
     save_teacher,
+    write_sample_grid,
 )
 
 __all__ = ["TrainingSet", "render_training_set", "train_teacher", "train_vae", "encode_latents", "train_unet"]
@@ -252,11 +253,11 @@ def train_unet(
     checkpoint: Callable[..., None] | None = None,
 ):
     """Trains UNet + text encoder with the epsilon-prediction loss || eps - eps_theta(x_t, t, c) ||^2 (Ho et al.
-    2020, Eq. 14) at uniformly drawn t, x_t = alpha_t z0 + sigma_t eps from `sdtoolkit.schedules`, and
+    2020, Eq. 14) at uniformly drawn t, x_t = alpha_t z0 + sigma_t eps from `sdtoolkit.core.schedules`, and
     `caption_dropout` of captions replaced by "". `checkpoint(unet, text_encoder, step)` is called every
     `checkpoint_minutes` with the EMA weights swapped in. Returns unwrapped (EMA) UNet, text encoder and the log."""
-    from sdtoolkit.ema import EMA
-    from sdtoolkit.schedules import schedule_from_config
+    from sdtoolkit.core.ema import EMA
+    from sdtoolkit.core.schedules import schedule_from_config
 
     device = accelerator.device
     schedule = schedule_from_config(dict(build_scheduler(config).config))
@@ -443,8 +444,6 @@ def train_teacher(config: TeacherConfig, output_dir: str | Path) -> Path:
         f"after {timings['total_s']} s"
     )
     if config.sample_prompts > 0:
-        from sdtoolkit.shapes_teacher import write_sample_grid
-
         t0 = time.perf_counter()
         pipe.to(device)
         path = write_sample_grid(pipe, output_dir / "samples.png", config.sample_prompts, seed=config.seed)

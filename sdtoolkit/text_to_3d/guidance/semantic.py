@@ -14,7 +14,7 @@ inside [-scene_bound, scene_bound]^3 (world frame of `sdtoolkit.data.cameras`: +
 
 Region masks: the rendered semantic map S [B, K, H, W] is reduced to one-hot masks M_k = [argmax_j S_j = k], so the
 masks partition the image (every pixel belongs to exactly one object; SemanticSDS takes the same argmax, at 64x64).
-The per-object gradients are combined as sum_k M_k g_k (`sdtoolkit.guidance3d.sds.region_gradient`).
+The per-object gradients are combined as sum_k M_k g_k (`sdtoolkit.text_to_3d.guidance.sds.region_gradient`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from sdtoolkit.guidance3d.registry import register
-from sdtoolkit.guidance3d.sds import SDSConfig, SDSGuidance
+from sdtoolkit.text_to_3d.guidance.registry import register
+from sdtoolkit.text_to_3d.guidance.sds import SDSConfig, SDSGuidance
 
 
 class LayoutError(ValueError):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdtoolkit.utils import append_dims
+from sdtoolkit.core.utils import append_dims
 
 __all__ = [
     "NoiseSchedule",

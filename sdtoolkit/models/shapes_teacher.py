@@ -1,13 +1,14 @@
 """The embedded default teacher: a small text-to-image latent diffusion model of rendered 3D shapes, in Stable
 Diffusion's exact folder layout (`builtin:shapes`).
 
-Stock `diffusers.StableDiffusionPipeline.from_pretrained(folder)` loads what `train_teacher` writes. The parts are
+Stock `diffusers.StableDiffusionPipeline.from_pretrained(folder)` loads what
+`sdtoolkit.models.shapes_teacher_train.train_teacher` writes. The parts are
 SD 1.x's (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models"), only smaller:
 
 - `AutoencoderKL`: 64x64 RGB <-> 4x16x16 latents (two downsamplings), `scaling_factor` = 1 / std of the trained
   latents (Rombach et al. 2022, Sec. 4.3.2 / Appendix G; SD's 0.18215 was found the same way);
-- `CLIPTextModel` + a word-level `CLIPTokenizer` (`sdtoolkit.text.build_word_tokenizer`), SD's conditioning is the
-  final-layer-normed last hidden state, the unconditional embedding is the encoding of "";
+- `CLIPTextModel` + a word-level `CLIPTokenizer` (`sdtoolkit.models.text.build_word_tokenizer`), SD's conditioning
+  is the final-layer-normed last hidden state, the unconditional embedding is the encoding of "";
 - `UNet2DConditionModel` with cross-attention only at 8x8 and 4x4 (and the 4x4 mid block), epsilon prediction;
 - `DDIMScheduler` in SD 1.5's convention (scaled_linear betas 0.00085 -> 0.012, 1000 steps, "leading" spacing,
   steps_offset=1, set_alpha_to_one=False, clip_sample=False).
@@ -37,7 +38,6 @@ __all__ = [
     "build_scheduler",
     "assemble_pipeline",
     "save_teacher",
-    "train_teacher",
     "count_parameters",
     "image_grid",
     "sample_prompts",
@@ -191,7 +191,7 @@ class TeacherConfig:
 def build_tokenizer(config: TeacherConfig):
     """A `CLIPTokenizer` with one token per caption word (every word of `sdtoolkit.data.VOCABULARY`)."""
     from sdtoolkit.data import VOCABULARY
-    from sdtoolkit.text import build_word_tokenizer
+    from sdtoolkit.models.text import build_word_tokenizer
 
     return build_word_tokenizer(VOCABULARY, model_max_length=config.max_length)
 
@@ -312,13 +312,6 @@ def save_teacher(pipeline, output_dir: str | Path, config: TeacherConfig, stats:
         os.replace(item, target)
     tmp.rmdir()
     return output_dir
-
-
-def train_teacher(config: TeacherConfig, output_dir: str | Path) -> Path:
-    """Trains the teacher and writes its SD folder; see `sdtoolkit.shapes_teacher_train.train_teacher`."""
-    from sdtoolkit.shapes_teacher_train import train_teacher as _train_teacher
-
-    return _train_teacher(config, output_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
