@@ -130,3 +130,194 @@ def tiny_sd_pipeline(prediction_type: str = "epsilon", time_cond_proj_dim: int |
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tiny pipelines of every model family (`sdtoolkit.core.families`), for the family and trainer x family tests
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny_clip_with_projection(vocab_size: int, hidden_size: int = 32, seed: int = 0):
+    """SDXL's / SD3's second CLIP text encoder (`CLIPTextModelWithProjection`), tiny."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=hidden_size,
+    )
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A tiny `StableDiffusionXLPipeline` (two CLIP encoders of width 16, text_time UNet, 16x16 images) with a
+    trailing DDIM scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    unet = tiny_unet(
+        cross_attention_dim=32,
+        seed=seed,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + 16,
+        transformer_layers_per_block=1,
+    )
+    return StableDiffusionXLPipeline(
+        vae=tiny_vae(seed),
+        text_encoder=tiny_text_encoder(len(tokenizer), hidden_size=16, seed=seed),
+        text_encoder_2=tiny_clip_with_projection(len(tokenizer_2), hidden_size=16, seed=seed + 1),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            timestep_spacing="trailing",
+            set_alpha_to_one=True,
+            clip_sample=False,
+        ),
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    """A tiny `StableDiffusion3Pipeline` (CLIP-L/G stand-ins of width 16, no T5) with a flow-matching scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(seed),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(seed),
+        text_encoder=tiny_clip_with_projection(len(tokenizer), hidden_size=16, seed=seed),
+        tokenizer=tokenizer,
+        text_encoder_2=tiny_clip_with_projection(len(tokenizer_2), hidden_size=16, seed=seed + 1),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
+def tiny_sana_pipeline(seed: int = 0):
+    """A tiny `SanaPipeline`: a Gemma-2 text encoder of width 16, a 4-channel deep-compression autoencoder (32x),
+    a one-layer SANA transformer and a flow-matching scheduler."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = tiny_tokenizer(model_max_length=300)
+    torch.manual_seed(seed)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=1,
+        )
+    ).eval()
+    torch.manual_seed(seed)
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=16,
+        sample_size=8,
+    )
+    return SanaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+
+
+def tiny_flux_transformer(seed: int = 0, guidance_embeds: bool = True):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 4, 8),
+    )
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """A tiny `FluxPipeline` (CLIP pooled width 16, T5 width 32, 4-channel VAE packed to 16-dim tokens, dynamic
+    shifting scheduler as FLUX.1-dev's)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(model_max_length=512)
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=1,
+        )
+    ).eval()
+    vae = tiny_vae(seed)
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+        ),
+        vae=vae,
+        text_encoder=tiny_text_encoder(len(tokenizer), hidden_size=16, seed=seed),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=tiny_flux_transformer(seed, guidance_embeds),
+    )

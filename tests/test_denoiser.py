@@ -213,7 +213,7 @@ def test_freeze_casts_only_when_the_dtype_differs(pipe, caplog):
 
 
 def test_unsupported_model_and_trigflow_mismatch_errors():
-    with pytest.raises(ValueError, match="supported: UNet2DConditionModel"):
+    with pytest.raises(ValueError, match="'Linear' is not supported; supported families: sdxl"):
         Denoiser(torch.nn.Linear(2, 2), FlowSchedule(), "flow")
     with pytest.raises(ValueError, match="TrigFlowSchedule"):
         Denoiser(tiny_unconditional_unet(), FlowSchedule(), "trigflow")

@@ -3,8 +3,8 @@
 Every trainer and every 3D optimizer goes through this class (k-diffusion's `Denoiser` pattern). It is the one place
 that knows:
 
-- how to call the wrapped network (UNet2DConditionModel, UNet2DModel, SD3Transformer2DModel,
-  SanaTransformer2DModel), with which timestep, conditioning and guidance embedding;
+- how to call the wrapped network, with which timestep, conditioning and guidance embedding, through one adapter
+  per model family (`sdtoolkit.core.families`: SD 1.x/2.x, SDXL, SD3, SANA, FLUX, pixel UNets);
 - its prediction type and how to turn it into x0, eps, v, flow velocity or TrigFlow F (`sdtoolkit.core.prediction`);
 - classifier-free guidance (diffusers convention, cond and uncond batched into one forward) and guidance rescale
   (`sdtoolkit.core.cfg`);
@@ -24,14 +24,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.core.cfg import classifier_free_guidance, guidance_scale_embedding, rescale_guidance
+from sdtoolkit.core.cfg import classifier_free_guidance, rescale_guidance
+from sdtoolkit.core.families import family_for, supported_model_classes
 from sdtoolkit.core.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
 from sdtoolkit.core.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
 from sdtoolkit.core.utils import cast_floating
 
-SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "SanaTransformer2DModel")
+SUPPORTED_MODELS = supported_model_classes()
+"""diffusers network classes the Denoiser wraps (one adapter per family: `sdtoolkit.core.families`)."""
 #: blocks compiled by `Denoiser.compile(regional=True)` when the model declares no `_repeated_blocks`
-REPEATED_BLOCKS = ("BasicTransformerBlock", "ResnetBlock2D", "JointTransformerBlock", "SanaTransformerBlock")
+REPEATED_BLOCKS = (
+    "BasicTransformerBlock",
+    "ResnetBlock2D",
+    "JointTransformerBlock",
+    "SanaTransformerBlock",
+    "FluxTransformerBlock",
+    "FluxSingleTransformerBlock",
+)
 
 
 @dataclass
@@ -133,10 +142,7 @@ class Denoiser(nn.Module):
         self.schedule = schedule
         self.prediction_type = canonical_prediction_type(prediction_type)
         self.model_kind = type(unwrap_model(model)).__name__
-        if self.model_kind not in SUPPORTED_MODELS:
-            raise ValueError(
-                f"model class {self.model_kind!r} is not supported; supported: {', '.join(SUPPORTED_MODELS)}"
-            )
+        self.family = family_for(unwrap_model(model))
         if self.prediction_type == "trigflow" and not isinstance(schedule, TrigFlowSchedule):
             raise ValueError("prediction_type='trigflow' needs a TrigFlowSchedule")
         # parts that are not trained here stay out of the module tree (and out of state_dicts and optimizers)
@@ -245,45 +251,7 @@ class Denoiser(nn.Module):
         return output.to(x_t.dtype)
 
     def _call_network(self, x: Tensor, timestep: Tensor, cond: Conditioning, guidance_embed: Tensor | None) -> Tensor:
-        kind, model = self.model_kind, self.model
-        if kind == "UNet2DConditionModel":
-            timestep_cond = None
-            if self.time_cond_proj_dim is not None:
-                if guidance_embed is None:
-                    raise ValueError("this UNet has time_cond_proj_dim (a guidance embedding): pass guidance_embed")
-                timestep_cond = guidance_scale_embedding(guidance_embed, self.time_cond_proj_dim, dtype=x.dtype)
-            return model(
-                x,
-                timestep,
-                encoder_hidden_states=_cast(cond.encoder_hidden_states, x.dtype),
-                timestep_cond=timestep_cond,
-                class_labels=cond.class_labels,
-                added_cond_kwargs={k: _cast(v, x.dtype) for k, v in cond.added_cond_kwargs.items()} or None,
-                return_dict=False,
-            )[0]
-        if kind == "UNet2DModel":
-            return model(x, timestep, class_labels=cond.class_labels, return_dict=False)[0]
-        if kind == "SD3Transformer2DModel":
-            return model(
-                hidden_states=x,
-                timestep=timestep,
-                encoder_hidden_states=_cast(cond.encoder_hidden_states, x.dtype),
-                pooled_projections=_cast(cond.pooled_projections, x.dtype),
-                return_dict=False,
-            )[0]
-        if kind == "SanaTransformer2DModel":
-            kwargs = {}
-            if guidance_embed is not None:
-                kwargs["guidance"] = guidance_embed
-            return model(
-                hidden_states=x,
-                encoder_hidden_states=_cast(cond.encoder_hidden_states, x.dtype),
-                timestep=timestep,
-                encoder_attention_mask=cond.encoder_attention_mask,
-                return_dict=False,
-                **kwargs,
-            )[0]
-        raise AssertionError(kind)
+        return self.family.call(self.model, x, timestep, cond, guidance_embed)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -378,35 +346,7 @@ class Denoiser(nn.Module):
             raise ValueError("encode_prompt needs the Denoiser to hold a diffusers pipeline (Denoiser.from_pipeline)")
         prompts = list(prompts)
         negative = negative_prompt if negative_prompt is not None else [""] * len(prompts)
-        name = type(pipe).__name__
-        if name.startswith("StableDiffusion3"):
-            embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-                prompt=prompts,
-                prompt_2=None,
-                prompt_3=None,
-                device=self.device,
-                do_classifier_free_guidance=True,
-                negative_prompt=negative,
-            )
-            return Conditioning(embeds, pooled_projections=pooled), Conditioning(
-                neg_embeds, pooled_projections=neg_pooled
-            )
-        if name.startswith("Sana"):
-            embeds, mask, neg_embeds, neg_mask = pipe.encode_prompt(
-                prompts, do_classifier_free_guidance=True, negative_prompt=negative, device=self.device
-            )
-            return Conditioning(embeds, encoder_attention_mask=mask), Conditioning(
-                neg_embeds, encoder_attention_mask=neg_mask
-            )
-        if name.startswith("StableDiffusion") and "XL" not in name or name.startswith("LatentConsistency"):
-            embeds, neg_embeds = pipe.encode_prompt(
-                prompts, self.device, 1, do_classifier_free_guidance=True, negative_prompt=negative
-            )
-            return Conditioning(embeds), Conditioning(neg_embeds)
-        raise NotImplementedError(
-            f"encode_prompt for {name} is not wired yet; supported: StableDiffusionPipeline (SD 1.x/2.x and the "
-            "builtin teacher), StableDiffusion3Pipeline, SanaPipeline. Build a Conditioning by hand for other models."
-        )
+        return self.family.encode_prompt(pipe, prompts, negative, self.device)
 
     def encode(self, images: Tensor, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
         """Images in [-1, 1] `[B, 3, H, W]` -> latents z = (E(x) - shift) * scale (Rombach et al. 2022, Sec. 3; the
@@ -554,10 +494,6 @@ def _as_batch(t: Tensor | float, x: Tensor) -> Tensor:
     if t.ndim == 0 or t.shape[0] == 1 and x.shape[0] != 1:
         t = t.reshape(1).expand(x.shape[0])
     return t
-
-
-def _cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if x is None else x.to(dtype)
 
 
 def _is_one(scale: float | Tensor) -> bool:

@@ -1,0 +1,72 @@
+"""The interface of a model-family adapter: how the `Denoiser` calls one kind of diffusers network, encodes
+prompts through that family's stock pipeline, and which stock pipeline its students export to.
+
+This is k-diffusion's "one thin wrapper per model family" (`k_diffusion.external`): the Denoiser stays free of
+class-name branches, and a new family is one new file in this folder plus one line in its `__init__`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from sdtoolkit.core.cfg import guidance_scale_embedding
+
+
+class ModelFamily:
+    """One diffusers model family (stateless; `Denoiser.family` holds an instance).
+
+    Subclasses set the class attributes and implement `call` and `encode_prompt`.
+    """
+
+    name: ClassVar[str]
+    """Short name used in messages, README's family table and tests (`sd`, `sdxl`, `sd3`, `sana`, `flux`)."""
+    model_classes: ClassVar[tuple[str, ...]]
+    """diffusers network classes of this family (the pipeline's `unet` or `transformer`)."""
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    """Stock pipelines whose `encode_prompt` this family calls (text-to-image first)."""
+    export_pipeline: ClassVar[str | None] = None
+    """Stock text-to-image pipeline class a student of this family is exported as."""
+    description: ClassVar[str] = ""
+    """One line for messages and README (the models it covers)."""
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether `model` (unwrapped) belongs to this family."""
+        return type(model).__name__ in cls.model_classes
+
+    def call(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        timestep: Tensor,
+        cond: Any,
+        guidance_embed: Tensor | None,
+    ) -> Tensor:
+        """The network's raw output for latents `x` `[B, C, H, W]` at the model timestep `timestep` `[B]`
+        (`NoiseSchedule.model_timestep`), in the layout of `x`."""
+        raise NotImplementedError
+
+    def encode_prompt(self, pipe: Any, prompts: list[str], negative: list[str], device: torch.device) -> tuple:
+        """(cond, uncond) `Conditioning`s through the pipeline's own `encode_prompt`, so the conditioning is exactly
+        what the stock pipeline uses at sampling time."""
+        raise NotImplementedError(
+            f"prompt encoding for the {self.name} family is not wired; build a Conditioning by hand"
+        )
+
+
+def cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """`x` in `dtype` (floating tensors only; masks and ids keep theirs), None stays None."""
+    return x.to(dtype) if x is not None and x.is_floating_point() else x
+
+
+def w_embedding(model: nn.Module, guidance_embed: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """LCM's guidance-scale embedding of w for UNets with `time_cond_proj_dim` (Luo et al. 2023, Eq. 9), else None."""
+    dim = getattr(model.config, "time_cond_proj_dim", None)
+    if dim is None:
+        return None
+    if guidance_embed is None:
+        raise ValueError("this UNet has time_cond_proj_dim (a guidance embedding): pass guidance_embed")
+    return guidance_scale_embedding(guidance_embed, dim, dtype=dtype)
