@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sdtoolkit.core.config import FRACTION, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.schedules import VPSchedule
 from sdtoolkit.distill.score_distillation import injection_loss, sample_timesteps
@@ -29,6 +31,15 @@ ANNEALINGS = ("none", "linear", "sqrt")
 @dataclass
 class TimestepScheduleConfig:
     """Which diffusion times t the guidance draws, as fractions of the schedule's range."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "min_step_percent": FRACTION,
+        "max_step_percent": FRACTION,
+        "anneal": OneOf(*ANNEALINGS),
+        "max_step_percent_end": FRACTION,
+        "anneal_start": FRACTION,
+        "anneal_end": FRACTION,
+    }
 
     min_step_percent: float = 0.02
     """Lower end of t (threestudio `min_step_percent`, DreamFusion: 0.02)."""
@@ -108,6 +119,12 @@ def sds_weight(kind: str, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
 @dataclass
 class SDSConfig:
     """Score Distillation Sampling (DreamFusion) hyper-parameters."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "guidance_scale": Range(0),
+        "weighting": OneOf(*WEIGHTINGS),
+        "grad_clip": POSITIVE,
+    }
 
     guidance_scale: float = 100.0
     """CFG scale s in the diffusers convention (eps_u + s (eps_c - eps_u)); threestudio's s' = s - 1. DreamFusion

@@ -13,10 +13,12 @@ camera-free score.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.distill.score_distillation import FakeScoreConfig, ScorePair, sample_timesteps
 from sdtoolkit.text_to_3d.guidance.registry import register
@@ -37,6 +39,18 @@ CAMERA_DIM = 16
 @dataclass
 class VSDConfig:
     """ProlificDreamer's VSD hyper-parameters (threestudio `stable-diffusion-vsd-guidance` defaults)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "guidance_scale": Range(0),
+        "guidance_scale_lora": Range(0),
+        "weighting": OneOf("sds", "uniform", "fantasia3d"),
+        "lora_rank": AT_LEAST_1,
+        "lora_lr": POSITIVE,
+        "lora_steps_per_step": AT_LEAST_1,
+        "camera_condition_dropout": FRACTION,
+        "lora_t_range": FRACTION,
+        "grad_clip": POSITIVE,
+    }
 
     guidance_scale: float = 7.5
     """CFG scale of the real score, diffusers convention (ProlificDreamer: 7.5; VSD's CFG is already diffusers')."""
