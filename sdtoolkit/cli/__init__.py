@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 class CLIError(Exception):
-    """A bad input the user can fix; printed as one line, exit status 2, nothing written."""
+    """A bad input the user can fix; printed as one line per problem, exit status 2, nothing written."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from sdtoolkit.runs import RunError
+
     try:
         return int(args.run(args) or 0)
+    except RunError as error:  # a run that could not start or had to stop (sdtoolkit.runs): one line, its status
+        print(f"sdtoolkit {args.command}: {error.label}: {error}", file=sys.stderr)
+        return error.exit_code
     except CLIError as error:
-        print(f"sdtoolkit {args.command}: error: {error}", file=sys.stderr)
+        for line in str(error).splitlines() or [""]:
+            print(f"sdtoolkit {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -10,21 +10,12 @@ configuration is written to `<output>/config.json`. Every bad input is reported 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import functools
-import inspect
 import json
 import re
-import textwrap
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from sdtoolkit.cli import CLIError
-
-RESERVED = ("config", "resume")
+from sdtoolkit.cli import CLIError, config_cli
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +34,6 @@ def add_parser(subparsers) -> None:
             name,
             help=_first_sentence(method.description) or name,
             description=method.description or None,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
             argument_default=argparse.SUPPRESS,
         )
         sub.add_argument(
@@ -54,15 +44,21 @@ def add_parser(subparsers) -> None:
         sub.add_argument(
             "--resume",
             metavar="DIR",
-            help="Continue a run: its folder (latest checkpoint) or one checkpoints/step_N folder; its config "
-            "is the starting point (flags override it, e.g. a larger --max-steps).",
+            help="Continue a run: its folder (latest checkpoint) or one checkpoints/step_N folder. Its config is "
+            "the starting point; flags may change only "
+            + ", ".join(_flag(k) for k in TrainConfig.RESUMABLE)
+            + " (other flags that differ from the run are refused).",
         )
         train_group = sub.add_argument_group("training loop (all methods)")
-        _add_dataclass_flags(train_group, TrainConfig, "train")
+        names = config_cli.add_flags(train_group, TrainConfig, "train")
         method_group = sub.add_argument_group(f"{name} method")
-        _add_dataclass_flags(method_group, method.config_class, name)
-        sub.set_defaults(run=run)
+        config_cli.add_flags(method_group, method.config_class, name, names=names)
+        sub.set_defaults(run=run, config_names=names)
     parser.set_defaults(run=_require_method(parser))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _first_sentence(text: str) -> str:
@@ -81,93 +77,21 @@ def _require_method(parser: argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------------------------- flags
 
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (nerfstudio/tyro style), from the source of `cls` and its bases."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass) or klass.__module__ == "builtins":
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, following in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_dataclass_flags(group, cls: type, section: str) -> None:
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in RESERVED:
-            raise AssertionError(f"{cls.__name__}.{f.name} collides with a reserved flag")
-        hint = hints[f.name]
-        base, optional = _unwrap_optional(hint)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = docs.get(f.name, "") + f" (default: {_show(default)})"
-        kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "help": help_text.replace("%", "%%")}
-        if base is bool:
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(base) is tuple:
-            item = typing.get_args(base)[0]
-            group.add_argument(_flag(f.name), nargs="+", type=item, metavar="VALUE", **kwargs)
-        elif base in (int, float, str):
-            metavar = {int: "N", float: "X", str: "TEXT"}[base]
-            group.add_argument(
-                _flag(f.name), type=_optional_type(base) if optional else base, metavar=metavar, **kwargs
-            )
-        else:
-            raise AssertionError(f"{cls.__name__}.{f.name}: unsupported flag type {hint}")
-
-
-def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return hint, False
-
-
-def _optional_type(base: type):
-    def parse(text: str):
-        return None if text.lower() in ("none", "null") else base(text)
-
-    parse.__name__ = base.__name__
-    return parse
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return " ".join(str(v) for v in value) if len(value) <= 4 else f"{len(value)} values"
-    return str(value)
+field_docs = config_cli.field_docs  # the field-docstring reader now lives in sdtoolkit.cli.config_cli
 
 
 # ---------------------------------------------------------------------------------------------------- resolution
 
 
 def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[str, Any]]:
-    """(method class, its config, TrainConfig, checkpoint to resume or None, resolved dict), or CLIError."""
-    from sdtoolkit.distill.loop import CONFIG_NAME, TrainConfig, config_from_dict, get_method, latest_checkpoint
+    """(method class, its config, TrainConfig, checkpoint to resume or None, resolved dict), or CLIError naming
+    every bad value (one line each) before anything is written."""
+    from sdtoolkit.distill.loop import CONFIG_NAME, TrainConfig, get_method, latest_checkpoint
 
     name = args.method
     method = get_method(name)
-    train_values: dict[str, Any] = {}
-    method_values: dict[str, Any] = {}
+    names: dict[str, str] = getattr(args, "config_names", {})
+    stored: dict[str, Any] = {}
     checkpoint: Path | None = None
 
     resume = getattr(args, "resume", None)
@@ -182,54 +106,64 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
         saved = run_dir / CONFIG_NAME
         if not saved.is_file():
             raise CLIError(f"--resume {resume}: no {CONFIG_NAME} in {run_dir}; it is not an sdtoolkit run folder")
-        stored = json.loads(saved.read_text())
+        try:
+            stored = json.loads(saved.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CLIError(f"--resume {resume}: {saved} is not valid JSON ({error})") from None
+        if not isinstance(stored, dict):
+            raise CLIError(f"--resume {resume}: {saved} is not a JSON object of settings")
         if stored.get("method") != name:
             raise CLIError(
                 f"--resume {resume} is a {stored.get('method')!r} run, not {name!r}: resume it with "
                 f"`sdtoolkit distill {stored.get('method')} --resume {resume}` or choose a {name} run"
             )
         if checkpoint is None:
-            raise CLIError(f"--resume {resume}: the run has no checkpoint yet (checkpoints/step_N); start it anew")
-        train_values.update(stored.get("train", {}))
-        method_values.update(stored.get(name, {}))
-        train_values["output"] = str(run_dir)
+            raise CLIError(
+                f"--resume {resume}: the run has no checkpoint yet (checkpoints/step_N); rerun the same command "
+                "without --resume to start it again in place"
+            )
+        stored = {"train": {**stored.get("train", {}), "output": str(run_dir)}, name: stored.get(name, {})}
 
+    requested: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise CLIError(f"--config {config_file}: no such file; pass a JSON file like a run's config.json")
-        try:
-            loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise CLIError(f"--config {config_file}: not valid JSON ({error})") from error
+        valid = ("method", "sdtoolkit_version", "train", name)
+        loaded = config_cli.read_config_file(config_file, valid)
         if loaded.get("method", name) != name:
             raise CLIError(f"--config {config_file} is for method {loaded['method']!r}, not {name!r}")
-        unknown = sorted(set(loaded) - {"method", "train", name, "sdtoolkit_version"})
-        if unknown:
-            raise CLIError(f"--config {config_file}: unknown sections {unknown}; valid: method, train, {name}")
-        train_values.update(loaded.get("train", {}))
-        method_values.update(loaded.get(name, {}))
+        requested = {key: loaded[key] for key in ("train", name) if key in loaded}
+        bad = [
+            f"--config {config_file}: {key} = {json.dumps(value)}: expected an object of {key} settings"
+            for key, value in requested.items()
+            if not isinstance(value, dict)
+        ]
+        if bad:
+            config_cli.fail(bad)
+    requested = config_cli.merge(requested, config_cli.given(args))
 
-    for key, value in vars(args).items():
-        section, _, field_name = key.partition(".")
-        if section == "train":
-            train_values[field_name] = value
-        elif section == name:
-            method_values[field_name] = value
-
-    try:
-        train = config_from_dict(TrainConfig, train_values, "train config")
-        method_config = config_from_dict(method.config_class, method_values, f"{name} config")
-    except (TypeError, ValueError) as error:
-        raise CLIError(str(error)) from error
+    if resume is not None:
+        changeable = {f"train.{key}" for key in TrainConfig.RESUMABLE}
+        lines = config_cli.resume_conflicts(stored, requested, changeable, names)
+        if lines:
+            config_cli.fail(lines)
+    values = config_cli.merge(stored, requested)
+    errors: list[str] = []
+    sections = []
+    for key, cls in (("train", TrainConfig), (name, method.config_class)):
+        try:
+            sections.append(config_cli.build_section(cls, values.get(key, {}), key, names))
+        except CLIError as error:
+            errors += str(error).splitlines()
+    if errors:
+        config_cli.fail(errors)
+    train, method_config = sections
     from sdtoolkit import __version__
 
     resolved = {
         "method": name,
         "sdtoolkit_version": __version__,
-        "train": dataclasses.asdict(train),
-        name: dataclasses.asdict(method_config),
+        "train": config_cli.to_dict(train),
+        name: config_cli.to_dict(method_config),
     }
     return method, method_config, train, checkpoint, resolved
 
@@ -237,7 +171,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
 def check(method, method_config, train, checkpoint: Path | None) -> None:
     """Every check that needs no model: values, files, folders. Raises CLIError naming the value and the fix."""
     from sdtoolkit.distill.data import read_image_captions, read_prompt_file
-    from sdtoolkit.distill.loop import BUILTIN_TEACHER, CONFIG_NAME
+    from sdtoolkit.distill.loop import BUILTIN_TEACHER
 
     try:
         method.check_config(method_config, train)
@@ -279,12 +213,16 @@ def check(method, method_config, train, checkpoint: Path | None) -> None:
         raise CLIError(
             f"{method.name} needs prompts: pass --prompts FILE (.txt, .jsonl or .csv) for {train.teacher!r}"
         )
-    output = Path(train.output)
-    if checkpoint is None and ((output / CONFIG_NAME).exists() or (output / "checkpoints").exists()):
-        raise CLIError(
-            f"--output {train.output} already holds a run: continue it with --resume {train.output}, "
-            "or choose another --output"
-        )
+    from sdtoolkit.distill.checkpoint import CheckpointError, refuse_pickles
+    from sdtoolkit.distill.loop import check_output_folder
+    from sdtoolkit.runs import OutputFolderError
+
+    try:  # the output folder is the user's (sdtoolkit.runs); a checkpoint holding a pickle is never loaded
+        check_output_folder(train, resume=checkpoint is not None)
+        if checkpoint is not None:
+            refuse_pickles(checkpoint)
+    except (OutputFolderError, CheckpointError) as error:
+        raise CLIError(str(error)) from None
 
 
 def _check_teacher(teacher: str) -> None:
@@ -306,6 +244,22 @@ def _check_teacher(teacher: str) -> None:
         raise CLIError(
             f"--teacher {teacher}: not builtin:shapes, an existing diffusers folder, or a Hub id like "
             "stable-diffusion-v1-5/stable-diffusion-v1-5"
+        )
+
+
+def check_resolution(resolution: int | None, pipeline, flag: str, key: str) -> None:
+    """A resolution the teacher's VAE maps to whole latents: a multiple of its scale factor, at least one UNet
+    downsampling's worth of latents. CLIError naming the value and the nearest valid ones."""
+    if resolution is None:
+        return
+    factor = int(getattr(pipeline, "vae_scale_factor", 8))
+    if resolution % factor or resolution < 2 * factor:
+        low = max(2 * factor, resolution // factor * factor)
+        high = max(2 * factor, -(-resolution // factor) * factor)
+        nearest = f"{low}" if low == high else f"{low} or {high}"
+        raise CLIError(
+            f"{flag} {resolution}: must be a multiple of the teacher's VAE scale factor {factor} and at least "
+            f"{2 * factor} (e.g. {nearest}) ({key})"
         )
 
 
@@ -392,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
     method, method_config, train, checkpoint, resolved = resolve(args)
     check(method, method_config, train, checkpoint)
     pipeline = load_teacher(train.teacher)
+    check_resolution(train.resolution, pipeline, "--resolution", "train.resolution")
     trainer = Trainer(method, method_config, train, resolved, prepare_data, resume_from=checkpoint, pipeline=pipeline)
     output = trainer.run()
     print(f"run folder: {output}" + (f"\nexported pipeline: {output / 'export'}" if train.export else ""))

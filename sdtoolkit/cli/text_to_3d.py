@@ -1,23 +1,77 @@
 """`sdtoolkit text-to-3d`: a 3D asset from a prompt (SDS, CSD, VSD) or a layout (SemanticSDS), distilled from a 2D
-prior into a NeRF, exported as GLB/OBJ/PLY meshes and a turntable video."""
+prior into a NeRF, exported as GLB/OBJ/PLY meshes and a turntable video.
+
+Flags come from the typed configs (`sdtoolkit.cli.config_cli`): `TextTo3DConfig` (the run; nested configs as
+`--nerf.*`, `--cameras.*`, `--regularizers.*`), the method's guidance config (`--guidance.*`, defaults per method)
+and `TextTo3DCommand` (output and export). Values resolve as: defaults < the run being resumed < `--config FILE`
+(the layout of a run's config.json, plus an optional "command" object) < flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-from sdtoolkit.cli import CLIError
+from sdtoolkit.cli import CLIError, config_cli
+from sdtoolkit.core.config import AT_LEAST_1, Bound, OneOf, Range, show
 
-METHOD_NAMES = ("sds", "csd", "vsd", "semantic-sds")
-WEIGHTINGS = ("sds", "uniform", "fantasia3d")
-ANNEALINGS = ("none", "linear", "sqrt")
 FORMATS = ("glb", "obj", "ply")
 PRESETS = ("default", "tiny")
+TINY_NERF = {
+    "field": {"num_levels": 4, "max_res": 32, "log2_hashmap_size": 12, "hidden_dim": 16},
+    "num_samples": 16,
+    "occupancy_resolution": 16,
+}
+"""The `--preset tiny` NeRF (explicit `--nerf.*` flags still override it)."""
+ALIASES = {
+    "lr_encoding": ("--lr",),
+    "view_dependent_prompts": ("--view-prompts",),
+    "regularizers.lambda_orient": ("--lambda-orient",),
+    "regularizers.lambda_opacity": ("--lambda-opacity",),
+    "guidance.guidance_scale": ("--guidance-scale",),
+    "guidance.weighting": ("--weighting",),
+    "guidance.grad_clip": ("--grad-clip",),
+    "guidance.timesteps.anneal": ("--t-anneal",),
+}
+"""Short names kept from the hand-written CLI (dotted config key -> extra flags)."""
+
+
+@dataclass
+class TextTo3DCommand:
+    """What `text-to-3d` adds around a run's `TextTo3DConfig`: where it writes, what it exports, how it reports."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "mesh_resolution": Range(8),
+        "video_frames": AT_LEAST_1,
+        "preset": OneOf(*PRESETS),
+    }
+
+    output: str | None = None
+    """Output folder (None: runs/<the prompt as a slug>)."""
+    mesh_resolution: int = 96
+    """Marching-cubes grid size of the exported mesh."""
+    formats: str = "glb,obj,ply"
+    """Mesh formats, comma-separated, from glb, obj, ply."""
+    uv_texture: bool = False
+    """Also export a UV-textured mesh (needs xatlas; vertex colours need nothing)."""
+    video_frames: int = 36
+    """Frames of the turntable video (mp4 with imageio-ffmpeg, GIF otherwise)."""
+    preset: str = "default"
+    """NeRF size: 'default' (the --nerf.* defaults), or 'tiny' (a small field and few samples, for smoke tests and
+    quick looks; --nerf.* flags still override it)."""
+    quiet: bool = False
+    """No progress bar."""
 
 
 def add_parser(subparsers) -> None:
+    from sdtoolkit.text_to_3d import TextTo3DConfig
+    from sdtoolkit.text_to_3d.config import METHODS
+
     parser = subparsers.add_parser(
         "text-to-3d",
         help="Distil a 2D diffusion prior into a NeRF (SDS/CSD/VSD/SemanticSDS) and export a mesh and a turntable.",
@@ -25,173 +79,240 @@ def add_parser(subparsers) -> None:
         "image prior (score distillation), then export the density's iso-surface with vertex colours as GLB/OBJ/PLY "
         "and a turntable video (mp4 with imageio-ffmpeg, GIF otherwise). CFG scales are in the diffusers convention "
         "(threestudio's guidance_scale is ours minus one). The resolved config is saved as OUTPUT/config.json.",
+        argument_default=argparse.SUPPRESS,
     )
     parser.add_argument(
-        "prompt", nargs="?", default="", help='The prompt, e.g. "a red cube" (not needed with a layout).'
+        f"{config_cli.DEST}prompt",
+        nargs="?",
+        metavar="PROMPT",
+        help='The prompt, e.g. "a red cube" (for semantic-sds: the optional scene description; objects come from '
+        "the layout) (default: '')",
     )
-    parser.add_argument("--prior", default="builtin:shapes", help="builtin:shapes, a diffusers folder or a Hub id.")
-    parser.add_argument("--method", default="sds", help=f"Guidance: {', '.join(METHOD_NAMES)} (default: sds).")
-    parser.add_argument("--layout", type=Path, default=None, help="Layout JSON for semantic-sds (objects + boxes).")
-    parser.add_argument("--output", type=Path, default=None, help="Output folder (default: runs/<prompt>).")
-    parser.add_argument("--steps", type=int, default=None, help="Optimisation steps (default: 400).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (default: 0).")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale, diffusers convention.")
-    parser.add_argument("--weighting", default=None, help=f"w(t): {', '.join(WEIGHTINGS)}.")
-    parser.add_argument("--t-anneal", default=None, help=f"Time annealing: {', '.join(ANNEALINGS)}.")
-    parser.add_argument(
-        "--t-range", type=float, nargs=2, default=None, help="Time range as fractions, e.g. 0.02 0.98."
+    config_cli.add_common(
+        parser,
+        "JSON config: a run's config.json (TextTo3DConfig fields, 'guidance' the method's guidance config), plus "
+        "an optional 'command' object of the output/export settings below; flags override it.",
+        "Continue the run in --output (or in DIR) from its checkpoint.safetensors. Flags may change only "
+        + ", ".join(config_cli.flag_of("", k) for k in TextTo3DConfig.RESUMABLE)
+        + " and the output/export settings; others that differ from the run are refused.",
+        nargs="?",
+        const="",
+        metavar="DIR",
     )
-    parser.add_argument("--grad-clip", type=float, default=None, help="Element-wise clamp of the guidance gradient.")
-    parser.add_argument("--resolution", type=int, default=None, help="Render size fed to the prior (default: native).")
-    parser.add_argument("--lr", type=float, default=None, help="Learning rate of the hash tables (default: 0.01).")
-    parser.add_argument("--lambda-orient", type=float, default=None, help="Orientation-loss weight (default: 0).")
-    parser.add_argument("--lambda-opacity", type=float, default=None, help="Sparsity weight (default: 0).")
-    parser.add_argument("--no-view-prompts", action="store_true", help="Do not append ', front view' etc.")
-    parser.add_argument("--mesh-resolution", type=int, default=96, help="Marching-cubes grid size (default: 96).")
-    parser.add_argument("--formats", default="glb,obj,ply", help="Mesh formats, comma-separated (glb,obj,ply).")
-    parser.add_argument("--uv-texture", action="store_true", help="Also export a UV-textured mesh (needs xatlas).")
-    parser.add_argument("--video-frames", type=int, default=36, help="Turntable frames (default: 36).")
-    parser.add_argument("--preview-every", type=int, default=200, help="Preview period in steps (0: off).")
-    parser.add_argument("--checkpoint-every", type=int, default=200, help="Checkpoint period in steps (0: end only).")
-    parser.add_argument("--resume", action="store_true", help="Continue from OUTPUT/checkpoint.safetensors.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1).")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu).")
-    parser.add_argument(
-        "--preset",
-        default="default",
-        help="NeRF size: 'default', or 'tiny' (a small field and few samples, for smoke tests and quick looks).",
+    names: dict[str, str] = {}
+    run_group = parser.add_argument_group("run (TextTo3DConfig; nested configs as --nerf.*, --cameras.*, ...)")
+    skip = ("prompt", "layout", "guidance")
+    config_cli.add_flags(run_group, TextTo3DConfig, "", skip=skip, aliases=ALIASES, names=names)
+    run_group.add_argument(
+        "--layout",
+        dest=f"{config_cli.DEST}layout",
+        metavar="FILE.json",
+        help="SemanticSDS layout JSON (objects with a prompt and a 3D box; semantic-sds only) (default: None)",
     )
-    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
-    parser.set_defaults(run=run)
+    guidance_group = parser.add_argument_group(
+        "guidance (the method's config; defaults depend on --method and, for sds/semantic-sds, on a builtin: prior)"
+    )
+    defaults = guidance_defaults()
+    for cls in dict.fromkeys(METHODS.values()):
+        config_cli.add_flags(
+            guidance_group,
+            cls,
+            "guidance",
+            prefix="guidance.",
+            skip=tuple(names),
+            aliases=ALIASES,
+            defaults=defaults,
+            names=names,
+        )
+    command_group = parser.add_argument_group("output and export")
+    config_cli.add_flags(command_group, TextTo3DCommand, "command", names=names)
+    parser.set_defaults(run=run, config_names=names)
+
+
+def guidance_defaults() -> dict[str, str]:
+    """Dotted guidance key -> the default shown in --help: `sds 20.0 (builtin: prior) / 100.0, csd 40.0, ...`."""
+    from sdtoolkit.text_to_3d.config import METHODS, default_guidance, to_dict
+
+    per_method: dict[str, list[str]] = {}
+    for method in METHODS:
+        builtin = config_cli.flatten(to_dict(default_guidance(method, "builtin:shapes")), "guidance")
+        other = config_cli.flatten(to_dict(default_guidance(method, "org/model")), "guidance")
+        for key, value in builtin.items():
+            text = f"{method} {show(value)}"
+            if other[key] != value:
+                text += f" (builtin: prior) / {show(other[key])}"
+            per_method.setdefault(key, []).append(text)
+    return {key: ", ".join(texts) for key, texts in per_method.items()}
 
 
 def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:60] or "asset"
 
 
-def build_config(args: argparse.Namespace):
-    """Validates the arguments (raising `CLIError` before any work) and returns the `TextTo3DConfig`."""
+# ------------------------------------------------------------------------------------------------ resolution
+
+
+def resolve(args: argparse.Namespace) -> tuple[Any, TextTo3DCommand, Path, bool]:
+    """(TextTo3DConfig, TextTo3DCommand, output folder, resume?) with every value checked, or CLIError naming each
+    bad value (one line each). Reads files only."""
     from sdtoolkit.text_to_3d import TextTo3DConfig
+
+    names: dict[str, str] = getattr(args, "config_names", {})
+    requested = config_cli.given(args)
+    config_file = getattr(args, "config", None)
+    if config_file is not None:
+        valid = (*[f.name for f in dataclasses.fields(TextTo3DConfig)], "guidance_type", "command")
+        loaded = config_cli.read_config_file(config_file, valid)
+        requested = config_cli.merge(loaded, requested)
+    command_values = requested.pop("command", {})
+    command = config_cli.build_section(TextTo3DCommand, command_values, "command", names)
+    if command.preset == "tiny":
+        requested = config_cli.merge({"nerf": TINY_NERF}, requested)
+    prompt = requested.get("prompt", "")
+    if isinstance(prompt, str):
+        requested["prompt"] = prompt.strip()
+
+    resume = getattr(args, "resume", None)
+    output = Path(resume or command.output or Path("runs") / _slug(requested.get("prompt") or "layout"))
+    if output.exists() and not output.is_dir():
+        raise CLIError(f"--output {str(output)!r} exists and is not a folder")
+    if resume is not None:
+        if not (output / "checkpoint.safetensors").exists() or not (output / "config.json").is_file():
+            raise CLIError(f"--resume: no checkpoint in {str(output)!r}; run without --resume first")
+        try:
+            stored = json.loads((output / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CLIError(f"--resume: {output / 'config.json'} is not valid JSON ({error})") from None
+        if requested.get("layout") is not None:
+            requested["layout"] = _layout(requested["layout"])
+        requested.pop("guidance_type", None)
+        changeable = set(TextTo3DConfig.RESUMABLE)
+        lines = config_cli.resume_conflicts(stored, requested, changeable, names)
+        if lines:
+            config_cli.fail(lines)
+        requested = config_cli.merge(stored, requested)
+    config = build_run(requested, names)
+    _check_run(config, command)
+    return config, command, output, resume is not None
+
+
+def _layout(value: Any) -> dict:
     from sdtoolkit.text_to_3d.guidance import LayoutError, parse_layout
 
-    if args.method not in METHOD_NAMES:
-        raise CLIError(f"unknown --method {args.method!r}; choose one of {', '.join(METHOD_NAMES)}")
-    layout = None
-    if args.method == "semantic-sds":
-        if args.layout is None:
-            raise CLIError("--method semantic-sds needs --layout scene.json (objects with a prompt and a 3D box)")
-        try:
-            layout = parse_layout(args.layout).to_json()
-        except LayoutError as error:
-            raise CLIError(f"bad layout {str(args.layout)!r}: {error}") from None
-    else:
-        if args.layout is not None:
-            raise CLIError(f"--layout only applies to --method semantic-sds, not {args.method!r}")
-        if not args.prompt.strip():
-            raise CLIError('the prompt is empty; give one, e.g. sdtoolkit text-to-3d "a red cube"')
-    for name in ("steps", "mesh_resolution", "video_frames"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if args.mesh_resolution < 8:
-        raise CLIError(f"--mesh-resolution must be at least 8, got {args.mesh_resolution}")
-    if args.weighting is not None and args.weighting not in WEIGHTINGS:
-        raise CLIError(f"unknown --weighting {args.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    if args.t_anneal is not None and args.t_anneal not in ANNEALINGS:
-        raise CLIError(f"unknown --t-anneal {args.t_anneal!r}; choose one of {', '.join(ANNEALINGS)}")
-    if args.t_range is not None and not 0 <= args.t_range[0] <= args.t_range[1] <= 1:
-        raise CLIError(f"--t-range must satisfy 0 <= low <= high <= 1, got {args.t_range}")
-    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
+    try:
+        return parse_layout(value).to_json()
+    except LayoutError as error:
+        shown = value if isinstance(value, str) else "in the config"
+        raise CLIError(f"bad layout {shown!r}: {error}") from None
+
+
+def build_run(values: dict[str, Any], names: dict[str, str]):
+    """The `TextTo3DConfig` of resolved values: strict keys and types, bounds, the guidance config of its method
+    (a run's `guidance` overrides of keys the method does not have are refused, naming the methods that have it)."""
+    from sdtoolkit.text_to_3d import TextTo3DConfig
+    from sdtoolkit.text_to_3d.config import METHODS, default_guidance, to_dict
+
+    values = dict(values)
+    guidance_type = values.pop("guidance_type", None)
+    guidance = values.pop("guidance", None) or {}
+    if values.get("layout") is not None:
+        values["layout"] = _layout(values["layout"])
+    config = config_cli.build_section(TextTo3DConfig, values, "", names)
+    cls = METHODS[config.method]
+    if guidance_type is not None and guidance_type != cls.__name__:
         raise CLIError(
-            f"unknown mesh format(s) {bad or args.formats!r} in --formats; choose from {', '.join(FORMATS)}"
+            f"guidance_type {guidance_type!r} is not the config of --method {config.method} ({cls.__name__})"
         )
-    args.formats = formats
-    if args.preset not in PRESETS:
-        raise CLIError(f"unknown --preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise CLIError(f"--device {args.device!r} is not supported; use cpu, cuda or cuda:N")
-    if args.uv_texture:
-        try:
-            import xatlas  # noqa: F401
-        except ImportError:
-            raise CLIError("--uv-texture needs xatlas: pip install xatlas (vertex colours need nothing)") from None
-
-    config = TextTo3DConfig(prompt=args.prompt.strip(), method=args.method, prior=args.prior, layout=layout)
-    config.seed = args.seed
-    if args.steps is not None:
-        config.steps = args.steps
-    g = config.guidance
-    if args.guidance_scale is not None:
-        g.guidance_scale = args.guidance_scale
-    if args.weighting is not None:
-        g.weighting = args.weighting
-    if args.t_anneal is not None:
-        g.timesteps.anneal = args.t_anneal
-    if args.t_range is not None:
-        g.timesteps.min_step_percent, g.timesteps.max_step_percent = args.t_range
-    if args.grad_clip is not None:
-        g.grad_clip = args.grad_clip
-    if args.resolution is not None:
-        config.resolution = args.resolution
-    if args.lr is not None:
-        config.lr_encoding = args.lr
-    if args.lambda_orient is not None:
-        config.regularizers.lambda_orient = args.lambda_orient
-    if args.lambda_opacity is not None:
-        config.regularizers.lambda_opacity = args.lambda_opacity
-    config.view_dependent_prompts = not args.no_view_prompts
-    config.preview_every, config.checkpoint_every = args.preview_every, args.checkpoint_every
-    config.device = args.device
-    if args.threads is not None:
-        config.threads = args.threads
-    if args.preset == "tiny":
-        from sdtoolkit.nerf import FieldConfig, NeRFConfig
-
-        config.nerf = NeRFConfig(
-            field=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16),
-            num_samples=16,
-            occupancy_resolution=16,
-        )
+    if not isinstance(guidance, dict):
+        raise CLIError(f"guidance = {json.dumps(guidance)}: expected an object of {cls.__name__} fields")
+    base = to_dict(default_guidance(config.method, config.prior))
+    foreign = sorted(set(config_cli.flatten(guidance, "guidance")) - set(config_cli.flatten(base, "guidance")))
+    if foreign:
+        lines = []
+        for key in foreign:
+            owners = [m for m, c in METHODS.items() if key in config_cli.flatten(to_dict(c()), "guidance")]
+            where = f"applies to {', '.join(owners)}" if owners else "is no guidance setting"
+            lines.append(f"{names.get(key, key)} {where}, not --method {config.method}")
+        config_cli.fail(lines)
+    config.guidance = config_cli.build_section(cls, config_cli.merge(base, guidance), "guidance", names)
     return config
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_run(config, command: TextTo3DCommand) -> None:
+    """The checks that span fields, files and installed packages."""
+    if config.method == "semantic-sds":
+        if config.layout is None:
+            raise CLIError("--method semantic-sds needs --layout scene.json (objects with a prompt and a 3D box)")
+    else:
+        if config.layout is not None:
+            raise CLIError(f"--layout only applies to --method semantic-sds, not {config.method!r}")
+        if not config.prompt:
+            raise CLIError('the prompt is empty; give one, e.g. sdtoolkit text-to-3d "a red cube"')
+    formats = [f.strip().lower() for f in command.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise CLIError(
+            f"unknown mesh format(s) {bad or command.formats!r} in --formats; choose from {', '.join(FORMATS)}"
+        )
+    if config.device != "cpu" and not config.device.startswith("cuda"):
+        raise CLIError(f"--device {config.device!r} is not supported; use cpu, cuda or cuda:N")
+    if command.uv_texture and importlib.util.find_spec("xatlas") is None:
+        raise CLIError("--uv-texture needs xatlas: pip install xatlas (vertex colours need nothing)")
+
+
+def _check_prior(config) -> None:
+    """The prior exists, and the render resolutions are multiples of its VAE's scale factor."""
     from sdtoolkit.models.loading import ModelNotAvailableError, UnsafeWeightsError, resolve_model_id
 
-    config = build_config(args)
+    try:
+        folder = resolve_model_id(config.prior)
+    except (ValueError, ModelNotAvailableError, UnsafeWeightsError) as error:
+        raise CLIError(f"--prior {config.prior!r}: {error}") from None
+    factor = _vae_scale_factor(folder)
+    if factor is None:
+        return
+    lines = []
+    for key in ("resolution", "start_resolution"):
+        value = getattr(config, key)
+        if value is not None and value % factor:
+            lines.append(
+                f"--{key.replace('_', '-')} {value}: must be a multiple of the prior's VAE scale factor {factor} "
+                f"(e.g. {max(factor, value // factor * factor)} or {-(-value // factor) * factor}) ({key})"
+            )
+    if lines:
+        config_cli.fail(lines)
+
+
+def _vae_scale_factor(folder) -> int | None:
+    """2^(len(vae.block_out_channels) - 1) from a local pipeline folder's vae/config.json (None if unknown)."""
+    if not isinstance(folder, Path) or not (folder / "vae" / "config.json").is_file():
+        return None
+    try:
+        channels = json.loads((folder / "vae" / "config.json").read_text()).get("block_out_channels")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return 2 ** (len(channels) - 1) if channels else None
+
+
+def run(args: argparse.Namespace) -> int:
+    config, command, output, resume = resolve(args)
     missing = [name for name in ("mcubes", "trimesh", "imageio") if importlib.util.find_spec(name) is None]
     if missing:  # checked before any work: the mesh export at the end needs them
         raise CLIError(
             f"text-to-3d needs {', '.join(missing)} for its mesh and video export: pip install 'sdtoolkit[3d]'"
         )
-    try:
-        resolve_model_id(config.prior)
-    except (ValueError, ModelNotAvailableError, UnsafeWeightsError) as error:
-        raise CLIError(f"--prior {config.prior!r}: {error}") from None
-    output = args.output or Path("runs") / _slug(config.prompt or "layout")
-    if output.exists() and not output.is_dir():
-        raise CLIError(f"--output {str(output)!r} exists and is not a folder")
-    from sdtoolkit.text_to_3d import generate, load_config
+    _check_prior(config)
+    from sdtoolkit.text_to_3d import generate
 
-    if args.resume:
-        if not (output / "checkpoint.safetensors").exists():
-            raise CLIError(f"--resume: no checkpoint in {str(output)!r}; run without --resume first")
-        saved = load_config(output / "config.json")
-        if args.steps is not None:
-            saved.steps = args.steps  # resuming may extend the run
-        saved.threads, saved.device = config.threads, config.device
-        config = saved
     summary = generate(
         config,
         output,
-        resume=args.resume,
-        progress=not args.quiet,
-        mesh_resolution=args.mesh_resolution,
-        mesh_formats=args.formats,
-        video_frames=args.video_frames,
-        uv_texture=args.uv_texture,
+        resume=resume,
+        progress=not command.quiet,
+        mesh_resolution=command.mesh_resolution,
+        mesh_formats=[f.strip().lower() for f in command.formats.split(",") if f.strip()],
+        video_frames=command.video_frames,
+        uv_texture=command.uv_texture,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -3,14 +3,13 @@ each method's config), `OptimizerSpec` (one optimizer of a method), and `config_
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
+
+from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, Bound, ConfigError, OneOf, Range, build
 
 BUILTIN_TEACHER = "builtin:shapes"
 """The embedded teacher shipped in `assets/shapes-teacher/`; runs on it are validated with `sdtoolkit.eval`."""
@@ -21,6 +20,56 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 @dataclass
 class TrainConfig:
     """What every method shares: teacher, data, loop, checkpoints, logging."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "resolution": Range(8),
+        "max_steps": AT_LEAST_1,
+        "batch_size": AT_LEAST_1,
+        "gradient_accumulation_steps": AT_LEAST_1,
+        "mixed_precision": OneOf("no", "fp16", "bf16"),
+        "max_grad_norm": NON_NEGATIVE,
+        "seed": NON_NEGATIVE,
+        "checkpoint_every": AT_LEAST_1,
+        "checkpoints_total_limit": AT_LEAST_1,
+        "sample_every": NON_NEGATIVE,
+        "sample_prompts": AT_LEAST_1,
+        "sample_seeds": AT_LEAST_1,
+        "validate_every": Range(-1),
+        "validation_prompts": AT_LEAST_1,
+        "log_with": OneOf("auto", "tensorboard", "none"),
+        "num_workers": NON_NEGATIVE,
+        "num_threads": AT_LEAST_1,
+        "optimizer": OneOf(*OPTIMIZERS),
+        "log_every": AT_LEAST_1,
+        "builtin_images": AT_LEAST_1,
+        "max_nonfinite_updates": NON_NEGATIVE,
+    }
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "max_steps",
+        "cache_dir",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "sample_every",
+        "sample_prompts",
+        "sample_seeds",
+        "validate_every",
+        "validation_prompts",
+        "log_with",
+        "num_workers",
+        "num_threads",
+        "gradient_checkpointing",
+        "teacher_offload",
+        "allow_tf32",
+        "log_every",
+        "fused_optimizer",
+        "channels_last",
+        "compile",
+        "export",
+        "overwrite",
+        "max_nonfinite_updates",
+    )
+    """Fields a resumed run may change (`--resume` refuses the others): how long it runs, how often it checkpoints,
+    samples, validates and logs, and speed/memory options that leave the maths unchanged."""
 
     teacher: str = BUILTIN_TEACHER
     """Teacher: `builtin:shapes` (the embedded teacher), a local diffusers pipeline folder, or a Hub id."""
@@ -95,6 +144,15 @@ class TrainConfig:
     """Export a ready diffusers pipeline to <output>/export at the end (also `sdtoolkit export RUN OUT`)."""
     builtin_images: int = 4096
     """How many builtin:shapes renders (`sdtoolkit.data.ShapesDataset`, seed 1) serve as real data."""
+    overwrite: bool = False
+    """Start anew in an --output that holds a finished or checkpointed run (its files written by sdtoolkit are
+    deleted first) or other files (kept: sdtoolkit deletes only what it wrote; a file named like one the run writes
+    refuses the folder)."""
+    max_nonfinite_updates: int = 3
+    """Non-finite guard: an update whose loss or gradient norm is NaN/inf is skipped (no weight, EMA or optimizer
+    update) and logged as `<optimizer>/skipped`; after this many consecutive skipped updates of one optimizer the run
+    stops (exit status 1, no export, the last good checkpoint kept). 0 turns the guard off (it costs one host sync
+    per update)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -147,25 +205,9 @@ class OptimizerSpec:
 
 
 def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
-    """Builds dataclass `cls` from a JSON-style dict, converting lists to tuples where the field is a tuple and
-    naming unknown keys with the valid ones."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if isinstance(value, list) and _is_tuple_type(hints.get(key)):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _is_tuple_type(hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple_type(arg) for arg in typing.get_args(hint))
-    return False
+    """Builds dataclass `cls` from a JSON-style dict (`sdtoolkit.core.config.build`: lists become tuples where the
+    field is a tuple; unknown keys and wrong types raise a ValueError with one line per bad value)."""
+    try:
+        return build(cls, values, where)
+    except ConfigError as error:
+        raise ValueError(str(error)) from error

@@ -8,8 +8,9 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.nerf import NeRFConfig
 from sdtoolkit.text_to_3d.guidance import CSDConfig, SDSConfig, SemanticSDSConfig, TimestepScheduleConfig, VSDConfig
 
@@ -21,6 +22,16 @@ METHODS = {"sds": SDSConfig, "csd": CSDConfig, "vsd": VSDConfig, "semantic-sds":
 class CameraConfig:
     """Random training cameras (the shared model of `sdtoolkit.data.cameras`). Defaults match the builtin teacher's
     training renders (distance 2.8, fov 40, elevation -10..60 with some overhead views) with a little jitter."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "azimuth_range": Range(-360, 360),
+        "elevation_range": Range(-90, 90),
+        "overhead_prob": FRACTION,
+        "overhead_range": Range(-90, 90),
+        "distance_range": POSITIVE,
+        "fov_range": Range(1, 179),
+        "batch_size": AT_LEAST_1,
+    }
 
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
     """Azimuth range in degrees."""
@@ -42,6 +53,12 @@ class CameraConfig:
 class RegularizerConfig:
     """Regularisers of the anchors (threestudio's DreamFusion system)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "lambda_opacity": NON_NEGATIVE,
+        "lambda_entropy": NON_NEGATIVE,
+        "lambda_orient": NON_NEGATIVE,
+    }
+
     lambda_opacity: float = 0.0
     """Sparsity: mean sqrt(opacity^2 + 0.01) (threestudio `lambda_sparsity`)."""
     lambda_entropy: float = 0.01
@@ -55,6 +72,33 @@ class RegularizerConfig:
 @dataclass
 class TextTo3DConfig:
     """One text-to-3D run."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "method": OneOf(*METHODS),
+        "seed": NON_NEGATIVE,
+        "steps": AT_LEAST_1,
+        "lr_encoding": POSITIVE,
+        "lr_network": POSITIVE,
+        "resolution": Range(8),
+        "start_resolution": Range(8),
+        "resolution_warmup": FRACTION,
+        "background": FRACTION,
+        "preview_every": NON_NEGATIVE,
+        "checkpoint_every": NON_NEGATIVE,
+        "threads": AT_LEAST_1,
+        "max_nonfinite_steps": NON_NEGATIVE,
+    }
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "preview_every",
+        "checkpoint_every",
+        "threads",
+        "device",
+        "overwrite",
+        "max_nonfinite_steps",
+    )
+    """Fields a resumed run may change (`text-to-3d --resume` refuses the others): how long it runs, how often it
+    previews and checkpoints, and where it computes."""
 
     prompt: str = ""
     """The text prompt (for semantic-sds: the optional scene description; objects come from the layout)."""
@@ -102,6 +146,14 @@ class TextTo3DConfig:
     device: str = "cpu"
     """torch device of the prior and the NeRF (random draws stay on the CPU generator, so a seed means the same
     draws on every device)."""
+    overwrite: bool = False
+    """Start anew in an output folder that holds a previous asset (its files written by sdtoolkit are deleted first)
+    or other files (kept: sdtoolkit deletes only what it wrote; a file named like one the run writes refuses the
+    folder). Without it such a folder is refused (`--resume` continues a run)."""
+    max_nonfinite_steps: int = 3
+    """Non-finite guard: a step whose loss or guidance gradient is NaN/inf is skipped (no NeRF or Adam update);
+    after this many consecutive skipped steps the run stops (exit status 1, no mesh export, the last good
+    checkpoint kept). 0 turns the guard off."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
