@@ -9,12 +9,14 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, Range
 from sdtoolkit.data.dataset import render_batch
 from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES, VIEWS
 from sdtoolkit.eval.classifier import ShapesClassifier
@@ -25,6 +27,22 @@ HEADS = ("shape", "colour", "view")
 @dataclass
 class EvaluatorTrainingConfig:
     """How `train_evaluator` trains the shapes classifier."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_train": AT_LEAST_1,
+        "num_test": Range(2),
+        "steps": AT_LEAST_1,
+        "batch_size": AT_LEAST_1,
+        "learning_rate": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "seed": NON_NEGATIVE,
+        "resolution": Range(8),
+        "max_shift": FRACTION,
+        "max_scale": FRACTION,
+        "max_jitter": FRACTION,
+        "max_blur_sigma": NON_NEGATIVE,
+        "max_noise_sigma": NON_NEGATIVE,
+    }
 
     num_train: int = 16384
     """Rendered training images (drawn once from `seed`, then augmented afresh every step)."""

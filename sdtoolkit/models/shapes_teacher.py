@@ -25,9 +25,11 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 
 __all__ = [
     "TeacherConfig",
@@ -51,6 +53,51 @@ class TeacherConfig:
     cores about 18 min of VAE (~1.1 s per batch of 32) and 40 min of UNet (~0.2 s per batch of 32), estimated from
     step timings, not from a full run. GPU runs (`--device cuda`) want a large `batch_size` (4096 on an H200 costs
     no more per step than 1024: the step is launch-bound), uncapped steps and a `max_minutes` budget."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "resolution": Range(8),
+        "num_train_images": AT_LEAST_1,
+        "render_chunk": AT_LEAST_1,
+        "num_workers": NON_NEGATIVE,
+        "vae_channels": AT_LEAST_1,
+        "vae_layers_per_block": AT_LEAST_1,
+        "latent_channels": AT_LEAST_1,
+        "text_hidden_size": AT_LEAST_1,
+        "text_layers": AT_LEAST_1,
+        "text_heads": AT_LEAST_1,
+        "text_intermediate_size": AT_LEAST_1,
+        "max_length": Range(2),
+        "unet_channels": AT_LEAST_1,
+        "unet_layers_per_block": AT_LEAST_1,
+        "unet_attention_heads": AT_LEAST_1,
+        "norm_num_groups": AT_LEAST_1,
+        "num_train_timesteps": Range(2),
+        "beta_start": Range(0, 1, low_open=True, high_open=True),
+        "beta_end": Range(0, 1, low_open=True, high_open=True),
+        "vae_steps": AT_LEAST_1,
+        "vae_batch_size": AT_LEAST_1,
+        "vae_lr": POSITIVE,
+        "vae_kl_weight": NON_NEGATIVE,
+        "vae_warmup_steps": NON_NEGATIVE,
+        "vae_time_fraction": Range(0, 1, low_open=True, high_open=True),
+        "unet_steps": AT_LEAST_1,
+        "batch_size": AT_LEAST_1,
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "warmup_steps": NON_NEGATIVE,
+        "caption_dropout": FRACTION,
+        "ema_decay": Range(0, 1, high_open=True),
+        "grad_clip": NON_NEGATIVE,
+        "seed": NON_NEGATIVE,
+        "device": OneOf("cpu", "cuda"),
+        "mixed_precision": OneOf("no", "bf16", "fp16"),
+        "max_minutes": POSITIVE,
+        "max_encode_fraction": Range(0, 1, low_open=True),
+        "checkpoint_minutes": NON_NEGATIVE,
+        "log_every": AT_LEAST_1,
+        "sample_prompts": NON_NEGATIVE,
+        "threads": AT_LEAST_1,
+    }
 
     # --- data ---------------------------------------------------------------------------------------------------
     resolution: int = 64
