@@ -1,17 +1,39 @@
-"""`sdtoolkit train-evaluator`: train the shapes classifier that `sdtoolkit eval` uses, on fresh renders."""
+"""`sdtoolkit train-evaluator`: train the shapes classifier that `sdtoolkit eval` uses, on fresh renders.
+
+Flags come from `EvaluatorTrainingConfig` (`sdtoolkit.eval.train`) through `sdtoolkit.cli.config_cli`; values
+resolve as defaults < `--config FILE` (its fields, e.g. an evaluator's training_config.json "config") < flags. The
+resolved config is saved in OUTPUT/training_config.json.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from sdtoolkit.cli import CLIError
+from sdtoolkit.cli import CLIError, config_cli
+from sdtoolkit.core.config import AT_LEAST_1, Bound
+
+
+@dataclass
+class TrainEvaluatorCommand:
+    """What `train-evaluator` adds around an `EvaluatorTrainingConfig`."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"num_threads": AT_LEAST_1}
+
+    output: str | None = None
+    """Folder to write the evaluator into (required; must be empty or new)."""
+    num_threads: int | None = None
+    """torch CPU threads (None: torch's choice)."""
+    quiet: bool = False
+    """No progress bars."""
 
 
 def add_parser(subparsers) -> None:
     from sdtoolkit.eval.train import EvaluatorTrainingConfig
 
-    defaults = EvaluatorTrainingConfig()
     parser = subparsers.add_parser(
         "train-evaluator",
         help="train the shapes evaluator (classifier + FD features) on fresh renders",
@@ -20,47 +42,45 @@ def add_parser(subparsers) -> None:
             "(shape, colour, view heads), and saves it as a diffusers folder with training_config.json, "
             "metrics.json (held-out accuracy) and a README.md model card. This is how assets/evaluator was made."
         ),
+        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--output", required=True, help="folder to write the evaluator into (must be empty or new)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the training renders and the run")
-    parser.add_argument("--num-train", type=int, default=defaults.num_train, help="rendered training images")
-    parser.add_argument("--num-test", type=int, default=defaults.num_test, help="held-out images (seed + 1)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="peak AdamW learning rate")
-    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run)
+    config_cli.add_common(parser, "JSON config of EvaluatorTrainingConfig fields; flags override it.")
+    names = config_cli.add_flags(parser, TrainEvaluatorCommand, "command")
+    group = parser.add_argument_group("training (EvaluatorTrainingConfig)")
+    config_cli.add_flags(group, EvaluatorTrainingConfig, "train", names=names)
+    parser.set_defaults(run=run, config_names=names)
+
+
+def build_config(args: argparse.Namespace):
+    """(EvaluatorTrainingConfig, TrainEvaluatorCommand), every value checked (one line per bad value)."""
+    from sdtoolkit.eval.train import EvaluatorTrainingConfig
+
+    names = getattr(args, "config_names", {})
+    requested = config_cli.given(args)
+    command = config_cli.build_section(TrainEvaluatorCommand, requested.get("command", {}), "command", names)
+    values: dict = {}
+    if getattr(args, "config", None) is not None:
+        values = config_cli.read_config_file(args.config, tuple(EvaluatorTrainingConfig.__dataclass_fields__))
+    values.update(requested.get("train", {}))
+    config = config_cli.build_section(EvaluatorTrainingConfig, values, "train", names)
+    if command.output is None:
+        raise CLIError("--output is required: the folder to write the evaluator into")
+    return config, command
 
 
 def run(args) -> int:
-    output = Path(args.output)
+    config, command = build_config(args)
+    output = Path(command.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise CLIError(f"--output {args.output!r} exists and is not an empty folder; choose a new folder")
-    for name in ("steps", "num_train", "num_test", "batch_size"):
-        value = getattr(args, name)
-        if value < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.num_test < 2:
-        raise CLIError(f"--num-test must be at least 2, got {args.num_test}")
-    if args.learning_rate <= 0:
-        raise CLIError(f"--learning-rate must be positive, got {args.learning_rate}")
+        raise CLIError(f"--output {command.output!r} exists and is not an empty folder; choose a new folder")
 
     import torch
 
-    from sdtoolkit.eval.train import EvaluatorTrainingConfig, train_evaluator
+    from sdtoolkit.eval.train import train_evaluator
 
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
-    config = EvaluatorTrainingConfig(
-        num_train=args.num_train,
-        num_test=args.num_test,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-    )
-    metrics = train_evaluator(output, config=config, progress=not args.quiet)
+    if command.num_threads is not None:
+        torch.set_num_threads(command.num_threads)
+    metrics = train_evaluator(output, config=config, progress=not command.quiet)
     print(json.dumps(metrics["held_out_accuracy"], indent=2))
     print(f"saved the evaluator to {output}")
     return 0
