@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from sdtoolkit.data.dataset import parse_caption
-    from sdtoolkit.eval.images import find_images, load_images, read_prompts
+    from sdtoolkit.eval.images import find_images, read_prompts
     from sdtoolkit.eval.metrics import Evaluator
 
     # 1. Check every input before any work.
@@ -58,11 +58,11 @@ def run(args) -> int:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.evaluator is not None and not (Path(args.evaluator) / "config.json").is_file():
         raise CLIError(f"--evaluator {args.evaluator!r} has no config.json; give a folder saved by train-evaluator")
+    images = _load_images(files)
 
     # 2. Score.
     evaluator = Evaluator.load(args.evaluator, device=args.device)
     evaluator.batch_size = args.batch_size
-    images = load_images(files)
     scores = evaluator.score(images, prompts)
     if args.reference_num and len(files) >= 2:
         reference = evaluator.reference_stats(n=args.reference_num, seed=args.reference_seed)
@@ -77,6 +77,26 @@ def run(args) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def _load_images(files: list[Path]):
+    """The images, or one CLIError line naming the first file PIL cannot read (corrupt, truncated, not an image)."""
+    from PIL import Image
+
+    from sdtoolkit.eval.images import load_images
+
+    try:
+        return load_images(files)
+    except ValueError as error:  # differing sizes
+        raise CLIError(f"--images: {error}") from None
+    except (OSError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image.load()
+            except (OSError, SyntaxError) as reason:
+                raise CLIError(f"--images: {file} is not a readable image ({reason}); replace or remove it") from None
+        raise CLIError(f"--images: an image could not be read ({error})") from None
 
 
 def format_table(scores: dict) -> str:
