@@ -53,7 +53,9 @@ def add_parser(subparsers) -> None:
         names = config_cli.add_flags(train_group, TrainConfig, "train")
         method_group = sub.add_argument_group(f"{name} method")
         config_cli.add_flags(method_group, method.config_class, name, names=names)
-        sub.set_defaults(run=run, config_names=names)
+        sub.set_defaults(
+            run=run, config_names=names, config_sections={"train": TrainConfig, name: method.config_class}
+        )
     parser.set_defaults(run=_require_method(parser))
 
 

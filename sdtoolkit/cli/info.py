@@ -7,8 +7,11 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+
+from sdtoolkit.cli import config_cli
 
 PACKAGES = ("sdtoolkit", "torch", "diffusers", "transformers", "accelerate", "peft", "xformers")
 
@@ -20,9 +23,19 @@ def add_parser(subparsers) -> None:
         description="Print what this installation can run: package versions, CPU/CUDA/MPS devices, the attention "
         "backends available per device and dtype, the Hugging Face cache location and offline mode, and which "
         "built-in models are installed.",
+        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--json", action="store_true", help="Print machine-readable JSON instead of text.")
-    parser.set_defaults(run=run)
+    config_cli.add_common(parser, "JSON config of the settings below; flags override it.")
+    names = config_cli.add_flags(parser, InfoCommand, "info")
+    parser.set_defaults(run=run, config_names=names, config_sections={"info": InfoCommand})
+
+
+@dataclass
+class InfoCommand:
+    """What `sdtoolkit info` prints."""
+
+    json: bool = False
+    """Print machine-readable JSON instead of text."""
 
 
 def package_version(name: str) -> str | None:
@@ -126,6 +139,9 @@ def format_text(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    values = config_cli.read_config_file(args.config, ("json",)) if getattr(args, "config", None) else {}
+    values.update(config_cli.given(args).get("info", {}))
+    args.json = config_cli.build_section(InfoCommand, values, "info", args.config_names).json
     info = collect()
     if args.json:
         json.dump(info, sys.stdout, indent=2)

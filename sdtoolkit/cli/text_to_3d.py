@@ -126,7 +126,7 @@ def add_parser(subparsers) -> None:
         )
     command_group = parser.add_argument_group("output and export")
     config_cli.add_flags(command_group, TextTo3DCommand, "command", names=names)
-    parser.set_defaults(run=run, config_names=names)
+    parser.set_defaults(run=run, config_names=names, config_sections={"": TextTo3DConfig, "command": TextTo3DCommand})
 
 
 def guidance_defaults() -> dict[str, str]:
@@ -168,9 +168,8 @@ def resolve(args: argparse.Namespace) -> tuple[Any, TextTo3DCommand, Path, bool]
     command = config_cli.build_section(TextTo3DCommand, command_values, "command", names)
     if command.preset == "tiny":
         requested = config_cli.merge({"nerf": TINY_NERF}, requested)
-    prompt = requested.get("prompt", "")
-    if isinstance(prompt, str):
-        requested["prompt"] = prompt.strip()
+    if isinstance(requested.get("prompt"), str):
+        requested["prompt"] = requested["prompt"].strip()
 
     resume = getattr(args, "resume", None)
     output = Path(resume or command.output or Path("runs") / _slug(requested.get("prompt") or "layout"))

@@ -48,7 +48,11 @@ def add_parser(subparsers) -> None:
     names = config_cli.add_flags(parser, TrainEvaluatorCommand, "command")
     group = parser.add_argument_group("training (EvaluatorTrainingConfig)")
     config_cli.add_flags(group, EvaluatorTrainingConfig, "train", names=names)
-    parser.set_defaults(run=run, config_names=names)
+    parser.set_defaults(
+        run=run,
+        config_names=names,
+        config_sections={"command": TrainEvaluatorCommand, "train": EvaluatorTrainingConfig},
+    )
 
 
 def build_config(args: argparse.Namespace):

@@ -70,7 +70,9 @@ def add_parser(subparsers) -> None:
         aliases={"teacher.num_train_images": ("--num-images",)},
         names=names,
     )
-    parser.set_defaults(run=run, config_names=names)
+    parser.set_defaults(
+        run=run, config_names=names, config_sections={"command": TrainTeacherCommand, "teacher": TeacherConfig}
+    )
 
 
 def build_config(args: argparse.Namespace):

@@ -9,18 +9,34 @@ empty space. Colour is view-independent albedo through a sigmoid (DreamFusion's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.nerf.encodings import HashEncoding
 
 
 @dataclass
 class FieldConfig:
     """Hyper-parameters of `TextTo3DField`."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "bound": POSITIVE,
+        "num_levels": AT_LEAST_1,
+        "features_per_level": AT_LEAST_1,
+        "log2_hashmap_size": Range(4, 30),
+        "min_res": AT_LEAST_1,
+        "max_res": AT_LEAST_1,
+        "hidden_dim": AT_LEAST_1,
+        "blob_density": NON_NEGATIVE,
+        "blob_radius": POSITIVE,
+        "num_semantic": NON_NEGATIVE,
+        "implementation": OneOf("auto", "torch", "tcnn"),
+    }
 
     bound: float = 1.0
     """The field lives in the cube [-bound, bound]^3 (world units); the procedural shapes fit in radius 0.75."""

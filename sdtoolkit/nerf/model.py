@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf
 from sdtoolkit.data.cameras import Cameras
 from sdtoolkit.nerf.colliders import COLLIDERS, RayBundle
 from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField
@@ -26,6 +28,18 @@ from sdtoolkit.nerf.samplers import PDFSampler, RaySamples, UniformSampler, cont
 @dataclass
 class NeRFConfig:
     """Hyper-parameters of `NeRF` (field, collider, sampling)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "collider": OneOf(*COLLIDERS),
+        "scene_radius": POSITIVE,
+        "num_samples": AT_LEAST_1,
+        "num_importance_samples": NON_NEGATIVE,
+        "alpha_threshold": FRACTION,
+        "transmittance_threshold": FRACTION,
+        "chunk": AT_LEAST_1,
+        "occupancy_resolution": NON_NEGATIVE,
+        "occupancy_update_every": AT_LEAST_1,
+    }
 
     field: FieldConfig = field(default_factory=FieldConfig)
     """The radiance field."""
