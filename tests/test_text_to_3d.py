@@ -323,6 +323,8 @@ def test_cli_smoke_per_method(method, tiny_prior, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["mesh_faces"] > 0
     assert json.loads((out / "config.json").read_text())["method"] == method
+    if method == "semantic-sds":  # per-box extraction: the summary names each object and its iso-level
+        assert [o["prompt"] for o in summary["objects"]] == ["a red cube", "a blue sphere"]
     mesh = trimesh.load(out / "mesh.glb", force="mesh")
     assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
     assert sniff_format(summary["video"]) == summary["video"].rsplit(".", 1)[1]

@@ -87,6 +87,7 @@ class TextTo3DConfig:
         "checkpoint_every": NON_NEGATIVE,
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
+        "iso_level": POSITIVE,
     }
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "steps",
@@ -96,6 +97,7 @@ class TextTo3DConfig:
         "device",
         "overwrite",
         "max_nonfinite_steps",
+        "iso_level",
     )
     """Fields a resumed run may change (`text-to-3d --resume` refuses the others): how long it runs, how often it
     previews and checkpoints, and where it computes."""
@@ -125,6 +127,10 @@ class TextTo3DConfig:
     """Fraction of the steps rendered at `start_resolution`."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour (the builtin teacher's renders are on white)."""
+    iso_level: float | None = None
+    """Density level of the exported mesh's surface. None: chosen from the field
+    (`sdtoolkit.text_to_3d.export.auto_iso_threshold`), one level per box for a layout so that no object is lost
+    under a denser neighbour's level."""
     view_dependent_prompts: bool = True
     """Append DreamFusion's view suffix (", front view", ...) to the prompt per camera."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)

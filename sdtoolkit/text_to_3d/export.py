@@ -71,8 +71,6 @@ def marching_cubes(densities: Tensor, lower: float, upper: float, level: float) 
 def extract_mesh(nerf, resolution: int = 96, level: float | None = None):
     """A `trimesh.Trimesh` of the NeRF's density at an automatic (or given) iso-level, with per-vertex colours from
     the field's albedo. Raises `EmptyFieldError` for an empty field."""
-    import trimesh
-
     densities, (lower, upper) = nerf.density_grid(resolution)
     lower, upper = float(lower), float(upper)
     cell = (upper - lower) / (resolution - 1)
@@ -80,12 +78,52 @@ def extract_mesh(nerf, resolution: int = 96, level: float | None = None):
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:
         raise EmptyFieldError(f"marching cubes found no surface at iso-level {level:.4g}")
+    return _colour_mesh(nerf, vertices, faces, level)
+
+
+def _colour_mesh(nerf, vertices: np.ndarray, faces: np.ndarray, level: float):
+    import trimesh
+
     colours = nerf.colours_at(torch.from_numpy(vertices)).clamp(0, 1).numpy()
     rgba = np.concatenate([colours, np.ones_like(colours[:, :1])], axis=1)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=(rgba * 255).round().astype(np.uint8), process=True)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
     mesh.metadata["iso_level"] = level
+    return mesh
+
+
+def extract_layout_mesh(nerf, layout, resolution: int = 96, level: float | None = None):
+    """One mesh per layout box, merged: each box's part of the density grid (the cells whose centres lie in the box,
+    every other cell zero) gets its own iso-level (automatic, or `level`), so an object whose density stayed lower
+    than its neighbour's is not lost under the neighbour's level. `mesh.metadata["objects"]` lists, per object, its
+    prompt, iso-level and face range in the merged mesh (empty range: no surface found in that box)."""
+    import trimesh
+
+    densities, (lower, upper) = nerf.density_grid(resolution)
+    lower, upper = float(lower), float(upper)
+    cell = (upper - lower) / (resolution - 1)
+    axis = torch.linspace(lower, upper, resolution)
+    parts, objects, start = [], [], 0
+    for obj in layout.objects:
+        masks = [(axis >= lo - cell / 2) & (axis <= hi + cell / 2) for lo, hi in zip(obj.box_min, obj.box_max)]
+        inside = masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+        box_densities = torch.where(inside, densities, torch.zeros_like(densities))
+        try:
+            box_level = auto_iso_threshold(box_densities, cell) if level is None else level
+            vertices, faces = marching_cubes(box_densities, lower, upper, box_level)
+        except EmptyFieldError:
+            box_level, faces = None, np.zeros((0, 3), dtype=np.int64)
+        if len(faces):
+            parts.append(_colour_mesh(nerf, vertices, faces, box_level))
+        count = len(parts[-1].faces) if len(faces) else 0
+        objects.append({"prompt": obj.prompt, "iso_level": box_level, "faces": [start, start + count]})
+        start += count
+    if not parts:
+        raise EmptyFieldError("no layout box holds a surface: every box's density field is empty")
+    mesh = trimesh.util.concatenate(parts) if len(parts) > 1 else parts[0]
+    mesh.metadata["objects"] = objects
+    mesh.metadata["iso_level"] = max(o["iso_level"] for o in objects if o["iso_level"] is not None)
     return mesh
 
 
