@@ -34,7 +34,7 @@ from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning
 from sdtoolkit.distill.method import register_method
-from sdtoolkit.distill.score_distillation import drop_conditioning, sample_timesteps, sid_generator_loss
+from sdtoolkit.distill.score_distillation import drop_conditioning, finite_mask, sample_timesteps, sid_generator_loss
 
 from .distribution_matching import DistributionMatchingMethod, RegressionConfig
 
@@ -121,6 +121,7 @@ class SiD(DistributionMatchingMethod):
         loss = self.scores.fake_denoising_loss(
             x, fake_cond, uncond=uncond, guidance_scale=c.fake_train_guidance, t=t, eps=eps
         )
+        loss = _nan_unless(finite_mask(x).any(), loss)
         return {"loss": loss, "loss_denoise": loss}, {"x": x, "cond": cond, "t": t, "eps": eps}
 
     def generator_loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -140,6 +141,7 @@ class SiD(DistributionMatchingMethod):
             y_fake = self.scores.fake(x_t, t, cond, uncond=uncond, guidance_scale=c.fake_guidance).x0
             y_real = self.scores.real(x_t, t, cond, uncond=uncond, guidance_scale=c.real_guidance_scale, grad=True).x0
             loss, keep = sid_generator_loss(x_g, y_real, y_fake, alpha=c.alpha)
+            loss = _nan_unless(keep.any(), loss)
         out = {}
         if c.regression_weight > 0:  # on SiD's per-sample-sum scale
             out["loss_regression"] = self.regression_loss(B, reduction="sum")
@@ -153,3 +155,10 @@ class SiD(DistributionMatchingMethod):
         if name == "fake_score":
             return self.fake_score_loss(batch, step)
         raise KeyError(f"SiD has no optimizer {name!r}; it has 'fake_score' and 'generator'")
+
+
+def _nan_unless(any_kept: Tensor, loss: Tensor) -> Tensor:
+    """`loss`, or NaN when SiD's NaN-sample masking dropped every sample: a batch with nothing finite must not log
+    a converged-looking 0 (the loop's non-finite guard then skips the update and counts it). The gradient stays
+    finite (zero through the NaN branch). No host sync."""
+    return torch.where(any_kept, loss, torch.full_like(loss, float("nan")))

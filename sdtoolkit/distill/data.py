@@ -196,14 +196,44 @@ def _cache_is_valid(cache_dir: Path, name: str, key: str) -> bool:
     meta = cache_dir / "cache.json"
     if not meta.is_file() or not (cache_dir / f"{name}.safetensors").exists():
         return False
-    return json.loads(meta.read_text()).get(name) == key
+    try:
+        return json.loads(meta.read_text()).get(name) == key
+    except ValueError:  # an index torn by an older version: rebuild
+        return False
 
 
-def _mark_cache(cache_dir: Path, name: str, key: str) -> None:
+def _mark_cache(cache_dir: Path, name: str, key: str | None) -> None:
+    """Sets (or, with key None, removes) the index entry of cache `name` in `cache.json`, atomically (a temporary
+    file, then one rename). A cache is rebuilt as: unmark, write its data files atomically, mark; so a process killed
+    at any moment leaves the index pointing only at complete data of the key it names."""
+    from sdtoolkit.runs import atomic_write_text
+
     meta_path = cache_dir / "cache.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta[name] = key
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except ValueError:
+        meta = {}
+    if key is None:
+        if name not in meta:
+            return
+        meta.pop(name)
+    else:
+        meta[name] = key
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+
+
+def _write_cache(cache_dir: Path, name: str, key: str, tensors: dict[str, Tensor], extra: dict[str, str]) -> None:
+    """Writes cache `name` (its safetensors and `extra` text files) in the order unmark, data, mark (see
+    `_mark_cache`), every file atomically."""
+    from sdtoolkit.runs import atomic_output, atomic_write_text
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _mark_cache(cache_dir, name, None)
+    with atomic_output(cache_dir / f"{name}.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    for file_name, text in extra.items():
+        atomic_write_text(cache_dir / file_name, text)
+    _mark_cache(cache_dir, name, key)
 
 
 @torch.no_grad()
@@ -231,12 +261,9 @@ def build_text_cache(
         if not uncond:
             uncond = {k: v[:1].float().cpu() for k, v in conditioning_to_tensors(uncond_chunk).items()}
     cond = {k: torch.cat([row[k] for row in rows]) for k in rows[0]}
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"cond.{k}": v.contiguous() for k, v in cond.items()}
     tensors.update({f"uncond.{k}": v.contiguous() for k, v in uncond.items()})
-    save_file(tensors, str(cache_dir / "text.safetensors"))
-    (cache_dir / "prompts.txt").write_text("\n".join(unique) + "\n")
-    _mark_cache(cache_dir, "text", key)
+    _write_cache(cache_dir, "text", key, tensors, {"prompts.txt": "\n".join(unique) + "\n"})
     return TextCache(unique, cond, uncond)
 
 
@@ -286,10 +313,7 @@ def build_latent_cache(
     if pending:
         flush()
     tensors = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(cache_dir / "latents.safetensors"))
-    (cache_dir / "captions.json").write_text(json.dumps(captions))
-    _mark_cache(cache_dir, "latents", key)
+    _write_cache(cache_dir, "latents", key, tensors, {"captions.json": json.dumps(captions)})
     return {**tensors, "captions": captions}
 
 

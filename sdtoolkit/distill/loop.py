@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from sdtoolkit.core.denoiser import Denoiser
+from sdtoolkit.distill.checkpoint import (  # noqa: F401  (latest_checkpoint re-exported)
+    CheckpointError,
+    latest_checkpoint,
+    load_training_state,
+    save_training_state,
+)
 from sdtoolkit.distill.config import (  # noqa: F401  (re-exported: the public home of the loop's names)
     BUILTIN_TEACHER,
     MethodConfig,
@@ -32,11 +37,36 @@ from sdtoolkit.distill.method import (  # noqa: F401  (re-exported)
     register_method,
 )
 from sdtoolkit.models.loading import load_teacher_pipeline, teacher_resolution  # noqa: F401  (re-exported)
+from sdtoolkit.runs import (
+    OutputFolderError,
+    RunDiverged,
+    RunError,
+    RunFolder,
+    RunInterrupted,
+    StopSignals,
+    atomic_write_text,
+    claim_output,
+    inspect_output,
+)
 
 CONFIG_NAME = "config.json"
 """The resolved configuration written in every run folder (and accepted back by `--config`)."""
 LOSSES_NAME = "losses.jsonl"
 """Per-step logged values (one JSON object per optimizer step) in every run folder."""
+RUN_KIND = "distill"
+"""The kind of run recorded in the run folder's manifest (`sdtoolkit.runs`)."""
+RUN_ENTRIES = (
+    CONFIG_NAME,
+    LOSSES_NAME,
+    "checkpoints",
+    "samples",
+    "student",
+    "export",
+    "cache",
+    "logs",
+    "regression_pairs.safetensors",
+)
+"""The top-level entries a distillation run writes in its folder."""
 
 __all__ = [
     "BUILTIN_TEACHER",
@@ -68,13 +98,29 @@ class TrainingProgress:
         self.step = int(state["step"])
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest `checkpoints/step_*` of a run folder, or `folder` itself when it is a checkpoint."""
-    if (folder / "progress.json").is_file():
-        return folder
-    candidates = sorted((folder / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    candidates = [c for c in candidates if (c / "progress.json").is_file()]
-    return candidates[-1] if candidates else None
+def _legacy_run_entries(folder: Path) -> set[str]:
+    """The entries of a run folder written before manifests existed (a config.json naming a method)."""
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(config, dict) or "method" not in config:
+        return set()
+    return {name for name in RUN_ENTRIES if (folder / name).exists()}
+
+
+def check_output_folder(config: TrainConfig, resume: bool) -> str:
+    """Whether a run may write into `config.output` (`sdtoolkit.runs.inspect_output`): `new`, `resume`,
+    `restart` or `overwrite`; raises `OutputFolderError` naming --resume/--overwrite. Writes nothing."""
+    return inspect_output(
+        config.output,
+        RUN_KIND,
+        resume=resume,
+        overwrite=config.overwrite,
+        has_checkpoint=lambda folder: latest_checkpoint(folder) is not None,
+        reserved=RUN_ENTRIES,
+        legacy=_legacy_run_entries,
+    )
 
 
 class Trainer:
@@ -108,6 +154,10 @@ class Trainer:
         self.output = Path(config.output)
         self.history: list[dict[str, float]] = []
         self.metrics: dict[str, float] = {}
+        self.folder: RunFolder | None = None
+        self.nonfinite: dict[str, int] = {}  # consecutive skipped updates per optimizer
+        self.nonfinite_terms: dict[str, str] = {}  # the non-finite term of each optimizer's last skipped update
+        self.stop = StopSignals()
 
     # ------------------------------------------------------------------ setup
 
@@ -138,18 +188,33 @@ class Trainer:
         )
 
     def run(self) -> Path:
-        """Trains, checkpoints, samples, validates, saves the student and exports it; returns the run folder."""
-        progress, dataloader, models = self.setup()
-        self._loop(progress, dataloader, models)
+        """Trains, checkpoints, samples, validates, saves the student and exports it; returns the run folder.
 
-        # 4. the student, its export, the end of the run
-        accelerator = self.accelerator
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            self._finish(progress.step)
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        return self.output
+        Raises `RunDiverged` (consecutive non-finite updates; nothing exported, the last good checkpoint kept) or
+        `RunInterrupted` (Ctrl-C/SIGTERM; a checkpoint written at the step boundary). The run folder's lock is
+        released however the run ends."""
+        try:
+            with self.stop:
+                try:
+                    progress, dataloader, models = self.setup()
+                except KeyboardInterrupt:
+                    raise RunInterrupted(
+                        f"interrupted before the first step; nothing to resume: rerun the same command to start "
+                        f"{self.output} again in place"
+                    ) from None
+                self._loop(progress, dataloader, models)
+
+            # 4. the student, its export, the end of the run
+            accelerator = self.accelerator
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                self._finish(progress.step)
+            accelerator.wait_for_everyone()
+            accelerator.end_training()
+            return self.output
+        finally:
+            if self.folder is not None:
+                self.folder.release()
 
     def setup(self) -> tuple[TrainingProgress, Any, list[nn.Module]]:
         """Everything before the first step: accelerator, teacher, data, the method's networks and optimizers,
@@ -165,8 +230,19 @@ class Trainer:
         accelerator = self.accelerator = self._accelerator()
         set_seed(config.seed + accelerator.process_index)
         if accelerator.is_main_process:
-            self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / CONFIG_NAME).write_text(json.dumps(self.resolved, indent=2) + "\n")
+            self.folder = claim_output(
+                self.output,
+                RUN_KIND,
+                resume=self.resume_from is not None,
+                overwrite=config.overwrite,
+                has_checkpoint=lambda folder: latest_checkpoint(folder) is not None,
+                reserved=RUN_ENTRIES,
+                keep=("cache",),
+                legacy=_legacy_run_entries,
+                announce=accelerator.print,
+            )
+            atomic_write_text(self.output / CONFIG_NAME, json.dumps(self.resolved, indent=2) + "\n")
+        accelerator.wait_for_everyone()
 
         # 1. teacher and data (the main process builds the caches, the others then read them)
         pipeline = self.pipeline if self.pipeline is not None else load_teacher_pipeline(config.teacher)
@@ -216,12 +292,22 @@ class Trainer:
         method.setup(models)
 
         # 3. checkpointed state beyond models/optimizers/schedulers/RNG: the step counter and the method's extras
+        # (`sdtoolkit.distill.checkpoint`: safetensors + JSON, never a pickle)
         progress = TrainingProgress()
-        accelerator.register_for_checkpointing(progress)
-        for obj in method.checkpoint_objects():
-            accelerator.register_for_checkpointing(obj)
+        self.models = list(models.values())
+        self.checkpoint_objects = [progress, *method.checkpoint_objects()]
         if self.resume_from is not None:
-            accelerator.load_state(str(self.resume_from))
+            try:
+                load_training_state(
+                    accelerator,
+                    self.resume_from,
+                    self.models,
+                    self.optimizers,
+                    self.schedulers,
+                    self.checkpoint_objects,
+                )
+            except CheckpointError as error:
+                raise OutputFolderError(f"--resume: {error}") from None
             method.after_load()
             accelerator.print(f"resumed from {self.resume_from} at step {progress.step}")
         self._truncate_history(progress.step)
@@ -268,34 +354,87 @@ class Trainer:
         self, step: int, batches: Iterator[dict[str, Tensor]], models: list[nn.Module]
     ) -> dict[str, Tensor]:
         """One global step: every optimizer due at `step`, over all accumulated micro-batches. Returns the logged
-        values as detached device tensors (no host sync here; the loop reads them back every `log_every` steps)."""
+        values as detached device tensors (read back every `log_every` steps).
+
+        The non-finite guard (`TrainConfig.max_nonfinite_updates` > 0): an update whose loss (any micro-batch) or
+        gradient norm is not finite is skipped: no optimizer, LR-scheduler, weight or EMA (`after_step`) update;
+        it is logged as `<name>/skipped` and counted in `self.nonfinite`. Deciding costs one host sync (a bool)
+        per update. Under fp16 an overflowing gradient with a finite loss is left to the GradScaler (which skips
+        and lowers its scale) and not counted."""
         accelerator, config, method = self.accelerator, self.config, self.method
         accumulation = config.gradient_accumulation_steps
+        guard = config.max_nonfinite_updates > 0
         due = [(s, o, sch) for s, o, sch in zip(self.specs, self.optimizers, self.schedulers) if s.due(step)]
         logs: dict[str, Tensor] = {}
+        bad_loss: dict[str, Tensor] = {}
         for _ in range(accumulation):
             batch = next(batches)
             with accelerator.accumulate(*models):
                 for spec, optimizer, scheduler in due:
                     out = method.loss(spec.name, batch, step)
                     self._backward(spec, out["loss"])
+                    if guard:
+                        finite = torch.isfinite(out["loss"].detach()).all()
+                        bad_loss[spec.name] = bad_loss[spec.name] | ~finite if spec.name in bad_loss else ~finite
                     if accelerator.sync_gradients:
                         max_norm = spec.max_grad_norm if spec.max_grad_norm is not None else config.max_grad_norm
-                        if max_norm and max_norm > 0:
-                            norm = accelerator.clip_grad_norm_(spec.parameters(), max_norm)
+                        clip = bool(max_norm and max_norm > 0)
+                        norm = None
+                        if clip or guard:  # without clipping, an infinite threshold only measures the norm
+                            norm = accelerator.clip_grad_norm_(spec.parameters(), max_norm if clip else float("inf"))
+                        if clip:
                             out = {**out, "grad_norm": torch.as_tensor(norm)}
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        method.after_step(spec.name, step)
+                        skip = guard and self._skip_update(spec.name, out, bad_loss.pop(spec.name), norm, optimizer)
+                        if skip:
+                            optimizer.zero_grad(set_to_none=True)
+                            out = {**out, "skipped": torch.ones(())}
+                        else:
+                            optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                            method.after_step(spec.name, step)
                     for key, value in out.items():
                         value = torch.as_tensor(value).detach().float().mean()
-                        scale = 1.0 if key == "grad_norm" else 1.0 / accumulation
+                        scale = 1.0 if key in ("grad_norm", "skipped") else 1.0 / accumulation
                         name = f"{spec.name}/{key}"
                         logs[name] = logs[name] + value * scale if name in logs else value * scale
         for spec, _, scheduler in due:
             logs[f"{spec.name}/lr"] = torch.tensor(scheduler.get_last_lr()[0])
         return logs
+
+    def _skip_update(self, name: str, out: dict[str, Tensor], bad_loss: Tensor, norm: Any, optimizer: Any) -> bool:
+        """Whether the non-finite guard skips this update (one host sync); counts consecutive skips per optimizer."""
+        accelerator = self.accelerator
+        bad_norm = ~torch.isfinite(torch.as_tensor(norm, device=bad_loss.device))
+        flags = torch.stack([bad_loss, bad_norm]).float()
+        if accelerator.num_processes > 1:
+            flags = accelerator.reduce(flags, reduction="sum")
+        loss_bad, norm_bad = (bool(v) for v in flags.tolist())
+        if not loss_bad and not norm_bad:
+            self.nonfinite[name] = 0
+            return False
+        if not loss_bad and self.config.mixed_precision == "fp16":
+            optimizer.step()  # the GradScaler sees the overflow, skips the update and lowers its scale
+            return True
+        terms = [k for k, v in out.items() if k != "grad_norm" and not torch.isfinite(torch.as_tensor(v)).all()]
+        self.nonfinite_terms[name] = f"{name}/{terms[0]}" if terms else f"{name}/grad_norm"
+        self.nonfinite[name] = self.nonfinite.get(name, 0) + 1
+        return True
+
+    def _diverged(self, step: int) -> RunDiverged | None:
+        """The error that stops a run whose updates were skipped `max_nonfinite_updates` times in a row."""
+        limit = self.config.max_nonfinite_updates
+        name = next((n for n, count in self.nonfinite.items() if limit > 0 and count >= limit), None)
+        if name is None:
+            return None
+        rates = ", ".join(f"{s.name} {s.lr:g}" for s in self.specs)
+        checkpoint = latest_checkpoint(self.output)
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        return RunDiverged(
+            f"step {step}: {self.nonfinite_terms[name]} was not finite in {self.nonfinite[name]} consecutive updates "
+            f"(each skipped); training diverged, most likely because a learning rate is too high ({rates}); "
+            f"nothing was exported and {kept}: lower the learning rate and rerun with --resume or --overwrite"
+        )
 
     def _loop(self, progress: TrainingProgress, dataloader, models: list[nn.Module]) -> None:
         from tqdm.auto import tqdm
@@ -321,10 +460,17 @@ class Trainer:
             pending.append((step + 1, self.train_step(step, batches, models)))
             progress.step = step = step + 1
             last = step == config.max_steps
-            sample_due = config.sample_every > 0 and (step % config.sample_every == 0 or last)
-            validation_due = self._validation_due(step, last)
-            checkpoint_due = step % config.checkpoint_every == 0 or last
-            if step % log_every == 0 or last or sample_due or validation_due or checkpoint_due:
+            diverged = self._diverged(step)
+            stopping = self._stop_requested(step, log_every)
+            skipping = any(self.nonfinite.values())  # no checkpoint while updates are being skipped
+            sample_due = config.sample_every > 0 and (step % config.sample_every == 0 or last) and not skipping
+            validation_due = self._validation_due(step, last) and not skipping
+            checkpoint_due = (step % config.checkpoint_every == 0 or last or stopping) and not skipping
+            if diverged is not None:
+                self._flush_logs(pending)
+                bar.close()
+                raise diverged
+            if step % log_every == 0 or last or sample_due or validation_due or checkpoint_due or stopping:
                 main_loss = self._flush_logs(pending)  # the host sync: the device has finished these steps
                 rate = images_per_step * len(pending) / max(time.perf_counter() - started, 1e-9)
                 speed = rate if speed is None else 0.9 * speed + 0.1 * rate
@@ -337,7 +483,26 @@ class Trainer:
                 self._validate(step)
             if checkpoint_due:
                 self._checkpoint(step)
+            if stopping:
+                bar.close()
+                saved = f"checkpoint {latest_checkpoint(self.output)} written" if checkpoint_due else "no checkpoint"
+                raise RunInterrupted(
+                    f"{self.stop.name} at step {step}: {saved}; continue with "
+                    f"`sdtoolkit distill {self.method_class.name} --resume {self.output}`",
+                    exit_code=self.stop.exit_code,
+                )
         bar.close()
+
+    def _stop_requested(self, step: int, log_every: int) -> bool:
+        """Whether Ctrl-C/SIGTERM asked the run to stop at this step boundary. With several processes the request
+        is shared at the log flushes (every `log_every` steps) so that all of them stop at the same step."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            return self.stop.requested
+        if step % log_every:
+            return False
+        flag = torch.tensor(float(self.stop.requested), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item())
 
     def _batches(self, dataloader, consumed: int) -> Iterator[dict[str, Tensor]]:
         """Endless micro-batches starting after the first `consumed` ones: epoch e is shuffled by seed + e
@@ -371,11 +536,23 @@ class Trainer:
     # ------------------------------------------------------------------ logging, samples, validation
 
     def _truncate_history(self, step: int) -> None:
+        """Keeps the logged steps up to `step` (the resumed checkpoint's) in losses.jsonl, rewritten atomically; a
+        torn last line (the process was killed while writing it) is dropped with a message."""
         path = self.output / LOSSES_NAME
         if not self.accelerator.is_main_process or not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        entries = []
+        for number, line in enumerate(lines, 1):
+            try:
+                entries.append((json.loads(line)["step"], line))
+            except (ValueError, KeyError, TypeError):
+                if number < len(lines):
+                    raise RunError(f"{path}: line {number} is not a JSON log entry; repair or remove it") from None
+                self.accelerator.print(f"{path}: dropped a torn last line (the run was stopped while writing it)")
+        kept = [line for logged, line in entries if logged <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _flush_logs(self, pending: list[tuple[int, dict[str, Tensor]]]) -> float:
         """Reads the pending steps' values back in ONE device-to-host copy, logs each step, returns the last loss."""
@@ -458,25 +635,38 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints and the end
 
     def _checkpoint(self, step: int) -> None:
+        """A complete checkpoint in `checkpoints/step_N` (safetensors + JSON, renamed into place when complete);
+        then only the newest `checkpoints_total_limit` are kept."""
         accelerator = self.accelerator
-        folder = self.output / "checkpoints" / f"step_{step:06d}"
-        accelerator.save_state(str(folder))
+        root = self.output / "checkpoints"
+        save_training_state(
+            accelerator,
+            root / f"step_{step:06d}",
+            self.models,
+            self.optimizers,
+            self.schedulers,
+            self.checkpoint_objects,
+            {"step": step, "method": self.method_class.name},
+        )
         if accelerator.is_main_process:
-            (folder / "progress.json").write_text(
-                json.dumps({"step": step, "method": self.method_class.name}, indent=2) + "\n"
-            )
-            kept = sorted((self.output / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+            import shutil
+
+            kept = sorted((p for p in root.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
             for old in kept[: max(0, len(kept) - max(1, self.config.checkpoints_total_limit))]:
                 shutil.rmtree(old, ignore_errors=True)
+            if self.folder is not None:
+                self.folder.sync()
         accelerator.wait_for_everyone()
 
     def _finish(self, step: int) -> None:
         from sdtoolkit.pipelines.export import export_pipeline
 
         student = self.output / "student"
-        if student.exists():
-            shutil.rmtree(student)
-        student.mkdir(parents=True)
+        if self.folder is not None:  # only a student/ or export/ the toolkit wrote is replaced
+            self.folder.remove("student")
+            if self.config.export:
+                self.folder.remove("export")
+        student.mkdir(parents=True, exist_ok=True)
         spec = self.method.save_student(student)
         spec.trained_steps = step
         spec.teacher = self.config.teacher

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sdtoolkit.runs import atomic_write_text
 from sdtoolkit.text_to_3d.config import TextTo3DConfig
 from sdtoolkit.text_to_3d.export import export_mesh, extract_mesh, uv_texture_mesh, write_video
-from sdtoolkit.text_to_3d.trainer import render_turntable, save_image_grid, train
+from sdtoolkit.text_to_3d.trainer import CHECKPOINT_FILE, claim_folder, render_turntable, save_image_grid, train
 
 
 def generate(
@@ -26,10 +27,42 @@ def generate(
     video_resolution: int = 64,
     uv_texture: bool = False,
 ) -> dict:
-    """Trains, exports and returns a summary dict (also written to `summary.json`)."""
+    """Trains, exports and returns a summary dict (also written to `summary.json`). The output folder is claimed for
+    the whole call (`sdtoolkit.text_to_3d.trainer.claim_folder`): a previous asset, its checkpoint and config are
+    never overwritten unless `resume` continues the run or `config.overwrite` starts it anew."""
     output_dir = Path(output_dir)
+    resume = resume and (output_dir / CHECKPOINT_FILE).exists()
+    with claim_folder(config, output_dir, resume) as folder:
+        return _generate(
+            config,
+            output_dir,
+            denoiser,
+            resume,
+            progress,
+            mesh_resolution,
+            mesh_formats,
+            video_frames,
+            video_resolution,
+            uv_texture,
+            folder,
+        )
+
+
+def _generate(
+    config,
+    output_dir,
+    denoiser,
+    resume,
+    progress,
+    mesh_resolution,
+    mesh_formats,
+    video_frames,
+    video_resolution,
+    uv_texture,
+    folder,
+) -> dict:
     start = time.time()
-    run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress)
+    run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress, folder=folder)
     train_seconds = time.time() - start
     mesh = extract_mesh(run.nerf, mesh_resolution)
     paths = export_mesh(mesh, output_dir, formats=mesh_formats)
@@ -56,5 +89,5 @@ def generate(
         "video": str(video),
         "views": str(output_dir / "views.png"),
     }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

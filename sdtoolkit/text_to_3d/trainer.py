@@ -18,6 +18,16 @@ from tqdm.auto import tqdm
 from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
 from sdtoolkit.nerf import NeRF
+from sdtoolkit.runs import (
+    RunDiverged,
+    RunFolder,
+    RunInterrupted,
+    StopSignals,
+    atomic_output,
+    atomic_write_text,
+    claim_output,
+    inspect_output,
+)
 from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
 from sdtoolkit.text_to_3d.guidance import (
     LayoutPrior,
@@ -31,6 +41,21 @@ from sdtoolkit.text_to_3d.guidance import (
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATE_FILE = "checkpoint.json"
 CONFIG_FILE = "config.json"
+RUN_KIND = "text-to-3d"
+"""The kind of run recorded in the output folder's manifest (`sdtoolkit.runs`)."""
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    CHECKPOINT_FILE,
+    STATE_FILE,
+    "previews",
+    "timing.json",
+    "summary.json",
+    "views.png",
+    "turntable.mp4",
+    "turntable.gif",
+    *(f"{name}.{fmt}" for name in ("mesh", "mesh_textured") for fmt in ("glb", "obj", "ply")),
+)
+"""The top-level entries a text-to-3D run (`train` and `generate`) writes in its output folder."""
 #: half-extent of the space the prior frames around one object (the shapes fit in radius 0.75)
 UNIT_OBJECT_RADIUS = 0.75
 #: size of one object as the prior frames it (the shapes are about one unit across)
@@ -185,9 +210,19 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
     loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    run.optimizer.step()
+    logs = {k: float(v.detach()) for k, v in losses.items()}  # (the loop reads every step back anyway)
+    bad = [k for k, v in logs.items() if not math.isfinite(v)]
+    if config.max_nonfinite_steps > 0 and not bad:
+        grads = [p.grad for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+            bad = ["grad_norm"]
+    if config.max_nonfinite_steps > 0 and bad:  # the non-finite guard: no NeRF or Adam update this step
+        run.optimizer.zero_grad(set_to_none=True)
+        logs["skipped"] = 1.0
+        logs["nonfinite_term"] = bad[0]
+    else:
+        run.optimizer.step()
     run.step += 1
-    logs = {k: float(v.detach()) for k, v in losses.items()}
     logs.update(step=run.step, t=float(result.t.float().mean()), grad_norm=float(result.grad_norm), res=resolution)
     logs["opacity"] = float(out["opacity"].detach().mean())
     return logs
@@ -265,20 +300,31 @@ def save_checkpoint(run: TextTo3DRun, output_dir: Path) -> Path:
     tensors["rng.generator"] = run.generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     path = output_dir / CHECKPOINT_FILE
-    save_file(tensors, str(path))
     groups = [
         {k: v for k, v in group.items() if k != "params"} | {"params": group["params"]}
         for group in optim["param_groups"]
     ]
     state = {"step": run.step, "param_groups": groups, "history": run.history[-50:]}
-    (output_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+    # each file atomically; the tensors carry their step, so a kill between the two renames is detected on load
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(run.step)})
+    atomic_write_text(output_dir / STATE_FILE, json.dumps(state, indent=1))
     return path
 
 
 def load_checkpoint(run: TextTo3DRun, output_dir: Path) -> None:
     """Restores a run saved by `save_checkpoint` (the run must be built from the same config)."""
+    from safetensors import safe_open
+
     tensors = load_file(str(output_dir / CHECKPOINT_FILE), device=str(run.nerf.device))
     state = json.loads((output_dir / STATE_FILE).read_text())
+    with safe_open(str(output_dir / CHECKPOINT_FILE), framework="pt") as handle:
+        saved_step = (handle.metadata() or {}).get("step")
+    if saved_step is not None and int(saved_step) != state["step"]:
+        raise ValueError(
+            f"{output_dir}: {CHECKPOINT_FILE} is of step {saved_step} but {STATE_FILE} of step {state['step']} (the "
+            "run was killed while checkpointing); start it again with --overwrite"
+        )
     run.nerf.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("nerf.")})
     if hasattr(run.guidance, "load_state_dict"):
         run.guidance.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("guidance.")})
@@ -297,6 +343,39 @@ def load_checkpoint(run: TextTo3DRun, output_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------- the loop
 
 
+def _legacy_entries(folder: Path) -> set[str]:
+    """The entries of a text-to-3D folder written before manifests existed (its checkpoint.json or config.json)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        config = None
+    if (folder / STATE_FILE).is_file() or (isinstance(config, dict) and "prior" in config and "nerf" in config):
+        return {name for name in RUN_ENTRIES if (folder / name).exists()}
+    return set()
+
+
+def _folder_rules(config: TextTo3DConfig, resume: bool) -> dict:
+    return {
+        "resume": resume,
+        "overwrite": config.overwrite,
+        "has_checkpoint": lambda folder: (folder / CHECKPOINT_FILE).exists(),
+        "reserved": RUN_ENTRIES,
+        "legacy": _legacy_entries,
+    }
+
+
+def check_output_folder(config: TextTo3DConfig, output_dir: str | Path, resume: bool = False) -> str:
+    """Whether a text-to-3D run may write into `output_dir` (`sdtoolkit.runs.inspect_output`): `new`, `resume`,
+    `restart` or `overwrite`; raises `OutputFolderError` naming --resume/--overwrite. Writes nothing: the CLI calls
+    it before loading the prior."""
+    return inspect_output(output_dir, RUN_KIND, **_folder_rules(config, resume))
+
+
+def claim_folder(config: TextTo3DConfig, output_dir: str | Path, resume: bool = False) -> RunFolder:
+    """Claims `output_dir` for a text-to-3D run (lock + manifest, `sdtoolkit.runs.claim_output`)."""
+    return claim_output(output_dir, RUN_KIND, **_folder_rules(config, resume))
+
+
 def train(
     config: TextTo3DConfig,
     output_dir: str | Path,
@@ -304,32 +383,83 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
+    folder: RunFolder | None = None,
 ) -> TextTo3DRun:
     """Runs (or resumes) the optimisation, writing config, previews and checkpoints under `output_dir`.
 
-    `stop_at` ends the loop early at that step (after checkpointing), as an interrupted run would."""
+    The folder is claimed first (`claim_folder`; `folder` passes one already claimed, as `generate` does): a folder
+    holding another run or the user's files is refused unless `config.overwrite`. `stop_at` ends the loop early at
+    that step (after checkpointing), as an interrupted run would. Raises `RunDiverged` after
+    `config.max_nonfinite_steps` consecutive skipped (non-finite) steps, and `RunInterrupted` on Ctrl-C/SIGTERM
+    (after a checkpoint at the step boundary)."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    resume = resume and (output_dir / CHECKPOINT_FILE).exists()
+    owned = folder is None
+    folder = folder if folder is not None else claim_folder(config, output_dir, resume)
+    try:
+        with StopSignals() as stop:
+            return _train(config, output_dir, denoiser, resume, progress, stop_at, stop)
+    finally:
+        if owned:
+            folder.release()
+
+
+def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, stop_at, stop) -> TextTo3DRun:
     run = setup(config, denoiser)
-    if resume and (output_dir / CHECKPOINT_FILE).exists():
+    if resume:
         load_checkpoint(run, output_dir)
-    save_config(config, output_dir / CONFIG_FILE)
+    with atomic_output(output_dir / CONFIG_FILE) as tmp:
+        save_config(config, tmp)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     start_time = time.time()
+    skipped = 0
     bar = tqdm(total=config.steps, initial=run.step, desc="text-to-3d", unit="step", disable=not progress)
     while run.step < end:
         logs = training_step(run)
         run.history.append(logs)
+        skipped = skipped + 1 if logs.get("skipped") else 0
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss_guidance']:.3g}", t=f"{logs['t']:.0f}", res=logs["res"])
+        if config.max_nonfinite_steps > 0 and skipped >= config.max_nonfinite_steps:
+            bar.close()
+            kept = f"the last good checkpoint is {output_dir / CHECKPOINT_FILE} (step {_saved_step(output_dir)})"
+            raise RunDiverged(
+                f"step {run.step}: {logs['nonfinite_term']} was not finite in {skipped} consecutive steps (each "
+                f"skipped); the optimisation diverged, most likely because the learning rate is too high "
+                f"(lr_encoding {config.lr_encoding:g}, lr_network {config.lr_network:g}); no mesh was exported and "
+                f"{kept if (output_dir / CHECKPOINT_FILE).exists() else 'no checkpoint was written yet'}"
+            )
+        if skipped and stop.requested:
+            bar.close()
+            raise RunInterrupted(
+                f"{stop.name} at step {run.step} while non-finite steps were being skipped: no new checkpoint; "
+                f"continue with `sdtoolkit text-to-3d --resume {output_dir}`",
+                exit_code=stop.exit_code,
+            )
+        if skipped:
+            continue  # no preview or checkpoint while steps are being skipped
         if config.preview_every and run.step % config.preview_every == 0:
             preview = render_turntable(run.nerf, 8, 64, run.scene_scale, background=config.background)
             (output_dir / "previews").mkdir(exist_ok=True)
             save_image_grid(preview["rgb"], output_dir / "previews" / f"step_{run.step:06d}.png")
-        if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+        if (config.checkpoint_every and run.step % config.checkpoint_every == 0) or stop.requested:
             save_checkpoint(run, output_dir)
+        if stop.requested:
+            bar.close()
+            raise RunInterrupted(
+                f"{stop.name} at step {run.step}: checkpoint written; continue with "
+                f"`sdtoolkit text-to-3d --resume {output_dir}`",
+                exit_code=stop.exit_code,
+            )
     bar.close()
     save_checkpoint(run, output_dir)
     timing = {"train_seconds": time.time() - start_time, "steps": run.step}
-    (output_dir / "timing.json").write_text(json.dumps(timing))
+    atomic_write_text(output_dir / "timing.json", json.dumps(timing))
     return run
+
+
+def _saved_step(output_dir: Path) -> int | None:
+    try:
+        return int(json.loads((output_dir / STATE_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -1,0 +1,424 @@
+"""Run reliability (issue #15): no code from checkpoints, the non-finite guard, output folders that stay the user's
+(refusal, manifest, lock, restart in place), Ctrl-C/SIGTERM at a step boundary with exact resume, a torn last line
+of losses.jsonl, atomic caches; the same for text-to-3D."""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdtoolkit.cli import main
+from sdtoolkit.testing import tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    tiny_sd_pipeline().save_pretrained(root / "teacher")
+    (root / "prompts.txt").write_text("a photo of a red cube\na photo of a blue sphere\n")
+    return root
+
+
+def distill(assets, output, *extra, method="sid"):
+    """A tiny data-free run (SiD on prompts): 2 images per step, no samples, no tensorboard."""
+    args = ["distill", method, "--teacher", str(assets / "teacher"), "--prompts", str(assets / "prompts.txt")]
+    args += ["--output", str(output), "--cache-dir", str(assets / "cache"), "--batch-size", "2"]
+    args += ["--sample-every", "0", "--log-with", "none", "--learning-rate", "1e-3", "--fake-learning-rate", "1e-3"]
+    return main([*args, *extra])
+
+
+def losses(run: Path) -> dict[int, dict]:
+    return {e["step"]: e for e in map(json.loads, (run / "losses.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def straight(assets):
+    """An uninterrupted 4-step run, checkpointed at steps 2 and 4."""
+    run = assets / "straight"
+    assert distill(assets, run, "--max-steps", "4", "--checkpoint-every", "2", "--no-export") == 0
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- 1. pickles
+
+
+class _Payload:
+    """A pickle whose loading creates a file (what a tampered checkpoint could do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_hold_no_pickle_and_a_planted_one_is_refused(assets, straight, tmp_path, capsys):
+    from sdtoolkit.distill.checkpoint import find_pickles
+
+    checkpoint = straight / "checkpoints" / "step_000004"
+    assert sorted({p.suffix for p in checkpoint.iterdir()}) == [".json", ".safetensors"]
+    assert find_pickles(straight) == []
+    for name in ("custom_checkpoint_0.pkl", "state.safetensors"):  # a pickle by its name, or hidden by its name
+        run = tmp_path / name
+        shutil.copytree(straight, run)
+        marker = tmp_path / f"pwned-{name}"
+        (run / "checkpoints" / "step_000004" / name).write_bytes(pickle.dumps(_Payload(marker)))
+        capsys.readouterr()
+        assert main(["distill", "sid", "--resume", str(run), "--max-steps", "5"]) == 2
+        err = capsys.readouterr().err
+        assert name in err and "pickle" in err and err.count("\n") == 1, err
+        assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 2. non-finite
+
+
+def test_a_diverging_run_stops_without_exporting_and_keeps_its_last_good_checkpoint(assets, tmp_path, capsys):
+    """`--learning-rate 1e6`: the updates after the first become non-finite; each is skipped and logged, and after
+    3 in a row the run stops with exit status 1, names the step, the term and the learning rate, exports nothing,
+    and its newest checkpoint is finite."""
+    run = tmp_path / "diverge"
+    capsys.readouterr()
+    code = distill(assets, run, "--max-steps", "20", "--checkpoint-every", "1", "--learning-rate", "1e6")
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "learning rate" in err and "generator 1e+06" in err and "not finite in 3 consecutive" in err, err
+    assert not (run / "export").exists() and not (run / "student").exists()
+    logged = losses(run)
+    skipped = [s for s, e in logged.items() if e.get("generator/skipped")]
+    assert len(skipped) >= 3 and max(logged) < 20
+    from sdtoolkit.distill.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run)
+    assert last is not None and f"step {max(logged)}:" in err and str(last) in err
+    assert int(last.name[5:]) < skipped[0]  # no checkpoint while updates were skipped
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(str(last / "model.safetensors")).values())
+
+
+def test_a_skipped_update_changes_no_weight_ema_or_optimizer_state(assets, tmp_path, monkeypatch):
+    """A NaN loss at one step skips exactly that update (no optimizer step, no `after_step`), the run goes on."""
+    from sdtoolkit.distill.loop import Trainer
+
+    calls = []
+    original_step = Trainer.train_step
+
+    def poisoned(self, step, batches, models):
+        if step == 1:
+            original = self.method.loss
+
+            def nan_loss(name, batch, s):
+                out = original(name, batch, s)
+                return {**out, "loss": out["loss"] * torch.nan}
+
+            self.method.loss = nan_loss
+            try:
+                return original_step(self, step, batches, models)
+            finally:
+                self.method.loss = original
+        return original_step(self, step, batches, models)
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    from sdtoolkit.trainers.sid import SiD
+
+    after = SiD.after_step
+    monkeypatch.setattr(
+        SiD, "after_step", lambda self, name, step: (calls.append((name, step)), after(self, name, step))
+    )
+    run = tmp_path / "one-nan"
+    assert distill(assets, run, "--max-steps", "3", "--checkpoint-every", "10", "--no-export") == 0
+    logged = losses(run)
+    assert logged[2]["generator/skipped"] == 1.0 and logged[2]["fake_score/skipped"] == 1.0
+    assert "generator/skipped" not in logged[1] and "generator/skipped" not in logged[3]
+    assert [step for _, step in calls] == [0, 0, 2, 2]
+
+
+def test_sid_masking_every_sample_is_not_a_converged_zero(assets, tmp_path, monkeypatch, capsys):
+    """When SiD's NaN masking drops every sample the loss is NaN (not 0.0 with kept 0.0), so the guard stops the
+    dead run instead of letting it finish looking converged."""
+    import sdtoolkit.trainers.sid as sid
+
+    original = sid.sid_generator_loss
+    monkeypatch.setattr(
+        sid, "sid_generator_loss", lambda x_g, y_r, y_f, alpha: original(x_g, y_r * torch.nan, y_f, alpha)
+    )
+    run = tmp_path / "dead"
+    assert distill(assets, run, "--max-steps", "6", "--checkpoint-every", "10") == 1
+    logged = losses(run)
+    assert logged[1]["generator/kept"] == 0.0 and logged[1]["generator/loss"] != logged[1]["generator/loss"]
+    assert "generator/loss" in capsys.readouterr().err
+    assert not (run / "export").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 3. folders
+
+
+def test_a_users_folder_is_refused_and_nothing_of_it_is_touched(assets, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    for name in ("student/unet.safetensors", "export/model_index.json", "samples/step_000001.png", "notes.txt"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    (folder / "losses.jsonl").write_text('{"step": 1, "mine": 1}\n')
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert distill(assets, folder, "--max-steps", "1", *extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("--overwrite" in err if not extra else "student" in err), err
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    # --overwrite writes beside the user's other files and keeps them
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert distill(assets, other, "--max-steps", "1", "--no-export", "--overwrite") == 0
+    assert (other / "notes.txt").read_text() == "mine" and (other / "student").is_dir()
+    manifest = json.loads((other / ".sdtoolkit-manifest.json").read_text())
+    assert "notes.txt" not in manifest["owned"] and "student" in manifest["owned"]
+    assert not (other / ".sdtoolkit.lock").exists()
+    # a finished run: a plain rerun is refused (naming --resume and --overwrite); --overwrite deletes only its files
+    capsys.readouterr()
+    assert distill(assets, other, "--max-steps", "1", "--no-export") == 2
+    err = capsys.readouterr().err
+    assert f"--resume {other}" in err and "--overwrite" in err
+    (other / "later.txt").write_text("added after the run")
+    assert distill(assets, other, "--max-steps", "1", "--no-export", "--overwrite") == 0
+    assert (other / "later.txt").is_file() and (other / "notes.txt").is_file()
+
+
+def test_a_live_lock_refuses_a_second_run_and_a_dead_one_is_stale(assets, tmp_path, capsys):
+    import socket
+
+    run = tmp_path / "locked"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "hostname": socket.gethostname(), "since": "now"}
+        (run / ".sdtoolkit.lock").write_text(json.dumps(lock))
+        capsys.readouterr()
+        assert distill(assets, run, "--max-steps", "1", "--no-export") == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "another sdtoolkit run" in err, err
+        assert list(run.iterdir()) == [run / ".sdtoolkit.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert distill(assets, run, "--max-steps", "1", "--no-export") == 0  # the holder is gone: the lock is stale
+    assert not (run / ".sdtoolkit.lock").exists()
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_restarts_in_place(assets, tmp_path, monkeypatch, capsys):
+    from sdtoolkit.distill.loop import Trainer
+
+    def boom(self, *args):
+        raise RuntimeError("killed")
+
+    run = tmp_path / "early"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_loop", boom)
+        with pytest.raises(RuntimeError, match="killed"):
+            distill(assets, run, "--max-steps", "2")
+    assert (run / "config.json").is_file() and not (run / ".sdtoolkit.lock").exists()
+    capsys.readouterr()
+    assert distill(assets, run, "--max-steps", "2", "--no-export") == 0
+    assert "starting the distill run anew" in capsys.readouterr().out
+    assert sorted(losses(run)) == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------- 4. signals
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_resume_is_exact(assets, straight, tmp_path, monkeypatch, capsys):
+    """SIGINT during step 2 (of 4, checkpoints every 10): a checkpoint at step 2, exit status 130 and one line on
+    how to resume; a torn last line in losses.jsonl is dropped on resume; the resumed losses equal the
+    uninterrupted run's."""
+    from sdtoolkit.distill.loop import Trainer
+
+    original = Trainer.train_step
+
+    def interrupted(self, step, batches, models):
+        logs = original(self, step, batches, models)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return logs
+
+    run = tmp_path / "ctrl-c"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", interrupted)
+        capsys.readouterr()
+        assert distill(assets, run, "--max-steps", "4", "--checkpoint-every", "10", "--no-export") == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdtoolkit distill:")]
+    assert len(err) == 1 and "Ctrl-C at step 2" in err[0] and f"--resume {run}`" in err[0], err
+    assert (run / "checkpoints" / "step_000002" / "progress.json").is_file()
+    assert not (run / ".sdtoolkit.lock").exists()
+    with (run / "losses.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "generator/lo')  # killed while writing a line
+    capsys.readouterr()
+    assert main(["distill", "sid", "--resume", str(run), "--max-steps", "4", "--no-export"]) == 0
+    assert "torn last line" in capsys.readouterr().out
+    resumed, expected = losses(run), losses(straight)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step, entry in expected.items():
+        for key, value in entry.items():
+            assert abs(resumed[step][key] - value) <= 1e-6 * max(1.0, abs(value)), (step, key)
+
+
+SIGTERM_RUN = r"""
+import os, signal, sys
+from sdtoolkit.cli import main
+from sdtoolkit.distill.loop import Trainer
+original = Trainer.train_step
+def train_step(self, step, batches, models):
+    logs = original(self, step, batches, models)
+    if step == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return logs
+Trainer.train_step = train_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_in_a_real_process_exits_143_with_a_checkpoint(assets, tmp_path):
+    run = tmp_path / "term"
+    args = ["distill", "sid", "--teacher", str(assets / "teacher"), "--prompts", str(assets / "prompts.txt")]
+    args += ["--output", str(run), "--cache-dir", str(assets / "cache"), "--batch-size", "2", "--max-steps", "3"]
+    args += ["--sample-every", "0", "--log-with", "none", "--no-export", "--checkpoint-every", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", SIGTERM_RUN, *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "SIGTERM at step 1" in done.stderr and "--resume" in done.stderr
+    assert (run / "checkpoints" / "step_000001" / "progress.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------- caches
+
+
+def test_a_cache_rebuild_killed_midway_never_serves_torn_data(tmp_path, monkeypatch):
+    """The index (cache.json) is unmarked before the data are rewritten and marked after, every file atomically:
+    a rebuild for another key killed while writing leaves no valid entry pointing at torn or foreign data."""
+    import sdtoolkit.distill.data as data
+    from sdtoolkit.core.denoiser import Denoiser
+
+    teacher = Denoiser.from_pipeline(tiny_sd_pipeline())
+    images = [(torch.rand(3, 16, 16) * 2 - 1, f"caption {i}") for i in range(3)]
+    data.build_latent_cache(teacher, iter(images), 3, tmp_path, "first")
+    assert data._cache_is_valid(tmp_path, "latents", "first")
+
+    def torn(tensors, path, **kwargs):
+        Path(path).write_bytes(b"torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "save_file", torn)
+    with pytest.raises(KeyboardInterrupt):
+        data.build_latent_cache(teacher, iter(images[:2]), 2, tmp_path, "second")
+    monkeypatch.undo()
+    assert not data._cache_is_valid(tmp_path, "latents", "second")
+    assert not data._cache_is_valid(tmp_path, "latents", "first")  # unmarked before the rewrite began
+    assert not list(tmp_path.glob(".*tmp*"))
+    rebuilt = data.build_latent_cache(teacher, iter(images), 3, tmp_path, "first")
+    assert rebuilt["mean"].shape[0] == 3
+
+
+# ---------------------------------------------------------------------------------------------------- text-to-3D
+
+
+@pytest.fixture(scope="module")
+def prior():
+    from sdtoolkit.core.denoiser import Denoiser
+
+    return Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+
+
+def _config(**overrides):
+    from sdtoolkit.nerf import FieldConfig, NeRFConfig
+    from sdtoolkit.text_to_3d import TextTo3DConfig
+
+    nerf = NeRFConfig(
+        field=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16),
+        num_samples=16,
+        occupancy_resolution=16,
+    )
+    values = dict(prompt="a red cube", prior="tiny", steps=3, nerf=nerf, preview_every=0, checkpoint_every=1)
+    return TextTo3DConfig(**{**values, "start_resolution": 8, **overrides})
+
+
+def test_text_to_3d_never_overwrites_a_previous_asset_or_a_users_folder(prior, tmp_path):
+    from sdtoolkit.runs import OutputFolderError
+    from sdtoolkit.text_to_3d.trainer import CHECKPOINT_FILE, train
+
+    out = tmp_path / "asset"
+    train(_config(steps=2), out, denoiser=prior, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(OutputFolderError, match="--resume"):
+        train(_config(steps=2, seed=1), out, denoiser=prior, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert train(_config(steps=2, seed=1, overwrite=True), out, denoiser=prior, progress=False).step == 2
+    assert (out / CHECKPOINT_FILE).read_bytes() != before[CHECKPOINT_FILE]
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "mesh.glb").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(OutputFolderError):
+            train(_config(overwrite=overwrite), users, denoiser=prior, progress=False)
+    assert (users / "mesh.glb").read_text() == "mine" and sorted(p.name for p in users.iterdir()) == ["mesh.glb"]
+
+
+def test_text_to_3d_non_finite_guard_and_ctrl_c(prior, tmp_path, monkeypatch):
+    from sdtoolkit.runs import RunDiverged, RunInterrupted
+    from sdtoolkit.text_to_3d import trainer
+
+    out = tmp_path / "nan"
+    original = trainer.regularizers
+
+    calls = []
+
+    def poisoned(config, render):  # NaN from step 3 on (the checkpoint of step 2 is the last good one)
+        losses = original(config, render)
+        calls.append(1)
+        if len(calls) >= 3:
+            losses["loss_entropy"] = losses["loss_entropy"] * torch.nan
+        return losses
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "regularizers", poisoned)
+        with pytest.raises(RunDiverged, match=r"step 5: loss_entropy .*learning rate") as error:
+            trainer.train(_config(steps=10), out, denoiser=prior, progress=False)
+    assert "step 2" in str(error.value)
+    assert json.loads((out / trainer.STATE_FILE).read_text())["step"] == 2 and not (out / "timing.json").exists()
+
+    out = tmp_path / "ctrl-c"
+    original_step = trainer.training_step
+
+    def interrupted(run):
+        logs = original_step(run)
+        if run.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return logs
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "training_step", interrupted)
+        with pytest.raises(RunInterrupted, match="--resume") as error:
+            trainer.train(_config(steps=4, checkpoint_every=0), out, denoiser=prior, progress=False)
+    assert error.value.exit_code == 130
+    assert json.loads((out / trainer.STATE_FILE).read_text())["step"] == 2
+    resumed = trainer.train(_config(steps=4, checkpoint_every=0), out, denoiser=prior, progress=False, resume=True)
+    straight = trainer.train(
+        _config(steps=4, checkpoint_every=0), tmp_path / "straight", denoiser=prior, progress=False
+    )
+    for (name, a), b in zip(straight.nerf.state_dict().items(), resumed.nerf.state_dict().values()):
+        assert torch.equal(a, b), name
