@@ -102,13 +102,19 @@ def add_flags(
     aliases: dict[str, tuple[str, ...]] | None = None,
     defaults: dict[str, str] | None = None,
     names: dict[str, str] | None = None,
+    positional: dict[str, str] | None = None,
+    repeat: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Adds one flag per field of dataclass `cls` to `group` (nested dataclasses recurse as `--<field>.<sub>`).
 
     `key` is the dotted config key of `cls` (`train`, `lcm`, `run.nerf`); the flag of field `f` is
     `--<prefix><f>` with dest `cfg:<key>.<f>`. `skip`: dotted keys without a flag; `aliases`: dotted key -> extra
     option strings; `defaults`: dotted key -> the default to show instead of the dataclass's (method-dependent
-    ones). Returns (and fills `names`) dotted key -> flag, for error messages."""
+    ones); `positional`: dotted key -> METAVAR of an optional positional argument instead of a flag; `repeat`:
+    dotted key (a `tuple[str, ...]` field) -> a flag given once per item (`--prompt A --prompt B`). Returns (and
+    fills `names`) dotted key -> flag, for error messages."""
+    positional = positional or {}
+    repeat = repeat or {}
     names = {} if names is None else names
     aliases = aliases or {}
     defaults = defaults or {}
@@ -141,6 +147,15 @@ def add_flags(
             "help": help_text(docs.get(f.name, ""), shown, bounds.get(f.name)),
         }
         options = [*aliases.get(dotted, ()), option]  # a short alias, if any, names the flag in messages
+        if dotted in positional:
+            del kwargs["dest"]
+            group.add_argument(DEST + dotted, nargs="?", metavar=positional[dotted], **kwargs)
+            names[dotted] = positional[dotted]
+            continue
+        if dotted in repeat:
+            group.add_argument(repeat[dotted], action="append", metavar="TEXT", **kwargs)
+            names[dotted] = repeat[dotted]
+            continue
         if base is bool:
             group.add_argument(*options, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(base) is tuple:
@@ -246,6 +261,19 @@ def build_section(cls: type, values: dict, key: str, names: dict[str, str]) -> A
     lines = check(config, key, name_of)
     if lines:
         fail(lines)
+    return config
+
+
+def resolve_flat(args: argparse.Namespace, cls: type, key: str) -> Any:
+    """The config of a one-section command: defaults < `--config FILE` (an object of `cls`'s fields) < flags, built
+    and checked (one line per bad value). The values also land on `args` as plain attributes (`args.steps`)."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None) is not None:
+        values = read_config_file(args.config, tuple(f.name for f in dataclasses.fields(cls) if f.init))
+    values.update(given(args).get(key, {}))
+    config = build_section(cls, values, key, getattr(args, "config_names", {}))
+    for f in dataclasses.fields(config):
+        setattr(args, f.name, getattr(config, f.name))
     return config
 
 
