@@ -47,6 +47,7 @@ __all__ = [
     "atomic_output",
     "atomic_write_text",
     "check_new_files",
+    "claim_export_folder",
     "claim_output",
     "inspect_output",
     "read_manifest",
@@ -456,3 +457,35 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+# ---------------------------------------------------------------------------------------------------- exports
+
+
+def _legacy_export(folder: Path) -> set[str]:
+    """A pipeline folder `sdtoolkit export` wrote before manifests existed: export.json beside model_index.json (a
+    run's student/ holds export.json but no model_index.json, and is never taken for an export)."""
+    if (folder / "export.json").is_file() and (folder / "model_index.json").is_file():
+        return _entries(folder)
+    return set()
+
+
+def claim_export_folder(
+    folder: str | Path, *, overwrite: bool = False, reserved: Iterable[str] = (), flag: str = "OUT_DIR"
+) -> RunFolder:
+    """For commands that write a whole folder once (`sdtoolkit export`): a new or empty folder, or a previous
+    export written by sdtoolkit (replaced: only its own entries are deleted), is claimed and locked; any other
+    non-empty folder (a run's `student/`, the user's files) is refused unless `overwrite`, and then the export
+    writes beside the user's files and is refused if one of them is named like an entry it writes (`reserved`).
+    Use as a context manager (`with claim_export_folder(out) as folder: ...`), which records what was written and
+    releases the lock."""
+    return claim_output(
+        folder,
+        "export",
+        overwrite=overwrite,
+        has_checkpoint=lambda _: False,
+        reserved=reserved,
+        legacy=_legacy_export,
+        flag=flag,
+        announce=None,
+    )

@@ -422,3 +422,36 @@ def test_text_to_3d_non_finite_guard_and_ctrl_c(prior, tmp_path, monkeypatch):
     )
     for (name, a), b in zip(straight.nerf.state_dict().items(), resumed.nerf.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# ------------------------------------------------------------------------------------------------ export, generate
+
+
+def test_export_folders_replace_only_a_previous_export_and_single_files_are_not_overwritten(tmp_path):
+    """`claim_export_folder` (for `sdtoolkit export`): a previous export is replaced (only its own entries), a run's
+    student/ or a user's folder is refused; `check_new_files` (for `generate`) refuses to replace a file."""
+    from sdtoolkit.runs import OutputFolderError, check_new_files, claim_export_folder
+
+    out = tmp_path / "exported"
+    with claim_export_folder(out) as folder:
+        (out / "model_index.json").write_text("{}")
+        (out / "export.json").write_text("{}")
+    assert not (out / ".sdtoolkit.lock").exists()
+    with claim_export_folder(out):  # a previous export: its files are removed, the folder is reused
+        assert not (out / "model_index.json").exists()
+    student = tmp_path / "run" / "student"
+    student.mkdir(parents=True)
+    (student / "export.json").write_text("{}")
+    (student / "pytorch_lora_weights.safetensors").write_text("weights")
+    with pytest.raises(OutputFolderError, match="not an sdtoolkit run folder"):
+        claim_export_folder(student)
+    with pytest.raises(OutputFolderError, match="export.json"):
+        claim_export_folder(student, overwrite=True, reserved=("export.json", "model_index.json"))
+    assert (student / "pytorch_lora_weights.safetensors").read_text() == "weights"
+    assert sorted(p.name for p in student.iterdir()) == ["export.json", "pytorch_lora_weights.safetensors"]
+    assert folder.path == out
+    photo = tmp_path / "photo.png"
+    photo.write_text("mine")
+    with pytest.raises(OutputFolderError, match="--overwrite"):
+        check_new_files([photo, photo.with_suffix(".json")])
+    check_new_files([photo], overwrite=True)
