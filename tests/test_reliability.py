@@ -455,3 +455,31 @@ def test_export_folders_replace_only_a_previous_export_and_single_files_are_not_
     with pytest.raises(OutputFolderError, match="--overwrite"):
         check_new_files([photo, photo.with_suffix(".json")])
     check_new_files([photo], overwrite=True)
+
+
+def test_text_to_3d_cli_refuses_a_plain_rerun_into_a_previous_asset(assets, tmp_path, capsys):
+    out = tmp_path / "cube"
+    common = ["text-to-3d", "a red cube", "--prior", str(assets / "teacher"), "--output", str(out), "--quiet"]
+    common += [
+        "--preset",
+        "tiny",
+        "--mesh-resolution",
+        "16",
+        "--video-frames",
+        "2",
+        "--formats",
+        "glb",
+        "--steps",
+        "1",
+    ]
+    assert main(common) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*common, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out}" in err and "--overwrite" in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main([*common, "--seed", "1", "--overwrite"]) == 0
+    assert (out / "mesh.glb").read_bytes() != before["mesh.glb"] or (out / "config.json").read_bytes() != before[
+        "config.json"
+    ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,7 +112,11 @@ def _legacy_run_entries(folder: Path) -> set[str]:
 
 def check_output_folder(config: TrainConfig, resume: bool) -> str:
     """Whether a run may write into `config.output` (`sdtoolkit.runs.inspect_output`): `new`, `resume`,
-    `restart` or `overwrite`; raises `OutputFolderError` naming --resume/--overwrite. Writes nothing."""
+    `restart` or `overwrite`; raises `OutputFolderError` naming --resume/--overwrite. Writes nothing. Under
+    `accelerate launch` only the main process (RANK 0) checks: it alone claims the folder, and a late check on
+    another rank would see the main process's own lock."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return "resume" if resume else "new"
     return inspect_output(
         config.output,
         RUN_KIND,
