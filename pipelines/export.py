@@ -10,23 +10,23 @@ config, and the exact call (steps, guidance, extra arguments). `export_pipeline`
   a LoRA student is fused into `unet/` there;
 - for LoRA students, also `pytorch_lora_weights.safetensors` at the top, which `pipe.load_lora_weights(folder)`
   accepts on the teacher pipeline;
-- `training_config.json` (the resolved training configuration), `export.json` (the spec) and a model card
-  `README.md` (teacher, method, steps, metrics, the exact call).
+- `training_config.json` (the resolved training configuration), `export.json` (the final spec), a model card
+  `README.md` (the exact call first, what the default call does, the teacher and how to get it, its prompt format,
+  what guidance_scale means) and `export_manifest.json` (the entries written, all a later export may replace).
+  No file holds a path of the training machine (`_name_or_path` and config paths are scrubbed).
 
-Which stock pipeline and scheduler (diffusers 0.42):
+The trainers' specs name the sampler they trained with (LCMScheduler, TCDScheduler with eta=0, a truncated
+LCMScheduler for a 1-step generator on t < T - 1); `sdtoolkit.pipelines.stock_defaults` turns that into the stock
+pipeline class and scheduler config whose *default* call (`pipe(prompt)`, 50 steps and CFG 7.5 in
+StableDiffusionPipeline, 4 steps in LatentConsistencyModelPipeline) samples what was trained:
 
-- LCM with a w-embedding (`time_cond_proj_dim`): `LatentConsistencyModelPipeline` (defaults to 4 steps) +
-  `LCMScheduler`; call with `num_inference_steps` and `guidance_scale = w + 1` (fed to the embedding, no CFG);
-- LCM(-LoRA) without w-embedding: `StableDiffusionPipeline` + `LCMScheduler`; `guidance_scale=1.0` (CFG off);
-- phased (PCM), N phases: `StableDiffusionPipeline` + `TCDScheduler` (`eta=0`, deterministic: the pipeline's
-  default); `num_inference_steps=N`, `guidance_scale=1.0`;
-- fixed timesteps (DMD2's 999, 749, 499, 249): `StableDiffusionPipeline` + `LCMScheduler` with
-  `original_inference_steps=4` (`lcm_schedule_for`); `num_inference_steps=4`, `guidance_scale=1.0`;
-- a 1-step generator on a lower timestep t (DMD2's SDXL 399, SiD-LSG's 625): the same with the scheduler truncated
-  to its first t + 1 betas (`lcm_single_step_schedule`), so its 1-step default is [t].
-
-LatentConsistencyModelPipeline needs a UNet with `time_cond_proj_dim` and passes `eta=None` to the scheduler, so
-students without w-embedding and TCD go through StableDiffusionPipeline (whose `eta` defaults to 0.0).
+- deterministic samplers (1-step generators, phased PCM): `StableDiffusionPipeline` + `TCDScheduler` with a
+  step-function noise schedule: the 50 default steps are the trained ones plus steps that leave the latents
+  unchanged; `num_inference_steps=N` is the trained schedule alone;
+- stochastic multi-step samplers (LCM, DMD2/Flash-DMD with k >= 2 steps): `LatentConsistencyModelPipeline` +
+  `LCMScheduler`, whose 4-step default is the trained schedule for 4-step students;
+- students without a w-embedding get a zero one (`time_cond_proj_dim`, zero weights): stock pipelines then skip
+  CFG, and the outputs are unchanged. Students with a trained w-embedding keep guidance_scale = w + 1.
 """
 
 from __future__ import annotations
@@ -42,8 +42,31 @@ SPEC_NAME = "export.json"
 """The ExportSpec file, beside the student weights and in every exported folder."""
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 """diffusers' default LoRA file name (what `load_lora_weights(folder)` looks for)."""
+MANIFEST_NAME = "export_manifest.json"
+"""The entries an export wrote into its folder: what a later export into the same folder may replace."""
+LEGACY_ENTRIES = (
+    "model_index.json",
+    "unet",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    "README.md",
+    SPEC_NAME,
+    "training_config.json",
+    LORA_WEIGHT_NAME,
+)
+"""What exports written before manifests held."""
 
-__all__ = ["ExportSpec", "export_pipeline", "lcm_schedule_for", "lcm_single_step_schedule", "write_model_card"]
+__all__ = [
+    "ExportSpec",
+    "check_export_target",
+    "export_pipeline",
+    "is_earlier_export",
+    "lcm_schedule_for",
+    "lcm_single_step_schedule",
+    "write_model_card",
+]
 
 
 @dataclass
@@ -67,13 +90,26 @@ class ExportSpec:
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further call arguments (e.g. `eta`)."""
     teacher: str = ""
-    """The teacher it was distilled from (builtin:shapes, a folder, a Hub id)."""
+    """The teacher it was distilled from (builtin:shapes, a folder, a Hub id); in an exported folder its reference
+    (`builtin:NAME`, a Hub id or a local folder's name, never a path)."""
+    teacher_source: str = ""
+    """In an exported folder: `builtin`, `hub` or `local` (what `teacher` names)."""
     trained_steps: int = 0
     """Optimizer steps trained."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Last validation metrics, for the model card."""
     notes: str = ""
     """Free text for the model card (method details)."""
+    timesteps: list[int] = field(default_factory=list)
+    """The trained sampling timesteps (filled in by `export_pipeline`)."""
+    default_call: str = ""
+    """What the stock default call `pipe(prompt)` of the exported folder does (filled in by `export_pipeline`; a
+    spec with it set is final and is exported as it is)."""
+    default_exact: bool = False
+    """Whether `pipe(prompt)` gives the image of `call_arguments()` (up to float rounding)."""
+    guidance_embedding: str = ""
+    """`w` (a trained w-embedding: guidance_scale = w + 1), `zero` (a zero embedding that makes stock pipelines
+    skip CFG; guidance_scale has no effect) or empty (none)."""
 
     def save(self, folder: str | Path) -> None:
         Path(folder, SPEC_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -148,67 +184,147 @@ def _scheduler(name: str, teacher_config: Any, overrides: dict[str, Any]):
     return cls.from_config(teacher_config, **overrides)
 
 
+def is_earlier_export(folder: str | Path) -> bool:
+    """Whether `folder` was written by `export_pipeline` (its manifest, or an export from before manifests: both
+    `export.json` and `model_index.json`)."""
+    folder = Path(folder)
+    return (folder / MANIFEST_NAME).is_file() or (
+        (folder / SPEC_NAME).is_file() and (folder / "model_index.json").is_file()
+    )
+
+
+def check_export_target(out_dir: str | Path, sources: list[str | Path], overwrite: bool = False) -> None:
+    """Raises ValueError if `out_dir` is, contains or lies inside one of `sources` (the student being exported, its
+    run folder), and FileExistsError if it is a non-empty folder that is not an earlier export (unless
+    `overwrite`)."""
+    out = Path(out_dir).resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if source.is_relative_to(out) or out.is_relative_to(source / "student"):
+            raise ValueError(
+                f"{out_dir} is or contains the folder being exported ({source}); export into another folder"
+            )
+        if (source / SPEC_NAME).is_file() and out.is_relative_to(source):
+            raise ValueError(f"{out_dir} lies inside the student folder being exported ({source}); choose another")
+    if out.is_file():
+        raise FileExistsError(f"{out_dir} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_earlier_export(out) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} is not empty and is not an earlier sdtoolkit export; choose a new or empty folder (or pass "
+            "--overwrite to write the export's files into it, replacing only entries of the same names)"
+        )
+
+
 def export_pipeline(
     out_dir: str | Path,
     teacher: Any,
     student_dir: str | Path,
     spec: ExportSpec | None = None,
     training_config: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Writes a complete diffusers pipeline folder for the student saved in `student_dir`.
+    """Writes a complete diffusers pipeline folder for the student saved in `student_dir`, whose stock default call
+    `DiffusionPipeline.from_pretrained(out_dir)(prompt)` runs the trained sampler (see `stock_defaults`).
 
     Args:
-        out_dir: the folder to write (replaced if it exists).
+        out_dir: the folder to write: new, empty, or an earlier export (whose files are replaced; other files in
+            it are kept). It must not be or contain `student_dir`.
         teacher: the teacher pipeline, or its spec (`builtin:shapes`, folder, Hub id) to load it fresh; its VAE,
             text encoder, tokenizer and scheduler config are reused. Pass a spec when the loaded pipeline's UNet
             carries training adapters.
         student_dir: a folder written by `DistillationMethod.save_student` (with `export.json`).
-        spec: the ExportSpec (default: `student_dir/export.json`).
-        training_config: the resolved training configuration, saved as `training_config.json`.
+        spec: the trainer's ExportSpec (default: `student_dir/export.json`); the exported `export.json` is the
+            final one (stock pipeline class, scheduler config, the card's call, what the default call does).
+        training_config: the resolved training configuration, saved as `training_config.json` without the
+            training machine's paths.
+        overwrite: write into a non-empty folder that is not an earlier export (replacing same-named entries).
     """
-    from diffusers import UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from sdtoolkit.pipelines import model_card, stock_defaults
 
     student_dir, out_dir = Path(student_dir), Path(out_dir)
-    spec = spec or ExportSpec.load(student_dir)
+    check_export_target(out_dir, [student_dir], overwrite)
+    spec = dataclasses.replace(spec or ExportSpec.load(student_dir))
     if isinstance(teacher, str):
         from sdtoolkit.models.loading import load_teacher_pipeline
 
         teacher = load_teacher_pipeline(teacher)
-    components = {
-        "vae": teacher.vae,
-        "text_encoder": teacher.text_encoder,
-        "tokenizer": teacher.tokenizer,
-        "scheduler": _scheduler(spec.scheduler_class, teacher.scheduler.config, spec.scheduler_config),
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-    }
+    components = {"vae": teacher.vae, "text_encoder": teacher.text_encoder, "tokenizer": teacher.tokenizer}
+    extras = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     if spec.student == "unet":
         unet = UNet2DConditionModel.from_pretrained(student_dir / "unet")
     elif spec.student == "lora":
         unet = UNet2DConditionModel.from_config(teacher.unet.config)
         unet.load_state_dict(_base_unet_state_dict(teacher.unet))
+        # load through the public API (proves the file loads), fuse into the UNet, drop the adapter modules
+        fuser = StableDiffusionPipeline(unet=unet, scheduler=teacher.scheduler, **components, **extras)
+        fuser.load_lora_weights(str(student_dir), weight_name=LORA_WEIGHT_NAME)
+        fuser.fuse_lora()
+        fuser.unload_lora_weights()
+        unet = fuser.unet
     else:
         raise ValueError(f"ExportSpec.student={spec.student!r}; expected 'unet' or 'lora'")
-    pipeline = _pipeline_class(spec.pipeline_class)(unet=unet, **components)
+    w_embedded = unet.config.get("time_cond_proj_dim") is not None
+    if not spec.default_call:
+        plan = stock_defaults.stock_plan(spec, teacher.scheduler.config, w_embedded)
+        zero = plan.pop("zero_embedding")
+        spec = dataclasses.replace(spec, **plan, guidance_embedding="zero" if zero else "w")
+    if spec.guidance_embedding == "zero" and not w_embedded:
+        unet = stock_defaults.with_zero_guidance_embedding(unet)
+    scheduler = _scheduler(spec.scheduler_class, teacher.scheduler.config, spec.scheduler_config)
+    pipeline_class = _pipeline_class(spec.pipeline_class)
+    pipeline = pipeline_class(unet=unet, scheduler=scheduler, **components, **extras)
     pipeline.to("cpu")
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.float()  # (`.to(dtype)` on diffusers models warns spuriously)
+    teacher_name = str(spec.teacher or (training_config or {}).get("train", {}).get("teacher", ""))
+    reference = model_card.teacher_reference(teacher_name)
+    teacher_path = str(Path(teacher_name).resolve()) if teacher_name and Path(teacher_name).exists() else teacher_name
+    spec.teacher, spec.teacher_source = reference, model_card.teacher_kind(teacher_name, reference)
+    tmp = out_dir.parent / f".{out_dir.name}.sdtoolkit-export-tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipeline.save_pretrained(tmp, safe_serialization=True)
     if spec.student == "lora":
-        # load through the public API (proves the file loads), fuse into the UNet, drop the adapter modules
-        pipeline.load_lora_weights(str(student_dir), weight_name=LORA_WEIGHT_NAME)
-        pipeline.fuse_lora()
-        pipeline.unload_lora_weights()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    pipeline.save_pretrained(out_dir, safe_serialization=True)
-    if spec.student == "lora":
-        shutil.copy2(student_dir / LORA_WEIGHT_NAME, out_dir / LORA_WEIGHT_NAME)
-    spec.save(out_dir)
+        shutil.copy2(student_dir / LORA_WEIGHT_NAME, tmp / LORA_WEIGHT_NAME)
+    spec.save(tmp)
     if training_config is not None:
-        (out_dir / "training_config.json").write_text(json.dumps(training_config, indent=2) + "\n")
-    write_model_card(out_dir, spec, training_config or {})
+        config = model_card.scrub_machine_paths(training_config, teacher_path, reference)
+        if isinstance(config.get("train"), dict) and "teacher" in config["train"]:
+            config["train"]["teacher"] = reference
+        (tmp / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    model_card.scrub_json_files(tmp, teacher_path, reference)
+    model_card.write_model_card(tmp, spec, training_config or {})
+    _replace_folder_contents(tmp, out_dir)
     return out_dir
+
+
+def _replace_folder_contents(tmp: Path, out_dir: Path) -> None:
+    """Moves the entries of `tmp` into `out_dir`, first removing the entries an earlier export listed in its
+    manifest (and same-named ones), then writes the new manifest. Nothing else in `out_dir` is touched."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = sorted(item.name for item in tmp.iterdir())
+    old = set()
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            old = set(json.loads(manifest.read_text()).get("entries", []))
+        except (json.JSONDecodeError, AttributeError):
+            old = set()
+    elif is_earlier_export(out_dir):
+        old = set(LEGACY_ENTRIES)
+    for name in sorted(old | set(written)):
+        if "/" in name or name in ("", ".", ".."):
+            continue
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    for name in written:
+        (tmp / name).replace(out_dir / name)
+    tmp.rmdir()
+    manifest.write_text(json.dumps({"written_by": "sdtoolkit export", "entries": written}, indent=2) + "\n")
 
 
 def _base_unet_state_dict(unet: Any) -> dict[str, Any]:
@@ -222,87 +338,7 @@ def _base_unet_state_dict(unet: Any) -> dict[str, Any]:
 
 
 def write_model_card(out_dir: str | Path, spec: ExportSpec, training_config: dict[str, Any]) -> Path:
-    """A README.md model card: front matter, method, teacher, training, metrics and the exact call."""
-    out_dir = Path(out_dir)
-    train = training_config.get("train", {})
-    method_config = training_config.get(spec.method, {})
-    call = ", ".join(f"{k}={v!r}" for k, v in spec.call_arguments().items())
-    lines = [
-        "---",
-        "library_name: diffusers",
-        f"pipeline_tag: text-to-image\ntags: [sdtoolkit, {spec.method}, few-step, distillation]",
-        "---",
-        "",
-        f"# {spec.method.upper()} student of `{spec.teacher or train.get('teacher', 'unknown teacher')}`",
-        "",
-        f"Distilled with sdtoolkit (`sdtoolkit distill {spec.method}`) for {spec.trained_steps} steps. "
-        f"Sample it in **{spec.num_inference_steps} steps** with `{spec.pipeline_class}` + `{spec.scheduler_class}`.",
-        "",
-    ]
-    if spec.notes:
-        lines += [spec.notes, ""]
-    lines += [
-        "## Usage",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER")',
-        "generator = torch.Generator().manual_seed(0)",
-        f'image = pipe("a red cube", {call}, generator=generator).images[0]',
-        "```",
-        "",
-        f"The scheduler config in `scheduler/` already holds the training schedule ({_schedule_note(spec)}); "
-        "no timesteps need to be passed.",
-        "",
-    ]
-    if spec.student == "lora":
-        lines += [
-            "### As a LoRA on the teacher",
-            "",
-            "The folder also holds the LoRA (`pytorch_lora_weights.safetensors`, diffusers format):",
-            "",
-            "```python",
-            f"from diffusers import DiffusionPipeline, {spec.scheduler_class}",
-            "",
-            f'pipe = DiffusionPipeline.from_pretrained("{_teacher_path_hint(spec, train)}")',
-            f'pipe.scheduler = {spec.scheduler_class}.from_pretrained("PATH/TO/THIS/FOLDER", subfolder="scheduler")',
-            'pipe.load_lora_weights("PATH/TO/THIS/FOLDER")',
-            f'image = pipe("a red cube", {call}).images[0]',
-            "```",
-            "",
-        ]
-    lines += ["## Training", "", "| setting | value |", "|---|---|"]
-    lines += [f"| teacher | `{spec.teacher or train.get('teacher', '')}` |", f"| method | `{spec.method}` |"]
-    lines += [f"| steps | {spec.trained_steps} |", f"| student | {spec.student} |"]
-    for key in ("batch_size", "gradient_accumulation_steps", "mixed_precision", "seed"):
-        if key in train:
-            lines.append(f"| {key} | {train[key]} |")
-    for key, value in method_config.items():
-        lines.append(f"| {spec.method}.{key} | {value} |")
-    lines += ["", "The full resolved configuration is in `training_config.json`.", ""]
-    if spec.metrics:
-        lines += ["## Metrics (validation at the end of training)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in spec.metrics.items()]
-        lines.append("")
-    path = out_dir / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    """The model card `README.md` (see `sdtoolkit.pipelines.model_card`)."""
+    from sdtoolkit.pipelines.model_card import write_model_card as write
 
-
-def _schedule_note(spec: ExportSpec) -> str:
-    def shown(key: str, value: Any) -> str:
-        if key == "trained_betas":
-            return f"the teacher's first {len(value)} betas"
-        return f"{key}={value}"
-
-    settings = ", ".join(shown(k, v) for k, v in spec.scheduler_config.items())
-    return f"{spec.scheduler_class}({settings})" if settings else spec.scheduler_class
-
-
-def _teacher_path_hint(spec: ExportSpec, train: dict[str, Any]) -> str:
-    teacher = spec.teacher or train.get("teacher", "TEACHER")
-    if teacher == "builtin:shapes":
-        return "<sdtoolkit>/assets/shapes-teacher"
-    return teacher
+    return write(out_dir, spec, training_config)

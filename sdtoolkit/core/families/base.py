@@ -68,5 +68,22 @@ def w_embedding(model: nn.Module, guidance_embed: Tensor | None, dtype: torch.dt
     if dim is None:
         return None
     if guidance_embed is None:
+        if _zero_guidance_embedding(model):  # sdtoolkit exports of students without one: it has no effect
+            return None
         raise ValueError("this UNet has time_cond_proj_dim (a guidance embedding): pass guidance_embed")
     return guidance_scale_embedding(guidance_embed, dim, dtype=dtype)
+
+
+def _zero_guidance_embedding(model: nn.Module) -> bool:
+    """Whether the UNet's guidance embedding projection is all zeros (`sdtoolkit.pipelines.stock_defaults.
+    with_zero_guidance_embedding`: it makes stock pipelines skip CFG and changes no output). Cached per weight
+    version, so one check per weight update."""
+    weight = getattr(getattr(getattr(model, "time_embedding", None), "cond_proj", None), "weight", None)
+    if weight is None:
+        return False
+    key = (weight.data_ptr(), weight._version)
+    cached = getattr(model, "_sdtoolkit_zero_guidance", None)
+    if cached is None or cached[0] != key:
+        cached = (key, not bool(weight.detach().any()))
+        model._sdtoolkit_zero_guidance = cached
+    return cached[1]
