@@ -483,3 +483,28 @@ def test_text_to_3d_cli_refuses_a_plain_rerun_into_a_previous_asset(assets, tmp_
     assert (out / "mesh.glb").read_bytes() != before["mesh.glb"] or (out / "config.json").read_bytes() != before[
         "config.json"
     ]
+
+
+def test_an_incomplete_checkpoint_is_never_the_newest(straight, tmp_path):
+    """A checkpoint is written to `.partial-step_N` and renamed when complete (progress.json last): a run killed
+    while checkpointing resumes from the previous complete one."""
+    from sdtoolkit.distill.checkpoint import latest_checkpoint
+
+    run = tmp_path / "killed"
+    shutil.copytree(straight, run)
+    (run / "checkpoints" / ".partial-step_000006").mkdir()
+    (run / "checkpoints" / ".partial-step_000006" / "model.safetensors").write_bytes(b"torn")
+    shutil.copytree(run / "checkpoints" / "step_000004", run / "checkpoints" / "step_000008")
+    (run / "checkpoints" / "step_000008" / "progress.json").unlink()
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000004"
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    from sdtoolkit.runs import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.exit_code == 130 and stop.name == "Ctrl-C"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
