@@ -255,15 +255,90 @@ def mesh_scores(mesh, shape: str, colour: str | None = None, seed: int = 0, samp
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the whole evaluation of an exported mesh: geometry and the 2D evaluator on renders of the mesh itself
+# ----------------------------------------------------------------------------------------------------------------
+
+EVAL_VIEWS = 8
+"""Azimuths of the mesh-render evaluation (0, 45, ..., 315 degrees), at `EVAL_ELEVATION`."""
+EVAL_ELEVATION = 15.0
+"""Elevation of the evaluation cameras (degrees); distance and fov are the shapes world's defaults."""
+
+
+def vertex_colours(mesh) -> np.ndarray:
+    """The mesh's vertex colours in [0, 1] `[V, 3]` (mid grey when it has none)."""
+    visual = mesh.visual
+    if getattr(visual, "kind", None) == "vertex":
+        return np.asarray(visual.vertex_colors)[:, :3].astype(np.float64) / 255.0
+    return np.full((len(mesh.vertices), 3), 0.5)
+
+
+def evaluate_mesh(mesh, prompt: str, evaluator=None, seed: int = 0, resolution: int = 64) -> dict:
+    """Geometry (`mesh_scores`) and the shapes evaluator on `EVAL_VIEWS` renders of the aligned mesh, for an asset
+    whose prompt is 'a <colour> <shape>'. `evaluator` None: the shipped one."""
+    from sdtoolkit.data import parse_caption, turntable_cameras
+    from sdtoolkit.data.shapes import SHAPES
+    from sdtoolkit.text_to_3d.mesh_render import render_mesh
+
+    shape, colour, _ = parse_caption(prompt)  # a clear ValueError for a prompt outside the shapes world
+    scores = mesh_scores(mesh, shape, colour, seed=seed)
+    if evaluator is None:
+        from sdtoolkit.eval import Evaluator
+
+        evaluator = Evaluator.load()
+    cameras = turntable_cameras(EVAL_VIEWS, elevation_deg=EVAL_ELEVATION)
+    images = render_mesh(scores.alignment.apply(mesh.vertices), mesh.faces, vertex_colours(mesh), cameras, resolution)
+    predicted = evaluator.classify(images)
+    shape_ok = predicted["shape"] == SHAPES.index(shape)
+    colour_ok = predicted["colour"] == COLOUR_NAMES.index(colour)
+    result = scores.to_dict()
+    result.update(
+        prompt=prompt,
+        render_view_accuracy=float((shape_ok & colour_ok).float().mean()),
+        render_shape_accuracy=float(shape_ok.float().mean()),
+        render_colour_accuracy=float(colour_ok.float().mean()),
+        predicted=[f"{COLOUR_NAMES[c]} {SHAPES[s]}" for s, c in zip(predicted["shape"], predicted["colour"])],
+    )
+    result["images"] = images
+    return result
+
+
+def split_by_boxes(mesh, layout) -> list:
+    """Each layout object's part of a merged mesh: the faces whose centroid lies in its box (boxes are disjoint in
+    a valid layout), as separate meshes in layout order (an empty mesh where a box holds nothing)."""
+    centroids = mesh.triangles_center
+    parts = []
+    for obj in layout.objects:
+        inside = np.all((centroids >= np.asarray(obj.box_min)) & (centroids <= np.asarray(obj.box_max)), axis=1)
+        parts.append(mesh.submesh([np.flatnonzero(inside)], append=True) if inside.any() else None)
+    return parts
+
+
+def evaluate_layout_mesh(mesh, layout, evaluator=None, seed: int = 0) -> list[dict]:
+    """`evaluate_mesh` for every layout object on its own part of the mesh (`split_by_boxes`); an object with no
+    faces in its box gets `{"prompt": ..., "missing": True}`."""
+    results = []
+    for obj, part in zip(layout.objects, split_by_boxes(mesh, layout)):
+        if part is None or len(part.faces) == 0:
+            results.append({"prompt": obj.prompt, "missing": True})
+        else:
+            results.append({**evaluate_mesh(part, obj.prompt, evaluator, seed), "missing": False})
+    return results
+
+
 __all__ = [
     "MeshScores",
     "Similarity",
     "align_to_primitive",
     "colour_accuracy",
+    "evaluate_layout_mesh",
+    "evaluate_mesh",
     "inside_grid",
     "mesh_scores",
     "primitive_mesh",
     "primitive_sdf",
     "sample_surface",
+    "split_by_boxes",
+    "vertex_colours",
     "volume_iou",
 ]
