@@ -264,6 +264,16 @@ def build_section(cls: type, values: dict, key: str, names: dict[str, str]) -> A
     return config
 
 
+def check_with_model(sections: dict[str, Any], names: dict[str, str], context: dict[str, Any]) -> None:
+    """The bounds that name model values (`Range(1, "num_train_timesteps")`), checked once the model is loaded and
+    before anything is written: CLIError with one line per bad value."""
+    lines = []
+    for key, config in sections.items():
+        lines += check(config, key, lambda dotted: names.get(dotted, dotted), context)
+    if lines:
+        fail(lines)
+
+
 def resolve_flat(args: argparse.Namespace, cls: type, key: str) -> Any:
     """The config of a one-section command: defaults < `--config FILE` (an object of `cls`'s fields) < flags, built
     and checked (one line per bad value). The values also land on `args` as plain attributes (`args.steps`)."""

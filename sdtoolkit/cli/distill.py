@@ -349,6 +349,8 @@ def run(args: argparse.Namespace) -> int:
     check(method, method_config, train, checkpoint)
     pipeline = load_teacher(train.teacher)
     check_resolution(train.resolution, pipeline, "--resolution", "train.resolution")
+    context = {"num_train_timesteps": int(pipeline.scheduler.config.num_train_timesteps)}
+    config_cli.check_with_model({"train": train, args.method: method_config}, args.config_names, context)
     trainer = Trainer(method, method_config, train, resolved, prepare_data, resume_from=checkpoint, pipeline=pipeline)
     output = trainer.run()
     print(f"run folder: {output}" + (f"\nexported pipeline: {output / 'export'}" if train.export else ""))

@@ -24,30 +24,41 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Range:
-    """A number in [low, high] (None: unbounded on that side; `*_open`: the end itself is excluded)."""
+    """A number in [low, high] (None: unbounded on that side; `*_open`: the end itself is excluded). `high` may name
+    a value known only once the model is loaded (`"num_train_timesteps"`: the teacher scheduler's); it is checked
+    when `check` is given that context, and ignored before."""
 
     low: float | None = None
-    high: float | None = None
+    high: float | str | None = None
     low_open: bool = False
     high_open: bool = False
 
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: Any, context: dict[str, Any] | None = None) -> str | None:
         """Why `value` is out of range, or None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         if isinstance(value, float) and not math.isfinite(value):
             return None  # reported by the finiteness check
+        high = self._high(context)
         below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        return f"must be {self.describe()}" if below or above else None
+        above = high is not None and (value >= high if self.high_open else value > high)
+        return f"must be {self.describe(context)}" if below or above else None
 
-    def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+    def _high(self, context: dict[str, Any] | None) -> float | None:
+        if isinstance(self.high, str):
+            return (context or {}).get(self.high)
+        return self.high
+
+    def describe(self, context: dict[str, Any] | None = None) -> str:
+        high = self._high(context)
+        if isinstance(self.high, str):
+            high = self.high if high is None else f"{self.high} = {high}"
+        if self.low is not None and high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {high}{')' if self.high_open else ']'}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high}"
+        if high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
         return "any number"
 
 
@@ -60,10 +71,10 @@ class OneOf:
     def __init__(self, *choices: Any) -> None:
         object.__setattr__(self, "choices", tuple(choices))
 
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: Any, context: dict[str, Any] | None = None) -> str | None:
         return None if value in self.choices else f"choose one of {self.describe()[len('one of ') :]}"
 
-    def describe(self) -> str:
+    def describe(self, context: dict[str, Any] | None = None) -> str:
         return "one of " + ", ".join(str(c) for c in self.choices)
 
 
@@ -87,6 +98,8 @@ NON_NEGATIVE = Range(0)
 """>= 0 (periods where 0 disables, weights)."""
 FRACTION = Range(0, 1)
 """A fraction in [0, 1]."""
+SCHEDULE_STEPS = Range(1, "num_train_timesteps")
+"""A number of steps on the teacher's schedule: 1 to its scheduler's num_train_timesteps (checked once loaded)."""
 
 
 # ------------------------------------------------------------------------------------------------ strict building
@@ -251,7 +264,7 @@ def build(cls: type, values: dict[str, Any], where: str = "config", name_of=None
     unknown = sorted(set(values) - set(names))
     if unknown:
         errors.append(
-            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; valid keys: "
+            f"{where or 'config'}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; valid keys: "
             f"{', '.join(sorted(names))}"
         )
     hints = typing.get_type_hints(cls)
@@ -285,7 +298,7 @@ def build(cls: type, values: dict[str, Any], where: str = "config", name_of=None
 # ------------------------------------------------------------------------------------------------ validation
 
 
-def value_problem(value: Any, bound: Bound | None, key: str, name_of=None) -> str | None:
+def value_problem(value: Any, bound: Bound | None, key: str, name_of=None, context=None) -> str | None:
     """The line for a value that is not finite or outside `bound`, or None."""
     if dataclasses.is_dataclass(value) or value is None:
         return None
@@ -296,26 +309,26 @@ def value_problem(value: Any, bound: Bound | None, key: str, name_of=None) -> st
     if bound is None:
         return None
     for item in items:
-        problem = bound.problem(item)
+        problem = bound.problem(item, context)
         if problem is not None:
             choice = isinstance(bound, OneOf)
             return _line(name, key, item if choice else value, problem, choice=choice)
     return None
 
 
-def check(config: Any, where: str = "config", name_of=None) -> list[str]:
+def check(config: Any, where: str = "config", name_of=None, context: dict[str, Any] | None = None) -> list[str]:
     """One line per bad value of a built config (recursing into nested dataclass fields): a float that is not finite
     or a value outside the field's `BOUNDS`. `name_of(dotted_key)` gives the name to show (e.g. the flag);
-    default: the dotted key."""
+    default: the dotted key. `context` gives the values that bounds name (e.g. `num_train_timesteps`)."""
     lines: list[str] = []
     bounds = bounds_of(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         key = f"{where}.{f.name}" if where else f.name
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            lines += check(value, key, name_of)
+            lines += check(value, key, name_of, context)
             continue
-        problem = value_problem(value, bounds.get(f.name), key, name_of)
+        problem = value_problem(value, bounds.get(f.name), key, name_of, context)
         if problem:
             lines.append(problem)
     return lines
