@@ -118,8 +118,9 @@ def test_smoke_runs_log_every_loss_and_write_everything(runs):
         spec = json.loads((run / "export" / "export.json").read_text())
         k = config[name]["num_steps"]
         assert spec["num_inference_steps"] == k
-        if config[name]["generator_timestep"] is None:
-            assert spec["scheduler_config"] == {"original_inference_steps": k}
+        assert spec["timesteps"] == student_timesteps(k) or spec["timesteps"] == [config[name]["generator_timestep"]]
+        if config[name]["generator_timestep"] is None:  # k >= 2: the LCM pipeline's 4-step default must run
+            assert spec["scheduler_config"]["original_inference_steps"] == max(k, 4)
         else:
             assert spec["scheduler_config"]["num_train_timesteps"] == config[name]["generator_timestep"] + 1
         assert (run / "student" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -234,8 +235,12 @@ def test_export_loads_in_a_fresh_process_with_the_trained_timesteps(assets, runs
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for name, result in results.items():
-        assert result["pipeline"] == "StableDiffusionPipeline" and result["scheduler"] == "LCMScheduler", result
         method = json.loads((runs[name] / "config.json").read_text())[name]
+        if method["num_steps"] == 1:  # deterministic: TCD (eta=0) with a step-function schedule, any step count
+            expected_classes = ("StableDiffusionPipeline", "TCDScheduler")
+        else:  # re-noising between steps: the LCM pipeline
+            expected_classes = ("LatentConsistencyModelPipeline", "LCMScheduler")
+        assert (result["pipeline"], result["scheduler"]) == expected_classes, result
         if method["generator_timestep"] is None:
             expected = student_timesteps(method["num_steps"])
         else:
