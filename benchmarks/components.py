@@ -1,5 +1,6 @@
 """Model components for the benchmarks: `tiny` (CPU, seconds), `shapes` (the builtin:shapes teacher's architecture,
-CPU memory figures) and `sd15` (Stable Diffusion 1.5 sizes, random weights).
+CPU memory figures), `sd15-thin` (Stable Diffusion 1.5's UNet and VAE topology and module count with narrow
+channels: the host-side cost per module shows on a CPU) and `sd15` (Stable Diffusion 1.5 sizes, random weights).
 
 Throughput does not depend on the weights, so `sd15` builds the UNet (860M parameters) and VAE from their published
 configs with random initialisation: no download, and the same work as the real model.
@@ -23,6 +24,14 @@ SD15_UNET = dict(
     cross_attention_dim=768,
     attention_head_dim=8,
 )
+SD15_THIN_UNET = dict(
+    SD15_UNET,
+    sample_size=8,
+    block_out_channels=(32, 64, 128, 128),
+    cross_attention_dim=64,
+)
+"""SD1.5's UNet with a tenth of its widths (norm groups stay 32) at 8x8 latents: the same 4 down/up levels, 2
+resnets per level, 16 transformer blocks and module count (same module names, so LoRA targets the same layers)."""
 SD15_VAE = dict(
     in_channels=3,
     out_channels=3,
@@ -33,6 +42,8 @@ SD15_VAE = dict(
     latent_channels=4,
     sample_size=512,
 )
+SD15_THIN_VAE = dict(SD15_VAE, block_out_channels=(32, 64, 64, 64), sample_size=64)
+"""SD1.5's VAE topology with narrow channels (64 px images for the 8x8 latents)."""
 SD15_SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,
@@ -55,6 +66,9 @@ class Components:
     text_len: int
     text_dim: int
     time_cond_proj_dim: int | None
+    fake_rank: int = 64
+    """LoRA rank of the DMD2/SiD fake score: DMD2's 64 at SD1.5 size; the narrow sizes keep SD1.5's ratio of rank to
+    the first block width (64 / 320), so the adapter's share of the compute is the one a real run has."""
 
     def unet(self, time_cond_proj_dim: int | None = None, seed: int = 0) -> nn.Module:
         from diffusers import UNet2DConditionModel
@@ -62,6 +76,8 @@ class Components:
         torch.manual_seed(seed)
         if self.size == "sd15":
             return UNet2DConditionModel(**SD15_UNET, time_cond_proj_dim=time_cond_proj_dim).to(self.device)
+        if self.size == "sd15-thin":
+            return UNet2DConditionModel(**SD15_THIN_UNET, time_cond_proj_dim=time_cond_proj_dim).to(self.device)
         if self.size == "shapes":
             from sdtoolkit.models.shapes_teacher import TeacherConfig, build_unet
 
@@ -80,6 +96,8 @@ class Components:
         torch.manual_seed(0)
         if self.size == "sd15":
             return AutoencoderKL(**SD15_VAE).to(self.device)
+        if self.size == "sd15-thin":
+            return AutoencoderKL(**SD15_THIN_VAE).to(self.device)
         if self.size == "shapes":
             from sdtoolkit.models.shapes_teacher import TeacherConfig, build_vae
 
@@ -127,11 +145,22 @@ class Components:
         return torch.randn(shape, generator=generator).to(self.device)
 
 
+SIZES = ("tiny", "sd15-thin", "shapes", "sd15")
+
+
+def scaled_rank(first_width: int) -> int:
+    """SD1.5's fake-score LoRA rank 64 at width 320, scaled to another first block width (at least 1)."""
+    return max(1, round(64 * first_width / 320))
+
+
 def build(size: str, device: torch.device, batch_size: int | None = None) -> Components:
     if size == "sd15":
-        return Components("sd15", device, batch_size or 16, 64, 512, 77, 768, 256)
+        return Components("sd15", device, batch_size or 16, 64, 512, 77, 768, 256, fake_rank=64)
+    if size == "sd15-thin":
+        rank = scaled_rank(SD15_THIN_UNET["block_out_channels"][0])
+        return Components("sd15-thin", device, batch_size or 4, 8, 64, 77, 64, 32, fake_rank=rank)
     if size == "tiny":
-        return Components("tiny", device, batch_size or 8, 8, 16, 16, 32, 32)
+        return Components("tiny", device, batch_size or 8, 8, 16, 16, 32, 32, fake_rank=scaled_rank(8))
     if size == "shapes":
         return Components("shapes", device, batch_size or 16, 16, 64, 16, 64, 256)
-    raise ValueError(f"size={size!r} is not known; choose tiny, shapes or sd15")
+    raise ValueError(f"size={size!r} is not known; choose one of {', '.join(SIZES)}")

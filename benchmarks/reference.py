@@ -364,7 +364,12 @@ class ReferenceDMD2Step:
         self.g_optimizer.step()
         self.g_optimizer.zero_grad(set_to_none=True)
         self.f_optimizer.zero_grad(set_to_none=True)
-        # fake score: denoising loss on the detached generator samples
+        # fake score: denoising loss on the detached generator samples (DMD2 reuses the generator's; SiD's loop
+        # draws fresh ones without gradient for its fake-score phase)
+        if self.sid:
+            with torch.no_grad(), amp:
+                z = self.comps.latents()
+                x_g = self._x0(self.generator(z, t_gen, encoder_hidden_states=self.text).sample.float(), t_gen, z)
         t = torch.randint(20, 981, (bsz,), device=device)
         x_t, noise = self._noised(x_g.detach(), t)
         with amp:

@@ -175,19 +175,33 @@ def toolkit_lcm(comps: Components, mixed_precision: bool, variant: str):
 def toolkit_dmd2(comps: Components, mixed_precision: bool, variant: str):
     # one generator update and one fake-score update per measured step (DMD2's TTUR ratio 1 here, so that the step
     # is the same work as the reference's)
-    return synthetic_trainer(comps, mixed_precision, "dmd2", variant, **_dm_overrides("dmd2"))
+    return synthetic_trainer(comps, mixed_precision, "dmd2", variant, **_dm_overrides("dmd2", comps, variant))
 
 
 def toolkit_sid(comps: Components, mixed_precision: bool, variant: str):
-    return synthetic_trainer(comps, mixed_precision, "sid", variant, **_dm_overrides("sid"))
+    return synthetic_trainer(comps, mixed_precision, "sid", variant, **_dm_overrides("sid", comps, variant))
 
 
-def _dm_overrides(method: str) -> dict:
+def _dm_overrides(method: str, comps: Components, variant: str = "eager") -> dict:
+    """The reference's work: one fake-score update per generator update, real-score CFG 1.75, an unguided fake
+    score (SiD-LSG's default kappas of 2 would double the fake score's batch) and no generator EMA (DMD2's SD1.5
+    code keeps none; sdtoolkit's default 0.99 adds a pass over the generator's weights). The fake score is sdtoolkit's
+    default LoRA on the teacher's backbone at the size's rank, or with the `full-fake` variant a trainable full
+    copy, exactly the reference's fake score."""
     from sdtoolkit.distill.loop import get_method
 
     fields = {f.name for f in __import__("dataclasses").fields(get_method(method).config_class)}
     overrides = {}
-    for name, value in (("fake_updates_per_generator", 1), ("fake_score", "lora")):
+    same_work = (
+        ("fake_updates_per_generator", 1),
+        ("fake_score", "full" if "full-fake" in variant else "lora"),
+        ("fake_rank", comps.fake_rank),
+        ("real_guidance_scale", 1.75),
+        ("fake_guidance", 1.0),
+        ("fake_train_guidance", 1.0),
+        ("ema_decay", 0.0),  # the reference keeps no generator EMA
+    )
+    for name, value in same_work:
         if name in fields:
             overrides[name] = value
     return overrides
@@ -202,14 +216,16 @@ WORKLOADS["lcm"] = Workload(
 WORKLOADS["dmd2"] = Workload(
     reference=lambda comps, mp: reference.ReferenceDMD2Step(comps, mp),
     toolkit=toolkit_dmd2,
-    variants=["eager", "compiled"],
-    notes="one generator update + one fake-score update of a 1-step DMD2 student; reference: full fake-UNet copy",
+    variants=["eager", "full-fake", "compiled"],
+    notes="one generator update + one fake-score update of a 1-step DMD2 student; reference: full fake-UNet copy; "
+    "eager: sdtoolkit's LoRA fake score on the teacher's backbone; full-fake: a full copy (the reference's work)",
 )
 WORKLOADS["sid"] = Workload(
     reference=lambda comps, mp: reference.ReferenceDMD2Step(comps, mp, sid=True),
     toolkit=toolkit_sid,
-    variants=["eager", "compiled"],
-    notes="one SiD generator update + one fake-score update; reference: full fake-UNet copy",
+    variants=["eager", "full-fake", "compiled"],
+    notes="one SiD generator update + one fake-score update; reference: full fake-UNet copy; eager: sdtoolkit's "
+    "LoRA fake score; full-fake: a full copy (the reference's work)",
 )
 
 

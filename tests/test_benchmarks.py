@@ -89,3 +89,32 @@ def test_unknown_workload_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         run.main(["--only", "lcm,nope"])
     assert "unknown workload(s) ['nope']" in capsys.readouterr().err
+
+
+def test_sd15_thin_has_sd15s_topology_and_module_count_with_narrow_channels():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from benchmarks import components
+
+    comps = components.build("sd15-thin", torch.device("cpu"))
+    thin = comps.unet()
+    with torch.device("meta"):  # the full-width SD1.5 UNet, without allocating its 860M parameters
+        full = UNet2DConditionModel(**components.SD15_UNET)
+    assert [type(m).__name__ for m in thin.modules()] == [type(m).__name__ for m in full.modules()]
+    assert [n for n, _ in thin.named_modules()] == [n for n, _ in full.named_modules()]
+    assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in full.parameters()) / 50
+    assert comps.fake_rank == components.scaled_rank(32) and components.scaled_rank(320) == 64
+
+
+def test_repeats_alternate_the_paths_and_report_medians_and_paired_ratios(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    argv = ["--size", "tiny", "--only", "forward", "--variants", "eager", "--steps", "1", "--warmup", "1"]
+    assert run.main([*argv, "--repeats", "3", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    entry = results["workloads"]["forward"]
+    assert results["repeats"] == 3 and len(entry["reference"]["rounds_ms"]) == 3
+    assert entry["eager"]["ms_per_step"] == sorted(entry["eager"]["rounds_ms"])[1]
+    assert entry["eager"]["paired_ratio_median"] > 0

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.sampling import few_step_sample, full_time
 from sdtoolkit.distill.config import MethodConfig, TrainConfig
 from sdtoolkit.distill.method import DistillationMethod
 from sdtoolkit.distill.score_distillation import (
@@ -69,7 +70,7 @@ class FewStepStudent:
         return len(self.timesteps)
 
     def _t(self, i: int, x: Tensor) -> Tensor:
-        return torch.full((x.shape[0],), float(self.timesteps[i]), device=x.device)
+        return full_time(self.timesteps[i], x)
 
     def x0(self, x_t: Tensor, i: int, cond: Conditioning) -> Tensor:
         """The student's clean-sample prediction at its i-th timestep."""
@@ -80,24 +81,14 @@ class FewStepStudent:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.denoiser.add_noise(x0, eps, self._t(i, x0))
 
-    @torch.no_grad()
     def simulate(self, z: Tensor, cond: Conditioning, steps: int) -> Tensor:
         """Backward simulation (DMD2 Sec. 4.5): run the student's own chain from pure noise z for `steps` steps
         without gradients and return its input at step `steps` (x_{t_steps})."""
-        x = z
-        for i in range(steps):
-            x = self.renoise(self.x0(x, i, cond), i + 1)
-        return x
+        return few_step_sample(self.denoiser, z, cond, self.timesteps, until=steps)
 
-    @torch.no_grad()
     def sample(self, z: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
         """The full k-step chain from z (what the exported pipeline does), clean latents out."""
-        x = z
-        for i in range(self.num_steps):
-            x0 = self.x0(x, i, cond)
-            if i < self.num_steps - 1:
-                x = self.renoise(x0, i + 1, generator)
-        return x0
+        return few_step_sample(self.denoiser, z, cond, self.timesteps, generator)
 
     def generate(
         self,

@@ -20,7 +20,9 @@ One step of Algorithm 1 ("LCD"), as `LCM.loss` runs it:
 Students: a full UNet copy (with a w-embedding `time_cond_proj_dim=256` by default, as LCM) or a LoRA on the
 teacher's own UNet (`unet.add_adapter(LoraConfig(...))`, the teacher = the same UNet with adapters disabled,
 `Denoiser.adapters_disabled()`). `--phases N>1` switches to PCM's parameterisation and, with `--adversarial`, adds
-its hinge GAN loss (`sdtoolkit.trainers.pcm`). Schedules, prediction types and CFG all go through the Denoiser.
+its hinge GAN loss (`sdtoolkit.distill.adversarial`); `sdtoolkit distill pcm` (`sdtoolkit.trainers.pcm`) is this
+trainer with PCM's defaults. The consistency maths is `sdtoolkit.core.consistency`, the samplers
+`sdtoolkit.core.sampling`. Schedules, prediction types and CFG all go through the Denoiser.
 """
 
 from __future__ import annotations
@@ -32,14 +34,42 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import SCHEDULE_STEPS
+from sdtoolkit.core.consistency import (
+    consistency_distance,
+    ddim_grid,
+    ddim_jump,
+    inference_timesteps,
+    lcm_boundary_scalings,
+    lcm_consistency_function,
+    phase_edge_of,
+    phase_edges,
+    pseudo_huber,
+)
 from sdtoolkit.core.denoiser import Conditioning, Denoiser, Prediction
+from sdtoolkit.core.sampling import lcm_sample, phased_sample
 from sdtoolkit.core.utils import append_dims
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
 from sdtoolkit.distill.method import DistillationMethod, register_method
+
+__all__ = [
+    "LCM",
+    "LCMConfig",
+    "ConsistencyStep",
+    "consistency_distance",
+    "consistency_step",
+    "ddim_grid",
+    "ddim_jump",
+    "inference_timesteps",
+    "lcm_boundary_scalings",
+    "lcm_consistency_function",
+    "lcm_sample",
+    "phased_sample",
+    "pseudo_huber",
+]
 
 LCM_LORA_TARGET_MODULES = (
     "to_q",
@@ -67,6 +97,8 @@ LCM_LORA_TARGET_MODULES = (
 class LCMConfig(MethodConfig):
     """Latent consistency distillation (LCM / LCM-LoRA / phased PCM). Defaults follow LCM (Luo et al. 2023) as
     implemented by diffusers' consistency_distillation scripts."""
+
+    BOUNDS = {"num_ddim_timesteps": SCHEDULE_STEPS}  # checked against the teacher's scheduler once it is loaded
 
     lora_rank: int | None = None
     """None: distil a full UNet copy (LCM). R > 0: train a LoRA of rank R on the teacher's UNet (LCM-LoRA: 64)."""
@@ -122,103 +154,8 @@ class LCMConfig(MethodConfig):
 # ---------------------------------------------------------------------------------------------------- the maths
 
 
-def ddim_grid(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> Tensor:
-    """The skipping-step grid t_i = i k - 1, i = 1..N, k = T // N (LCM Sec. 4.3; diffusers' `DDIMSolver`).
-
-    Returns `[N]` long timesteps, ascending: 19, 39, ..., 999 for T = 1000, N = 50."""
-    k = num_train_timesteps // num_ddim_timesteps
-    return torch.arange(1, num_ddim_timesteps + 1) * k - 1
-
-
-def lcm_boundary_scalings(t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0) -> tuple[Tensor, Tensor]:
-    """c_skip(t) = sigma_d^2 / ((s t)^2 + sigma_d^2), c_out(t) = s t / sqrt((s t)^2 + sigma_d^2).
-
-    The consistency-model boundary condition f(x, 0) = x (Song et al. 2023, Sec. 3 and App. C) with LCM's
-    timestep scaling s (Luo et al. 2023, Sec. 4.1), exactly as `LCMScheduler.get_scalings_for_boundary_condition_
-    discrete` computes them, so an exported LCMScheduler samples what was trained."""
-    scaled = timestep_scaling * t.float()
-    c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
-    c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
-    return c_skip, c_out
-
-
-def lcm_consistency_function(x_t: Tensor, x0: Tensor, t: Tensor, sigma_data: float, timestep_scaling: float) -> Tensor:
-    """f_theta(x_t, t) = c_skip(t) x_t + c_out(t) x0_theta(x_t, t) (LCM Sec. 4.1)."""
-    c_skip, c_out = lcm_boundary_scalings(t, sigma_data, timestep_scaling)
-    return append_dims(c_skip, x_t.ndim).to(x_t.dtype) * x_t + append_dims(c_out, x_t.ndim).to(x_t.dtype) * x0
-
-
-def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
-    """Mean of sqrt((a - b)^2 + c^2) - c, elementwise (the pseudo-Huber metric of Song & Dhariwal 2023, Sec. 3.3, as
-    diffusers' LCM scripts apply it)."""
-    return (torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c).mean()
-
-
-def consistency_distance(a: Tensor, b: Tensor, loss_type: str, huber_c: float) -> Tensor:
-    """d(a, b): `l2` (mean squared error) or `huber` (pseudo-Huber with constant `huber_c`)."""
-    if loss_type == "l2":
-        return F.mse_loss(a.float(), b.float())
-    if loss_type == "huber":
-        return pseudo_huber(a, b, huber_c)
-    raise ValueError(f"loss_type={loss_type!r}; choose 'l2' or 'huber'")
-
-
-def ddim_jump(denoiser: Denoiser, prediction: Prediction, s: Tensor) -> Tensor:
-    """Deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12) from the prediction at t to time s:
-    x_s = alpha_s x0 + sigma_s eps."""
-    return denoiser.add_noise(prediction.x0, prediction.eps, s)
-
-
-def inference_timesteps(num_steps: int, original_steps: int = 50, num_train_timesteps: int = 1000) -> list[int]:
-    """The `num_steps`-step schedule of LCMScheduler / TCDScheduler (`original_inference_steps = original_steps`):
-    the skipping-step grid, reversed, at indices floor(linspace(0, N, num_steps, endpoint=False))."""
-    grid = ddim_grid(num_train_timesteps, original_steps).flip(0)
-    if not 1 <= num_steps <= original_steps:
-        raise ValueError(f"num_steps={num_steps} must lie in [1, {original_steps}] (the DDIM grid size)")
-    indices = torch.floor(torch.arange(num_steps, dtype=torch.float64) * (original_steps / num_steps)).long()
-    return grid[indices].tolist()
-
-
-@torch.no_grad()
-def lcm_sample(
-    denoiser: Denoiser,
-    noise: Tensor,
-    cond: Conditioning,
-    timesteps: list[int],
-    generator: torch.Generator | None,
-    guidance_embed: Tensor | None = None,
-    sigma_data: float = 0.5,
-    timestep_scaling: float = 10.0,
-) -> Tensor:
-    """LCM multistep sampling (Luo et al. 2023, Algorithm 3; what `LCMScheduler.step` does): at each t_i take the
-    consistency function's output, then re-noise it to t_{i+1} with fresh noise drawn from `generator`."""
-    x = noise
-    for i, t in enumerate(timesteps):
-        prediction = denoiser.predict(x, t, cond, guidance_embed=guidance_embed)
-        denoised = lcm_consistency_function(x, prediction.x0, _full(t, x), sigma_data, timestep_scaling)
-        if i + 1 == len(timesteps):
-            return denoised
-        fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = denoiser.add_noise(denoised, fresh, _full(timesteps[i + 1], x))
-    return x
-
-
-@torch.no_grad()
-def phased_sample(
-    denoiser: Denoiser, noise: Tensor, cond: Conditioning, timesteps: list[int], guidance_embed: Tensor | None = None
-) -> Tensor:
-    """Deterministic phased sampling (PCM; `TCDScheduler.step` with eta = 0): from each phase start jump to the next
-    one with the DDIM map, and from the last to t = 0."""
-    x = noise
-    for i, t in enumerate(timesteps):
-        prediction = denoiser.predict(x, t, cond, guidance_embed=guidance_embed)
-        s = timesteps[i + 1] if i + 1 < len(timesteps) else 0
-        x = ddim_jump(denoiser, prediction, _full(s, x))
-    return x
-
-
-def _full(t: int | Tensor, x: Tensor) -> Tensor:
-    return torch.full((x.shape[0],), float(t), device=x.device)
+# The consistency maths (grid, schedules, boundary scalings, the DDIM map, PCM's phase edges) lives in
+# `sdtoolkit.core.consistency` and the multistep samplers in `sdtoolkit.core.sampling`; they are re-exported here.
 
 
 # ---------------------------------------------------------------------------------------------------- one step
@@ -264,8 +201,6 @@ def consistency_step(
     t_end = (t_start - k).clamp(min=0)
     edge = None
     if config.phases > 1:
-        from sdtoolkit.trainers.pcm import phase_edge_of, phase_edges
-
         edge = phase_edge_of(t_start, phase_edges(config.phases, config.num_ddim_timesteps, num_train))
     # 4. z_{t_{n+k}} = alpha z + sigma eps
     x_t = teacher.add_noise(x0, noise, t_start)
@@ -390,7 +325,7 @@ class LCM(DistillationMethod):
         student.train()
         modules["student"] = student
         if config.adversarial:
-            from sdtoolkit.trainers.pcm import TrunkDiscriminator
+            from sdtoolkit.distill.adversarial import TrunkDiscriminator
 
             modules["discriminator"] = TrunkDiscriminator.for_unet(teacher_unet).to(device)
         if not self.is_lora:
@@ -482,9 +417,9 @@ class LCM(DistillationMethod):
         )
         if not config.adversarial:
             return {"loss": out.loss}
-        from sdtoolkit.trainers.pcm import adversarial_losses
+        from sdtoolkit.distill.adversarial import phased_adversarial_losses
 
-        adv = adversarial_losses(
+        adv = phased_adversarial_losses(
             self, out, cond, train_discriminator=(name == "discriminator"), num_phases=config.phases
         )
         if name == "discriminator":
@@ -577,27 +512,3 @@ class LCM(DistillationMethod):
             call_kwargs=call_kwargs,
             notes=notes,
         )
-
-
-@dataclass
-class PCMConfig(LCMConfig):
-    """Phased consistency distillation (Wang et al. 2024): LCM's config with 4 phases and the pseudo-Huber loss of
-    PCM's released scripts."""
-
-    phases: int = 4
-    """Number of phases N (PCM releases 1-, 2-, 4- and 8-phase models); sampled in N deterministic steps."""
-    loss_type: str = "huber"
-    """PCM's scripts train with the pseudo-Huber loss."""
-
-
-@register_method
-class PCM(LCM):
-    """`sdtoolkit distill pcm`: the phased variant of `lcm` with PCM's defaults."""
-
-    name = "pcm"
-    config_class = PCMConfig
-    description = (
-        "Phased consistency distillation (PCM, Wang et al. 2024): the ODE trajectory is split into N phases "
-        "(--phases, default 4) and the student learns to jump to the edge of each; optional adversarial loss "
-        "(--adversarial). Same trainer as `lcm`; exported with TCDScheduler (eta=0), N steps."
-    )

@@ -1,5 +1,13 @@
 """Switching peft (LoRA) adapters on a shared backbone: which adapter runs, or none (the plain frozen teacher),
-without touching which parameters train."""
+without touching which parameters train, and without walking the module tree.
+
+A model's peft tuner layers are found once (`tuner_layers`, cached on the model and refreshed only when its set of
+adapters changes). A switch then writes the two attributes peft's forward reads (`_active_adapter`,
+`_disable_adapters`) straight into each layer's instance `__dict__`: O(number of LoRA layers) dictionary stores, no
+`nn.Module.__setattr__`, no `requires_grad` rewrites, no `named_modules()` walk. Where those attributes are absent
+(an older or different peft) the public `set_adapter` / `enable_adapters` calls run instead, followed by a restore
+of every `requires_grad` flag.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +16,44 @@ from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["adapter_state", "tuner_layers"]
+__all__ = ["adapter_state", "switch_table", "tuner_layers"]
+
+_CACHE = "_sdtoolkit_tuner_layers"
 
 
 def tuner_layers(model: nn.Module) -> list[nn.Module]:
     """The peft tuner layers of `model`, cached on the model (a full module walk costs milliseconds per call on a
     UNet, and adapters are switched several times per training step); refreshed when its set of adapters changes."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return []
-    key = tuple(sorted(getattr(model, "peft_config", None) or {}))
-    cached = model.__dict__.get("_sdtoolkit_tuner_layers")
+    return _cached(model)[1]
+
+
+def switch_table(model: nn.Module) -> list[dict] | None:
+    """The instance `__dict__` of every tuner layer of `model` (cached with `tuner_layers`), or None when peft's
+    switch state is not the two plain attributes `_active_adapter` / `_disable_adapters` (peft >= 0.6 has them)."""
+    return _cached(model)[2]
+
+
+def _cached(model: nn.Module) -> tuple:
+    # valid while the model's adapters and the support check are the same (tests swap the check to force the
+    # public path)
+    key = (tuple(sorted(getattr(model, "peft_config", None) or {})), _fast_switch_supported)
+    cached = model.__dict__.get(_CACHE)
     if cached is None or cached[0] != key:
-        cached = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
-        model.__dict__["_sdtoolkit_tuner_layers"] = cached
-    return cached[1]
+        try:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+        except ImportError:  # pragma: no cover - peft is a dependency
+            return (key, [], None)
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        table = None
+        if _fast_switch_supported(layers):
+            table = []
+            for m in layers:  # materialise the class defaults as instance attributes, so a dict store is a switch
+                m.__dict__["_active_adapter"] = m._active_adapter
+                m.__dict__["_disable_adapters"] = m._disable_adapters
+                table.append(m.__dict__)
+        cached = (key, layers, table)
+        model.__dict__[_CACHE] = cached
+    return cached
 
 
 def _fast_switch_supported(layers: list[nn.Module]) -> bool:
@@ -37,29 +67,32 @@ def adapter_state(model: nn.Module, active: str | None) -> Iterator[None]:
     backbone = the teacher), then restores each layer's previous active set and on/off state.
 
     Which parameters train is never changed here. peft's public `set_adapter` / `enable_adapters` also rewrite the
-    `requires_grad` flag of every adapter weight (a walk over all of them, several times per step); the fast path
-    sets only the two attributes that peft's forward reads (which adapters are active, whether adapters are off),
-    and falls back to the public calls plus a restore of every flag where those attributes are absent.
+    `requires_grad` flag of every adapter weight; the fast path stores only the two attributes that peft's forward
+    reads (plain instance attributes: a dictionary store each, no `nn.Module.__setattr__`), and falls back to the
+    public calls plus a restore of every flag where those attributes are absent.
     """
-    layers = tuner_layers(model)
+    key, layers, table = _cached(model)
     if not layers:
         if active is not None:
             raise ValueError(f"adapter {active!r} requested but the model has no peft adapters")
         yield
         return
-    if _fast_switch_supported(layers):
-        previous = [(m, m._active_adapter, m._disable_adapters) for m in layers]
+    if table is not None:
+        previous = [(d["_active_adapter"], d["_disable_adapters"]) for d in table]
         try:
-            for m in layers:
-                if active is None:
-                    m._disable_adapters = True
-                else:
-                    m._active_adapter = [active]
-                    m._disable_adapters = False
+            if active is None:
+                for d in table:
+                    d["_disable_adapters"] = True
+            else:
+                names = [active]
+                for d in table:
+                    d["_active_adapter"] = names
+                    d["_disable_adapters"] = False
             yield
         finally:
-            for m, names, disabled in previous:
-                m._active_adapter, m._disable_adapters = names, disabled
+            for d, (names, disabled) in zip(table, previous):
+                d["_active_adapter"] = names
+                d["_disable_adapters"] = disabled
         return
     flags = [(p, p.requires_grad) for m in layers for p in m.parameters()]
     states = [(m, list(m.active_adapters), bool(m.disable_adapters)) for m in layers]

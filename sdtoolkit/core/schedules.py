@@ -66,6 +66,15 @@ class NoiseSchedule(ABC):
         """Signal-to-noise ratio SNR(t) = alpha_t^2 / sigma_t^2 (Kingma et al. 2021, Eq. 1)."""
         return self.alpha(t) ** 2 / self.sigma(t) ** 2
 
+    def time_from_fraction(self, fraction: Tensor | float) -> Tensor:
+        """Native time at `fraction` in [0, 1] of the schedule's range: t_min + fraction (t_max - t_min).
+
+        The one conversion every "fraction of the schedule" setting goes through (DMD2's `min_step_percent`,
+        threestudio's `min_step_percent` / `max_step_percent`, SDS annealing). Keeps `fraction`'s dtype (float64
+        in, float64 out)."""
+        fraction = torch.as_tensor(fraction, dtype=torch.float64) if not isinstance(fraction, Tensor) else fraction
+        return self.t_min + fraction * (self.t_max - self.t_min)
+
     def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """x_t = alpha_t x0 + sigma_t eps, with `t` of shape [B] broadcast over the sample dimensions."""
         alpha_t = append_dims(self.alpha(t), x0.ndim).to(x0.dtype)
@@ -140,6 +149,15 @@ class VPSchedule(NoiseSchedule):
             trained_betas=config.get("trained_betas"),
         )
         return cls(betas, rescale_betas_zero_snr=config.get("rescale_betas_zero_snr", False))
+
+    def time_from_fraction(self, fraction: Tensor | float) -> Tensor:
+        """The integer timestep at `fraction` of the T training steps: round(fraction T) (round half to even, as
+        Python's `round` and `torch.round`), clamped to [0, T - 1]; DMD2's `int(0.02 T)` = 20 and threestudio's
+        `int(T * 0.98)` = 980 for T = 1000. Returned as a float tensor of `fraction`'s dtype (float64 for a
+        Python float)."""
+        fraction = torch.as_tensor(fraction, dtype=torch.float64) if not isinstance(fraction, Tensor) else fraction
+        T = self.num_train_timesteps
+        return (fraction * T).round().clamp(0, T - 1)
 
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda_t, linearly interpolated between integer timesteps."""

@@ -7,26 +7,44 @@ head on the fake score's bottleneck, and a small text-conditioned pixel-space di
 - Flash-DMD (Chen et al. 2025, Sec. 3.2): a pixel-space GAN whose backbone is a frozen SAM encoder with trainable
   heads. SAM is far too large to ship; `PixelDiscriminator` is a small spectrally-normalised conv net with a
   projection (Miyato & Koyama 2018) on the pooled text embedding instead.
+- PCM (Wang et al. 2024, its released SD1.5 script): the student's phase-edge prediction ("fake") and the target
+  ("real") are diffused forward to a random time in [edge, edge + T/N), the frozen teacher's down and mid blocks
+  give features (`trunk_features`), small heads (`TrunkDiscriminator`) score them; hinge loss for the
+  discriminator, relu(1 - D(fake)) for the student (`phased_adversarial_losses`).
+
+Feature reads go through `sdtoolkit.core.features.capture_outputs` (forward hooks that stop after the last block
+needed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from sdtoolkit.core.consistency import forward_transition
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.features import capture_outputs
 
 __all__ = [
     "GAN_LOSSES",
     "BottleneckHead",
     "PixelDiscriminator",
+    "TrunkDiscriminator",
     "bottleneck_features",
     "gan_discriminator_loss",
     "gan_generator_loss",
+    "hinge_discriminator_loss",
+    "hinge_generator_loss",
+    "phased_adversarial_losses",
     "pooled_text",
+    "trunk_features",
 ]
 
 GAN_LOSSES = ("softplus", "hinge")
@@ -53,10 +71,6 @@ def gan_discriminator_loss(logits_real: Tensor, logits_fake: Tensor, kind: str =
     return F.relu(1 + logits_fake).mean() + F.relu(1 - logits_real).mean()
 
 
-class _StopForward(Exception):
-    """Raised by the mid-block hook so the up-blocks of the UNet are never run."""
-
-
 def bottleneck_features(
     denoiser: Denoiser, x_t: Tensor, t: Tensor, cond: Conditioning | None = None, **kwargs
 ) -> Tensor:
@@ -70,20 +84,7 @@ def bottleneck_features(
             f"bottleneck features need a UNet with a mid_block (UNet2DConditionModel, UNet2DModel); got "
             f"{denoiser.model_kind}. Use a pixel-space discriminator (PixelDiscriminator) for transformers."
         )
-    captured: dict[str, Tensor] = {}
-
-    def hook(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
-
-    handle = mid.register_forward_hook(hook)
-    try:
-        denoiser.model_output(x_t, t, cond, **kwargs)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured["h"]
+    return capture_outputs(lambda: denoiser.model_output(x_t, t, cond, **kwargs), [mid], stop_after=mid)[0]
 
 
 def _groups(channels: int) -> int:
@@ -162,3 +163,86 @@ class PixelDiscriminator(nn.Module):
         """`[B, 3, H, W]` images in [-1, 1] and `[B, D]` text vectors -> `[B]` logits."""
         phi = self.features(images.float()).sum(dim=(2, 3))
         return self.linear(phi).squeeze(1) + (self.embed(text.float()) * phi).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------------------- PCM
+
+
+def trunk_features(
+    teacher: Denoiser,
+    x_t: Tensor,
+    t: Tensor,
+    cond: Conditioning,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> list[Tensor]:
+    """Outputs of the frozen teacher UNet's down blocks and mid block at (x_t, t), in fp32 (the up blocks are
+    skipped). `context` wraps the forward (e.g. `Denoiser.adapters_disabled` when the student is a LoRA on it)."""
+    unet = teacher.base_model
+    embed = torch.zeros(x_t.shape[0], device=x_t.device) if teacher.time_cond_proj_dim is not None else None
+
+    def run() -> None:
+        with context():
+            teacher.model_output(x_t, t, cond, guidance_embed=embed)
+
+    features = capture_outputs(run, [*unet.down_blocks, unet.mid_block], stop_after=unet.mid_block)
+    return [f.float() for f in features]
+
+
+class TrunkDiscriminator(nn.Module):
+    """One small head per teacher feature map (down blocks, mid block): conv3x3 -> GroupNorm -> LeakyReLU ->
+    conv1x1 -> a logit map. PCM uses four 2-layer heads per block; one 1-layer head keeps it small."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.GroupNorm(math.gcd(32, c), c),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(c, 1, 1),
+            )
+            for c in channels
+        )
+
+    @classmethod
+    def for_unet(cls, unet: nn.Module) -> TrunkDiscriminator:
+        channels = list(unet.config.block_out_channels)
+        return cls([*channels, channels[-1]])
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        return [head(f) for head, f in zip(self.heads, features)]
+
+
+def hinge_discriminator_loss(real_logits: list[Tensor], fake_logits: list[Tensor]) -> Tensor:
+    """mean relu(1 - D(real)) + mean relu(1 + D(fake)), averaged over heads (Lim & Ye 2017; PCM's d_loss)."""
+    terms = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)]
+    return torch.stack(terms).mean()
+
+
+def hinge_generator_loss(fake_logits: list[Tensor]) -> Tensor:
+    """mean relu(1 - D(fake)), averaged over heads (PCM's g_loss)."""
+    return torch.stack([F.relu(1 - f).mean() for f in fake_logits]).mean()
+
+
+def phased_adversarial_losses(
+    method: Any, out: Any, cond: Conditioning, train_discriminator: bool, num_phases: int
+) -> dict[str, Tensor]:
+    """PCM's adversarial terms for one consistency step `out` (a `sdtoolkit.trainers.lcm.ConsistencyStep`):
+    `{"d_loss"}` when training the discriminator (fake and real detached), else `{"g_loss"}` (gradient into the
+    student's phase-edge prediction). `method` gives `teacher`, `models["discriminator"]` and `teacher_context`."""
+    teacher: Denoiser = method.teacher
+    discriminator = method.models["discriminator"]
+    num_train = getattr(teacher.schedule, "num_train_timesteps", 1000)
+    edge = out.edge
+    width = num_train // num_phases
+    t_adv = (edge + torch.floor(torch.rand(edge.shape, device=edge.device) * width)).clamp(max=num_train - 1)
+    fake = forward_transition(teacher, out.online, edge, t_adv, torch.randn_like(out.online))
+    if train_discriminator:
+        real = forward_transition(teacher, out.target, edge, t_adv, torch.randn_like(out.target))
+        with torch.no_grad():
+            fake_features = trunk_features(teacher, fake.detach(), t_adv, cond, method.teacher_context)
+            real_features = trunk_features(teacher, real, t_adv, cond, method.teacher_context)
+        loss = hinge_discriminator_loss(discriminator(real_features), discriminator(fake_features))
+        return {"d_loss": loss}
+    features = trunk_features(teacher, fake, t_adv, cond, method.teacher_context)
+    return {"g_loss": hinge_generator_loss(discriminator(features))}

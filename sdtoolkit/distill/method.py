@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.registry import Registry
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 
 # ---------------------------------------------------------------------------------------------------- interface
@@ -142,20 +143,6 @@ class DistillationMethod(ABC):
 
 # ---------------------------------------------------------------------------------------------------- registry
 
-METHODS: dict[str, type[DistillationMethod]] = {}
-"""Registered methods by name (populated by importing `sdtoolkit.trainers` and the `sdtoolkit.methods` entry
-points of installed plug-ins)."""
-
-
-def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
-    """Class decorator adding a method to `METHODS` under `cls.name`; a duplicate name is an error."""
-    name = cls.name
-    if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"a distillation method named {name!r} is already registered ({METHODS[name].__module__})")
-    METHODS[name] = cls
-    return cls
-
-
 _PLUGINS_LOADED = False
 
 
@@ -172,13 +159,22 @@ def _load_methods() -> None:
             entry.load()
 
 
+METHODS: Registry[type[DistillationMethod]] = Registry("distillation method", load=_load_methods)
+"""Registered methods by name (populated by importing `sdtoolkit.trainers` and the `sdtoolkit.methods` entry
+points of installed plug-ins); the same `Registry` pattern as the 3D guidances."""
+
+
+def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
+    """Class decorator adding a method to `METHODS` under `cls.name`; a duplicate name is an error."""
+    return METHODS.add(cls.name, cls)
+
+
 def method_names() -> list[str]:
-    _load_methods()
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[DistillationMethod]:
-    _load_methods()
-    if name not in METHODS:
-        raise ValueError(f"unknown distillation method {name!r}; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    try:
+        return METHODS.get(name)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None

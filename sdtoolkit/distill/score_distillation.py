@@ -104,7 +104,8 @@ def sample_timesteps(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """`[n]` native times drawn uniformly from the fraction [low, high] of the schedule's range.
+    """`[n]` native times drawn uniformly from the fraction [low, high] of the schedule's range, the fractions
+    converted by the schedule itself (`NoiseSchedule.time_from_fraction`, the same conversion SDS uses).
 
     Discrete VP schedules draw integer timesteps (DMD2: `randint(0.02 T, 0.98 T)`, Yin et al. 2024b, Sec. 4.1; SiD-LSG:
     `randint(20, 980)`); continuous schedules (flow, TrigFlow) draw uniformly in [t_min, t_max] scaled by the fraction.
@@ -112,12 +113,10 @@ def sample_timesteps(
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"need 0 <= low <= high <= 1 for the time range, got low={low}, high={high}")
     if isinstance(schedule, VPSchedule):
-        T = schedule.num_train_timesteps
-        lo, hi = int(round(low * T)), min(int(round(high * T)), T - 1)
+        lo, hi = int(schedule.time_from_fraction(low)), int(schedule.time_from_fraction(high))
         return torch.randint(lo, hi + 1, (n,), device=device, generator=generator).float()
-    span = schedule.t_max - schedule.t_min
     u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
-    return (schedule.t_min + span * (low + (high - low) * u)).float()
+    return schedule.time_from_fraction(low + (high - low) * u).float()
 
 
 def finite_mask(*tensors: Tensor) -> Tensor:

@@ -1,12 +1,17 @@
-"""A registry of 3D guidance types (threestudio's fail-on-duplicate `register`), built from typed dataclass configs
-(nerfstudio's `_target` pattern: each config names the class it builds)."""
+"""The registry of 3D guidance types: a `sdtoolkit.core.registry.Registry` (the pattern the distillation methods use
+too) whose entries carry their typed config dataclass (nerfstudio's pattern: each config names what it builds);
+a name registered twice is an error (threestudio: "Names of extensions conflict!")."""
 
 from __future__ import annotations
 
 from typing import Any
 
-_GUIDANCE: dict[str, type] = {}
-_CONFIGS: dict[str, type] = {}
+from sdtoolkit.core.registry import Registry
+
+__all__ = ["GUIDANCES", "available", "build", "find", "register"]
+
+GUIDANCES: Registry[type] = Registry("guidance", allow_same=False)
+"""Guidance classes by name; `GUIDANCES.meta(name)["config_class"]` is the config dataclass each is built from."""
 
 
 def register(name: str, config_class: type):
@@ -14,12 +19,7 @@ def register(name: str, config_class: type):
     the same name raises (threestudio: "Names of extensions conflict!")."""
 
     def decorator(cls: type) -> type:
-        if name in _GUIDANCE:
-            raise ValueError(
-                f"guidance {name!r} is already registered by {_GUIDANCE[name].__name__}; names must be unique"
-            )
-        _GUIDANCE[name] = cls
-        _CONFIGS[name] = config_class
+        GUIDANCES.add(name, cls, config_class=config_class)
         cls.registry_name = name
         return cls
 
@@ -28,14 +28,13 @@ def register(name: str, config_class: type):
 
 def available() -> list[str]:
     """Registered guidance names, sorted."""
-    return sorted(_GUIDANCE)
+    return GUIDANCES.names()
 
 
 def find(name: str) -> tuple[type, type]:
     """(guidance class, config class) registered under `name`; the error lists the valid names."""
-    if name not in _GUIDANCE:
-        raise KeyError(f"unknown guidance {name!r}; registered: {', '.join(available())}")
-    return _GUIDANCE[name], _CONFIGS[name]
+    cls = GUIDANCES.get(name)
+    return cls, GUIDANCES.meta(name)["config_class"]
 
 
 def build(name: str, denoiser: Any, config: Any = None, **kwargs: Any) -> Any:

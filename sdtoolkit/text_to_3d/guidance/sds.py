@@ -20,7 +20,6 @@ from torch import Tensor
 
 from sdtoolkit.core.config import FRACTION, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
-from sdtoolkit.core.schedules import VPSchedule
 from sdtoolkit.distill.score_distillation import injection_loss, sample_timesteps
 from sdtoolkit.text_to_3d.guidance.registry import register
 
@@ -78,11 +77,9 @@ def step_fraction_range(config: TimestepScheduleConfig, progress: float) -> tupl
 
 
 def fraction_to_time(denoiser: Denoiser, fraction: Tensor) -> Tensor:
-    """Fraction of the schedule's range -> native time (an integer timestep for discrete VP schedules)."""
-    schedule = denoiser.schedule
-    if isinstance(schedule, VPSchedule):
-        return (fraction * schedule.num_train_timesteps).round().clamp(0, schedule.num_train_timesteps - 1)
-    return schedule.t_min + fraction * (schedule.t_max - schedule.t_min)
+    """Fraction of the schedule's range -> native time (an integer timestep for discrete VP schedules): the
+    schedule's own `time_from_fraction`, the conversion `sample_timesteps` uses too."""
+    return denoiser.schedule.time_from_fraction(fraction)
 
 
 def sample_sds_timesteps(

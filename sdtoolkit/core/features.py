@@ -1,0 +1,48 @@
+"""Intermediate features of a network: forward hooks that keep chosen blocks' outputs and can stop the forward
+right after a block (a discriminator on the UNet's down/mid features never needs its up blocks).
+
+One utility serves every feature-reading discriminator: DMD2's classifier on the fake score's bottleneck
+(`sdtoolkit.distill.adversarial.bottleneck_features`) and PCM's heads on the teacher's trunk
+(`sdtoolkit.distill.adversarial.trunk_features`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+__all__ = ["StopForward", "capture_outputs"]
+
+
+class StopForward(Exception):
+    """Raised by the hook of `capture_outputs(..., stop_after=block)` once `block` has run: the rest of the network
+    is skipped. Caught by `capture_outputs` itself."""
+
+
+def capture_outputs(
+    run: Callable[[], object], modules: Sequence[nn.Module], stop_after: nn.Module | None = None
+) -> list[Tensor]:
+    """Calls `run()` (a forward of a network holding `modules`) and returns the outputs of `modules` in the order
+    they ran (a tuple output gives its first element). With `stop_after`, the forward ends right after that module
+    ran (its output is kept when it is in `modules`); `run`'s own return value is dropped. The hooks are removed
+    whatever happens."""
+    outputs: list[Tensor] = []
+    keep_ids = {id(m) for m in modules}
+
+    def hook(module: nn.Module, args, output) -> None:
+        if id(module) in keep_ids:
+            outputs.append(output[0] if isinstance(output, tuple) else output)
+        if module is stop_after:
+            raise StopForward
+
+    hooked = list(modules) + ([stop_after] if stop_after is not None and id(stop_after) not in keep_ids else [])
+    handles = [m.register_forward_hook(hook) for m in hooked]
+    try:
+        run()
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
