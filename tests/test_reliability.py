@@ -508,3 +508,27 @@ def test_a_second_ctrl_c_interrupts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_loading_stops_before_training_and_the_same_command_restarts(
+    assets, tmp_path, monkeypatch, capsys
+):
+    from sdtoolkit.distill.loop import Trainer
+
+    original = Trainer.setup
+
+    def setup(self):
+        out = original(self)
+        os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    run = tmp_path / "loading"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "setup", setup)
+        capsys.readouterr()
+        assert distill(assets, run, "--max-steps", "2", "--no-export") == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdtoolkit distill:")]
+    assert len(err) == 1 and "before the first step" in err[0] and "rerun the same command" in err[0], err
+    assert not (run / "losses.jsonl").exists() and not (run / ".sdtoolkit.lock").exists()
+    assert distill(assets, run, "--max-steps", "2", "--no-export") == 0
+    assert sorted(losses(run)) == [1, 2]

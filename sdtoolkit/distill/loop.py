@@ -202,10 +202,13 @@ class Trainer:
             with self.stop:
                 try:
                     progress, dataloader, models = self.setup()
+                    if self.stop.requested:  # Ctrl-C while loading: stop before training
+                        raise KeyboardInterrupt
                 except KeyboardInterrupt:
+                    how = "rerun the same command" + (" (with --resume)" if self.resume_from is not None else "")
                     raise RunInterrupted(
-                        f"interrupted before the first step; nothing to resume: rerun the same command to start "
-                        f"{self.output} again in place"
+                        f"{self.stop.name} before the first step: nothing new to save; {how} to continue",
+                        exit_code=self.stop.exit_code,
                     ) from None
                 self._loop(progress, dataloader, models)
 

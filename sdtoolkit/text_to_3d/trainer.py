@@ -408,6 +408,11 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
     run = setup(config, denoiser)
     if resume:
         load_checkpoint(run, output_dir)
+    if stop.requested:  # Ctrl-C while loading: stop before the first step
+        raise RunInterrupted(
+            f"{stop.name} before the first step: nothing new to save; rerun the same command to continue",
+            exit_code=stop.exit_code,
+        )
     with atomic_output(output_dir / CONFIG_FILE) as tmp:
         save_config(config, tmp)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
