@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "distill": "sdtoolkit.cli.distill",
     "export": "sdtoolkit.cli.export",
     "text-to-3d": "sdtoolkit.cli.text_to_3d",
+    "eval-3d": "sdtoolkit.cli.eval_3d",
 }
 
 
