@@ -98,7 +98,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of every random draw (the data order, noise, timesteps, guidance scales)."""
     checkpoint_every: int = 500
-    """Save a resumable checkpoint (accelerate `save_state`) every N steps and at the end."""
+    """Save a resumable checkpoint (safetensors + JSON: `sdtoolkit.distill.checkpoint`) every N steps and at the
+    end."""
     checkpoints_total_limit: int = 2
     """Keep only the newest N checkpoints."""
     sample_every: int = 500

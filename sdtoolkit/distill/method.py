@@ -42,7 +42,7 @@ not take part in every backward (alternating updates through one DDP module).
 Batches are dicts: `prompt_index [B]`, the text conditioning `cond.<field>` (use
 `sdtoolkit.distill.data.batch_conditioning(batch)`), and for image methods the VAE posterior of each image
 (`sdtoolkit.distill.data.sample_latents(batch)` draws z). Randomness comes from torch's global RNG (seeded, and
-saved/restored by `save_state`/`load_state`), which is what makes resume exact.
+saved/restored with every checkpoint, `sdtoolkit.distill.checkpoint`), which is what makes resume exact.
 """
 
 from __future__ import annotations
