@@ -86,6 +86,7 @@ def evaluate(
     evaluator,
     fd_splits: int = 0,
     seed: int = 0,
+    report: bool = False,
 ) -> dict:
     from diffusers import DiffusionPipeline
 
@@ -106,6 +107,7 @@ def evaluate(
         evaluator=evaluator,
         progress=False,
         fd_splits=fd_splits,
+        report=report,
     )
     scores["eval_seconds"] = round(time.perf_counter() - started, 1)
     scores["pipeline"] = type(pipe).__name__

@@ -14,7 +14,10 @@ Samplers (each a stock scheduler built `from_config` of the teacher's own DDIM c
 - `euler-trailing`: EulerDiscreteScheduler with trailing spacing.
 
 Image i of a folder is prompt `all_prompts()[i // seeds]` with noise seed `--seed` + i (prompt-major, the order
-`sdtoolkit eval` splits for FD), written with a prompts.txt beside it.
+`sdtoolkit eval` splits for FD), written with a prompts.txt beside it; `--seed-major` lists every prompt once per
+seed instead (`all_prompts()[i % 120]`), so that a run stopped early still holds every prompt equally often (sort
+its images prompt-major before scoring, as `benchmarks/eval_rescore.py` does). Images are written after every
+batch, prompts.txt always matching the images written so far.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=5.0, help="CFG scale (diffusers convention)")
     parser.add_argument("--seeds", type=int, default=20, help="images per builtin prompt (120 prompts)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the first image (image i: seed + i)")
+    parser.add_argument("--seed-major", action="store_true", help="every prompt once per seed (see above)")
     parser.add_argument("--batch-size", type=int, default=120, help="images per pipeline call")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -68,24 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from PIL import Image
+
     from sdtoolkit.data import all_prompts
     from sdtoolkit.eval import generate_images
-    from sdtoolkit.eval.images import save_images
     from sdtoolkit.models.loading import load_teacher_pipeline
 
     pipe = load_teacher_pipeline(args.teacher).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     base_config = pipe.scheduler.config
-    prompts = [p for p in all_prompts() for _ in range(args.seeds)]
+    if args.seed_major:
+        prompts = all_prompts() * args.seeds
+    else:
+        prompts = [p for p in all_prompts() for _ in range(args.seeds)]
     for sampler in args.sampler:
         for steps in args.steps:
             set_sampler(pipe, sampler, base_config)
             folder = args.out / f"{sampler}-{steps}"
+            folder.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            images = generate_images(
-                pipe, prompts, steps, args.guidance, seed=args.seed, batch_size=args.batch_size, progress=False
-            )
-            save_images(images, folder, prompts)
+            for start in range(0, len(prompts), args.batch_size):
+                batch = prompts[start : start + args.batch_size]
+                images = generate_images(pipe, batch, steps, args.guidance, seed=args.seed + start, progress=False)
+                pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                for i, image in enumerate(pixels):
+                    Image.fromarray(image).save(folder / f"{start + i:05d}.png")
+                (folder / "prompts.txt").write_text("".join(p + "\n" for p in prompts[: start + len(batch)]))
             info = {
                 "teacher": args.teacher,
                 "sampler": sampler,
@@ -96,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 "guidance": args.guidance,
                 "seeds": args.seeds,
                 "seed": args.seed,
+                "seed_major": args.seed_major,
                 "num_images": len(prompts),
                 "seconds": round(time.perf_counter() - started, 1),
                 "threads": args.threads,

@@ -2,47 +2,89 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from sdtoolkit.cli import CLIError
+from sdtoolkit.cli import CLIError, config_cli
+from sdtoolkit.core.config import AT_LEAST_1, Bound, Range
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="score images of the procedural shapes against their prompts",
+        help="score images of the procedural shapes against their prompts, or compare two scored runs",
         description=(
-            "Scores a folder of images against their prompts with the shipped shapes evaluator: prompt, shape, "
-            "colour and view accuracy, and FD_shapes against real renders. Prompts come from --prompts (a .txt "
-            "with one prompt per line in the images' natural name order, or a .jsonl with file_name and text), "
-            "else from prompts.txt or metadata.jsonl beside the images."
+            "Scores a folder of images against their prompts with the shipped shapes evaluator, every figure with "
+            "its 95%% interval and image count: all-attributes accuracy (shape, colour and the view where renders "
+            "can tell views apart), prompt/shape/colour/view accuracy, sharpness, noise, speckle/floaters, colour "
+            "error, FD_shapes, precision/recall and per-prompt diversity against real renders (see "
+            "sdtoolkit.eval.report). Prompts come from --prompts (a .txt with one prompt per line in the images' "
+            "natural name order, or a .jsonl with file_name and text), else from prompts.txt or metadata.jsonl "
+            "beside the images. --compare A.json B.json says, per figure, whether two runs written by --out differ "
+            "beyond noise. Intervals need images: use at least 20 per prompt (2400 for the 120 builtin prompts) "
+            "to resolve differences of about 2 points of accuracy."
         ),
+        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--images", required=True, help="folder of images, or a quoted glob such as 'out/*.png'")
-    parser.add_argument("--prompts", default=None, help="prompts file (.txt or .jsonl); default: beside the images")
-    parser.add_argument("--out", default=None, help="write the scores as JSON to this file")
-    parser.add_argument(
-        "--evaluator", default=None, help="evaluator folder (default: the shipped sdtoolkit/assets/evaluator)"
-    )
-    parser.add_argument(
-        "--reference-num",
-        type=int,
-        default=2048,
-        help="real renders behind the FD_shapes reference statistics (0 skips FD_shapes)",
-    )
-    parser.add_argument("--reference-seed", type=int, default=10_000, help="dataset seed of the reference renders")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per classifier forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device of the classifier, e.g. cpu or cuda")
-    parser.set_defaults(run=run)
+    config_cli.add_common(parser, "JSON config of the settings below (EvalCommand fields); flags override it.")
+    names = config_cli.add_flags(parser, EvalCommand, "eval")
+    parser.set_defaults(run=run, config_names=names, config_sections={"eval": EvalCommand})
+
+
+@dataclass
+class EvalCommand:
+    """The settings of `sdtoolkit eval` (the command line is generated from them: `sdtoolkit.cli.config_cli`)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "reference_num": Range(0),
+        "reference_seed": Range(0),
+        "fd_splits": Range(0),
+        "bootstrap": Range(100),
+        "batch_size": AT_LEAST_1,
+    }
+
+    images: str | None = None
+    """Folder of images, or a quoted glob such as 'out/*.png'."""
+    prompts: str | None = None
+    """Prompts file (.txt or .jsonl); None: prompts.txt or metadata.jsonl beside the images."""
+    out: str | None = None
+    """Write the scores (and the full report) as JSON to this file."""
+    compare: tuple[str, str] | None = None
+    """Compare two JSON files A B written by --out: B - A per figure with its 95% interval and a verdict."""
+    evaluator: str | None = None
+    """Evaluator folder (None: the shipped sdtoolkit/assets/evaluator)."""
+    reference_num: int = 2048
+    """Real renders behind FD_shapes, precision and recall (0 skips them)."""
+    reference_seed: int = 10_000
+    """Dataset seed of the reference renders."""
+    fd_splits: int = 4
+    """K interleaved splits of the images whose FD / recall give those figures' intervals (0: none)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples of every other interval."""
+    diversity: bool = True
+    """Compute the per-prompt diversity figures (--no-diversity skips them)."""
+    batch_size: int = 256
+    """Images per classifier forward pass."""
+    device: str = "cpu"
+    """torch device of the classifier, e.g. cpu or cuda."""
 
 
 def run(args) -> int:
+    config = config_cli.resolve_flat(args, EvalCommand, "eval")
+    args.no_diversity = not args.diversity
+    if args.compare:
+        return run_compare(args)
     from sdtoolkit.data.dataset import parse_caption
     from sdtoolkit.eval.images import find_images, read_prompts
     from sdtoolkit.eval.metrics import Evaluator
+    from sdtoolkit.eval.report import format_report
 
     # 1. Check every input before any work.
+    if args.images is None:
+        raise CLIError("give --images FOLDER (or --compare A.json B.json)")
     files = find_images(args.images)
     if not files:
         raise CLIError(f"--images {args.images!r} matches no .png/.jpg/.jpeg/.webp file; give a folder or a glob")
@@ -56,25 +98,68 @@ def run(args) -> int:
         raise CLIError(f"--reference-num must be 0 (skip FD_shapes) or at least 2, got {args.reference_num}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.fd_splits < 0 or args.fd_splits == 1:
+        raise CLIError(f"--fd-splits must be 0 (no FD interval) or at least 2, got {args.fd_splits}")
+    if args.bootstrap < 100:
+        raise CLIError(f"--bootstrap must be at least 100 resamples, got {args.bootstrap}")
     if args.evaluator is not None and not (Path(args.evaluator) / "config.json").is_file():
         raise CLIError(f"--evaluator {args.evaluator!r} has no config.json; give a folder saved by train-evaluator")
     images = _load_images(files)
 
-    # 2. Score.
+    # 2. Score: the evaluator's plain scores (comparable with earlier runs) and the full report with intervals.
     evaluator = Evaluator.load(args.evaluator, device=args.device)
     evaluator.batch_size = args.batch_size
     scores = evaluator.score(images, prompts)
-    if args.reference_num and len(files) >= 2:
-        reference = evaluator.reference_stats(n=args.reference_num, seed=args.reference_seed)
-        scores["fd_shapes"] = evaluator.fd_shapes(images, reference)
+    report = evaluator.report(
+        images,
+        prompts,
+        reference_num=args.reference_num if len(files) >= 2 else 0,
+        reference_seed=args.reference_seed,
+        fd_splits=args.fd_splits,
+        diversity=not args.no_diversity,
+        num_resamples=args.bootstrap,
+    )
+    if "fd_shapes" in report["metrics"]:
+        scores["fd_shapes"] = report["metrics"]["fd_shapes"]["value"]
         scores["fd_reference_num"] = args.reference_num
+    scores["view_accuracy_4way"] = scores.pop("view_accuracy")
+    scores.update({name: m["value"] for name, m in report["metrics"].items()})
 
     # 3. Report.
-    print(format_table(scores))
+    print(f"{len(files)} images, {report['num_prompts']} prompts")
+    print(format_report(report))
     if args.out:
         result = {"images": args.images, "prompts": args.prompts, "evaluator": args.evaluator, "scores": scores}
+        result["report"] = report
+        result["config"] = config_cli.to_dict(config)  # the resolved settings (`--config` takes this object back)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_compare(args) -> int:
+    """`--compare A B`: B - A per figure of two saved reports, with its interval and a verdict."""
+    from sdtoolkit.eval.report import compare_reports, format_comparison
+
+    reports = []
+    for path in args.compare:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise CLIError(f"--compare: cannot read {path!r} as JSON ({error})") from error
+        if "report" not in data:
+            raise CLIError(f"--compare: {path!r} has no report; write it with `sdtoolkit eval --images ... --out`")
+        reports.append(data["report"])
+    comparison = compare_reports(*reports, num_resamples=args.bootstrap)
+    print(
+        f"A = {args.compare[0]} ({reports[0]['num_images']} images), B = {args.compare[1]} "
+        f"({reports[1]['num_images']} images)"
+    )
+    print(format_comparison(comparison))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"a": args.compare[0], "b": args.compare[1], **comparison}, indent=2))
         print(f"wrote {args.out}")
     return 0
 
@@ -89,12 +174,12 @@ def _load_images(files: list[Path]):
         return load_images(files)
     except ValueError as error:  # differing sizes
         raise CLIError(f"--images: {error}") from None
-    except (OSError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
+    except Exception as error:  # PIL raises OSError, SyntaxError, AttributeError, ... on corrupt files
         for file in files:
             try:
                 with Image.open(file) as image:
                     image.load()
-            except (OSError, SyntaxError) as reason:
+            except Exception as reason:
                 raise CLIError(f"--images: {file} is not a readable image ({reason}); replace or remove it") from None
         raise CLIError(f"--images: an image could not be read ({error})") from None
 

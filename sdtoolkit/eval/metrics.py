@@ -124,6 +124,8 @@ class Evaluator:
         self.model = model.eval()
         self.batch_size = batch_size
         self._reference_cache: dict[tuple[int, int, int], FeatureStats] = {}
+        self._reference_features: dict[tuple[int, int, int], Tensor] = {}
+        self._prompt_cache: dict[tuple[tuple[str, ...], int, int], Tensor] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Evaluator:
@@ -191,15 +193,41 @@ class Evaluator:
         """Mean and covariance of the classifier features of `images`."""
         return FeatureStats.from_features(self.features(images))
 
+    def reference_features(
+        self, n: int = REFERENCE_NUM, seed: int = REFERENCE_SEED, resolution: int = 64
+    ) -> Float[Tensor, "N F"]:
+        """Classifier features of `n` real renders of dataset seed `seed`, computed once per evaluator and cached."""
+        key = (n, seed, resolution)
+        if key not in self._reference_features:
+            real = (render_batch(n, seed=seed, resolution=resolution)["pixel_values"] + 1) / 2
+            self._reference_features[key] = self.features(real)
+        return self._reference_features[key]
+
     def reference_stats(
         self, n: int = REFERENCE_NUM, seed: int = REFERENCE_SEED, resolution: int = 64
     ) -> FeatureStats:
         """Feature statistics of `n` real renders of dataset seed `seed`, computed once per evaluator and cached."""
         key = (n, seed, resolution)
         if key not in self._reference_cache:
-            real = (render_batch(n, seed=seed, resolution=resolution)["pixel_values"] + 1) / 2
-            self._reference_cache[key] = self.feature_stats(real)
+            self._reference_cache[key] = FeatureStats.from_features(self.reference_features(n, seed, resolution))
         return self._reference_cache[key]
+
+    def prompt_render_features(self, prompts: list[str], num: int, seed: int) -> Float[Tensor, "N F"]:
+        """Classifier features of `num` real renders of each prompt, prompt-major (`report.prompt_renders`), cached."""
+        from sdtoolkit.eval.report import prompt_renders
+
+        key = (tuple(prompts), num, seed)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = self.features(prompt_renders(list(prompts), num, seed))
+        return self._prompt_cache[key]
+
+    def report(self, images: Tensor, prompts: list[str], **kwargs) -> dict:
+        """Every figure with its 95 % interval and image count: per-attribute accuracy (the headline
+        `all_attributes_accuracy`), image quality, FD_shapes, precision/recall and per-prompt diversity. See
+        `sdtoolkit.eval.report.build_report` for the figures and keyword arguments."""
+        from sdtoolkit.eval.report import build_report
+
+        return build_report(self, as_unit_images(images), prompts, **kwargs)
 
     def fd_shapes(self, images: Tensor, reference_images: Tensor | FeatureStats | None = None) -> float:
         """Fréchet distance between classifier features of `images` and of `reference_images` (images, or their

@@ -45,6 +45,7 @@ def evaluate_pipeline(
     reference_num: int = REFERENCE_NUM,
     progress: bool = True,
     fd_splits: int = 0,
+    report: bool = False,
 ) -> dict:
     """Generates one image per prompt with `pipe` and scores them: `Evaluator.score` plus `fd_shapes` against
     `reference_num` real renders (skipped when 0 or when fewer than 2 prompts). Prompts are checked first.
@@ -52,7 +53,10 @@ def evaluate_pipeline(
     `fd_splits` K > 1 adds `fd_shapes_splits`: the FD of each interleaved split `images[k::K]` against the same
     reference, a measure of FD's sampling noise at N / K images (with prompts listed prompt-major, seeds per prompt a
     multiple of K, each split holds every prompt equally often; image i is seeded `seed + i`, so the splits of two
-    pipelines scored with the same prompts are paired)."""
+    pipelines scored with the same prompts are paired).
+
+    `report=True` adds "report": `Evaluator.report` of the images (every figure with its 95 % interval; FD and
+    recall intervals from `fd_splits` splits, or the report's default when 0)."""
     if fd_splits < 0 or fd_splits == 1 or (fd_splits and len(prompts) < 2 * fd_splits):
         raise ValueError(f"fd_splits={fd_splits}: use 0 (none) or K >= 2 with at least 2 images per split")
     for prompt in prompts:
@@ -67,5 +71,8 @@ def evaluate_pipeline(
             scores["fd_shapes_splits"] = [
                 evaluator.fd_shapes(images[k::fd_splits], reference) for k in range(fd_splits)
             ]
+    if report:
+        kwargs = {"fd_splits": fd_splits} if fd_splits else {}
+        scores["report"] = evaluator.report(images, prompts, reference_num=reference_num, **kwargs)
     scores.update(steps=steps, guidance=guidance, seed=seed)
     return scores

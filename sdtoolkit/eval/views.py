@@ -51,9 +51,9 @@ CUES = ("geometry", "lit")
 """Shading cues `derive_view_classes` can compare renders under (see the module docstring)."""
 MERGE_RATE = 0.25
 """Views whose cross-neighbour rate reaches this (halfway between disjoint, 0, and identical, 1/2) are merged."""
-DERIVATION_NUM = 48
+DERIVATION_NUM = 32
 """Default cameras per (shape, view) in the derivation."""
-DERIVATION_RESOLUTION = 48
+DERIVATION_RESOLUTION = 32
 """Default side of the shading maps in the derivation, in pixels."""
 
 
@@ -150,9 +150,7 @@ def derive_view_classes(
     result = {}
     for shape in SHAPES:
         maps = {view: shading_maps(shape, view_cameras(view, num, generator), resolution, cue) for view in VIEWS}
-        rates = {
-            (a, b): cross_neighbour_rate(maps[a], maps[b]) for i, a in enumerate(VIEWS) for b in VIEWS[i + 1 :]
-        }
+        rates = {(a, b): cross_neighbour_rate(maps[a], maps[b]) for i, a in enumerate(VIEWS) for b in VIEWS[i + 1 :]}
         result[shape] = {"classes": merge_classes(VIEWS, rates, threshold), "rates": rates}
     return result
 
