@@ -1,13 +1,19 @@
-"""`sdtoolkit generate`: sample a text-to-image teacher with stock diffusers into an image grid (rows = prompts)."""
+"""`sdtoolkit generate`: sample a text-to-image teacher or an exported student with stock diffusers into an image
+grid (rows = prompts); an export (a folder with `export.json`) is sampled with its trained call by default."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from sdtoolkit.cli import CLIError
+from sdtoolkit.cli import CLIError, config_cli
+from sdtoolkit.core.config import AT_LEAST_1, Bound, Range
 
 
 def add_parser(subparsers) -> None:
@@ -16,38 +22,71 @@ def add_parser(subparsers) -> None:
         help="Sample a teacher (builtin:shapes, a folder or a Hub id) into an image grid PNG.",
         description="Load a Stable-Diffusion-style pipeline with stock diffusers, sample --num-images images per "
         "--prompt with the pipeline's own scheduler and classifier-free guidance, and write a grid PNG (one row "
-        "per prompt) plus a JSON file with the settings beside it.",
+        "per prompt) plus a JSON file with the settings beside it. A folder written by `sdtoolkit export` (with "
+        "export.json) is sampled with its trained steps, guidance and timesteps unless --steps / --guidance say "
+        "otherwise. Existing --out files are kept unless --overwrite.",
+        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument(
-        "--model", default="builtin:shapes", help="builtin:shapes, a diffusers folder, or a Hub id (cached)."
-    )
-    parser.add_argument(
-        "--prompt",
-        action="append",
-        dest="prompts",
-        default=None,
-        help='A prompt, e.g. "a red cube, front view"; repeat the flag for more rows.',
-    )
-    parser.add_argument("--steps", type=int, default=50, help="Sampler steps (default: 50).")
-    parser.add_argument("--guidance", type=float, default=5.0, help="Classifier-free guidance scale (1: off).")
-    parser.add_argument("--num-images", type=int, default=4, help="Images per prompt (grid columns).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the initial noise.")
-    parser.add_argument("--out", type=Path, default=Path("grid.png"), help="Grid PNG to write (default: grid.png).")
-    parser.add_argument("--device", default="cpu", help="torch device to sample on (default: cpu).")
-    parser.set_defaults(run=run)
+    config_cli.add_common(parser, "JSON config of the settings below (GenerateConfig fields); flags override it.")
+    names = config_cli.add_flags(parser, GenerateConfig, "generate", repeat={"generate.prompts": "--prompt"})
+    parser.set_defaults(run=run, config_names=names, config_sections={"generate": GenerateConfig})
+
+
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 5.0
+MAX_STEPS = 1000
+
+
+@dataclass
+class GenerateConfig:
+    """The settings of `sdtoolkit generate` (the command line is generated from them: `sdtoolkit.cli.config_cli`)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "steps": Range(1, MAX_STEPS),
+        "guidance": Range(0),
+        "num_images": AT_LEAST_1,
+        "seed": Range(0),
+    }
+
+    model: str = "builtin:shapes"
+    """builtin:shapes, a diffusers folder, or a Hub id (cached)."""
+    prompts: tuple[str, ...] | None = None
+    """A prompt, e.g. "a red cube, front view"; repeat the flag for more rows."""
+    steps: int | None = None
+    """Sampler steps (None: an export's trained steps, else 50)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale, 1: off (None: an export's trained guidance_scale, else 5; for a student with
+    a w-embedding it is w + 1, with a zero one it has no effect)."""
+    num_images: int = 4
+    """Images per prompt (grid columns)."""
+    seed: int = 0
+    """Seed of the initial noise."""
+    out: str = "grid.png"
+    """Grid PNG to write (the settings go to the same name with .json)."""
+    device: str = "cpu"
+    """torch device to sample on."""
+    overwrite: bool = False
+    """Replace an existing --out PNG and its settings JSON."""
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.steps <= 0:
-        raise CLIError(f"--steps must be a positive integer, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise CLIError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {args.steps}")
     if args.num_images <= 0:
         raise CLIError(f"--num-images must be a positive integer, got {args.num_images}")
-    if args.guidance < 0:
-        raise CLIError(f"--guidance must be >= 0 (1 or less turns guidance off), got {args.guidance}")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise CLIError(f"--guidance must be a finite number >= 0 (1 or less turns guidance off), got {args.guidance}")
     if not args.prompts:
         raise CLIError('give at least one --prompt, e.g. --prompt "a red cube, front view"')
     if args.out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png file, got {args.out}")
+    if not getattr(args, "overwrite", False):
+        existing = [str(p) for p in (args.out, args.out.with_suffix(".json")) if p.exists() or p.is_symlink()]
+        if existing:
+            raise CLIError(
+                f"--out {args.out}: {' and '.join(existing)} already exist; choose another --out or pass "
+                "--overwrite to replace them"
+            )
     if args.device not in ("cpu", "cuda", "mps") and not args.device.startswith("cuda:"):
         raise CLIError(f"--device {args.device!r} is not a torch device; use cpu, cuda, cuda:N or mps")
     if args.device.startswith("cuda"):
@@ -57,35 +96,92 @@ def _check_args(args: argparse.Namespace) -> None:
             raise CLIError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
 
 
+def _export_call(model: str):
+    """The trained call of an export folder (its export.json), or None for anything else."""
+    from sdtoolkit.pipelines.export import SPEC_NAME, ExportSpec
+
+    folder = Path(model)
+    if model.startswith("builtin:") or not (folder / SPEC_NAME).is_file():
+        return None
+    try:
+        return ExportSpec.load(folder)
+    except (ValueError, TypeError, OSError) as error:
+        raise CLIError(f"--model {model}: unreadable {SPEC_NAME}: {error}") from None
+
+
+def _check_steps(pipeline, steps: int) -> None:
+    """The scheduler accepts `steps` (asked on a copy, so that a bad count is one line, not a diffusers traceback)."""
+    scheduler = copy.deepcopy(pipeline.scheduler)
+    total = scheduler.config.get("num_train_timesteps")
+    try:
+        scheduler.set_timesteps(steps)
+    except (ValueError, IndexError) as error:
+        name = type(scheduler).__name__
+        raise CLIError(
+            f"--steps {steps}: {name} (num_train_timesteps={total}) cannot sample that many: {error}"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from sdtoolkit.models.loading import ModelNotAvailableError, load_teacher, resolve_model_id
 
+    config_cli.resolve_flat(args, GenerateConfig, "generate")
+    args.prompts = list(args.prompts) if args.prompts else None
+    args.out = Path(args.out)
     _check_args(args)
     try:
         resolve_model_id(args.model)
     except (ValueError, ModelNotAvailableError) as error:
         raise CLIError(f"--model {args.model}: {error}") from None
+    spec = _export_call(args.model)
+    trained = spec.call_arguments() if spec is not None else {}
+    steps = args.steps if args.steps is not None else trained.get("num_inference_steps", DEFAULT_STEPS)
+    guidance = args.guidance if args.guidance is not None else trained.get("guidance_scale", DEFAULT_GUIDANCE)
+    extra = {k: v for k, v in trained.items() if k not in ("num_inference_steps", "guidance_scale", "timesteps")}
+    if args.steps is None and "timesteps" in trained:
+        extra["timesteps"] = trained["timesteps"]
     try:
         pipeline = load_teacher(args.model, device=args.device)
     except (ValueError, OSError) as error:
         raise CLIError(f"--model {args.model}: {error}") from None
     pipeline.set_progress_bar_config(desc="generate")
+    if "timesteps" not in extra:
+        _check_steps(pipeline, steps)
 
-    from sdtoolkit.models.shapes_teacher import generate_images, image_grid
+    import torch
+
+    from sdtoolkit.models.shapes_teacher import image_grid
 
     start = time.perf_counter()
-    images = generate_images(pipeline, args.prompts, args.num_images, args.steps, args.guidance, args.seed)
+    generator = torch.Generator(pipeline._execution_device).manual_seed(args.seed)
+    images = (
+        pipeline(
+            args.prompts,
+            num_images_per_prompt=args.num_images,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            output_type="pt",
+            **extra,
+        )
+        .images.float()
+        .cpu()
+    )
     seconds = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, args.num_images).save(args.out)
     settings = {
         "model": args.model,
         "prompts": args.prompts,
-        "steps": args.steps,
-        "guidance": args.guidance,
+        "steps": steps,
+        "guidance": guidance,
+        "call_kwargs": extra,
+        "from_export": spec is not None,
+        "timesteps": [int(t) for t in pipeline.scheduler.timesteps],
         "num_images": args.num_images,
         "seed": args.seed,
         "device": args.device,
+        "pipeline": type(pipeline).__name__,
         "scheduler": type(pipeline.scheduler).__name__,
         "image_size": list(images.shape[-2:]),
         "seconds": round(seconds, 2),
