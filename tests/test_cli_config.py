@@ -37,6 +37,17 @@ def test_every_subcommand_has_config_flag():
     assert not missing
 
 
+def test_every_flag_comes_from_a_config_dataclass():
+    """One mechanism: besides --help, --config and --resume, no subcommand has a hand-written flag."""
+    hand_written = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in PARSERS.items()
+        for action in parser._actions
+        if not action.dest.startswith(DEST) and action.dest not in ("help", "config", "resume")
+    ]
+    assert not hand_written
+
+
 def expected_default(sections: dict[str, type], dotted: str):
     parts = dotted.split(".")
     cls = sections[parts[0]] if parts[0] in sections and parts[0] != "" else sections[""]

@@ -133,16 +133,20 @@ def guidance_defaults() -> dict[str, str]:
     """Dotted guidance key -> the default shown in --help: `sds 20.0 (builtin: prior) / 100.0, csd 40.0, ...`."""
     from sdtoolkit.text_to_3d.config import METHODS, default_guidance, to_dict
 
-    per_method: dict[str, list[str]] = {}
+    per_method: dict[str, dict[str, str]] = {}
     for method in METHODS:
         builtin = config_cli.flatten(to_dict(default_guidance(method, "builtin:shapes")), "guidance")
         other = config_cli.flatten(to_dict(default_guidance(method, "org/model")), "guidance")
         for key, value in builtin.items():
-            text = f"{method} {show(value)}"
+            text = show(value)
             if other[key] != value:
                 text += f" (builtin: prior) / {show(other[key])}"
-            per_method.setdefault(key, []).append(text)
-    return {key: ", ".join(texts) for key, texts in per_method.items()}
+            per_method.setdefault(key, {})[method] = text
+    shown = {}
+    for key, texts in per_method.items():
+        same = len(texts) == len(METHODS) and len(set(texts.values())) == 1
+        shown[key] = next(iter(texts.values())) if same else ", ".join(f"{m} {t}" for m, t in texts.items())
+    return shown
 
 
 def _slug(text: str) -> str:
