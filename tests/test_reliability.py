@@ -532,3 +532,17 @@ def test_ctrl_c_while_loading_stops_before_training_and_the_same_command_restart
     assert not (run / "losses.jsonl").exists() and not (run / ".sdtoolkit.lock").exists()
     assert distill(assets, run, "--max-steps", "2", "--no-export") == 0
     assert sorted(losses(run)) == [1, 2]
+
+
+def test_text_to_3d_checkpoint_torn_between_its_two_files_is_detected(prior, tmp_path):
+    """checkpoint.safetensors and checkpoint.json are each replaced atomically, and the tensors carry their step: a
+    kill between the two renames is reported on resume instead of mixing two steps."""
+    from sdtoolkit.text_to_3d import trainer
+
+    out = tmp_path / "torn"
+    trainer.train(_config(steps=2), out, denoiser=prior, progress=False)
+    state = json.loads((out / trainer.STATE_FILE).read_text())
+    (out / trainer.STATE_FILE).write_text(json.dumps({**state, "step": 1}))
+    with pytest.raises(ValueError, match="killed while checkpointing"):
+        trainer.train(_config(steps=3), out, denoiser=prior, progress=False, resume=True)
+    assert not list(out.glob(".*tmp*"))

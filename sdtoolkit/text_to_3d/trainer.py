@@ -19,6 +19,7 @@ from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
 from sdtoolkit.nerf import NeRF
 from sdtoolkit.runs import (
+    OutputFolderError,
     RunDiverged,
     RunFolder,
     RunInterrupted,
@@ -321,7 +322,7 @@ def load_checkpoint(run: TextTo3DRun, output_dir: Path) -> None:
     with safe_open(str(output_dir / CHECKPOINT_FILE), framework="pt") as handle:
         saved_step = (handle.metadata() or {}).get("step")
     if saved_step is not None and int(saved_step) != state["step"]:
-        raise ValueError(
+        raise OutputFolderError(
             f"{output_dir}: {CHECKPOINT_FILE} is of step {saved_step} but {STATE_FILE} of step {state['step']} (the "
             "run was killed while checkpointing); start it again with --overwrite"
         )
