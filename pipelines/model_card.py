@@ -121,8 +121,8 @@ def _teacher_howto(kind: str, reference: str) -> str:
     if kind == "hub":
         return f'`{reference}` is a Hugging Face Hub id: `DiffusionPipeline.from_pretrained("{reference}")`.'
     return (
-        f"`{reference}` was a local diffusers folder on the training machine (not a Hub id); load your copy of "
-        "that teacher where the code below says TEACHER."
+        f"`{reference}` was a local diffusers folder on the training machine (not a Hub id): use your copy of "
+        "that teacher wherever a teacher is needed (TEACHER in the code below)."
     )
 
 

@@ -180,7 +180,7 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
         "timesteps": timesteps,
         "zero_embedding": not w_embedded,
     }
-    note = _guidance_note(w_embedded, spec.guidance_scale)
+    note = _guidance_note(w_embedded, spec.guidance_scale, SD_PIPELINE_GUIDANCE)
     if phased or (steps == 1 and not consistency):
         original = int(overrides.get("original_inference_steps", 50))
         tcd = tcd_padded_schedule(timesteps, teacher_scheduler_config, original, None if phased else 1.0)
@@ -215,6 +215,7 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
             pipeline_class="LatentConsistencyModelPipeline", scheduler_class="LCMScheduler", scheduler_config=lcm
         )
         plan["call_kwargs"] = {}
+        note = _guidance_note(w_embedded, spec.guidance_scale, LCM_PIPELINE_GUIDANCE)
         if original >= LCM_PIPELINE_STEPS and steps == LCM_PIPELINE_STEPS:
             plan["default_call"] = (
                 f"`pipe(prompt)` runs LatentConsistencyModelPipeline's default {LCM_PIPELINE_STEPS} LCMScheduler "
@@ -246,10 +247,11 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
     return plan
 
 
-def _guidance_note(w_embedded: bool, guidance_scale: float) -> str:
+def _guidance_note(w_embedded: bool, guidance_scale: float, pipeline_default: float) -> str:
     if not w_embedded:
         return ""
     return (
-        f", except that the pipeline's default guidance_scale feeds another w to the student's guidance embedding "
-        f"than the trained sampling value {guidance_scale:g}"
+        f", except for w: without guidance_scale the pipeline feeds its default {pipeline_default:g} "
+        f"(w = {pipeline_default - 1:g}) to the student's guidance embedding instead of the trained "
+        f"{guidance_scale:g} (w = {guidance_scale - 1:g})"
     )
