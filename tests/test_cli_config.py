@@ -110,6 +110,7 @@ COMMAND_LINES = {
     "generate": lambda out: ["generate", "--prompt", "a red cube", "--out", str(out / "grid.png")],
     "eval": lambda out: ["eval", "--images", str(out), "--out", str(out / "scores.json")],
     "export": lambda out: ["export", str(out), str(out / "export")],
+    "eval-3d": lambda out: ["eval-3d", str(out / "mesh.glb"), "--out", str(out / "scores.json")],
 }
 
 
