@@ -271,3 +271,60 @@ def test_export_refuses_to_write_into_its_source_or_a_foreign_folder(runs, tmp_p
     assert main(["export", str(run), str(mine)]) == 0
     assert (mine / "my_samples.txt").read_text() == "also mine" and (mine / "notes.txt").is_file()
     assert (mine / "pytorch_lora_weights.safetensors").read_bytes() == before
+
+
+def test_padded_schedules_run_the_trained_steps_and_leave_the_rest_unchanged():
+    """The stock schedules in isolation (no training): a 1-step TCD schedule gives the same latents at 1, 7 and the
+    default 50 steps; a phased one gives the trained steps' latents at 50 steps up to float rounding; a 2-step
+    LCM schedule gets a grid on which the LCM pipeline's 4-step default runs and 2 steps are still 999, 499."""
+    from diffusers import StableDiffusionPipeline, TCDScheduler
+    from sdtoolkit.pipelines.stock_defaults import (
+        lcm_default_original_steps,
+        tcd_padded_schedule,
+        trained_timesteps,
+        with_zero_guidance_embedding,
+    )
+
+    teacher = tiny_sd_pipeline()
+    config = teacher.scheduler.config
+    unet = with_zero_guidance_embedding(teacher.unet)
+    assert not unet.time_embedding.cond_proj.weight.any()
+    parts = {"vae": teacher.vae, "text_encoder": teacher.text_encoder, "tokenizer": teacher.tokenizer}
+    parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def latents(overrides, steps):
+        scheduler = TCDScheduler.from_config(config, **overrides)
+        pipe = StableDiffusionPipeline(unet=unet, scheduler=scheduler, **parts)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs = {} if steps is None else {"num_inference_steps": steps}
+        generator = torch.Generator().manual_seed(1)
+        return pipe("a red cube", generator=generator, output_type="latent", **kwargs).images
+
+    one_step = tcd_padded_schedule([625], config, 50, final_alpha=1.0)
+    assert trained_timesteps("TCDScheduler", config, one_step, 1) == [625]
+    reference = latents(one_step, 1)
+    for steps in (7, None):
+        torch.testing.assert_close(latents(one_step, steps), reference, rtol=0, atol=0)
+    phased = tcd_padded_schedule([999, 759, 499, 259], config, 50)
+    assert trained_timesteps("TCDScheduler", config, phased, 4) == [999, 759, 499, 259]
+    trained = latents(phased, 4)
+    torch.testing.assert_close(latents(phased, None), trained, rtol=0, atol=1e-5 * float(trained.abs().max()))
+    assert lcm_default_original_steps([999, 499], config, 2) == 4
+    assert trained_timesteps("LCMScheduler", config, {"original_inference_steps": 4}, 2) == [999, 499]
+
+
+def test_path_scrubbing_keeps_tokens_and_hub_ids():
+    from sdtoolkit.pipelines.model_card import scrub_machine_paths, teacher_reference
+
+    value = {"merges": ["/ /", "Ġ /"], "token": "/", "home": "~", "id": "org/name", "out": "/srv/runs/lcm"}
+    scrubbed = scrub_machine_paths(value, "/srv/models/sd", "sd")
+    assert scrubbed == {"merges": ["/ /", "Ġ /"], "token": "/", "home": "~", "id": "org/name", "out": "lcm"}
+    assert scrub_machine_paths({"t": "/srv/models/sd/vae"}, "/srv/models/sd", "sd") == {"t": "sd"}
+    assert teacher_reference("builtin:shapes") == "builtin:shapes"
+    assert (
+        teacher_reference("stable-diffusion-v1-5/stable-diffusion-v1-5")
+        == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    )
+    cache = "/home/u/.cache/huggingface/hub/models--org--model/snapshots/abc123"
+    assert teacher_reference(cache) == "org/model"
+    assert teacher_reference("/srv/models/my-sd") == "my-sd"
