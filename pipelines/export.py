@@ -184,13 +184,22 @@ def _scheduler(name: str, teacher_config: Any, overrides: dict[str, Any]):
     return cls.from_config(teacher_config, **overrides)
 
 
+RUN_FOLDER_FILES = (".sdtoolkit.lock", ".sdtoolkit-manifest.json")
+"""`sdtoolkit.runs`' lock and manifest: a folder claimed by `runs.claim_export_folder` holds them before the export
+is written (not user files)."""
+
+
 def is_earlier_export(folder: str | Path) -> bool:
     """Whether `folder` was written by `export_pipeline` (its manifest, or an export from before manifests: both
-    `export.json` and `model_index.json`)."""
+    `export.json` and `model_index.json`), or is claimed for an export by `sdtoolkit.runs`."""
     folder = Path(folder)
-    return (folder / MANIFEST_NAME).is_file() or (
-        (folder / SPEC_NAME).is_file() and (folder / "model_index.json").is_file()
-    )
+    legacy = (folder / SPEC_NAME).is_file() and (folder / "model_index.json").is_file()
+    if (folder / MANIFEST_NAME).is_file() or legacy:
+        return True
+    try:
+        return json.loads((folder / RUN_FOLDER_FILES[1]).read_text()).get("kind") == "export"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_export_target(out_dir: str | Path, sources: list[str | Path], overwrite: bool = False) -> None:
@@ -208,7 +217,8 @@ def check_export_target(out_dir: str | Path, sources: list[str | Path], overwrit
             raise ValueError(f"{out_dir} lies inside the student folder being exported ({source}); choose another")
     if out.is_file():
         raise FileExistsError(f"{out_dir} is a file; choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not is_earlier_export(out) and not overwrite:
+    entries = [p for p in out.iterdir() if p.name not in RUN_FOLDER_FILES] if out.is_dir() else []
+    if entries and not is_earlier_export(out) and not overwrite:
         raise FileExistsError(
             f"{out_dir} is not empty and is not an earlier sdtoolkit export; choose a new or empty folder (or pass "
             "--overwrite to write the export's files into it, replacing only entries of the same names)"
