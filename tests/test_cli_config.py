@@ -293,6 +293,11 @@ def test_train_teacher_and_evaluator_validate_every_field(tmp_path, capsys):
     lines = run_err(capsys, ["train-teacher", "--output", str(tmp_path / "t"), "--beta-end", "2", "--lr", "0"])
     assert lines[0].endswith("--beta-end 2.0: must be in (0, 1) (teacher.beta_end)")
     assert lines[1].endswith("--lr 0.0: must be > 0 (teacher.lr)")
+    lines = run_err(capsys, ["train-teacher", "--output", str(tmp_path / "t"), "--resolution", "30"])
+    assert lines == [
+        "sdtoolkit train-teacher: error: teacher: resolution 30 must be a multiple of the VAE's downsampling factor 4 "
+        "(e.g. 28 or 32)"
+    ]
     lines = run_err(capsys, ["train-teacher", "--tiny"])
     assert "--output is required" in lines[0]
     lines = run_err(capsys, ["train-evaluator", "--output", str(tmp_path / "e"), "--num-test", "1"])

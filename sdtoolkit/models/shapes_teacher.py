@@ -217,8 +217,13 @@ class TeacherConfig:
             raise ValueError(f"device={self.device!r}; choose 'cpu' or 'cuda'")
         if len(self.unet_channels) != 3:
             raise ValueError(f"unet_channels={self.unet_channels} must have 3 entries (16x16, 8x8, 4x4)")
-        if self.resolution % 2 ** (len(self.vae_channels) - 1):
-            raise ValueError(f"resolution {self.resolution} is not divisible by the VAE's downsampling")
+        factor = 2 ** (len(self.vae_channels) - 1)
+        if self.resolution % factor:
+            low, high = self.resolution // factor * factor, -(-self.resolution // factor) * factor
+            raise ValueError(
+                f"resolution {self.resolution} must be a multiple of the VAE's downsampling factor {factor} "
+                f"(e.g. {low or high} or {high})"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherConfig:
