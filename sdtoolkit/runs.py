@@ -229,9 +229,10 @@ class RunFolder:
         atexit.register(self.release)
 
     def owns(self, name: str) -> bool:
-        """Whether top-level entry `name` was written by the toolkit (or does not exist yet)."""
+        """Whether top-level entry `name` is the toolkit's: recorded as written by it, or absent when the folder was
+        claimed (the lock keeps anyone else from writing there since)."""
         name = Path(name).parts[0]
-        return name in self.owned or (name not in self.preexisting and not (self.path / name).exists())
+        return name in self.owned or name not in self.preexisting
 
     def sync(self) -> None:
         """Records every top-level entry created since the claim as the toolkit's; forgets deleted ones."""
