@@ -111,5 +111,5 @@ def test_adamw8bit_keeps_8bit_states(teacher, tmp_path):
 
 def test_unknown_optimizer_is_a_clear_error(teacher, tmp_path, capsys):
     assert main(_args(teacher, tmp_path / "e", "sid", "--optimizer", "adam")) == 2
-    assert "optimizer='adam'; choose one of adamw, adamw8bit" in capsys.readouterr().err
+    assert "unknown --optimizer 'adam'; choose one of adamw, adamw8bit" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()  # refused before any work
