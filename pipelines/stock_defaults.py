@@ -67,7 +67,7 @@ def tcd_padded_schedule(
     original_steps: int,
     final_alpha: float | None = None,
     default_steps: int = DEFAULT_STEPS,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any], bool] | None:
     """`TCDScheduler` overrides whose stock `default_steps`-step call runs the deterministic (eta = 0, DDIM) sampler
     on `timesteps` (descending) exactly, and whose `len(timesteps)`-step call is that schedule without padding.
 
@@ -79,10 +79,12 @@ def tcd_padded_schedule(
     timestep shares its alphas_cumprod with the point it steps to, so its step is x0 and back with the same eps:
     the latents stay unchanged (up to float rounding); the UNet sees each trained timestep once with the teacher's
     noise level at it. A 1-step student gets T' = t + 1 train steps and a grid of every step, so any step count
-    gives its 1-step image. Returns None where no grid fits.
+    gives its 1-step image. Returns (overrides, whether the N-step call must pass `timesteps=`: when no
+    `original_inference_steps` >= 50 yields them as its N-step subset but one contains them), or None.
     """
     from diffusers import TCDScheduler
 
+    needs_timesteps = False
     ts = [int(t) for t in timesteps]
     if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 0:
         raise ValueError(f"timesteps must be distinct, descending and >= 0, got {timesteps}")
@@ -98,7 +100,7 @@ def tcd_padded_schedule(
         if original < default_steps:
             return None
     else:
-        total, original = T, None
+        total, original, covering = T, None, None
         for candidate in [original_steps, *range(default_steps, T + 1)]:
             if candidate < default_steps or candidate > T:
                 continue
@@ -107,8 +109,13 @@ def tcd_padded_schedule(
             if [int(t) for t in probe.timesteps] == ts:
                 original = candidate
                 break
-        if original is None:
+            if covering is None:
+                probe.set_timesteps(default_steps)
+                covering = candidate if set(ts) <= {int(t) for t in probe.timesteps} else None
+        if original is None and covering is None:
             return None
+        if original is None:  # the default visits every trained timestep; N steps need `timesteps=` in the call
+            original, needs_timesteps = covering, True
     target = [floor] * total
     edges = sorted(ts)
     for i, t_k in enumerate(edges):
@@ -124,7 +131,7 @@ def tcd_padded_schedule(
         "clip_sample": False,
         "thresholding": False,
         "set_alpha_to_one": True,
-    }
+    }, needs_timesteps
 
 
 def lcm_default_original_steps(
@@ -183,10 +190,11 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
     note = _guidance_note(w_embedded, spec.guidance_scale, SD_PIPELINE_GUIDANCE)
     if phased or (steps == 1 and not consistency):
         original = int(overrides.get("original_inference_steps", 50))
-        tcd = tcd_padded_schedule(timesteps, teacher_scheduler_config, original, None if phased else 1.0)
-        if tcd is not None:
+        padded = tcd_padded_schedule(timesteps, teacher_scheduler_config, original, None if phased else 1.0)
+        if padded is not None:
+            tcd, needs_timesteps = padded
             plan.update(pipeline_class="StableDiffusionPipeline", scheduler_class="TCDScheduler", scheduler_config=tcd)
-            plan["call_kwargs"] = {"eta": 0.0}
+            plan["call_kwargs"] = {"eta": 0.0, "timesteps": timesteps} if needs_timesteps else {"eta": 0.0}
             if steps == 1:
                 what = (
                     f"every step count gives the 1-step image on t = {timesteps[0]} (the steps after it see a clean "

@@ -300,12 +300,13 @@ def test_padded_schedules_run_the_trained_steps_and_leave_the_rest_unchanged():
         generator = torch.Generator().manual_seed(1)
         return pipe("a red cube", generator=generator, output_type="latent", **kwargs).images
 
-    one_step = tcd_padded_schedule([625], config, 50, final_alpha=1.0)
+    one_step, _ = tcd_padded_schedule([625], config, 50, final_alpha=1.0)
     assert trained_timesteps("TCDScheduler", config, one_step, 1) == [625]
     reference = latents(one_step, 1)
     for steps in (7, None):
         torch.testing.assert_close(latents(one_step, steps), reference, rtol=0, atol=0)
-    phased = tcd_padded_schedule([999, 759, 499, 259], config, 50)
+    phased, needs_timesteps = tcd_padded_schedule([999, 759, 499, 259], config, 50)
+    assert not needs_timesteps
     assert trained_timesteps("TCDScheduler", config, phased, 4) == [999, 759, 499, 259]
     trained = latents(phased, 4)
     torch.testing.assert_close(latents(phased, None), trained, rtol=0, atol=1e-5 * float(trained.abs().max()))
