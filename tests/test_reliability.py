@@ -497,6 +497,9 @@ def test_an_incomplete_checkpoint_is_never_the_newest(straight, tmp_path):
     shutil.copytree(run / "checkpoints" / "step_000004", run / "checkpoints" / "step_000008")
     (run / "checkpoints" / "step_000008" / "progress.json").unlink()
     assert latest_checkpoint(run) == run / "checkpoints" / "step_000004"
+    assert main(["distill", "sid", "--resume", str(run), "--max-steps", "5", "--no-export"]) == 0
+    assert latest_checkpoint(run).name == "step_000005" and not list((run / "checkpoints").glob(".partial-*"))
+    assert (run / "checkpoints" / "step_000004" / "progress.json").is_file()  # rotation counts complete ones only
 
 
 def test_a_second_ctrl_c_interrupts_at_once():

@@ -201,7 +201,8 @@ def save_training_state(
     folder = Path(folder)
     partial = folder.with_name(f".partial-{folder.name}")
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
+        for stale in folder.parent.glob(".partial-*"):  # left by a process killed while checkpointing
+            shutil.rmtree(stale, ignore_errors=True)
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

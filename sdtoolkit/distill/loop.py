@@ -659,7 +659,8 @@ class Trainer:
         if accelerator.is_main_process:
             import shutil
 
-            kept = sorted((p for p in root.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+            complete = (p for p in root.glob("step_*") if p.name[5:].isdigit() and (p / "progress.json").is_file())
+            kept = sorted(complete, key=lambda p: int(p.name[5:]))
             for old in kept[: max(0, len(kept) - max(1, self.config.checkpoints_total_limit))]:
                 shutil.rmtree(old, ignore_errors=True)
             if self.folder is not None:
