@@ -305,6 +305,28 @@ def test_train_teacher_and_evaluator_validate_every_field(tmp_path, capsys):
     assert not (tmp_path / "t").exists() and not (tmp_path / "e").exists()
 
 
+def test_eval_saves_its_resolved_config_and_takes_it_back(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (64, 64), colour).save(folder / f"{i}.png")
+    (folder / "prompts.txt").write_text("a red cube\na blue torus\n")
+    out = tmp_path / "scores.json"
+    args = ["--images", str(folder), "--reference-num", "0", "--bootstrap", "100", "--fd-splits", "0"]
+    assert main(["eval", *args, "--no-diversity", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())["config"]
+    assert saved["bootstrap"] == 100 and saved["diversity"] is False and saved["images"] == str(folder)
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps(saved))
+    from sdtoolkit.cli.config_cli import resolve_flat, to_dict
+    from sdtoolkit.cli.eval import EvalCommand
+
+    args = build_parser().parse_args(["eval", "--config", str(config), "--bootstrap", "200"])
+    assert to_dict(resolve_flat(args, EvalCommand, "eval")) == {**saved, "bootstrap": 200}
+
+
 def test_eval_names_a_corrupt_image(tmp_path, capsys):
     from PIL import Image
 
