@@ -397,3 +397,12 @@ def test_build_converts_and_reports_every_problem():
         "x.inner.rate = 0.0: must be in (0, 1]",
     ]
     assert check(Outer(inner=Inner(rate=float("nan"))), "x") == ["x.inner.rate = nan: must be a finite number"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_configs_pass_the_strict_checks(path):
+    from sdtoolkit.cli.distill import resolve
+
+    method = json.loads(path.read_text())["method"]
+    _, _, train, _, resolved = resolve(build_parser().parse_args(["distill", method, "--config", str(path)]))
+    assert resolved["method"] == method and train.max_steps >= 1
