@@ -264,6 +264,8 @@ def test_text_to_3d_resume_refuses_fixed_settings(tmp_path, capsys):
     ]:
         lines = run_err(capsys, ["text-to-3d", "--resume", str(run), *extra])
         assert len(lines) == 1 and f"would change the run's {key}" in lines[0] and "changeable: " in lines[0], lines
+    lines = run_err(capsys, ["text-to-3d", "--resume", str(run), "--output", str(tmp_path / "other")])
+    assert len(lines) == 1 and "name two folders" in lines[0], lines
     # the same value as the run's is no change
     config, *_ = resolve(parser.parse_args(["text-to-3d", "a red cube", "--resume", str(run), "--seed", "0"]))
     assert config.seed == 0

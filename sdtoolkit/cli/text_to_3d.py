@@ -176,6 +176,8 @@ def resolve(args: argparse.Namespace) -> tuple[Any, TextTo3DCommand, Path, bool]
         requested["prompt"] = requested["prompt"].strip()
 
     resume = getattr(args, "resume", None)
+    if resume and command.output is not None and Path(resume) != Path(command.output):
+        raise CLIError(f"--resume {resume} and --output {command.output} name two folders; give one of them")
     output = Path(resume or command.output or Path("runs") / _slug(requested.get("prompt") or "layout"))
     if output.exists() and not output.is_dir():
         raise CLIError(f"--output {str(output)!r} exists and is not a folder")
