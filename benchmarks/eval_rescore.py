@@ -5,6 +5,9 @@ and prints a Markdown table with every figure's 95 % interval and image count (i
     python -m benchmarks.eval_rescore ddim-50=runs/eval17/ddim-leading-50 dpmpp-4=runs/eval17/dpmpp-4 \
         --out runs/eval17/rescore.json
 
+A FOLDER of the form `real:S` scores S real renders of every builtin prompt instead (`report.prompt_renders`,
+seed 20000, independent of the evaluator's references): the ceiling of every figure.
+
 Images are put in prompt-major order (stable sort by prompt) before scoring, so that the report's interleaved FD
 splits each hold every prompt equally often whatever order the folder was written in.
 """
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("rows", nargs="+", help="NAME=FOLDER of images with a prompts.txt")
+    parser.add_argument("rows", nargs="+", help="NAME=FOLDER of images with a prompts.txt, or NAME=real:S")
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the reports (updated per row)")
     parser.add_argument("--fd-splits", type=int, default=4, help="K splits behind the FD and recall intervals")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N images of each folder (0: all)")
@@ -69,21 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     from sdtoolkit.data import all_prompts
     from sdtoolkit.eval import Evaluator
     from sdtoolkit.eval.images import find_images, load_images, read_prompts
-    from sdtoolkit.eval.report import format_report
+    from sdtoolkit.eval.report import format_report, prompt_renders
 
     evaluator = Evaluator.load()
     order = {prompt: i for i, prompt in enumerate(all_prompts())}
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for row in args.rows:
         name, _, folder = row.partition("=")
-        files = find_images(folder)
-        prompts = read_prompts(files)
-        if args.limit:
-            files, prompts = files[: args.limit], prompts[: args.limit]
-        ranked = sorted(range(len(files)), key=lambda i: (order.get(prompts[i], len(order)), i))
         started = time.perf_counter()
-        images = load_images([files[i] for i in ranked])
-        report = evaluator.report(images, [prompts[i] for i in ranked], fd_splits=args.fd_splits)
+        if folder.startswith("real:"):
+            seeds = int(folder.removeprefix("real:"))
+            images = prompt_renders(all_prompts(), seeds, seed=20_000)
+            prompts = [p for p in all_prompts() for _ in range(seeds)]
+        else:
+            files = find_images(folder)
+            prompts = read_prompts(files)
+            if args.limit:
+                files, prompts = files[: args.limit], prompts[: args.limit]
+            ranked = sorted(range(len(files)), key=lambda i: (order.get(prompts[i], len(order)), i))
+            images, prompts = load_images([files[i] for i in ranked]), [prompts[i] for i in ranked]
+        report = evaluator.report(images, prompts, fd_splits=args.fd_splits)
         generation = Path(folder) / "generation.json"
         report["source"] = {
             "folder": folder,
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = report
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"{name} ({folder}): {len(files)} images, {report['source']['score_seconds']} s", flush=True)
+        print(f"{name} ({folder}): {len(prompts)} images, {report['source']['score_seconds']} s", flush=True)
         print(format_report(report), flush=True)
     print(markdown(results))
     return 0

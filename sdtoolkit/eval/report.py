@@ -179,7 +179,7 @@ def build_report(
         reference = FeatureStats.from_features(real)
         fd = lambda idx: frechet_distance(FeatureStats.from_features(features[idx]), reference)  # noqa: E731
         fd_values = split_values(fd, num, splits) if splits else []
-        metrics["fd_shapes"] = split_interval(fd(torch.arange(num)), fd_values, num)
+        metrics["fd_shapes"] = split_interval(fd(torch.arange(num)), fd_values, num, (0.0, math.inf))
         samples["fd_shapes"] = {"value": metrics["fd_shapes"].value, "splits": fd_values}
         if num > 3:
             pr = precision_recall(features, real)
@@ -187,7 +187,7 @@ def build_report(
             samples["precision"] = {"values": pr["precision"].tolist(), "strata": strata}
             recall = lambda idx: float(precision_recall(features[idx], real)["recall"].mean())  # noqa: E731
             recall_values = split_values(recall, num, splits) if splits and num >= 4 * splits + 4 else []
-            metrics["recall"] = split_interval(float(pr["recall"].mean()), recall_values, num)
+            metrics["recall"] = split_interval(float(pr["recall"].mean()), recall_values, num, (0.0, 1.0))
             samples["recall"] = {"value": metrics["recall"].value, "splits": recall_values}
 
     if diversity and any(len(members) >= 2 for members in groups.values()):

@@ -103,13 +103,17 @@ def bootstrap_interval(
     return Interval(float(values.nanmean()), low, high, n, "bootstrap")
 
 
-def split_interval(value: float, splits: list[float], n: int) -> Interval:
-    """`value` (the figure on all n images) ± t sd(splits) / sqrt(K), from the figure on K disjoint splits."""
+def split_interval(
+    value: float, splits: list[float], n: int, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> Interval:
+    """`value` (the figure on all n images) ± t sd(splits) / sqrt(K), from the figure on K disjoint splits, clipped
+    to the figure's range `bounds`."""
     k = len(splits)
     if k < 2:
         return Interval(float(value), math.nan, math.nan, n, "none")
     half = t_quantile(k - 1) * float(torch.tensor(splits, dtype=torch.float64).std()) / math.sqrt(k)
-    return Interval(float(value), value - half, value + half, n, f"splits-{k}")
+    low, high = max(value - half, bounds[0]), min(value + half, bounds[1])
+    return Interval(float(value), low, high, n, f"splits-{k}")
 
 
 def difference_interval(a: dict, b: dict, num_resamples: int = NUM_RESAMPLES, seed: int = 0) -> tuple[float, float]:
