@@ -117,3 +117,39 @@ def test_eval_cli_report_and_compare(tmp_path, capsys, real):
     (tmp_path / "plain.json").write_text("{}")
     assert main(["eval", "--compare", str(tmp_path / "real.json"), str(tmp_path / "plain.json")]) == 2
     assert "has no report" in capsys.readouterr().err
+
+
+def test_teacher_baseline_samplers_are_stock_schedulers():
+    """`benchmarks/eval_teacher.py`: leading DDIM samples only t = 1 at one step; trailing spacing and DPM-Solver++
+    start from t = 999."""
+    from diffusers import DDIMScheduler
+
+    from benchmarks.eval_teacher import SAMPLERS, set_sampler
+    from sdtoolkit.models.loading import resolve_model_id
+
+    base = DDIMScheduler.from_pretrained(resolve_model_id("builtin:shapes"), subfolder="scheduler").config
+
+    class Pipe:
+        scheduler = None
+
+    expected = {"ddim-leading": [1], "ddim-trailing": [999], "dpmpp": [999], "euler-trailing": [999]}
+    for sampler in SAMPLERS:
+        set_sampler(Pipe, sampler, base)
+        Pipe.scheduler.set_timesteps(1)
+        assert [int(t) for t in Pipe.scheduler.timesteps] == expected[sampler], sampler
+    set_sampler(Pipe, "ddim-trailing", base)
+    Pipe.scheduler.set_timesteps(2)
+    assert [int(t) for t in Pipe.scheduler.timesteps] == [999, 499]
+
+
+def test_rescore_script_writes_a_table_with_intervals(tmp_path, capsys, real):
+    from benchmarks import eval_rescore
+
+    images, prompts = real
+    order = [4, 0, 8, 5, 1, 9, 6, 2, 10, 7, 3, 11]  # seed-major on disk; scored prompt-major
+    save_images(images[order], tmp_path / "row", [prompts[i] for i in order])
+    out = tmp_path / "rescore.json"
+    assert eval_rescore.main([f"real={tmp_path / 'row'}", "--out", str(out), "--fd-splits", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()[-1]
+    assert table.startswith("| real | 12 | ") and "[" in table
+    assert json.loads(out.read_text())["real"]["metrics"]["prompt_accuracy"]["n"] == 12
