@@ -146,7 +146,8 @@ def refuse_pickles(folder: str | Path) -> None:
         raise CheckpointError(
             f"checkpoint {folder} holds a pickle ({found[0]}{f' and {len(found) - 1} more' if len(found) > 1 else ''})"
             "; sdtoolkit checkpoints are safetensors and JSON only and it never loads a pickle, which can run code "
-            "(a checkpoint of sdtoolkit < 0.2 or a tampered one); resume from a checkpoint written by this version"
+            "(an older sdtoolkit checkpoint, which held accelerate pickles, or a tampered one); resume from a "
+            "checkpoint written by this version"
         )
 
 
