@@ -47,8 +47,8 @@ __all__ = [
     "atomic_output",
     "atomic_write_text",
     "check_new_files",
-    "claim_export_folder",
     "claim_output",
+    "folder_lock",
     "inspect_output",
     "read_manifest",
 ]
@@ -403,7 +403,7 @@ def claim_output(
 def check_new_files(paths: Iterable[str | Path], *, overwrite: bool = False, flag: str = "--overwrite") -> None:
     """For commands that write single files (`generate`, `export`): refuses, before anything is written, to replace
     an existing file unless `overwrite`; the message names every such file and `flag`."""
-    existing = [str(p) for p in paths if Path(p).exists()]
+    existing = [str(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
     if existing and not overwrite:
         raise OutputFolderError(
             f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass {flag} to replace"
@@ -463,30 +463,18 @@ class StopSignals:
 # ---------------------------------------------------------------------------------------------------- exports
 
 
-def _legacy_export(folder: Path) -> set[str]:
-    """A pipeline folder `sdtoolkit export` wrote before manifests existed: export.json beside model_index.json (a
-    run's student/ holds export.json but no model_index.json, and is never taken for an export)."""
-    if (folder / "export.json").is_file() and (folder / "model_index.json").is_file():
-        return _entries(folder)
-    return set()
-
-
-def claim_export_folder(
-    folder: str | Path, *, overwrite: bool = False, reserved: Iterable[str] = (), flag: str = "OUT_DIR"
-) -> RunFolder:
-    """For commands that write a whole folder once (`sdtoolkit export`): a new or empty folder, or a previous
-    export written by sdtoolkit (replaced: only its own entries are deleted), is claimed and locked; any other
-    non-empty folder (a run's `student/`, the user's files) is refused unless `overwrite`, and then the export
-    writes beside the user's files and is refused if one of them is named like an entry it writes (`reserved`).
-    Use as a context manager (`with claim_export_folder(out) as folder: ...`), which records what was written and
-    releases the lock."""
-    return claim_output(
-        folder,
-        "export",
-        overwrite=overwrite,
-        has_checkpoint=lambda _: False,
-        reserved=reserved,
-        legacy=_legacy_export,
-        flag=flag,
-        announce=None,
-    )
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Holds the folder's run lock (pid + host, stale after a crash) for a command that writes a folder in one go
+    (`sdtoolkit export`): a second command into the same folder is refused with one line; the lock is released on
+    exit. What the command may replace in the folder is its own business (the export's manifest)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _acquire_lock(folder)
+    try:
+        yield folder
+    finally:
+        info = read_lock(folder)
+        if info and info.get("pid") == os.getpid() and info.get("hostname") == socket.gethostname():
+            with contextlib.suppress(FileNotFoundError):
+                (folder / LOCK_NAME).unlink()

@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -427,29 +428,25 @@ def test_text_to_3d_non_finite_guard_and_ctrl_c(prior, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ export, generate
 
 
-def test_export_folders_replace_only_a_previous_export_and_single_files_are_not_overwritten(tmp_path):
-    """`claim_export_folder` (for `sdtoolkit export`): a previous export is replaced (only its own entries), a run's
-    student/ or a user's folder is refused; `check_new_files` (for `generate`) refuses to replace a file."""
-    from sdtoolkit.runs import OutputFolderError, check_new_files, claim_export_folder
+def test_export_folder_lock_and_single_files_are_not_overwritten(tmp_path):
+    """`folder_lock` (for `sdtoolkit export`) refuses a second command while the first runs and is released on
+    exit; `check_new_files` (for `generate`) refuses to replace a file."""
+    from sdtoolkit.runs import LOCK_NAME, OutputFolderError, check_new_files, folder_lock
 
     out = tmp_path / "exported"
-    with claim_export_folder(out) as folder:
-        (out / "model_index.json").write_text("{}")
-        (out / "export.json").write_text("{}")
-    assert not (out / ".sdtoolkit.lock").exists()
-    with claim_export_folder(out):  # a previous export: its files are removed, the folder is reused
-        assert not (out / "model_index.json").exists()
-    student = tmp_path / "run" / "student"
-    student.mkdir(parents=True)
-    (student / "export.json").write_text("{}")
-    (student / "pytorch_lora_weights.safetensors").write_text("weights")
-    with pytest.raises(OutputFolderError, match="not an sdtoolkit run folder"):
-        claim_export_folder(student)
-    with pytest.raises(OutputFolderError, match="export.json"):
-        claim_export_folder(student, overwrite=True, reserved=("export.json", "model_index.json"))
-    assert (student / "pytorch_lora_weights.safetensors").read_text() == "weights"
-    assert sorted(p.name for p in student.iterdir()) == ["export.json", "pytorch_lora_weights.safetensors"]
-    assert folder.path == out
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "hostname": socket.gethostname()}) + "\n")
+        with pytest.raises(OutputFolderError, match="in use by another sdtoolkit run"):
+            with folder_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(out):  # the holder is gone: its lock is stale and taken over
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_NAME).exists()
     photo = tmp_path / "photo.png"
     photo.write_text("mine")
     with pytest.raises(OutputFolderError, match="--overwrite"):

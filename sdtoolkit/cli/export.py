@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     spec = ExportSpec.load(run_dir / "student")
     pipeline = load_teacher(teacher)
     overwrite = getattr(args, "overwrite", False)
-    export_pipeline(out_dir, pipeline, run_dir / "student", spec, resolved, overwrite=overwrite)
+    from sdtoolkit.runs import folder_lock
+
+    with folder_lock(out_dir):  # a second export into the same folder is refused while this one runs
+        export_pipeline(out_dir, pipeline, run_dir / "student", spec, resolved, overwrite=overwrite)
     final = ExportSpec.load(out_dir)
     print(f"exported {final.pipeline_class} + {final.scheduler_class} to {out_dir}; {final.default_call}")
     return 0

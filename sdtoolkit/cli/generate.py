@@ -80,13 +80,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError('give at least one --prompt, e.g. --prompt "a red cube, front view"')
     if args.out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png file, got {args.out}")
-    if not getattr(args, "overwrite", False):
-        existing = [str(p) for p in (args.out, args.out.with_suffix(".json")) if p.exists() or p.is_symlink()]
-        if existing:
-            raise CLIError(
-                f"--out {args.out}: {' and '.join(existing)} already exist; choose another --out or pass "
-                "--overwrite to replace them"
-            )
+    from sdtoolkit.runs import OutputFolderError, check_new_files
+
+    try:
+        check_new_files((args.out, args.out.with_suffix(".json")), overwrite=getattr(args, "overwrite", False))
+    except OutputFolderError as error:
+        raise CLIError(f"--out {args.out}: {error} (or choose another --out)") from None
     if args.device not in ("cpu", "cuda", "mps") and not args.device.startswith("cuda:"):
         raise CLIError(f"--device {args.device!r} is not a torch device; use cpu, cuda, cuda:N or mps")
     if args.device.startswith("cuda"):
