@@ -11,7 +11,13 @@ import numpy as np
 
 from sdtoolkit.runs import atomic_write_text
 from sdtoolkit.text_to_3d.config import TextTo3DConfig
-from sdtoolkit.text_to_3d.export import export_mesh, extract_mesh, uv_texture_mesh, write_video
+from sdtoolkit.text_to_3d.export import (
+    export_mesh,
+    extract_layout_mesh,
+    extract_mesh,
+    uv_texture_mesh,
+    write_video,
+)
 from sdtoolkit.text_to_3d.trainer import CHECKPOINT_FILE, claim_folder, render_turntable, save_image_grid, train
 
 
@@ -64,7 +70,10 @@ def _generate(
     start = time.time()
     run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress, folder=folder)
     train_seconds = time.time() - start
-    mesh = extract_mesh(run.nerf, mesh_resolution)
+    if run.layout is not None:  # one iso-level per box: every object of the layout reaches the mesh
+        mesh = extract_layout_mesh(run.nerf, run.layout, mesh_resolution, level=config.iso_level)
+    else:
+        mesh = extract_mesh(run.nerf, mesh_resolution, level=config.iso_level)
     paths = export_mesh(mesh, output_dir, formats=mesh_formats)
     if uv_texture:
         textured = uv_texture_mesh(mesh, run.nerf)
@@ -86,6 +95,7 @@ def _generate(
         "mesh_faces": int(len(mesh.faces)),
         "mesh_watertight": bool(mesh.is_watertight),
         "iso_level": float(mesh.metadata["iso_level"]),
+        "objects": mesh.metadata.get("objects"),
         "video": str(video),
         "views": str(output_dir / "views.png"),
     }
