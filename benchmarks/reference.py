@@ -239,15 +239,23 @@ class ReferenceVSDNeRFIteration(ReferenceSDSNeRFIteration):
     the real score is the frozen UNet with CFG 7.5 on [uncond, cond]; the fake score a SEPARATE copy of the UNet
     with a rank-4 LoRA on the attention projections and a camera MLP as `class_embedding` (c2w flattened to 16),
     evaluated on [cond, uncond] with its own CFG 1; its denoising loss (camera dropped 10 %) trains the LoRA and the
-    camera MLP with lr 1e-3 in the same Adam step."""
+    camera MLP with lr 1e-3 in the same Adam step. `lora_targets` replaces the attention projections (e.g. by
+    sdtoolkit's fake-score targets, for a reference of the same LoRA work)."""
 
-    def __init__(self, comps: Components, mixed_precision: bool, render_resolution: int):
+    def __init__(
+        self,
+        comps: Components,
+        mixed_precision: bool,
+        render_resolution: int,
+        lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+    ):
         from diffusers.models.embeddings import TimestepEmbedding
         from peft import LoraConfig
 
         super().__init__(comps, mixed_precision, render_resolution, guidance_scale=7.5)
         self.unet_lora = comps.unet().to(self.weight_dtype).requires_grad_(False)
-        self.unet_lora.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        targets = _present_targets(self.unet_lora, lora_targets)
+        self.unet_lora.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets))
         embed_dim = self.unet_lora.config.block_out_channels[0] * 4
         self.unet_lora.class_embedding = TimestepEmbedding(16, embed_dim).to(comps.device)
         lora = [p for p in self.unet_lora.parameters() if p.requires_grad]
@@ -305,14 +313,36 @@ class ReferenceDMD2Step:
     weight dtype) with CFG on a concatenated [uncond, cond] batch. With `sid=True` the generator loss is SiD's
     (Zhou et al. 2024), whose gradient flows through the teacher's and the fake score's forwards."""
 
-    def __init__(self, comps: Components, mixed_precision: bool, sid: bool = False, guidance: float = 1.75):
+    def __init__(
+        self,
+        comps: Components,
+        mixed_precision: bool,
+        sid: bool = False,
+        guidance: float = 1.75,
+        fake_lora_rank: int | None = None,
+    ):
         self.comps, self.mixed_precision, self.sid, self.guidance = comps, mixed_precision, sid, guidance
         self.weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
         self.real = comps.unet().to(self.weight_dtype).requires_grad_(False)
         self.generator = comps.unet().train()
         self.fake = comps.unet().train()
+        fake_params = list(self.fake.parameters())
+        if fake_lora_rank is not None:
+            # the same LoRA work as sdtoolkit's fake score, on a SEPARATE frozen copy (threestudio's VSD pattern):
+            # nothing to switch, at the memory cost of a second backbone
+            from peft import LoraConfig
+
+            from sdtoolkit.distill.score_distillation import DEFAULT_LORA_TARGETS
+
+            self.fake.requires_grad_(False).to(self.weight_dtype)
+            targets = _present_targets(self.fake, DEFAULT_LORA_TARGETS)
+            self.fake.add_adapter(LoraConfig(r=fake_lora_rank, lora_alpha=fake_lora_rank, target_modules=targets))
+            fake_params = [p for p in self.fake.parameters() if p.requires_grad]
+            for parameter in fake_params:
+                parameter.data = parameter.data.float()
         self.g_optimizer = torch.optim.AdamW(self.generator.parameters(), lr=1e-5, weight_decay=0.01)
-        self.f_optimizer = torch.optim.AdamW(self.fake.parameters(), lr=1e-5, weight_decay=0.01)
+        self.f_optimizer = torch.optim.AdamW(fake_params, lr=1e-5, weight_decay=0.01)
+        self.fake_params = fake_params
         alphas_cumprod = comps.scheduler().alphas_cumprod.to(comps.device)
         self.alpha, self.sigma = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
         self.text = comps.text()
@@ -345,13 +375,15 @@ class ReferenceDMD2Step:
         t = torch.randint(20, 981, (bsz,), device=device)
         x_t, _ = self._noised(x_g, t)
         if self.sid:
-            self.fake.requires_grad_(False)
+            for parameter in self.fake_params:
+                parameter.requires_grad_(False)
             with amp:
                 y_r = self._real_x0(x_t, t)
                 y_f = self._x0(self.fake(x_t, t, encoder_hidden_states=self.text).sample.float(), t, x_t)
             weight = (x_g - y_r).abs().mean(dim=(1, 2, 3), keepdim=True).detach()
             g_loss = ((y_r - y_f) * ((y_r - x_g) - 1.0 * (y_r - y_f)) / weight).mean()
-            self.fake.requires_grad_(True)
+            for parameter in self.fake_params:
+                parameter.requires_grad_(True)
         else:
             with torch.no_grad(), amp:
                 x0_fake = self._x0(self.fake(x_t, t, encoder_hidden_states=self.text).sample.float(), t, x_t)
@@ -375,7 +407,7 @@ class ReferenceDMD2Step:
         with amp:
             f_loss = F.mse_loss(self.fake(x_t, t, encoder_hidden_states=self.text).sample.float(), noise)
         f_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.fake_params, 1.0)
         self.f_optimizer.step()
         self.f_optimizer.zero_grad(set_to_none=True)
         return g_loss.detach().item() + f_loss.detach().item()
@@ -418,3 +450,9 @@ class ReferenceSampler:
             width=self.size,
             generator=generator,
         ).images
+
+
+def _present_targets(model: torch.nn.Module, suffixes) -> list[str]:
+    """The LoRA target suffixes that name a Linear/Conv2d of `model` (peft refuses absent ones)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    return [s for s in suffixes if any(n == s or n.endswith("." + s) for n in names)]

@@ -227,6 +227,20 @@ WORKLOADS["sid"] = Workload(
     notes="one SiD generator update + one fake-score update; reference: full fake-UNet copy; eager: sdtoolkit's "
     "LoRA fake score; full-fake: a full copy (the reference's work)",
 )
+WORKLOADS["dmd2-lora"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceDMD2Step(comps, mp, fake_lora_rank=comps.fake_rank),
+    toolkit=toolkit_dmd2,
+    variants=["eager"],
+    notes="dmd2 with the same LoRA work on both sides: the reference's fake score is a separate frozen UNet copy "
+    "with a LoRA of sdtoolkit's targets and rank (nothing to switch); sdtoolkit's is the adapter on the teacher's own "
+    "backbone, switched on and off around each score",
+)
+WORKLOADS["sid-lora"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceDMD2Step(comps, mp, sid=True, fake_lora_rank=comps.fake_rank),
+    toolkit=toolkit_sid,
+    variants=["eager"],
+    notes="sid with the same LoRA work on both sides (see dmd2-lora)",
+)
 
 
 # ---------------------------------------------------------------------------------------------- text-to-3D
@@ -293,6 +307,25 @@ WORKLOADS["sds"] = Workload(
     images_per_step=lambda batch: 1,
     notes="one text-to-3D SDS iteration including the NeRF render (one camera), CFG 100; the NeRF is sdtoolkit's on "
     "both sides, the reference's guidance is plain diffusers (threestudio style)",
+)
+
+
+def _sdtoolkit_lora_targets() -> tuple[str, ...]:
+    from sdtoolkit.distill.score_distillation import DEFAULT_LORA_TARGETS
+
+    return DEFAULT_LORA_TARGETS
+
+
+WORKLOADS["vsd-same-lora"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceVSDNeRFIteration(
+        comps, mp, render_resolution(comps), lora_targets=_sdtoolkit_lora_targets()
+    ),
+    toolkit=lambda comps, mp, variant: toolkit_text_to_3d(comps, mp, variant, method="vsd"),
+    variants=["eager", "compiled", "fp32-prior"],
+    gpu_only=("compiled", "fp32-prior"),
+    images_per_step=lambda batch: 1,
+    notes="vsd with the same LoRA work on both sides: the reference's separate LoRA copy adapts sdtoolkit's "
+    "fake-score targets (attention, feed-forward, resnet convs, time projection), not only the attention projections",
 )
 WORKLOADS["vsd"] = Workload(
     reference=lambda comps, mp: reference.ReferenceVSDNeRFIteration(comps, mp, render_resolution(comps)),
