@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import SCHEDULE_STEPS
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.sampling import few_step_sample, full_time
+from sdtoolkit.core.schedules import NoiseSchedule, VPSchedule
 from sdtoolkit.distill.config import MethodConfig, TrainConfig
 from sdtoolkit.distill.method import DistillationMethod
 from sdtoolkit.distill.score_distillation import (
@@ -41,18 +43,18 @@ __all__ = [
 ]
 
 
-def student_timesteps(num_steps: int, scheduler_config: Any = None) -> list[int]:
-    """The student's fixed timesteps: the default schedule of a stock `LCMScheduler` built from the teacher's
-    scheduler config with `original_inference_steps = num_steps` (so the exported pipeline uses the same ones).
-    1 -> [999], 2 -> [999, 499], 4 -> [999, 749, 499, 249] for 1000 training steps."""
-    from diffusers import LCMScheduler
-
+def student_timesteps(num_steps: int, schedule: NoiseSchedule | None = None) -> list[int] | list[float]:
+    """The student's fixed times, noisiest first: `schedule.student_timesteps(num_steps)` (the teacher's schedule
+    owns time). For VP they are the integer timesteps of a stock `LCMScheduler` with `original_inference_steps =
+    num_steps` (so the exported pipeline uses the same ones): 1 -> [999], 2 -> [999, 499], 4 -> [999, 749, 499,
+    249] for 1000 training steps; for flow, the stock FlowMatch Euler times (1 -> [1.0]). Without `schedule`: SD's
+    VP schedule of 1000 steps."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    config = dict(scheduler_config or {})
-    scheduler = LCMScheduler.from_config(config, original_inference_steps=num_steps)
-    scheduler.set_timesteps(num_steps)
-    return [int(t) for t in scheduler.timesteps]
+    if schedule is None:
+        schedule = VPSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
+    times = schedule.student_timesteps(num_steps)
+    return [int(t) for t in times] if isinstance(schedule, VPSchedule) else times
 
 
 class FewStepStudent:
@@ -61,7 +63,8 @@ class FewStepStudent:
     Randomness comes from torch's global RNG unless a `generator` is passed (sampling for grids/validation).
     """
 
-    def __init__(self, denoiser: Denoiser, timesteps: list[int]):
+    def __init__(self, denoiser: Denoiser, timesteps: list[int] | list[float]):
+        denoiser.schedule.check_time(torch.tensor(timesteps, dtype=torch.float64), "student timesteps")
         self.denoiser = denoiser
         self.timesteps = list(timesteps)
 
@@ -123,15 +126,18 @@ def teacher_ode_samples(
     num_steps: int = 50,
     scheduler_config: Any = None,
 ) -> Tensor:
-    """The teacher's deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12) solution from noise z on the stock
-    DDIMScheduler grid for `num_steps`, with CFG: x_{t'} = alpha_{t'} x0_hat + sigma_{t'} eps_hat. Gives DMD's
-    noise -> image regression pairs."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(dict(scheduler_config or {}))
-    scheduler.set_timesteps(num_steps)
-    timesteps = [float(t) for t in scheduler.timesteps]
+    """The teacher's deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12; the Euler step for flow) solution from
+    noise z on the stock DDIMScheduler grid (flow: the FlowMatch Euler grid) for `num_steps`, with CFG:
+    x_{t'} = alpha_{t'} x0_hat + sigma_{t'} eps_hat. Gives DMD's noise -> image regression pairs."""
     teacher = scores.teacher
+    if isinstance(teacher.schedule, VPSchedule):
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(dict(scheduler_config or {}))
+        scheduler.set_timesteps(num_steps)
+        timesteps = [float(t) for t in scheduler.timesteps]
+    else:  # flow / TrigFlow: the stock Euler grid of the teacher's own schedule (the same update, x0 and eps form)
+        timesteps = [float(t) for t in teacher.schedule.grid(num_steps).flip(0)]
     x = z
     for j, t in enumerate(timesteps):
         tt = torch.full((z.shape[0],), t, device=z.device)
@@ -157,6 +163,8 @@ def hash_prompts(prompts: list[str]) -> str:
 @dataclass
 class DistributionMatchingConfig(MethodConfig):
     """Settings shared by the distribution-matching methods (defaults: DMD2 on SD1.5, Yin et al. 2024b)."""
+
+    BOUNDS = {"regression_steps": SCHEDULE_STEPS}  # checked against the teacher's scheduler once it is loaded
 
     num_steps: int = 1
     """Student steps k (1-8); timesteps = LCMScheduler(original_inference_steps=k): 999 | 999,499 | 999,749,499,249."""
@@ -265,9 +273,15 @@ class DistributionMatchingMethod(DistillationMethod):
         fake_config = FakeScoreConfig(kind=config.fake_score, rank=config.fake_rank, **self.fake_score_overrides())
         self.scores = ScorePair(teacher, fake_config)
         if config.generator_timestep is not None:
+            if not isinstance(teacher.schedule, VPSchedule):
+                raise ValueError(
+                    f"--generator-timestep {config.generator_timestep} is an integer VP timestep; this teacher's "
+                    f"schedule is {type(teacher.schedule).__name__} (times in [{teacher.schedule.t_min:g}, "
+                    f"{teacher.schedule.t_max:g}]): leave it unset"
+                )
             self.timesteps = [int(config.generator_timestep)]
         else:
-            self.timesteps = student_timesteps(config.num_steps, self.teacher.pipeline.scheduler.config)
+            self.timesteps = student_timesteps(config.num_steps, teacher.schedule)
         self.ema = None
         if config.ema_decay > 0:
             from sdtoolkit.core.ema import EMA

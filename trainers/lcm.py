@@ -193,15 +193,14 @@ def consistency_step(
     teacher_context: Any = contextlib.nullcontext,
 ) -> ConsistencyStep:
     """Lines 4-8 of Algorithm 1 for given draws (latents `x0`, `noise`, grid `index` [B], guidance `w` [B])."""
-    num_train = getattr(teacher.schedule, "num_train_timesteps", 1000)
-    grid = ddim_grid(num_train, config.num_ddim_timesteps).to(x0.device)
-    k = num_train // config.num_ddim_timesteps
-    # 2. t_{n+k} on the grid and t_n, k train steps lower (t_1 - k < 0 clamps to 0, where c_skip = 1)
-    t_start = grid[index].float()
-    t_end = (t_start - k).clamp(min=0)
+    schedule = teacher.schedule  # the teacher's schedule owns time: VP integer steps, flow or TrigFlow times
+    grid = schedule.grid(config.num_ddim_timesteps).to(x0.device, torch.float32)
+    # 2. t_{n+k} on the grid and t_n, one solver step lower (below the first grid point: t_min, where c_skip = 1)
+    t_start = grid[index]
+    t_end = schedule.grid_predecessor(t_start, config.num_ddim_timesteps)
     edge = None
     if config.phases > 1:
-        edge = phase_edge_of(t_start, phase_edges(config.phases, config.num_ddim_timesteps, num_train))
+        edge = phase_edge_of(t_start, phase_edges(config.phases, config.num_ddim_timesteps, schedule=schedule))
     # 4. z_{t_{n+k}} = alpha z + sigma eps
     x_t = teacher.add_noise(x0, noise, t_start)
     embed = w if student.time_cond_proj_dim is not None else None
@@ -230,8 +229,9 @@ def consistency_step(
 def _consistency_output(
     denoiser: Denoiser, x_t: Tensor, prediction: Prediction, t: Tensor, edge: Tensor | None, config: LCMConfig
 ) -> Tensor:
-    if edge is None:  # LCM: c_skip x_t + c_out x0
-        return lcm_consistency_function(x_t, prediction.x0, t, config.sigma_data, config.timestep_scaling)
+    if edge is None:  # LCM: c_skip x_t + c_out x0, the boundary scalings on the network's timestep scale (0..T)
+        t_model = denoiser.schedule.model_timestep(t)
+        return lcm_consistency_function(x_t, prediction.x0, t_model, config.sigma_data, config.timestep_scaling)
     return ddim_jump(denoiser, prediction, edge)  # PCM: the DDIM map to the edge of the phase (c_skip = 0)
 
 
@@ -449,8 +449,7 @@ class LCM(DistillationMethod):
         embed = None
         if sampler.time_cond_proj_dim is not None:
             embed = torch.full((shape[0],), self.sample_w, device=noise.device)
-        num_train = getattr(sampler.schedule, "num_train_timesteps", 1000)
-        timesteps = inference_timesteps(self.sample_steps, self.config.num_ddim_timesteps, num_train)
+        timesteps = sampler.schedule.student_timesteps(self.sample_steps, self.config.num_ddim_timesteps)
         if self.config.phases > 1:
             return phased_sample(sampler, noise, cond, timesteps, embed)
         c = self.config

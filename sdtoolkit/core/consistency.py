@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdtoolkit.core.denoiser import Denoiser, Prediction
+from sdtoolkit.core.schedules import NoiseSchedule
 from sdtoolkit.core.utils import append_dims
 
 __all__ = [
@@ -30,7 +31,8 @@ __all__ = [
 
 
 def ddim_grid(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> Tensor:
-    """The skipping-step grid t_i = i k - 1, i = 1..N, k = T // N (LCM Sec. 4.3; diffusers' `DDIMSolver`).
+    """The VP skipping-step grid t_i = i k - 1, i = 1..N, k = T // N (LCM Sec. 4.3; diffusers' `DDIMSolver`); the
+    trainers ask the teacher's schedule (`NoiseSchedule.grid`), which equals this for VP.
 
     Returns `[N]` long timesteps, ascending: 19, 39, ..., 999 for T = 1000, N = 50."""
     k = num_train_timesteps // num_ddim_timesteps
@@ -86,12 +88,21 @@ def consistency_distance(a: Tensor, b: Tensor, loss_type: str, huber_c: float) -
     raise ValueError(f"loss_type={loss_type!r}; choose 'l2' or 'huber'")
 
 
-def phase_edges(num_phases: int, num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> Tensor:
-    """The lower edges of PCM's N phases (Wang et al. 2024, Sec. 3), ascending: 0 and every phase start but the
-    first, the phase starts being the N-step TCD/LCM schedule (e.g. N = 4: starts 999, 759, 499, 259 -> edges 0,
-    259, 499, 759)."""
-    starts = inference_timesteps(num_phases, num_ddim_timesteps, num_train_timesteps)
-    return torch.tensor(sorted([0, *starts[1:]]), dtype=torch.float32)
+def phase_edges(
+    num_phases: int,
+    num_ddim_timesteps: int = 50,
+    num_train_timesteps: int = 1000,
+    schedule: NoiseSchedule | None = None,
+) -> Tensor:
+    """The lower edges of PCM's N phases (Wang et al. 2024, Sec. 3), ascending: the schedule's lowest time and
+    every phase start but the first, the phase starts being the N-step TCD/LCM schedule
+    (`NoiseSchedule.student_timesteps`; VP with T = 1000, N = 4: starts 999, 759, 499, 259 -> edges 0, 259, 499,
+    759). Without `schedule`: the VP integer grid of T = `num_train_timesteps`."""
+    if schedule is None:
+        starts, lowest = inference_timesteps(num_phases, num_ddim_timesteps, num_train_timesteps), 0.0
+    else:
+        starts, lowest = schedule.student_timesteps(num_phases, num_ddim_timesteps), float(schedule.t_min)
+    return torch.tensor(sorted([lowest, *starts[1:]]), dtype=torch.float32)
 
 
 def phase_edge_of(t: Tensor, edges: Tensor) -> Tensor:
@@ -102,10 +113,6 @@ def phase_edge_of(t: Tensor, edges: Tensor) -> Tensor:
 
 
 def forward_transition(denoiser: Denoiser, x_s: Tensor, s: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """Diffuses x_s forward from time s to t >= s: x_t = (alpha_t / alpha_s) x_s + sqrt(sigma_t^2 - (alpha_t /
-    alpha_s)^2 sigma_s^2) eps, the Gaussian transition of x_t = alpha_t x0 + sigma_t eps (Kingma et al. 2021,
-    Eq. 2-3; PCM's `noise_travel`)."""
-    c_s, c_t = denoiser.coefficients(s, x_s), denoiser.coefficients(t, x_s)
-    ratio = c_t.alpha_t / c_s.alpha_t
-    std = (c_t.sigma_t**2 - ratio**2 * c_s.sigma_t**2).clamp(min=0).sqrt()
-    return ratio * x_s + std * noise
+    """Diffuses x_s forward from time s to t >= s under the denoiser's schedule (`NoiseSchedule.transition`:
+    the Gaussian transition of x_t = alpha_t x0 + sigma_t eps, Kingma et al. 2021, Eq. 2-3; PCM's `noise_travel`)."""
+    return denoiser.schedule.transition(x_s, s, t, noise)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sdtoolkit.core.cfg import classifier_free_guidance, rescale_guidance
+from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families import family_for, supported_model_classes
 from sdtoolkit.core.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
 from sdtoolkit.core.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
@@ -41,64 +42,6 @@ REPEATED_BLOCKS = (
     "FluxTransformerBlock",
     "FluxSingleTransformerBlock",
 )
-
-
-@dataclass
-class Conditioning:
-    """Everything but (x_t, t) that a diffusers denoiser takes, batched along dim 0.
-
-    Attributes:
-        encoder_hidden_states: `[B, L, D]` text embeddings (UNet cross-attention, SD3/SANA joint attention).
-        pooled_projections: `[B, D']` pooled text embedding (SD3 `pooled_projections`).
-        encoder_attention_mask: `[B, L]` text mask (SANA).
-        class_labels: `[B]` labels for class-conditional UNet2DModel / UNet2DConditionModel.
-        added_cond_kwargs: extra UNet conditioning (SDXL `text_embeds`, `time_ids`), each `[B, ...]`.
-    """
-
-    encoder_hidden_states: Tensor | None = None
-    pooled_projections: Tensor | None = None
-    encoder_attention_mask: Tensor | None = None
-    class_labels: Tensor | None = None
-    added_cond_kwargs: dict[str, Tensor] = field(default_factory=dict)
-
-    def _tensors(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def map(self, fn) -> Conditioning:
-        """Applies `fn` to every tensor (including those in `added_cond_kwargs`)."""
-        values = {k: (fn(v) if isinstance(v, Tensor) else v) for k, v in self._tensors().items()}
-        values["added_cond_kwargs"] = {k: fn(v) for k, v in self.added_cond_kwargs.items()}
-        return Conditioning(**values)
-
-    def to(self, *args, **kwargs) -> Conditioning:
-        return self.map(lambda x: x.to(*args, **kwargs))
-
-    def __getitem__(self, index) -> Conditioning:
-        return self.map(lambda x: x[index])
-
-    def repeat_interleave(self, repeats: int) -> Conditioning:
-        return self.map(lambda x: x.repeat_interleave(repeats, dim=0))
-
-    @property
-    def batch_size(self) -> int | None:
-        for value in [*self._tensors().values(), *self.added_cond_kwargs.values()]:
-            if isinstance(value, Tensor):
-                return value.shape[0]
-        return None
-
-    @staticmethod
-    def cat(conditionings: list[Conditioning]) -> Conditioning:
-        """Concatenates along the batch dimension (e.g. [uncond, cond] for one guided forward)."""
-        first = conditionings[0]
-        values: dict[str, Any] = {}
-        for name, value in first._tensors().items():
-            if name == "added_cond_kwargs":
-                values[name] = {k: torch.cat([c.added_cond_kwargs[k] for c in conditionings]) for k in value}
-            elif isinstance(value, Tensor):
-                values[name] = torch.cat([getattr(c, name) for c in conditionings])
-            else:
-                values[name] = value
-        return Conditioning(**values)
 
 
 @dataclass

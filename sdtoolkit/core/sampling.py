@@ -67,12 +67,13 @@ def multistep_sample(
     for i in range(steps):
         prediction = denoiser.predict(x, full_time(timesteps[i], x), cond, guidance_embed=guidance_embed)
         last = i + 1 == len(timesteps)
-        if renoise == "ddim":
-            x = ddim_jump(denoiser, prediction, full_time(0 if last else timesteps[i + 1], x))
+        if renoise == "ddim":  # the last jump lands on the schedule's clean end (t = 0 for VP and flow)
+            x = ddim_jump(denoiser, prediction, full_time(denoiser.schedule.t_min if last else timesteps[i + 1], x))
             continue
         denoised = prediction.x0
-        if boundary is not None:
-            denoised = lcm_consistency_function(x, prediction.x0, full_time(timesteps[i], x), *boundary)
+        if boundary is not None:  # LCM's boundary scalings on the network's timestep scale (identity for VP)
+            t_model = denoiser.schedule.model_timestep(full_time(timesteps[i], x))
+            denoised = lcm_consistency_function(x, prediction.x0, t_model, *boundary)
         if last:
             return denoised
         # the noise takes the dtype of what it is added to (x_t for LCM, whose f_theta is cast to it; else x0)

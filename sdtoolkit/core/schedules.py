@@ -81,6 +81,63 @@ class NoiseSchedule(ABC):
         sigma_t = append_dims(self.sigma(t), x0.ndim).to(x0.dtype)
         return alpha_t * x0 + sigma_t * eps
 
+    # ------------------------------------------------------------------ time grids (the schedule owns time)
+
+    def grid(self, num_points: int) -> Tensor:
+        """The N-point solver grid of the teacher's PF-ODE in native time, ascending, ending at the noisiest time
+        (LCM's skipping-step grid, Luo et al. 2023, Sec. 4.3): t_i = t_min + i (t_max - t_min) / N, i = 1..N.
+        VP overrides it with diffusers' integer DDIM grid, flow applies its time shift."""
+        _check_points(num_points)
+        i = torch.arange(1, num_points + 1, dtype=torch.float64)
+        return self.t_min + i * (self.t_max - self.t_min) / num_points
+
+    def grid_predecessor(self, t: Tensor, num_points: int) -> Tensor:
+        """The grid point one solver step below each grid time `t` (`t_min` below the first): LCM's t_n for
+        t_{n+k}. `t` must lie on `grid(num_points)`."""
+        grid = self.grid(num_points).to(t.device, torch.float64)
+        index = torch.searchsorted(grid, t.to(torch.float64) - 1e-9 * (self.t_max - self.t_min))
+        below = torch.cat([grid.new_tensor([self.t_min]), grid])[index]
+        return below.to(t.dtype)
+
+    def student_timesteps(self, num_steps: int, original_steps: int | None = None) -> list[float]:
+        """The k-step student's times, noisiest first: `grid(original_steps)` reversed, at indices
+        floor(i N / k), i = 0..k-1, exactly what a stock `LCMScheduler` / `TCDScheduler` with
+        `original_inference_steps = N` samples (N = k when not given: 1 -> [T-1], 2 -> [T-1, T/2-1], ...)."""
+        original_steps = num_steps if original_steps is None else original_steps
+        _check_points(original_steps)
+        if not 1 <= num_steps <= original_steps:
+            raise ValueError(f"num_steps={num_steps} must lie in [1, {original_steps}] (the solver grid size)")
+        grid = self.grid(original_steps).flip(0)
+        indices = torch.floor(torch.arange(num_steps, dtype=torch.float64) * (original_steps / num_steps)).long()
+        return [float(x) for x in grid[indices]]
+
+    def transition(self, x_s: Tensor, s: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Diffuses x_s forward from time s to t >= s: x_t = (alpha_t / alpha_s) x_s + sqrt(sigma_t^2 - (alpha_t /
+        alpha_s)^2 sigma_s^2) eps, the Gaussian transition of x_t = alpha_t x0 + sigma_t eps (Kingma et al. 2021,
+        Eq. 2-3; PCM's `noise_travel`), for VP, flow and TrigFlow alike."""
+        alpha_s, alpha_t = append_dims(self.alpha(s), x_s.ndim), append_dims(self.alpha(t), x_s.ndim)
+        sigma_s, sigma_t = append_dims(self.sigma(s), x_s.ndim), append_dims(self.sigma(t), x_s.ndim)
+        ratio = (alpha_t / alpha_s).to(x_s.dtype)
+        std = (sigma_t**2 - ratio**2 * sigma_s**2).clamp(min=0).sqrt().to(x_s.dtype)
+        return ratio * x_s + std * noise
+
+    def solver_step(self, x0: Tensor, eps: Tensor, s: Tensor) -> Tensor:
+        """The deterministic PF-ODE step from a prediction (x0, eps) at any time to time s: x_s = alpha_s x0 +
+        sigma_s eps. It is DDIM with eta = 0 for VP (Song et al. 2021, Eq. 12) and exactly the Euler step
+        x_s = x_t + (s - t) u of rectified flow (u = eps - x0), so one formula serves every family."""
+        return self.add_noise(x0, eps, s)
+
+    def check_time(self, t: Tensor, what: str = "time") -> None:
+        """Raises when a native time lies outside [t_min, t_max] (e.g. a VP integer timestep given to a flow
+        teacher, whose times lie in [0, 1])."""
+        lo, hi = float(t.min()), float(t.max())
+        span = self.t_max - self.t_min
+        if lo < self.t_min - 1e-6 * span or hi > self.t_max + 1e-6 * span:
+            raise ValueError(
+                f"{what} {lo:g}..{hi:g} lies outside {type(self).__name__}'s native time range "
+                f"[{self.t_min:g}, {self.t_max:g}]"
+            )
+
     def coefficients(self, t: Tensor, ndim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(alpha_t, sigma_t, d_alpha_t, d_sigma_t), each broadcast to `ndim` dimensions."""
         return tuple(append_dims(f(t), ndim) for f in (self.alpha, self.sigma, self.d_alpha, self.d_sigma))
@@ -159,6 +216,13 @@ class VPSchedule(NoiseSchedule):
         T = self.num_train_timesteps
         return (fraction * T).round().clamp(0, T - 1)
 
+    def grid(self, num_points: int) -> Tensor:
+        """diffusers' DDIM solver grid t_i = i k - 1, k = T // N, i = 1..N (LCM Sec. 4.3; `DDIMSolver` of the LCM
+        scripts): 19, 39, ..., 999 for T = 1000, N = 50. Integer times as float64."""
+        _check_points(num_points, self.num_train_timesteps)
+        k = self.num_train_timesteps // num_points
+        return (torch.arange(1, num_points + 1, dtype=torch.float64) * k - 1).clamp(min=0)
+
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda_t, linearly interpolated between integer timesteps."""
         table = self.log_snr_table.to(t.device)
@@ -219,6 +283,15 @@ class FlowSchedule(NoiseSchedule):
     def shift_time(self, t: Tensor) -> Tensor:
         """SD3's time shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, Eq. 23)."""
         return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def grid(self, num_points: int) -> Tensor:
+        """The times of a stock `FlowMatchEulerDiscreteScheduler` (static shift) with N steps, ascending:
+        shift_time(linspace(1, shift_time(1 / T), N)) reversed. diffusers ends the linspace at its smallest
+        training sigma, which is already shifted, and shifts again; we do the same so the grid is the stock
+        sampler's (N = 1 gives t = 1)."""
+        _check_points(num_points)
+        lowest = float(self.shift_time(torch.tensor(1.0 / self.num_train_timesteps, dtype=torch.float64)))
+        return self.shift_time(torch.linspace(1.0, lowest, num_points, dtype=torch.float64)).flip(0)
 
     def alpha(self, t: Tensor) -> Tensor:
         return 1 - t
@@ -316,3 +389,9 @@ def schedule_from_config(config: dict[str, Any] | Any) -> NoiseSchedule:
 
 def _float_dtype(t: Tensor) -> torch.dtype:
     return t.dtype if t.is_floating_point() else torch.float32
+
+
+def _check_points(num_points: int, limit: int | None = None) -> None:
+    if not isinstance(num_points, int) or num_points < 1 or (limit is not None and num_points > limit):
+        bound = f"[1, {limit}]" if limit is not None else ">= 1"
+        raise ValueError(f"a time grid needs a whole number of points in {bound}, got {num_points!r}")

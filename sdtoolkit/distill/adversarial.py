@@ -31,6 +31,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from sdtoolkit.core.consistency import forward_transition
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.features import capture_outputs
+from sdtoolkit.core.schedules import VPSchedule
 
 __all__ = [
     "GAN_LOSSES",
@@ -232,10 +233,15 @@ def phased_adversarial_losses(
     student's phase-edge prediction). `method` gives `teacher`, `models["discriminator"]` and `teacher_context`."""
     teacher: Denoiser = method.teacher
     discriminator = method.models["discriminator"]
-    num_train = getattr(teacher.schedule, "num_train_timesteps", 1000)
+    schedule = teacher.schedule
     edge = out.edge
-    width = num_train // num_phases
-    t_adv = (edge + torch.floor(torch.rand(edge.shape, device=edge.device) * width)).clamp(max=num_train - 1)
+    # a time uniformly within the phase above the edge: whole timesteps on VP's integer grid, continuous otherwise
+    offset = torch.rand(edge.shape, device=edge.device)
+    if isinstance(schedule, VPSchedule):
+        offset = torch.floor(offset * (schedule.num_train_timesteps // num_phases))
+    else:
+        offset = offset * (schedule.t_max - schedule.t_min) / num_phases
+    t_adv = (edge + offset).clamp(max=schedule.t_max)
     fake = forward_transition(teacher, out.online, edge, t_adv, torch.randn_like(out.online))
     if train_discriminator:
         real = forward_transition(teacher, out.target, edge, t_adv, torch.randn_like(out.target))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily, cast
 
 
@@ -78,8 +79,6 @@ class FluxFamily(ModelFamily):
         """FLUX encodes each prompt list alone (no joint CFG batch): T5 sequence embeddings and CLIP pooled ones.
         The unconditional row is the encoding of the negative prompts ("" by default), as FluxPipeline's true-CFG
         path does."""
-        from sdtoolkit.core.denoiser import Conditioning
-
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device)
         neg_embeds, neg_pooled, _ = pipe.encode_prompt(prompt=negative, prompt_2=None, device=device)
         return Conditioning(embeds, pooled_projections=pooled), Conditioning(neg_embeds, pooled_projections=neg_pooled)

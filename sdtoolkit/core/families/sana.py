@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily, cast
 
 
@@ -34,8 +35,6 @@ class SanaFamily(ModelFamily):
         )[0]
 
     def encode_prompt(self, pipe: Any, prompts: list[str], negative: list[str], device: torch.device):
-        from sdtoolkit.core.denoiser import Conditioning
-
         # the stock call's own defaults (SANA prefixes prompts with its "complex human instruction" by default)
         defaults = inspect.signature(type(pipe).__call__).parameters
         kwargs = {

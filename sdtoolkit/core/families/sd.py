@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily, cast, w_embedding
 
 
@@ -38,8 +39,6 @@ class StableDiffusionFamily(ModelFamily):
         )[0]
 
     def encode_prompt(self, pipe: Any, prompts: list[str], negative: list[str], device: torch.device):
-        from sdtoolkit.core.denoiser import Conditioning
-
         embeds, neg_embeds = pipe.encode_prompt(
             prompts, device, 1, do_classifier_free_guidance=True, negative_prompt=negative
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily, cast
 
 
@@ -29,8 +30,6 @@ class StableDiffusion3Family(ModelFamily):
         )[0]
 
     def encode_prompt(self, pipe: Any, prompts: list[str], negative: list[str], device: torch.device):
-        from sdtoolkit.core.denoiser import Conditioning
-
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
             prompt=prompts,
             prompt_2=None,

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily
 from sdtoolkit.core.families.sd import StableDiffusionFamily
 
@@ -27,8 +28,6 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
         """SDXL's conditioning: the two encoders' penultimate hidden states concatenated, the second encoder's
         pooled projection as `text_embeds`, and `time_ids` = (original size, crop top-left, target size) at the
         pipeline's default resolution with no crop, exactly as `StableDiffusionXLPipeline.__call__` builds them."""
-        from sdtoolkit.core.denoiser import Conditioning
-
         # all-empty negatives go in as None, so `force_zeros_for_empty_prompt` applies as in the stock call
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
             prompt=prompts,
