@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-report", action="store_true", help="skip the full report (plain scores only)")
     parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="also write each folder's report as DIR/<folder name>.json, for `sdtoolkit eval --compare A B`",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -76,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             from sdtoolkit.eval.report import format_report
 
             print(format_report(scores["report"]), flush=True)
+            if args.report_dir:
+                args.report_dir.mkdir(parents=True, exist_ok=True)
+                name = folder.parent.name if folder.name == "export" else folder.name
+                target = args.report_dir / f"{name}.json"
+                target.write_text(json.dumps({"export": str(folder), "report": scores["report"]}) + "\n")
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0

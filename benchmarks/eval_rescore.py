@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the reports (updated per row)")
     parser.add_argument("--fd-splits", type=int, default=4, help="K splits behind the FD and recall intervals")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N images of each folder (0: all)")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for each folder's generation.json (eval_teacher writes it last)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for row in args.rows:
         name, _, folder = row.partition("=")
+        while args.wait and not folder.startswith("real:") and not (Path(folder) / "generation.json").is_file():
+            time.sleep(10)
         started = time.perf_counter()
         if folder.startswith("real:"):
             seeds = int(folder.removeprefix("real:"))
