@@ -22,7 +22,7 @@ from sdtoolkit.data.dataset import CHUNK_SIZE, parse_caption
 from sdtoolkit.data.render import render
 from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES, VIEWS
 from sdtoolkit.eval.diversity import group_by_prompt, per_prompt_diversity, precision_recall
-from sdtoolkit.eval.metrics import REFERENCE_NUM, REFERENCE_SEED, FeatureStats, frechet_distance
+from sdtoolkit.eval.frechet import REFERENCE_NUM, REFERENCE_SEED, FeatureStats, frechet_distance
 from sdtoolkit.eval.quality import image_quality
 from sdtoolkit.eval.stats import (
     NUM_RESAMPLES,
