@@ -321,3 +321,29 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
         tokenizer_2=tokenizer_2,
         transformer=tiny_flux_transformer(seed, guidance_embeds),
     )
+
+
+TINY_CAPTIONS = ("a photo of a red cube", "a photo of a blue sphere", "a photo of a green cone")
+"""Captions of the tiny image folder of `write_tiny_assets`."""
+
+
+def write_tiny_assets(root, prompts: list[str] | None = None, num_images: int = 6):
+    """A tiny SD teacher folder (`root/teacher`), a captioned image folder (`root/data`: 16x16 PNGs with same-name
+    .txt captions) and, with `prompts`, a prompt file (`root/prompts.txt`), for end-to-end CLI tests. Returns root."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    tiny_sd_pipeline().save_pretrained(root / "teacher")
+    data = root / "data"
+    data.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(num_images):
+        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(np.asarray(pixels)).save(data / f"image{i}.png")
+        (data / f"image{i}.txt").write_text(TINY_CAPTIONS[i % len(TINY_CAPTIONS)])
+    if prompts is not None:
+        (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    return root

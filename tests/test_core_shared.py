@@ -13,13 +13,7 @@ from sdtoolkit.core.sampling import few_step_sample, lcm_sample, multistep_sampl
 from sdtoolkit.core.schedules import FlowSchedule, TrigFlowSchedule, VPSchedule, make_betas
 from sdtoolkit.testing import tiny_sd_pipeline
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,37 +11,18 @@ import pytest
 import torch
 
 from sdtoolkit.cli import main
-from sdtoolkit.testing import tiny_sd_pipeline
+from sdtoolkit.testing import write_tiny_assets
 
 SEED = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny teacher folder and a 6-image captioned folder (same-name .txt captions)."""
-    import numpy as np
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("distill")
-    tiny_sd_pipeline().save_pretrained(root / "teacher")
-    data = root / "data"
-    data.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    captions = ["a photo of a red cube", "a photo of a blue sphere", "a photo of a green cone"]
-    for i in range(6):
-        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        Image.fromarray(np.asarray(pixels)).save(data / f"image{i}.png")
-        (data / f"image{i}.txt").write_text(captions[i % 3])
-    return root
+    return write_tiny_assets(tmp_path_factory.mktemp("distill"))
 
 
 def distill(assets, method, output, *extra):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from sdtoolkit.trainers.distribution_matching import FewStepStudent, student_timesteps
 
 from sdtoolkit.cli import main
-from sdtoolkit.testing import tiny_sd_pipeline
+from sdtoolkit.testing import TINY_CAPTIONS, tiny_sd_pipeline, write_tiny_assets
 
 SEED = 0
 
@@ -22,21 +22,8 @@ SEED = 0
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny teacher folder, a 6-image captioned folder and a prompt file."""
-    import numpy as np
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("dm")
-    tiny_sd_pipeline().save_pretrained(root / "teacher")
-    data = root / "data"
-    data.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    captions = ["a photo of a red cube", "a photo of a blue sphere", "a photo of a green cone"]
-    for i in range(6):
-        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        Image.fromarray(np.asarray(pixels)).save(data / f"image{i}.png")
-        (data / f"image{i}.txt").write_text(captions[i % 3])
-    (root / "prompts.txt").write_text("\n".join(captions + ["a yellow torus", "a cube , side view"]) + "\n")
-    return root
+    prompts = [*TINY_CAPTIONS, "a yellow torus", "a cube , side view"]
+    return write_tiny_assets(tmp_path_factory.mktemp("dm"), prompts=prompts)
 
 
 def distill(assets, method, output, *extra):

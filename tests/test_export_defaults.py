@@ -22,38 +22,19 @@ import pytest
 import torch
 
 from sdtoolkit.cli import main
-from sdtoolkit.testing import tiny_sd_pipeline
+from sdtoolkit.testing import TINY_CAPTIONS, tiny_sd_pipeline, write_tiny_assets
 
 SEED = 0
 MAX_STEPS = "2"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny teacher folder, a 6-image captioned folder and a prompt file."""
-    import numpy as np
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("export-defaults")
-    tiny_sd_pipeline().save_pretrained(root / "teacher")
-    data = root / "data"
-    data.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    captions = ["a photo of a red cube", "a photo of a blue sphere", "a photo of a green cone"]
-    for i in range(6):
-        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        Image.fromarray(np.asarray(pixels)).save(data / f"image{i}.png")
-        (data / f"image{i}.txt").write_text(captions[i % 3])
-    (root / "prompts.txt").write_text("\n".join(captions) + "\n")
-    return root
+    return write_tiny_assets(tmp_path_factory.mktemp("export-defaults"), prompts=list(TINY_CAPTIONS))
 
 
 # method, extra arguments (large learning rates so that two steps move the weights)

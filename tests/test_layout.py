@@ -119,6 +119,7 @@ def test_old_module_names_warn_and_alias(old, new):
         "    warnings.simplefilter('always')\n"
         f"    old = importlib.import_module({old!r})\n"
         f"assert old is importlib.import_module({new!r}), old\n"
-        f"assert any({new!r} in str(x.message) and x.category is FutureWarning for x in w), [str(x.message) for x in w]\n"
+        f"assert any({new!r} in str(x.message) and x.category is FutureWarning for x in w), "
+        "[str(x.message) for x in w]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -19,13 +19,7 @@ from sdtoolkit.testing import tiny_sd_pipeline, tiny_unet
 T = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def alphas_cumprod() -> torch.Tensor:

@@ -18,13 +18,7 @@ import torch
 from sdtoolkit.cli import main
 from sdtoolkit.testing import tiny_sd_pipeline
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
