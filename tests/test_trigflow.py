@@ -12,11 +12,19 @@ from sdtoolkit.core.schedules import FlowSchedule, VPSchedule
 from sdtoolkit.core.trigflow import (
     TrigFlowTeacher,
     matched_time,
-    sana_sprint_flow_to_trigflow,
     teacher_input,
     trigflow_x0,
 )
+from sdtoolkit.core.utils import append_dims
 from sdtoolkit.testing import tiny_sana_pipeline, tiny_sd_pipeline
+
+
+def sana_sprint_flow_to_trigflow(x_in: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """SANA-Sprint's F from a flow teacher's velocity v at its input x_in and flow time t (`SanaTrigFlow.forward` in
+    diffusers' research script): [(1 - 2t) x_in + (1 - 2t + 2t^2) v] / sqrt(t^2 + (1 - t)^2)."""
+    t = append_dims(t.to(x_in.dtype), x_in.ndim)
+    return ((1 - 2 * t) * x_in + (1 - 2 * t + 2 * t**2) * v) / torch.sqrt(t**2 + (1 - t) ** 2)
+
 
 S = torch.tensor([0.05, 0.4, 0.785, 1.2, 1.5], dtype=torch.float64)
 

@@ -68,9 +68,10 @@ def lcm_consistency_function(x_t: Tensor, x0: Tensor, t: Tensor, sigma_data: flo
 
 
 def ddim_jump(denoiser: Denoiser, prediction: Prediction, s: Tensor) -> Tensor:
-    """Deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12) from the prediction at t to time s:
-    x_s = alpha_s x0 + sigma_s eps."""
-    return denoiser.add_noise(prediction.x0, prediction.eps, s)
+    """Deterministic DDIM (eta = 0, Song et al. 2021, Eq. 12; the Euler step for flow) from the prediction at t to
+    time s: x_s = alpha_s x0 + sigma_s eps (`NoiseSchedule.solver_step`)."""
+    s = s.expand(prediction.x0.shape[0]) if s.ndim == 0 else s
+    return denoiser.schedule.solver_step(prediction.x0, prediction.eps, s)
 
 
 def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:

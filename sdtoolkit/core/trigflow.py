@@ -77,13 +77,6 @@ def trigflow_x0(x_s: Tensor, F: Tensor, s: Tensor, sigma_data: float = SIGMA_DAT
     return torch.cos(s) * x_s - sigma_data * torch.sin(s) * F
 
 
-def sana_sprint_flow_to_trigflow(x_in: Tensor, v: Tensor, t: Tensor) -> Tensor:
-    """SANA-Sprint's F from a flow teacher's velocity v at its input x_in and flow time t (`SanaTrigFlow.forward` in
-    diffusers' research script): [(1 - 2t) x_in + (1 - 2t + 2t^2) v] / sqrt(t^2 + (1 - t)^2)."""
-    t = append_dims(t.to(x_in.dtype), x_in.ndim)
-    return ((1 - 2 * t) * x_in + (1 - 2 * t + 2 * t**2) * v) / torch.sqrt(t**2 + (1 - t) ** 2)
-
-
 class TrigFlowTeacher:
     """A frozen teacher `Denoiser` evaluated in TrigFlow time: `F(x_s, s, ...)` and `x0(x_s, s, ...)`.
 
@@ -122,7 +115,6 @@ __all__ = [
     "SIGMA_DATA",
     "TrigFlowTeacher",
     "matched_time",
-    "sana_sprint_flow_to_trigflow",
     "teacher_input",
     "trigflow_velocity",
     "trigflow_x0",
