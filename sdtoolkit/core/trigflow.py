@@ -46,15 +46,30 @@ def matched_time(schedule: NoiseSchedule, s: Tensor, iterations: int = 64) -> Te
         return (torch.sin(s64) / (torch.sin(s64) + torch.cos(s64))).to(s.dtype)
     if isinstance(schedule, TrigFlowSchedule):
         return s
-    target = torch.tan(s64)
-    lo = torch.full_like(s64, float(schedule.t_min))
-    hi = torch.full_like(s64, float(schedule.t_max))
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        ratio = schedule.sigma(mid) / schedule.alpha(mid)
-        below = ratio < target
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    return ((lo + hi) / 2).to(s.dtype)
+    with torch.no_grad():
+        target = torch.tan(s64.detach() if s64.requires_grad else s64)
+        lo = torch.full_like(target, float(schedule.t_min))
+        hi = torch.full_like(target, float(schedule.t_max))
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            ratio = schedule.sigma(mid) / schedule.alpha(mid)
+            below = ratio < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        t_star = (lo + hi) / 2
+    # One Newton step from the (gradient-free) root t*: its value is t* to float64 precision, and its derivative
+    # in s is the implicit one, dt/ds = (1 + tan^2 s) / rho'(t*) with rho = sigma / alpha, so that reverse- and
+    # forward-mode AD (sCM's JVP) see the true d t / d s instead of the bisection's zero.
+    rho = lambda t: schedule.sigma(t) / schedule.alpha(t)  # noqa: E731
+    inside = (t_star > schedule.t_min) & (t_star < schedule.t_max)
+    slope = torch.where(inside, _d_ratio(schedule, t_star), torch.ones_like(t_star))
+    step = torch.where(inside, (torch.tan(s64) - rho(t_star)) / slope, torch.zeros_like(t_star))
+    return (t_star + step).to(s.dtype)
+
+
+def _d_ratio(schedule: NoiseSchedule, t: Tensor) -> Tensor:
+    """d/dt (sigma_t / alpha_t) = (sigma' alpha - sigma alpha') / alpha^2."""
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    return (schedule.d_sigma(t) * alpha - sigma * schedule.d_alpha(t)) / alpha**2
 
 
 def teacher_input(

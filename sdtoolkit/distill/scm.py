@@ -1,0 +1,161 @@
+"""Continuous-time consistency distillation (sCM; Lu & Song 2024, "Simplifying, Stabilizing and Scaling
+Continuous-Time Consistency Models") in TrigFlow time, as SANA-Sprint (Chen et al. 2025) trains it.
+
+TrigFlow (Lu & Song 2024, Sec. 2): x_s = cos(s) x0 + sin(s) z, z ~ N(0, sigma_d^2 I), s in [0, pi/2]; the network
+F_theta(x_s / sigma_d, s) predicts the scaled velocity, and the consistency function is
+
+    f_theta(x_s, s) = cos(s) x_s - sigma_d sin(s) F_theta(x_s / sigma_d, s)                          (Eq. 6)
+
+Continuous-time consistency asks df_theta/ds = 0 along the teacher's probability-flow ODE dx_s/ds = sigma_d F_pre.
+Its training gradient (Eq. 8) is that of E[w(s) ||F_theta - F_theta^- - g||^2] with the tangent
+
+    g = -cos^2(s) (sigma_d F_theta^- - dx_s/ds) - r cos(s) sin(s) (x_s + sigma_d dF_theta^-/ds)      (Eq. 8, 9)
+
+where F_theta^- is F_theta without gradient, dF_theta^-/ds = d/ds F_theta^-(x_s / sigma_d, s) is the total
+derivative along the ODE (one forward-mode JVP, `jvp_tangents`), and r ramps from 0 to 1 ("tangent warm-up",
+Sec. 4.2). Stabilisers of Sec. 4.2-4.3: the tangent is normalised, g / (||g|| + c) with c = 0.1, and the loss is
+weighted adaptively by a learned log-variance w_phi(s) (Eq. 10):
+
+    L = E[ (1 / (sigma_d tan s)) / e^{w_phi(s)} ||F_theta - F_theta^- - g||^2 / D + w_phi(s) ]
+
+with the prior weight 1 / (sigma_d tan s). s is drawn as arctan(e^tau / sigma_d), tau ~ N(P_mean, P_std^2)
+(SANA-Sprint: P_mean 0.2, P_std 1.6). Every function below is one of these equations; `sdtoolkit.core.trigflow`
+provides the teacher seen in TrigFlow time (any flow or VP teacher, training-free).
+
+Forward-mode AD (`torch.func.jvp`) needs every op of the student to support it: attention must run on the math
+kernel (`sdtoolkit.core.attention`, backend `jvp`); `check_jvp_backend` refuses the others with one line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sdtoolkit.core.trigflow import SIGMA_DATA
+from sdtoolkit.core.utils import append_dims
+
+__all__ = [
+    "LogVarianceHead",
+    "JVP_SAFE_ATTENTION",
+    "check_jvp_backend",
+    "normalize_tangent",
+    "sample_time",
+    "scm_loss",
+    "tangent_target",
+    "tangent_warmup",
+    "trigflow_noise",
+    "trigflow_ode_tangents",
+]
+
+JVP_SAFE_ATTENTION = ("jvp", "math")
+"""Attention backends with forward-mode AD (`sdtoolkit.core.attention`): the SDPA math kernel."""
+
+
+def check_jvp_backend(backend: str) -> None:
+    """Refuses an attention backend that cannot run `torch.func.jvp` (flash, efficient, cuDNN, xformers)."""
+    if backend not in JVP_SAFE_ATTENTION:
+        raise ValueError(
+            f"attention backend {backend!r} has no forward-mode AD, which sCM's tangent (torch.func.jvp) needs; "
+            f"use one of {list(JVP_SAFE_ATTENTION)} (`--attention jvp`)"
+        )
+
+
+def sample_time(
+    n: int,
+    p_mean: float = 0.2,
+    p_std: float = 1.6,
+    sigma_data: float = SIGMA_DATA,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """TrigFlow times s = arctan(e^tau / sigma_d), tau ~ N(p_mean, p_std^2) (Lu & Song 2024, Sec. 4.1's log-normal
+    proposal in sigma = e^tau; SANA-Sprint's defaults). `[n]` float32 in (0, pi/2)."""
+    tau = torch.randn(n, generator=generator, device=device) * p_std + p_mean
+    return torch.atan(tau.exp() / sigma_data)
+
+
+def trigflow_noise(x0: Tensor, z: Tensor, s: Tensor) -> Tensor:
+    """x_s = cos(s) x0 + sin(s) z (Lu & Song 2024, Eq. 3), with x0 and z in TrigFlow's scale (z ~ N(0, sigma_d^2))."""
+    s = append_dims(s.to(x0.dtype), x0.ndim)
+    return torch.cos(s) * x0 + torch.sin(s) * z
+
+
+def trigflow_ode_tangents(x_s: Tensor, s: Tensor, dxds: Tensor, sigma_data: float = SIGMA_DATA) -> tuple:
+    """The JVP tangents (v_x, v_s) = (cos s sin s (dx_s/ds) / sigma_d, cos s sin s) for F(x_s / sigma_d, s).
+
+    `torch.func.jvp(F, (x_s / sigma_d, s), (v_x, v_s))` then gives cos(s) sin(s) dF/ds along the ODE, the factor
+    of Eq. 8's last term (SANA-Sprint computes it so; it keeps the tangent bounded as s -> 0 and s -> pi/2)."""
+    cs = torch.cos(s) * torch.sin(s)
+    return append_dims(cs.to(dxds.dtype), dxds.ndim) * dxds / sigma_data, cs
+
+
+def tangent_warmup(step: int, warmup_steps: int) -> float:
+    """r = min(1, step / warmup_steps) (Lu & Song 2024, Sec. 4.2, "tangent warmup"); 1 without warm-up."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def tangent_target(
+    F_minus: Tensor,
+    dxds: Tensor,
+    x_s: Tensor,
+    cs_dF_ds: Tensor,
+    s: Tensor,
+    r: float,
+    sigma_data: float = SIGMA_DATA,
+) -> Tensor:
+    """g = -cos^2(s) (sigma_d F^- - dx_s/ds) - r (cos(s) sin(s) x_s + sigma_d cos(s) sin(s) dF^-/ds) (Eq. 8, 9).
+
+    Args:
+        F_minus: F_theta^-(x_s / sigma_d, s), no gradient.
+        dxds: the teacher's ODE velocity dx_s/ds = sigma_d F_pre (with its guidance).
+        cs_dF_ds: cos(s) sin(s) dF_theta^-/ds from `torch.func.jvp` with `trigflow_ode_tangents`.
+        r: tangent warm-up factor in [0, 1].
+    """
+    s = append_dims(s.to(x_s.dtype), x_s.ndim)
+    cos, sin = torch.cos(s), torch.sin(s)
+    return -(cos**2) * (sigma_data * F_minus - dxds) - r * (cos * sin * x_s + sigma_data * cs_dF_ds)
+
+
+def normalize_tangent(g: Tensor, c: float = 0.1) -> Tensor:
+    """g / (||g|| + c), the norm per sample over all other dimensions (Lu & Song 2024, Sec. 4.2, "tangent
+    normalization"; c = 0.1 as SANA-Sprint)."""
+    norm = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)), keepdim=True)
+    return g / (norm + c)
+
+
+def scm_loss(
+    F: Tensor, F_minus: Tensor, g: Tensor, s: Tensor, logvar: Tensor, sigma_data: float = SIGMA_DATA
+) -> Tensor:
+    """Eq. 10: mean over samples of (1 / (sigma_d tan s)) / e^{logvar} mean_D (F - F^- - g)^2 + logvar.
+
+    Its gradient in theta is -2 w(s) / e^{logvar} g dF/dtheta / D at F = F^- (the sCM update); its gradient in the
+    log-variance head fits logvar to the log of the weighted squared error (adaptive weighting)."""
+    weight = 1.0 / (sigma_data * torch.tan(s.to(F.dtype)))
+    squared = (F - F_minus - g).pow(2).flatten(1).mean(dim=1)
+    logvar = logvar.reshape(-1).to(F.dtype)
+    return (weight / logvar.exp() * squared + logvar).mean()
+
+
+class LogVarianceHead(nn.Module):
+    """The learned log-variance w_phi(s) of the adaptive weighting (Lu & Song 2024, Eq. 10): sinusoidal features
+    of s (scaled to [0, 1000] as a diffusion timestep) and one linear layer, zero-initialised so that training
+    starts from the prior weighting alone (SANA-Sprint's `logvar_linear` reads the transformer's time embedding;
+    a separate head keeps the student a stock network that exports unchanged)."""
+
+    def __init__(self, num_features: int = 128):
+        super().__init__()
+        if num_features % 2:
+            raise ValueError(f"num_features must be even, got {num_features}")
+        self.num_features = num_features
+        self.linear = nn.Linear(num_features, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, s: Tensor) -> Tensor:
+        half = self.num_features // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=s.device, dtype=torch.float32) / half)
+        angles = (s.float() * (1000.0 / (math.pi / 2)))[:, None] * freqs[None]
+        features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+        return self.linear(features.to(self.linear.weight.dtype)).squeeze(1)
