@@ -30,6 +30,7 @@ TINY_NERF = {
 """The `--preset tiny` NeRF (explicit `--nerf.*` flags still override it)."""
 ALIASES = {
     "lr_encoding": ("--lr",),
+    "nerf.representation": ("--representation",),
     "view_dependent_prompts": ("--view-prompts",),
     "regularizers.lambda_orient": ("--lambda-orient",),
     "regularizers.lambda_opacity": ("--lambda-opacity",),

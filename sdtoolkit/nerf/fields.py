@@ -71,17 +71,20 @@ class TextTo3DField(nn.Module):
     its own region).
     """
 
-    def __init__(self, config: FieldConfig, region_prior: nn.Module | None = None):
+    def __init__(self, config: FieldConfig, region_prior: nn.Module | None = None, encoding: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.encoding = HashEncoding(
-            num_levels=config.num_levels,
-            features_per_level=config.features_per_level,
-            log2_hashmap_size=config.log2_hashmap_size,
-            min_res=config.min_res,
-            max_res=config.max_res,
-            implementation=config.implementation,
-        )
+        if encoding is None:
+            encoding = HashEncoding(
+                num_levels=config.num_levels,
+                features_per_level=config.features_per_level,
+                log2_hashmap_size=config.log2_hashmap_size,
+                min_res=config.min_res,
+                max_res=config.max_res,
+                implementation=config.implementation,
+            )
+        self.encoding = encoding
+        """The representation's encoding (`sdtoolkit.nerf.representations`; the hash grid by default)."""
         self.mlp = nn.Sequential(
             nn.Linear(self.encoding.out_dim, config.hidden_dim),
             nn.ReLU(),
@@ -103,8 +106,26 @@ class TextTo3DField(nn.Module):
             return blobs(positions, self.config.blob_density, self.config.blob_radius)
         return self.config.blob_density * (1 - positions.norm(dim=-1) / self.config.blob_radius)
 
+    def features(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N hidden_dim"]:
+        """PVD's volume feature (Fang et al. 2023, Sec. 3.1): the encoding and the first layer, `[N, hidden_dim]`."""
+        return self.mlp[:2](self.encoding(self.normalize(positions)))
+
+    def decode(self, features: Float[Tensor, "N hidden_dim"]) -> Float[Tensor, "N out"]:
+        """PVD's decoder: raw outputs (density logit before the blob bias, 3 albedo logits, K semantic logits)."""
+        return self.mlp[2:](features)
+
+    def log_density(self, raw: Tensor, positions: Tensor) -> Tensor:
+        """log sigma from the raw outputs (PVD clips this, the pre-activation of its exp-activated density)."""
+        return torch.log(F.softplus(raw[..., 0] + self.density_bias(positions)).clamp_min(1e-30))
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(grid parameters, network parameters): text-to-3D's `lr_encoding` and `lr_network` groups."""
+        if getattr(self.encoding, "grid", True):
+            return list(self.encoding.parameters()), list(self.mlp.parameters())
+        return [], [*self.encoding.parameters(), *self.mlp.parameters()]
+
     def _raw(self, positions: Tensor) -> Tensor:
-        return self.mlp(self.encoding(self.normalize(positions)))
+        return self.decode(self.features(positions))
 
     def _density(self, raw: Tensor, positions: Tensor) -> Tensor:
         density = F.softplus(raw[..., 0] + self.density_bias(positions))

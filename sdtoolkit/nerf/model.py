@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ from sdtoolkit.nerf.renderers import (
     render_semantics,
     render_weights,
 )
+from sdtoolkit.nerf.representations import REPRESENTATIONS, MLPConfig, TensoRFConfig, VoxelConfig, build_encoding
 from sdtoolkit.nerf.samplers import PDFSampler, RaySamples, UniformSampler, contributing_samples
 
 
@@ -30,6 +32,7 @@ class NeRFConfig:
     """Hyper-parameters of `NeRF` (field, collider, sampling)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
+        "representation": OneOf(*REPRESENTATIONS.names()),
         "collider": OneOf(*COLLIDERS),
         "scene_radius": POSITIVE,
         "num_samples": AT_LEAST_1,
@@ -42,7 +45,16 @@ class NeRFConfig:
     }
 
     field: FieldConfig = field(default_factory=FieldConfig)
-    """The radiance field."""
+    """The radiance field (its decoder, bound and density blob for every representation; its hash grid for 'hash')."""
+    representation: str = "hash"
+    """Volume representation (`sdtoolkit.nerf.representations`): 'hash' (Instant-NGP hash grid), 'mlp' (NeRF's
+    positional encoding + MLP), 'tensorf' (TensoRF VM) or 'voxel' (dense grid)."""
+    mlp: MLPConfig = dataclasses.field(default_factory=MLPConfig)
+    """The 'mlp' representation's front."""
+    tensorf: TensoRFConfig = dataclasses.field(default_factory=TensoRFConfig)
+    """The 'tensorf' representation's front."""
+    voxel: VoxelConfig = dataclasses.field(default_factory=VoxelConfig)
+    """The 'voxel' representation's front."""
     collider: str = "sphere"
     """Ray interval through the scene: 'sphere' (|x| <= radius) or 'aabb' (the field's cube)."""
     scene_radius: float = 0.9
@@ -69,7 +81,7 @@ class NeRF(nn.Module):
     def __init__(self, config: NeRFConfig, region_prior: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.field = TextTo3DField(config.field, region_prior=region_prior)
+        self.field = TextTo3DField(config.field, region_prior=region_prior, encoding=build_encoding(config))
         if config.collider not in COLLIDERS:
             raise ValueError(f"collider={config.collider!r}; choose one of {', '.join(COLLIDERS)}")
         radius = config.scene_radius if config.collider == "sphere" else config.field.bound
@@ -108,6 +120,30 @@ class NeRF(nn.Module):
         out = [self.field.get_density(part) for part in flat.split(self.config.chunk)]
         return torch.cat(out).reshape(positions.shape[:-1])
 
+    def sample_along(
+        self, rays: RayBundle, generator: torch.Generator | None = None, stratified: bool | None = None
+    ) -> tuple[Tensor, RayBundle, RaySamples | None, Tensor | None, Tensor | None]:
+        """The samples the renderer evaluates the field at, for rays already through the collider: (indices of the
+        rays that hit the bound, those rays, their samples, the no-grad densities, the mask of contributing
+        samples). The no-grad pass reads the occupancy grid (or the field), draws optional importance samples,
+        then prunes nerfacc-style (`contributing_samples`). PVD queries its student at exactly these points."""
+        hit = rays.hit.nonzero().squeeze(1)
+        sub = RayBundle(rays.origins[hit], rays.directions[hit], rays.nears[hit], rays.fars[hit], rays.hit[hit])
+        if not len(hit):
+            return hit, sub, None, None, None
+        sampler = self.sampler
+        if stratified is not None:
+            sampler = UniformSampler(self.config.num_samples, stratified)
+        samples = sampler(sub, generator)
+        densities = self._densities(samples.positions(sub))
+        if self.pdf_sampler is not None:
+            samples = self.pdf_sampler(samples, render_weights(densities, samples), generator)
+            densities = self._densities(samples.positions(sub))
+        keep = contributing_samples(
+            densities, samples, self.config.alpha_threshold, self.config.transmittance_threshold
+        )
+        return hit, sub, samples, densities, keep
+
     def render_rays(
         self,
         rays: RayBundle,
@@ -126,23 +162,9 @@ class NeRF(nn.Module):
         accumulation = torch.zeros(num_rays, device=rays.origins.device)
         depth = rays.fars.clone() if rays.fars is not None else accumulation.clone()
         semantics = torch.full((num_rays, k), 1.0 / max(k, 1), device=rays.origins.device)
-        hit = rays.hit.nonzero().squeeze(1)
+        hit, sub, samples, densities, keep = self.sample_along(rays, generator, stratified)
         outputs = {"packed_weights": torch.zeros(0), "packed_positions": torch.zeros(0, 3)}
         if len(hit):
-            sub = RayBundle(rays.origins[hit], rays.directions[hit], rays.nears[hit], rays.fars[hit], rays.hit[hit])
-            sampler = self.sampler
-            if stratified is not None:
-                sampler = UniformSampler(self.config.num_samples, stratified)
-            samples = sampler(sub, generator)
-            # 1. no-grad pass (the occupancy grid, or the field): densities everywhere, optional importance
-            #    resampling, then nerfacc-style pruning
-            densities = self._densities(samples.positions(sub))
-            if self.pdf_sampler is not None:
-                samples = self.pdf_sampler(samples, render_weights(densities, samples), generator)
-                densities = self._densities(samples.positions(sub))
-            keep = contributing_samples(
-                densities, samples, self.config.alpha_threshold, self.config.transmittance_threshold
-            )
             # 2. differentiable pass on the contributing samples only; the rest are empty
             out, positions = self._field_on(samples, sub, keep, compute_normals)
             sigma = torch.zeros_like(densities).masked_scatter(keep, out["density"])
@@ -229,7 +251,7 @@ class NeRF(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.field.encoding.tables.device
+        return next(self.field.parameters()).device
 
     @torch.no_grad()
     def density_grid(self, resolution: int) -> tuple[Tensor, Tensor]:

@@ -132,9 +132,10 @@ def setup(config: TextTo3DConfig, denoiser: Denoiser | None = None) -> TextTo3DR
     guidance = build(config.method, denoiser, config.guidance)
     texts = [o.prompt for o in layout.objects] if layout is not None else [config.prompt]
     prompts = [ViewDependentPrompts(denoiser, text, config.view_dependent_prompts) for text in texts]
+    grid_params, network_params = nerf.field.parameter_groups()  # (hash: the tables; the MLP)
     groups = [
-        {"params": list(nerf.field.encoding.parameters()), "lr": config.lr_encoding},
-        {"params": list(nerf.field.mlp.parameters()), "lr": config.lr_network},
+        {"params": grid_params, "lr": config.lr_encoding},
+        {"params": network_params, "lr": config.lr_network},
     ]
     if hasattr(guidance, "trainable_parameters"):
         groups.append({"params": guidance.trainable_parameters(), "lr": guidance.config.lora_lr})
