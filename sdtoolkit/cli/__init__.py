@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "sdtoolkit.cli.export",
     "text-to-3d": "sdtoolkit.cli.text_to_3d",
     "eval-3d": "sdtoolkit.cli.eval_3d",
+    "convert-nerf": "sdtoolkit.cli.convert_nerf",
 }
 
 

@@ -1,0 +1,323 @@
+"""`convert-nerf`'s run: load a saved NeRF asset as the teacher, distil it into another representation with PVD
+(`sdtoolkit.nerf.pvd`), checkpoint so that a stopped run resumes exactly, and export the student like a text-to-3D
+asset (checkpoint, mesh, turntable) plus a teacher-vs-student comparison sheet and held-out PSNR.
+
+A teacher is an output folder of `text-to-3d` or of `convert-nerf` (or the `checkpoint.safetensors` inside one):
+its `config.json` holds the `NeRFConfig` under "nerf" and its checkpoint the NeRF's tensors under "nerf.".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sdtoolkit.core.config import ConfigError, build
+from sdtoolkit.data.cameras import Cameras, turntable_cameras
+from sdtoolkit.nerf.model import NeRF, NeRFConfig
+from sdtoolkit.nerf.pvd import PVDConfig, build_student, pvd_losses, random_rays, stage_of, teacher_points
+from sdtoolkit.runs import (
+    RunInterrupted,
+    StopSignals,
+    atomic_output,
+    atomic_write_text,
+    claim_output,
+    inspect_output,
+    read_manifest,
+)
+
+RUN_KIND = "convert-nerf"
+"""The kind of run recorded in the output folder's manifest (`sdtoolkit.runs`)."""
+CHECKPOINT_FILE = "checkpoint.safetensors"
+STATE_FILE = "checkpoint.json"
+CONFIG_FILE = "config.json"
+TEACHER_KINDS = ("text-to-3d", RUN_KIND)
+"""Output folders whose checkpoint is a NeRF asset a conversion can start from."""
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    CHECKPOINT_FILE,
+    STATE_FILE,
+    "summary.json",
+    "comparison.png",
+    "turntable.mp4",
+    "turntable.gif",
+    *(f"mesh.{fmt}" for fmt in ("glb", "obj", "ply")),
+)
+"""The top-level entries a conversion writes in its output folder."""
+
+
+class TeacherError(ValueError):
+    """The TEACHER argument is not a NeRF asset sdtoolkit can load; the message says why and what is valid."""
+
+
+def _teacher_files(path: Path) -> tuple[Path, Path]:
+    valid = "give a text-to-3d or convert-nerf output folder, or the checkpoint.safetensors inside one"
+    if not path.exists():
+        raise TeacherError(f"TEACHER {str(path)!r}: no such file or folder; {valid}")
+    folder = path if path.is_dir() else path.parent
+    if path.is_file() and path.suffix != ".safetensors":
+        raise TeacherError(f"TEACHER {str(path)!r} is not a .safetensors checkpoint; {valid}")
+    manifest = read_manifest(folder)
+    kind = manifest.get("kind") if manifest else None
+    if kind is not None and kind not in TEACHER_KINDS:
+        raise TeacherError(f"TEACHER {str(folder)!r} holds a {kind} run, not a NeRF asset; {valid}")
+    checkpoint = path if path.is_file() else folder / CHECKPOINT_FILE
+    if not checkpoint.is_file() or not (folder / CONFIG_FILE).is_file():
+        raise TeacherError(f"TEACHER {str(folder)!r} has no {checkpoint.name} and {CONFIG_FILE}; {valid}")
+    return folder, checkpoint
+
+
+def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
+    """The NeRF saved in a text-to-3d / convert-nerf folder (or its checkpoint file), and its config.json as a dict.
+    Raises `TeacherError` (one line: what is wrong, what is valid) for anything else."""
+    from safetensors import safe_open
+
+    folder, checkpoint = _teacher_files(Path(path))
+    try:
+        stored = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise TeacherError(f"TEACHER {str(folder)!r}: {CONFIG_FILE} is not valid JSON ({error})") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("nerf"), dict):
+        raise TeacherError(f"TEACHER {str(folder)!r}: its {CONFIG_FILE} has no 'nerf' settings; it is no NeRF asset")
+    if stored.get("layout") is not None:
+        raise TeacherError(
+            f"TEACHER {str(folder)!r} is a semantic-sds (layout) asset; convert-nerf supports single-object assets"
+        )
+    try:
+        nerf_config = build(NeRFConfig, stored["nerf"], "nerf", lambda key: key)
+    except ConfigError as error:
+        raise TeacherError(f"TEACHER {str(folder)!r}: bad 'nerf' settings: {'; '.join(error.lines)}") from None
+    try:
+        with safe_open(str(checkpoint), framework="pt", device=device) as handle:
+            tensors = {k[5:]: handle.get_tensor(k) for k in handle.keys() if k.startswith("nerf.")}
+    except Exception as error:  # safetensors raises its own error types for a file that is not one of its
+        raise TeacherError(f"TEACHER {str(checkpoint)!r} is not a safetensors checkpoint ({error})") from None
+    if not tensors:
+        raise TeacherError(
+            f"TEACHER {str(checkpoint)!r} holds no NeRF ('nerf.*' tensors): a checkpoint of another kind"
+        )
+    nerf = NeRF(nerf_config).to(device)
+    try:
+        nerf.load_state_dict(tensors)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise TeacherError(f"TEACHER {str(checkpoint)!r} does not match its config.json ({first})") from None
+    nerf.eval()
+    return nerf, stored
+
+
+@dataclass
+class ConvertRun:
+    """A conversion in progress (the attributes `sdtoolkit.text_to_3d.trainer.save_checkpoint` reads)."""
+
+    config: PVDConfig
+    teacher: NeRF
+    nerf: NeRF
+    """The student."""
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    background: torch.Tensor
+    guidance: object = None
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def setup(config: PVDConfig, teacher: NeRF, background=(1.0, 1.0, 1.0)) -> ConvertRun:
+    """The student (seeded), its Adam optimiser (PVD: one learning rate for all) and the random stream."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    student = build_student(config, teacher)
+    optimizer = torch.optim.Adam(student.field.parameters(), lr=config.lr, betas=(0.9, 0.99), eps=1e-15)
+    bg = torch.as_tensor(background, dtype=torch.float32, device=teacher.device)
+    return ConvertRun(config, teacher, student, optimizer, generator, bg)
+
+
+def training_step(run: ConvertRun) -> dict[str, float]:
+    """One PVD step on fresh random rays; returns its logs."""
+    rays = random_rays(run.config, run.generator, run.teacher.device)
+    points = teacher_points(run.teacher, rays, run.generator)
+    logs: dict[str, float] = {"stage": float(stage_of(run.config, run.step)), "points": float(len(points.positions))}
+    if points.samples is not None and len(points.positions):
+        losses = pvd_losses(run.config, run.step, run.nerf, run.teacher, points, run.background[None].expand(-1, 3))
+        run.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        run.optimizer.step()
+        logs.update({k: float(v.detach()) for k, v in losses.items()})
+    run.step += 1
+    logs["step"] = run.step
+    return logs
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+def heldout_cameras(n: int = 20, distance: float = 2.8, fov: float = 40.0) -> Cameras:
+    """`n` evaluation views no step trains on exactly: azimuths offset half a step from the turntable's, elevations
+    alternating 5 / 35 degrees."""
+    azimuth = (torch.arange(n, dtype=torch.float32) + 0.5) * (360.0 / n) - 180.0
+    elevation = torch.where(torch.arange(n) % 2 == 0, torch.tensor(5.0), torch.tensor(35.0))
+    return Cameras(azimuth, elevation, torch.full((n,), distance), torch.full((n,), fov))
+
+
+@torch.no_grad()
+def render_views(nerf: NeRF, cameras: Cameras, resolution: int = 64, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """`[B, 3, H, W]` renders (unjittered samples), one camera at a time."""
+    images = [
+        nerf.render(cameras[i].to(nerf.device), resolution, background=background, stratified=False)["rgb"].cpu()
+        for i in range(len(cameras))
+    ]
+    return torch.cat(images)
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image, 10 log10(1 / MSE) for values in [0, 1]."""
+    mse = (images - reference).square().flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+def refresh_occupancy(nerf: NeRF, seed: int = 0) -> None:
+    """Rebuilds the student's occupancy grid from its own density (it was never rendered while distilled)."""
+    if nerf.occupancy is not None:
+        nerf.occupancy.initialised.fill_(False)
+        nerf.update_occupancy(0, torch.Generator().manual_seed(seed), force=True)
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def _folder_rules(config: PVDConfig, resume: bool) -> dict:
+    return {
+        "resume": resume,
+        "overwrite": config.overwrite,
+        "has_checkpoint": lambda folder: (folder / CHECKPOINT_FILE).exists(),
+        "reserved": RUN_ENTRIES,
+    }
+
+
+def check_output_folder(config: PVDConfig, output_dir: str | Path, resume: bool = False) -> str:
+    """Whether a conversion may write into `output_dir` (`sdtoolkit.runs.inspect_output`); writes nothing."""
+    return inspect_output(output_dir, RUN_KIND, **_folder_rules(config, resume))
+
+
+def resolved_config(
+    config: PVDConfig, teacher_path, student: NeRF, command: dict | None = None, background=(1.0, 1.0, 1.0)
+) -> dict:
+    """The config.json of a conversion: the PVD settings, the teacher, and the student's `NeRFConfig` under "nerf"
+    (so the output folder is itself a NeRF asset another conversion can start from)."""
+    from sdtoolkit.cli.config_cli import to_dict
+
+    return {
+        "teacher": str(teacher_path),
+        "pvd": to_dict(config),
+        "nerf": to_dict(student.config),
+        "background": list(background),
+        "command": command or {},
+    }
+
+
+def convert(
+    config: PVDConfig,
+    teacher_path: str | Path,
+    output_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    mesh_resolution: int = 96,
+    video_frames: int = 36,
+    eval_views: int = 20,
+    command: dict | None = None,
+    device: str = "cpu",
+    export_outputs: bool = True,
+) -> dict:
+    """Runs (or resumes) a conversion into `output_dir` and exports it; returns the summary (also summary.json).
+    `stop_at` ends the loop early at that step after a checkpoint, as an interrupted run would (no export);
+    `export_outputs=False` skips the export (the checkpoint is the result)."""
+    from sdtoolkit.text_to_3d.trainer import load_checkpoint, save_checkpoint
+
+    teacher, stored = load_nerf_asset(teacher_path, device)  # before the folder is claimed: nothing written
+    background = tuple(stored.get("background") or (1.0, 1.0, 1.0))
+    output_dir = Path(output_dir)
+    resume = resume and (output_dir / CHECKPOINT_FILE).exists()
+    with claim_output(output_dir, RUN_KIND, **_folder_rules(config, resume)), StopSignals() as stop:
+        run = setup(config, teacher, background)
+        if resume:
+            load_checkpoint(run, output_dir)
+        atomic_write_text(
+            output_dir / CONFIG_FILE,
+            json.dumps(resolved_config(config, teacher_path, run.nerf, command, background), indent=2),
+        )
+        end = config.steps if stop_at is None else min(stop_at, config.steps)
+        start = time.time()
+        bar = tqdm(total=config.steps, initial=run.step, desc="convert-nerf", unit="step", disable=not progress)
+        while run.step < end:
+            logs = training_step(run)
+            run.history.append(logs)
+            bar.update(1)
+            shown = {k[5:]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss_")}
+            bar.set_postfix(stage=int(logs["stage"]), **shown)
+            if (config.checkpoint_every and run.step % config.checkpoint_every == 0) or stop.requested:
+                save_checkpoint(run, output_dir)
+            if stop.requested:
+                bar.close()
+                raise RunInterrupted(
+                    f"{stop.name} at step {run.step}: checkpoint written; continue with "
+                    f"`sdtoolkit convert-nerf --resume {output_dir}`",
+                    exit_code=stop.exit_code,
+                )
+        bar.close()
+        save_checkpoint(run, output_dir)
+        train_seconds = time.time() - start
+        if not export_outputs or (stop_at is not None and run.step < config.steps):
+            return {"steps": run.step, "stopped": run.step < config.steps}
+        return export(run, output_dir, train_seconds, mesh_resolution, video_frames, eval_views, background)
+
+
+def export(run: ConvertRun, output_dir: Path, train_seconds, mesh_resolution, video_frames, eval_views, background):
+    """Mesh, turntable, comparison sheet and held-out PSNR of the converted student; writes summary.json."""
+    from sdtoolkit.text_to_3d.export import export_mesh, extract_mesh, write_video
+    from sdtoolkit.text_to_3d.trainer import save_checkpoint, save_image_grid
+
+    start = time.time()
+    student, teacher = run.nerf, run.teacher
+    refresh_occupancy(student, run.config.seed)
+    save_checkpoint(run, output_dir)  # with the refreshed occupancy grid
+    mesh = extract_mesh(student, mesh_resolution)
+    paths = export_mesh(mesh, output_dir)
+    frames = render_views(student, turntable_cameras(video_frames), 64, background)
+    video = write_video((frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), output_dir / "turntable")
+    sheet_cameras = turntable_cameras(8)
+    sheet = torch.cat(
+        [render_views(teacher, sheet_cameras, 64, background), render_views(student, sheet_cameras, 64, background)],
+        dim=2,
+    )  # teacher row above student row
+    with atomic_output(output_dir / "comparison.png") as tmp:
+        save_image_grid(sheet, tmp)
+    cameras = heldout_cameras(eval_views)
+    scores = psnr(render_views(student, cameras, 64, background), render_views(teacher, cameras, 64, background))
+    last = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k.startswith("loss_")}
+    summary = {
+        "to": run.config.to,
+        "steps": run.step,
+        "train_seconds": round(train_seconds, 1),
+        "export_seconds": round(time.time() - start, 1),
+        "psnr_median": round(float(scores.median()), 2),
+        "psnr_views": [round(float(s), 2) for s in scores],
+        "final_losses": last,
+        "parameters": int(sum(p.numel() for p in student.field.parameters())),
+        "mesh": [str(p) for p in paths],
+        "mesh_faces": int(len(mesh.faces)),
+        "video": str(video),
+        "comparison": str(output_dir / "comparison.png"),
+    }
+    if not math.isfinite(summary["psnr_median"]):
+        summary["psnr_median"] = None
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary

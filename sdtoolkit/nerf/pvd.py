@@ -1,0 +1,253 @@
+"""Progressive Volume Distillation (Fang et al., AAAI 2023, "One is All: Bridging the Gap Between Neural Radiance
+Fields Architectures with Progressive Volume Distillation"): converts a trained radiance field into another
+representation without images.
+
+Every step draws random rays from random cameras around the object, runs the *teacher's* own sampler on them
+(collider, stratified samples, its occupancy grid, nerfacc-style pruning: `NeRF.sample_along`) and queries teacher
+and student at exactly those points. The losses come in three stages (PVD Sec. 3.2-3.3, the reference code's
+`stage_iters`): first the volume features alone (the output of each model's front, `TextTo3DField.features`), then
+also the density and colour at the points, then also the colour rendered along the rays. All are PVD's `normL2`
+(here the mean squared L2 distance per point or ray). The density is compared after clipping its pre-activation,
+log sigma, to [-2, 7] (PVD's `sigma_clip_min/max`: the reference's density is exp-activated, so the clip is of log
+sigma; ours is softplus-activated and we clip log softplus(.), the same quantity), so empty space far below and
+solid interiors far above the visible range cost nothing.
+
+Deviation, on purpose: the reference also renders with the clipped density. Our teachers' renders (the reference
+of every PSNR) use the unclipped density, and a floor of sigma = e^-2 everywhere would fog our renders (2 units of
+empty space at e^-2 absorb 24 %), so stage 3 renders teacher and student with their own unclipped densities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.data.cameras import Cameras, wrap_azimuth_deg
+from sdtoolkit.nerf.colliders import RayBundle
+from sdtoolkit.nerf.model import NeRF
+from sdtoolkit.nerf.renderers import render_rgb, render_weights
+from sdtoolkit.nerf.representations import REPRESENTATIONS, MLPConfig, TensoRFConfig, VoxelConfig
+
+
+@dataclass
+class PVDConfig:
+    """One PVD conversion. Schedule and loss weights default to the reference code's (`main_distill_mutual.py`:
+    30k iterations, `stage_iters` {'stage1': 2000, 'stage2': 5000}, lr 1e-2, `normL2` losses)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "to": OneOf(*REPRESENTATIONS.names()),
+        "seed": NON_NEGATIVE,
+        "steps": AT_LEAST_1,
+        "stage1_steps": NON_NEGATIVE,
+        "stage2_steps": NON_NEGATIVE,
+        "lr": POSITIVE,
+        "rays_per_step": AT_LEAST_1,
+        "cameras_per_step": AT_LEAST_1,
+        "ray_resolution": Range(2),
+        "loss_feature": NON_NEGATIVE,
+        "feature_decay": FRACTION,
+        "loss_density": NON_NEGATIVE,
+        "loss_colour": NON_NEGATIVE,
+        "loss_rgb": NON_NEGATIVE,
+        "elevation_range": Range(-90, 90),
+        "distance_range": POSITIVE,
+        "fov": Range(1, 179),
+        "checkpoint_every": NON_NEGATIVE,
+        "threads": AT_LEAST_1,
+    }
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "threads", "overwrite")
+    """Fields a resumed conversion may change (`convert-nerf --resume` refuses the others)."""
+
+    to: str = "mlp"
+    """Target representation: 'hash', 'mlp', 'tensorf' or 'voxel' (`sdtoolkit.nerf.representations`)."""
+    seed: int = 0
+    """Seed of the student's initialisation and of every random draw (cameras, rays, sample jitter)."""
+    steps: int = 30000
+    """Total optimisation steps (PVD: 30k)."""
+    stage1_steps: int = 2000
+    """Steps of stage 1, volume features only (PVD `stage_iters['stage1']`)."""
+    stage2_steps: int = 5000
+    """Step at which stage 2 (features, density, colour) ends and stage 3 adds the rendered colour (PVD
+    `stage_iters['stage2']`, counted from step 0)."""
+    lr: float = 1e-2
+    """Adam learning rate of every student parameter (PVD: 1e-2)."""
+    rays_per_step: int = 4096
+    """Random rays per step (PVD: 4096)."""
+    cameras_per_step: int = 8
+    """Random cameras the rays of one step are drawn from."""
+    ray_resolution: int = 64
+    """Pixel grid of those cameras (the rays go through its pixel centres; the teacher's renders are 64 px)."""
+    loss_feature: float = 0.002
+    """Weight of the volume-feature loss (PVD `loss_rate_fea_sc`)."""
+    feature_decay: float = 0.995
+    """The feature weight is multiplied by this every step after stage 1 (PVD decays it by 0.995; the unit of the
+    decay is our reading: per step)."""
+    loss_density: float = 0.002
+    """Weight of the clipped log-density loss from stage 2 (PVD: 0.002)."""
+    loss_colour: float = 0.002
+    """Weight of the per-point colour loss from stage 2 (PVD: 0.002)."""
+    loss_rgb: float = 1.0
+    """Weight of the rendered-colour loss in stage 3 (PVD: 1)."""
+    density_clip: tuple[float, float] = (-2.0, 7.0)
+    """[min, max] of log sigma before it is compared (PVD `sigma_clip_min/max`)."""
+    inherit_decoder: bool = False
+    """Start the student's decoder as a copy of the teacher's (the features it decodes are fitted in stage 1). Off
+    in PVD."""
+    elevation_range: tuple[float, float] = (-10.0, 85.0)
+    """Elevation range in degrees of the random cameras (the teacher's training views and some overhead ones)."""
+    distance_range: tuple[float, float] = (2.5, 3.0)
+    """Distance range of the random cameras (the text-to-3D views are at 2.7-2.9)."""
+    fov: float = 40.0
+    """Vertical field of view in degrees of the random cameras."""
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    """The student's front when `to` is 'mlp'."""
+    tensorf: TensoRFConfig = field(default_factory=TensoRFConfig)
+    """The student's front when `to` is 'tensorf'."""
+    voxel: VoxelConfig = field(default_factory=VoxelConfig)
+    """The student's front when `to` is 'voxel'."""
+    checkpoint_every: int = 1000
+    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
+    threads: int | None = 1
+    """torch CPU threads (None: torch's default)."""
+    overwrite: bool = False
+    """Start anew in an output folder holding a previous conversion (its files written by sdtoolkit are deleted)."""
+
+
+def stage_of(config: PVDConfig, step: int) -> int:
+    """1, 2 or 3: the PVD stage of step `step` (0-based)."""
+    if step < config.stage1_steps:
+        return 1
+    return 2 if step < config.stage2_steps else 3
+
+
+def feature_weight(config: PVDConfig, step: int) -> float:
+    """The feature loss weight: `loss_feature` in stage 1, then decayed by `feature_decay` per step."""
+    return config.loss_feature * config.feature_decay ** max(0, step - config.stage1_steps)
+
+
+def norm_l2(student: Tensor, teacher: Tensor) -> Tensor:
+    """PVD's `normL2` between student and teacher values (Fang et al. 2023, Sec. 3.3: every term of the objective is
+    an L2 distance): mean over points (or rays) of the squared Euclidean norm of the difference."""
+    difference = (student - teacher).reshape(student.shape[0], -1)
+    return difference.square().sum(-1).mean() if len(difference) else student.sum() * 0
+
+
+def clip_log_density(log_sigma: Tensor, clip: tuple[float, float]) -> Tensor:
+    """PVD's density clipping (Fang et al. 2023, Sec. 3.3; code `sigma_clip_min/max` = -2, 7): the pre-activation
+    density, log sigma, clamped to [min, max] before it is compared or activated."""
+    return log_sigma.clamp(clip[0], clip[1])
+
+
+def random_rays(config: PVDConfig, generator: torch.Generator, device) -> RayBundle:
+    """`rays_per_step` rays through random pixel centres of `cameras_per_step` random cameras looking at the origin
+    (azimuth uniform over the circle, elevation and distance uniform in their ranges)."""
+    n = config.cameras_per_step
+    u = torch.rand(3, n, generator=generator)
+    azimuth = wrap_azimuth_deg(u[0] * 360.0)
+    elevation = config.elevation_range[0] + (config.elevation_range[1] - config.elevation_range[0]) * u[1]
+    distance = config.distance_range[0] + (config.distance_range[1] - config.distance_range[0]) * u[2]
+    cameras = Cameras(azimuth, elevation, distance, torch.full((n,), float(config.fov)))
+    origins, directions = cameras.generate_rays(config.ray_resolution, config.ray_resolution)
+    pick = torch.randint(origins[..., 0].numel(), (config.rays_per_step,), generator=generator)
+    return RayBundle(origins.reshape(-1, 3)[pick].to(device), directions.reshape(-1, 3)[pick].to(device))
+
+
+@dataclass
+class TeacherPoints:
+    """The teacher's samples on a batch of rays and its outputs there (everything the losses compare with)."""
+
+    rays: RayBundle
+    """The rays that hit the scene bound (after the teacher's collider)."""
+    hit: Tensor
+    """Their indices in the drawn batch."""
+    samples: object
+    """Their `RaySamples`."""
+    keep: Tensor
+    """`[R, S]` mask of the contributing samples (the teacher's pruning)."""
+    positions: Float[Tensor, "P 3"]
+    """World positions of the kept samples: where the student is queried."""
+    features: Tensor
+    """Teacher volume features `[P, hidden_dim]`."""
+    raw: Tensor
+    """Teacher decoder outputs `[P, 1 + 3 + K]`."""
+    density: Tensor
+    """Teacher sigma `[P]` (unclipped, as it renders)."""
+
+
+@torch.no_grad()
+def teacher_points(teacher: NeRF, rays: RayBundle, generator: torch.Generator) -> TeacherPoints:
+    """Runs the teacher's collider and sampler (`NeRF.sample_along`, stratified) on `rays` and evaluates the teacher
+    at the kept samples."""
+    rays = teacher.collider(rays)
+    hit, sub, samples, _, keep = teacher.sample_along(rays, generator, stratified=True)
+    if samples is None:
+        empty = torch.zeros(0, 3, device=rays.origins.device)
+        return TeacherPoints(sub, hit, None, None, empty, empty, empty, empty[:, 0])
+    positions = samples.positions(sub)[keep]
+    features = teacher.field.features(positions)
+    raw = teacher.field.decode(features)
+    density = teacher.field._density(raw, positions)
+    return TeacherPoints(sub, hit, samples, keep, positions, features, raw, density)
+
+
+def composite(points: TeacherPoints, density: Tensor, rgb: Tensor, background: Tensor) -> Tensor:
+    """Colour of each ray from values at the kept samples (the others empty): C = sum_i w_i c_i + (1 - sum w) c_bg
+    with w_i = T_i (1 - exp(-sigma_i delta_i)) (Mildenhall et al. 2020, Eq. 3), on the teacher's intervals."""
+    sigma = torch.zeros(points.keep.shape, dtype=density.dtype, device=density.device).masked_scatter(
+        points.keep, density
+    )
+    colours = torch.zeros(*points.keep.shape, 3, dtype=rgb.dtype, device=rgb.device)
+    colours = colours.masked_scatter(points.keep[..., None], rgb)
+    return render_rgb(colours, render_weights(sigma, points.samples), background)
+
+
+def pvd_losses(
+    config: PVDConfig, step: int, student: NeRF, teacher: NeRF, points: TeacherPoints, background: Tensor
+) -> dict[str, Tensor]:
+    """The weighted losses of step `step` (PVD's objective, Fang et al. 2023, Sec. 3.3): feature (all stages, its
+    weight decaying after stage 1), clipped log density and point colour (from stage 2), rendered colour (stage 3).
+    The student runs only as far as the stage needs (stage 1 stops after its front)."""
+    stage = stage_of(config, step)
+    features = student.field.features(points.positions)
+    losses = {}
+    weight = feature_weight(config, step)
+    if weight > 0 or stage == 1:
+        losses["loss_feature"] = weight * norm_l2(features, points.features)
+    if stage == 1:
+        return losses
+    raw = student.field.decode(features)
+    student_log = clip_log_density(student.field.log_density(raw, points.positions), config.density_clip)
+    teacher_log = clip_log_density(teacher.field.log_density(points.raw, points.positions), config.density_clip)
+    losses["loss_density"] = config.loss_density * norm_l2(student_log[:, None], teacher_log[:, None])
+    student_rgb = torch.sigmoid(raw[..., 1:4])
+    losses["loss_colour"] = config.loss_colour * norm_l2(student_rgb, torch.sigmoid(points.raw[..., 1:4]))
+    if stage == 3:
+        density = student.field._density(raw, points.positions)
+        student_colour = composite(points, density, student_rgb, background)
+        with torch.no_grad():
+            teacher_colour = composite(points, points.density, torch.sigmoid(points.raw[..., 1:4]), background)
+        losses["loss_rgb"] = config.loss_rgb * norm_l2(student_colour, teacher_colour)
+    return losses
+
+
+def build_student(config: PVDConfig, teacher: NeRF) -> NeRF:
+    """A fresh student of representation `config.to` with the teacher's field settings (bound, density blob,
+    decoder width: the features must have the teacher's width), collider and sampling."""
+    import copy
+
+    nerf_config = copy.deepcopy(teacher.config)
+    nerf_config.representation = config.to
+    nerf_config.mlp, nerf_config.tensorf, nerf_config.voxel = (
+        copy.deepcopy(config.mlp),
+        copy.deepcopy(config.tensorf),
+        copy.deepcopy(config.voxel),
+    )
+    student = NeRF(nerf_config).to(teacher.device)
+    if config.inherit_decoder:
+        student.field.mlp[2:].load_state_dict(teacher.field.mlp[2:].state_dict())
+    return student

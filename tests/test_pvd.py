@@ -1,0 +1,277 @@
+"""Progressive Volume Distillation (`sdtoolkit.nerf.pvd`, `sdtoolkit convert-nerf`) and the representation registry
+(`sdtoolkit.nerf.representations`), on tiny fields."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdtoolkit.cli.config_cli import to_dict
+from sdtoolkit.nerf import NeRF, NeRFConfig
+from sdtoolkit.nerf.convert import TeacherError, convert, load_nerf_asset, setup, training_step
+from sdtoolkit.nerf.pvd import (
+    PVDConfig,
+    build_student,
+    clip_log_density,
+    pvd_losses,
+    random_rays,
+    stage_of,
+    teacher_points,
+)
+from sdtoolkit.nerf.representations import REPRESENTATIONS, MLPConfig, TensoRFConfig, VoxelConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_FRONTS = {
+    "mlp": MLPConfig(num_frequencies=3, width=16, depth=2),
+    "tensorf": TensoRFConfig(resolution=12, components=4),
+    "voxel": VoxelConfig(resolution=12, features=4),
+}
+
+
+def tiny_nerf_config(representation: str = "hash") -> NeRFConfig:
+    config = NeRFConfig(num_samples=16, occupancy_resolution=16, representation=representation)
+    config.field.num_levels, config.field.max_res, config.field.log2_hashmap_size = 4, 32, 12
+    config.field.hidden_dim = 16
+    config.mlp, config.tensorf, config.voxel = TINY_FRONTS["mlp"], TINY_FRONTS["tensorf"], TINY_FRONTS["voxel"]
+    return config
+
+
+def tiny_pvd(**overrides) -> PVDConfig:
+    values = dict(
+        to="tensorf",
+        steps=6,
+        stage1_steps=2,
+        stage2_steps=4,
+        rays_per_step=128,
+        cameras_per_step=2,
+        ray_resolution=16,
+        checkpoint_every=0,
+        **{k: v for k, v in TINY_FRONTS.items()},
+    )
+    values.update(overrides)
+    return PVDConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A saved NeRF asset in text-to-3D's layout: a tiny hash NeRF whose hash tables were perturbed (so colour and
+    density vary in space) and whose occupancy grid is up to date."""
+    folder = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    config = tiny_nerf_config()
+    nerf = NeRF(config)
+    with torch.no_grad():
+        nerf.field.encoding.tables.normal_(0, 0.5)
+    nerf.update_occupancy(0, force=True)
+    save_file(
+        {f"nerf.{k}": v.contiguous() for k, v in nerf.state_dict().items()}, str(folder / "checkpoint.safetensors")
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"prompt": "a red cube", "nerf": to_dict(config), "background": [1, 1, 1]})
+    )
+    return folder
+
+
+@pytest.mark.parametrize("name", ["hash", "mlp", "tensorf", "voxel"])
+def test_registry_representation_forward_and_gradient(name):
+    assert name in REPRESENTATIONS.names()
+    nerf = NeRF(tiny_nerf_config(name))
+    x = torch.rand(64, 3) * 1.6 - 0.8
+    features = nerf.field.features(x)
+    assert features.shape == (64, 16)  # every front ends in the shared feature width
+    out = nerf.field(x)
+    assert out["density"].shape == (64,) and out["rgb"].shape == (64, 3) and (out["density"] >= 0).all()
+    (out["density"].mean() + out["rgb"].mean()).backward()
+    for pname, p in nerf.field.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    grid, network = nerf.field.parameter_groups()
+    assert len(grid) + len(network) == len(list(nerf.field.parameters()))
+
+
+def test_hash_field_parameters_unchanged_by_the_registry():
+    """The default hash field keeps its state-dict keys and its Adam groups (tables; MLP)."""
+    nerf = NeRF(NeRFConfig())
+    keys = [k for k in nerf.field.state_dict()]
+    assert keys == ["encoding.tables", *[f"mlp.{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")]]
+    grid, network = nerf.field.parameter_groups()
+    assert grid == [nerf.field.encoding.tables] and network == list(nerf.field.mlp.parameters())
+
+
+def test_unknown_representation_lists_the_registered_ones():
+    with pytest.raises(KeyError, match="registered: hash, mlp, tensorf, voxel"):
+        NeRF(NeRFConfig(representation="plenoxel"))
+
+
+def test_student_is_queried_at_the_teachers_exact_points(teacher_dir, monkeypatch):
+    teacher, _ = load_nerf_asset(teacher_dir)
+    run = setup(tiny_pvd(stage1_steps=0, stage2_steps=0), teacher)  # stage 3: every student query
+    seen, captured = [], {}
+    original = run.nerf.field.features
+    monkeypatch.setattr(run.nerf.field, "features", lambda x: seen.append(x.clone()) or original(x))
+    import sdtoolkit.nerf.convert as convert_module
+
+    def capture(*args):
+        captured["points"] = teacher_points(*args)
+        return captured["points"]
+
+    monkeypatch.setattr(convert_module, "teacher_points", capture)
+    state = run.generator.get_state()
+    training_step(run)
+    points = captured["points"]
+    assert len(seen) == 1 and len(points.positions) > 100
+    assert torch.equal(seen[0], points.positions)
+    # and those are the teacher's own samples: its collider + sampler + pruning on the same rays and draws
+    generator = torch.Generator()
+    generator.set_state(state)
+    rays = teacher.collider(random_rays(run.config, generator, "cpu"))
+    _, sub, samples, _, keep = teacher.sample_along(rays, generator, stratified=True)
+    assert torch.equal(samples.positions(sub)[keep], points.positions)
+
+
+@pytest.mark.parametrize(
+    "stage, term", [(1, "loss_feature"), (2, "loss_density"), (2, "loss_colour"), (3, "loss_rgb")]
+)
+def test_each_stage_loss_decreases(teacher_dir, stage, term):
+    teacher, _ = load_nerf_asset(teacher_dir)
+    config = tiny_pvd(to="voxel", stage1_steps={1: 100, 2: 0, 3: 0}[stage], stage2_steps={1: 100, 2: 100, 3: 0}[stage])
+    torch.manual_seed(0)
+    student = build_student(config, teacher)
+    points = teacher_points(teacher, random_rays(config, torch.Generator().manual_seed(1), "cpu"), torch.Generator())
+    optimizer = torch.optim.Adam(student.field.parameters(), lr=config.lr)
+    values = []
+    for _ in range(25):
+        losses = pvd_losses(config, 0, student, teacher, points, torch.ones(1, 3))
+        assert stage_of(config, 0) == stage and term in losses
+        values.append(float(losses[term].detach()))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert values[-1] < 0.5 * values[0], values
+
+
+def test_density_is_clipped_before_it_is_compared(teacher_dir):
+    log_sigma = torch.tensor([-9.0, -2.0, 0.5, 7.0, 30.0], requires_grad=True)
+    clipped = clip_log_density(log_sigma, (-2.0, 7.0))
+    assert clipped.tolist() == [-2.0, -2.0, 0.5, 7.0, 7.0]
+    clipped.sum().backward()
+    assert log_sigma.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]  # no gradient from beyond the range
+    # in the loss: a teacher far denser than e^7, by any amount, is the same target
+    teacher, _ = load_nerf_asset(teacher_dir)
+    config = tiny_pvd(stage1_steps=0, stage2_steps=100)
+    student = build_student(config, teacher)
+    points = teacher_points(teacher, random_rays(config, torch.Generator().manual_seed(1), "cpu"), torch.Generator())
+    losses = []
+    for raw_density in (2000.0, 5000.0):  # log sigma 7.6 and 8.5
+        points.raw[:, 0] = raw_density
+        losses.append(
+            float(pvd_losses(config, 0, student, teacher, points, torch.ones(1, 3))["loss_density"].detach())
+        )
+    assert losses[0] == losses[1]
+
+
+def test_exact_resume(teacher_dir, tmp_path):
+    straight = convert(tiny_pvd(), teacher_dir, tmp_path / "a", progress=False, export_outputs=False)
+    assert straight == {"steps": 6, "stopped": False}
+    assert convert(tiny_pvd(), teacher_dir, tmp_path / "b", progress=False, stop_at=3)["stopped"]
+    convert(tiny_pvd(), teacher_dir, tmp_path / "b", progress=False, resume=True, export_outputs=False)
+    a, _ = load_nerf_asset(tmp_path / "a")
+    b, _ = load_nerf_asset(tmp_path / "b")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "converted"
+    args = [
+        "convert-nerf",
+        str(teacher_dir),
+        "--to",
+        "mlp",
+        "--output",
+        str(out),
+        "--steps",
+        "6",
+        "--stage1-steps",
+        "2",
+        "--stage2-steps",
+        "4",
+        "--rays-per-step",
+        "128",
+        "--ray-resolution",
+        "16",
+        "--mlp.width",
+        "16",
+        "--mlp.depth",
+        "2",
+        "--mlp.num-frequencies",
+        "3",
+        "--mesh-resolution",
+        "16",
+        "--video-frames",
+        "2",
+        "--eval-views",
+        "2",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["to"] == "mlp" and summary["steps"] == 6 and len(summary["psnr_views"]) == 2
+    for name in ("checkpoint.safetensors", "config.json", "summary.json", "comparison.png", "mesh.glb"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["pvd"]["to"] == "mlp"
+    student, _ = load_nerf_asset(out)  # the converted asset is itself a teacher
+    assert student.config.representation == "mlp"
+    assert main(args) == 2  # a second run does not clobber the first
+    assert "already holds a convert-nerf run" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "setup_teacher, extra, message",
+    [
+        (None, ["--to", "nerfacto"], "unknown --to 'nerfacto'; choose one of hash, mlp, tensorf, voxel"),
+        ("distill", [], "holds a distill run, not a NeRF asset"),
+        ("no-nerf", [], "holds no NeRF ('nerf.*' tensors): a checkpoint of another kind"),
+        ("missing", [], "no such file or folder"),
+        (None, ["--steps", "0"], "--steps 0: must be >= 1"),
+    ],
+)
+def test_bad_inputs_fail_before_writing(teacher_dir, tmp_path, capsys, setup_teacher, extra, message):
+    from sdtoolkit.cli import main
+
+    teacher = teacher_dir
+    if setup_teacher == "distill":
+        teacher = tmp_path / "distill_run"
+        teacher.mkdir()
+        (teacher / ".sdtoolkit-manifest.json").write_text(json.dumps({"kind": "distill", "owned": []}))
+    elif setup_teacher == "no-nerf":
+        teacher = tmp_path / "other"
+        teacher.mkdir()
+        save_file({"unet.weight": torch.zeros(2)}, str(teacher / "checkpoint.safetensors"))
+        (teacher / "config.json").write_text(json.dumps({"nerf": {}}))
+    elif setup_teacher == "missing":
+        teacher = tmp_path / "nothing"
+    out = tmp_path / "out"
+    assert main(["convert-nerf", str(teacher), "--output", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_text_to_3d_representation_flag():
+    from sdtoolkit.cli import build_parser
+    from sdtoolkit.cli.text_to_3d import resolve
+
+    config, *_ = resolve(build_parser().parse_args(["text-to-3d", "a red cube", "--representation", "tensorf"]))
+    assert config.nerf.representation == "tensorf"
+    default, *_ = resolve(build_parser().parse_args(["text-to-3d", "a red cube"]))
+    assert default.nerf.representation == "hash"
+
+
+def test_teacher_error_names_valid_teachers(tmp_path):
+    with pytest.raises(TeacherError, match="text-to-3d or convert-nerf output folder"):
+        load_nerf_asset(tmp_path)
