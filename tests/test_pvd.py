@@ -228,6 +228,12 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
     assert main(args) == 2  # a second run does not clobber the first
     assert "already holds a convert-nerf run" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["convert-nerf", "--resume", str(out), "--to", "voxel"]) == 2  # the target is fixed on resume
+    assert "--to voxel would change the run's to = mlp" in capsys.readouterr().err
+    assert main(["convert-nerf", "--resume", str(out), "--steps", "8", "--quiet", "--mesh-resolution", "16",
+                 "--video-frames", "2", "--eval-views", "2"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["steps"] == 8
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def resolve(args: argparse.Namespace):
             stored_pvd, stored_teacher = stored["pvd"], stored["teacher"]
         except (OSError, ValueError, KeyError, TypeError):
             raise CLIError(f"--resume: no convert-nerf run in {str(output)!r}; run without --resume first") from None
-        if teacher is not None and Path(teacher) != Path(stored_teacher):
+        if teacher is not None and Path(teacher).resolve() != Path(stored_teacher).resolve():
             raise CLIError(f"--resume: TEACHER {teacher!r} is not the run's teacher {stored_teacher!r}")
         teacher = stored_teacher
         lines = config_cli.resume_conflicts(stored_pvd, requested, set(PVDConfig.RESUMABLE), names)

@@ -215,7 +215,7 @@ def resolved_config(
     from sdtoolkit.cli.config_cli import to_dict
 
     return {
-        "teacher": str(teacher_path),
+        "teacher": str(Path(teacher_path).resolve()),
         "pvd": to_dict(config),
         "nerf": to_dict(student.config),
         "background": list(background),
@@ -236,10 +236,12 @@ def convert(
     command: dict | None = None,
     device: str = "cpu",
     export_outputs: bool = True,
+    log_every: int = 100,
 ) -> dict:
     """Runs (or resumes) a conversion into `output_dir` and exports it; returns the summary (also summary.json).
     `stop_at` ends the loop early at that step after a checkpoint, as an interrupted run would (no export);
-    `export_outputs=False` skips the export (the checkpoint is the result)."""
+    `export_outputs=False` skips the export (the checkpoint is the result). With `progress`, the losses are also
+    printed as a line every `log_every` steps and at the end of each stage."""
     from sdtoolkit.text_to_3d.trainer import load_checkpoint, save_checkpoint
 
     teacher, stored = load_nerf_asset(teacher_path, device)  # before the folder is claimed: nothing written
@@ -263,6 +265,11 @@ def convert(
             bar.update(1)
             shown = {k[5:]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss_")}
             bar.set_postfix(stage=int(logs["stage"]), **shown)
+            if progress and (run.step % log_every == 0 or stage_of(config, run.step) != logs["stage"]):
+                losses = " ".join(f"{k}={v}" for k, v in shown.items())
+                bar.write(
+                    f"step {run.step} stage {int(logs['stage'])} {losses} ({bar.format_dict['rate'] or 0:.2f} step/s)"
+                )
             if (config.checkpoint_every and run.step % config.checkpoint_every == 0) or stop.requested:
                 save_checkpoint(run, output_dir)
             if stop.requested:
