@@ -281,3 +281,22 @@ def test_text_to_3d_representation_flag():
 def test_teacher_error_names_valid_teachers(tmp_path):
     with pytest.raises(TeacherError, match="text-to-3d or convert-nerf output folder"):
         load_nerf_asset(tmp_path)
+
+
+def test_a_text_to_3d_asset_is_a_teacher_and_a_converted_asset_too(tmp_path):
+    """What `text-to-3d` saves (with a non-default representation, too) converts; the result converts again."""
+    from sdtoolkit.core.denoiser import Denoiser
+    from sdtoolkit.testing import tiny_sd_pipeline
+    from sdtoolkit.text_to_3d import TextTo3DConfig, train
+
+    denoiser = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+    config = TextTo3DConfig(
+        prompt="a red cube", prior="tiny", steps=2, nerf=tiny_nerf_config("voxel"), preview_every=0, start_resolution=8
+    )
+    train(config, tmp_path / "asset", denoiser=denoiser, progress=False)
+    teacher, stored = load_nerf_asset(tmp_path / "asset" / "checkpoint.safetensors")
+    assert teacher.config.representation == "voxel" and stored["prompt"] == "a red cube"
+    assert convert(tiny_pvd(to="hash"), tmp_path / "asset", tmp_path / "hash", progress=False, export_outputs=False)
+    again, _ = load_nerf_asset(tmp_path / "hash")
+    assert again.config.representation == "hash"
+    assert convert(tiny_pvd(to="mlp"), tmp_path / "hash", tmp_path / "mlp", progress=False, export_outputs=False)
