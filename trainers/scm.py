@@ -1,0 +1,626 @@
+"""Continuous-time consistency distillation in TrigFlow (sCM; Lu & Song 2024, "Simplifying, Stabilizing and Scaling
+Continuous-Time Consistency Models"), as SANA-Sprint (Chen et al. 2025) trains it, on the shared Denoiser, in the
+shared training loop (`sdtoolkit distill scm`).
+
+One step, as `scm_step` runs it (the equations are `sdtoolkit.distill.scm`, the teacher conversion
+`sdtoolkit.core.trigflow`):
+
+1. real latents x0 (the teacher's scale) from the cached VAE posteriors; TrigFlow data x0_trig = sigma_d x0 and
+   noise z ~ N(0, sigma_d^2 I); s = arctan(e^tau / sigma_d), tau ~ N(P_mean, P_std^2) (SANA-Sprint: 0.2, 1.6);
+   x_s = cos(s) x0_trig + sin(s) z;
+2. the guidance w per sample from a set (SANA-Sprint {4, 4.5, 5}; diffusers' scale), and the teacher's guided
+   ODE velocity dx_s/ds = sigma_d [F_u + w (F_c - F_u)] (no gradient; any VP or flow teacher in TrigFlow time);
+3. the student F_theta^-(x_s / sigma_d, s) and cos(s) sin(s) dF_theta^-/ds along the ODE in one forward-mode JVP
+   (`torch.func.jvp`, no gradient, float32, on the unwrapped student and a JVP-safe attention kernel);
+4. the tangent g of Eq. 8-9 with the warm-up r = min(1, step / tangent_warmup_steps), normalised g / (||g|| + c);
+5. a normal forward F_theta with gradient and the learned log-variance w_phi(s); the loss of Eq. 10.
+
+The student takes w through an embedding when its network has one (a UNet's LCM-style `time_cond_proj_dim`, input
+w - 1; SANA's `guidance_embeds`, input w * guidance_embeds_scale as SanaSprintPipeline feeds it), zero-initialised
+so that it starts as the teacher; otherwise it distils one fixed w. A SANA student takes the dense flow time
+t in [0, 1] (not 1000 t; `dense_time`), which is what stock `SanaSprintPipeline` feeds it.
+
+Sampling is sCM's multistep sampler (`SCMScheduler`): x0 = cos(s) x - sigma_d sin(s) F, re-noised to the next time
+with fresh noise. Export: SANA students as a stock `SanaSprintPipeline` + `SCMScheduler` folder
+(`sdtoolkit.pipelines.sana_sprint`); VP students (SD, SDXL) as 1-step generators (s = pi/2 is the teacher's noisiest
+time), exported like DMD2's; other flow students with the stock FlowMatch Euler scheduler on their times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.families import family_for
+from sdtoolkit.core.schedules import FlowSchedule, VPSchedule
+from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher, trigflow_x0
+from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
+from sdtoolkit.distill.data import batch_conditioning, sample_latents
+from sdtoolkit.distill.method import DistillationMethod, register_method
+from sdtoolkit.distill.scm import (
+    JVP_SAFE_ATTENTION,
+    LogVarianceHead,
+    check_jvp_backend,
+    normalize_tangent,
+    sample_time,
+    scm_loss,
+    tangent_target,
+    tangent_warmup,
+    trigflow_noise,
+    trigflow_ode_tangents,
+)
+from sdtoolkit.models.loading import teacher_network
+
+__all__ = ["SCM", "SCMConfig", "SCMStep", "scm_sample", "scm_sampling_times", "scm_step", "sana_sprint_student"]
+
+S_MAX_NETWORK = float(torch.nextafter(torch.tensor(math.pi / 2), torch.tensor(0.0)))
+"""The largest time a network is evaluated at. SCMScheduler starts at 1.5708 > pi/2 (where tan s < 0 and the flow
+time exceeds 1; float32 pi/2 itself rounds up past it); the step uses the scheduler's s, the network min(s, this),
+the largest float32 below pi/2."""
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class SCMConfig(MethodConfig):
+    """Continuous-time consistency distillation (sCM) in TrigFlow. Defaults follow SANA-Sprint (Chen et al. 2025,
+    `train_scm_ladd.py` and its 1.6B config) unless a field says otherwise."""
+
+    lr: float = 2e-6
+    """Learning rate of the student (SANA-Sprint: 2e-6, with CAME; here AdamW)."""
+    lr_warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    adam_weight_decay: float = 0.0
+    """AdamW weight decay."""
+    logvar_features: int = 128
+    """Sinusoidal features of s read by the log-variance head (even)."""
+    p_mean: float = 0.2
+    """Mean of tau in s = arctan(e^tau / sigma_d) (SANA-Sprint: 0.2)."""
+    p_std: float = 1.6
+    """Standard deviation of tau (SANA-Sprint: 1.6)."""
+    sigma_data: float = SIGMA_DATA
+    """sigma_d of TrigFlow (sCM, SANA-Sprint: 0.5); also the exported SCMScheduler's."""
+    guidance_scales: tuple[float, ...] = (4.0, 4.5, 5.0)
+    """Teacher CFG scales w (diffusers' convention: F_u + w (F_c - F_u)) drawn uniformly per sample (SANA-Sprint:
+    {4, 4.5, 5}). Without a guidance embedding the student distils `sample_w` alone."""
+    guidance_embedding: bool | None = None
+    """Give the student w through an embedding: a UNet's `time_cond_proj_dim` (LCM's w-embedding, input w - 1) or
+    SANA's `guidance_embeds` (input w * guidance_embeds_scale). None: yes where the network can have one (UNets,
+    SANA), else a fixed w = `sample_w`. SANA students always need it (SanaSprintPipeline feeds a guidance)."""
+    time_cond_proj_dim: int = 256
+    """Width of the w-embedding added to a UNet student (LCM: 256)."""
+    guidance_embeds_scale: float = 0.1
+    """SANA: the transformer's `guidance_embeds_scale` (SANA-Sprint's `cfg_embed_scale`: 0.1)."""
+    dense_time: bool = True
+    """SANA: the student embeds the dense flow time t in [0, 1] instead of the teacher's 1000 t (SANA-Sprint's
+    teacher preparation; what stock SanaSprintPipeline feeds). Its time embedding then starts away from the
+    teacher's. Other families keep their teacher's time input."""
+    tangent_warmup_steps: int = 4000
+    """Steps of the tangent warm-up r = min(1, step / N) (SANA-Sprint: 4000; 0: r = 1 from the start)."""
+    tangent_norm_c: float = 0.1
+    """c of the tangent normalisation g / (||g|| + c) (sCM, SANA-Sprint: 0.1)."""
+    grad_clip: float | None = 0.1
+    """Gradient-norm clipping of the student update (SANA-Sprint: 0.1; None: the run's --max-grad-norm)."""
+    attention: str = "jvp"
+    """Attention kernel of the student, JVP pass included: one with forward-mode AD (`jvp` or `math`)."""
+    ema_decay: float = 0.999
+    """EMA decay of the student (our choice; sCM papers evaluate EMA weights)."""
+    export_ema: bool = True
+    """Sample and export the EMA student; False: the online student."""
+    sample_steps: int | None = None
+    """Steps of the sampler for grids, validation and export (None: 2, SanaSprintPipeline's default; 1 for VP
+    teachers, whose export is a 1-step generator)."""
+    max_time: float = 1.5708
+    """First sampling time (SCMScheduler's `max_timesteps`: 1.5708)."""
+    intermediate_time: float = 1.3
+    """The middle time of 2-step sampling (SCMScheduler's and SanaSprintPipeline's default `intermediate_timesteps`:
+    1.3); other step counts use linspace(max_time, 0)."""
+    sample_w: float | None = None
+    """w used for sampling and export (None: the middle of `guidance_scales`)."""
+
+
+# ---------------------------------------------------------------------------------------------------- the step
+
+
+@dataclass
+class SCMStep:
+    """One sCM step's loss and ingredients (tests check them against hand computations)."""
+
+    loss: Tensor
+    F: Tensor
+    """F_theta(x_s / sigma_d, s), with gradient."""
+    F_minus: Tensor
+    """F_theta^- from the JVP pass (no gradient)."""
+    g: Tensor
+    """The normalised tangent."""
+    dxds: Tensor
+    """The teacher's guided ODE velocity."""
+    s: Tensor
+    logvar: Tensor
+
+
+def scm_step(
+    *,
+    student: Denoiser,
+    jvp_student: Denoiser,
+    teacher: Denoiser,
+    logvar_head: nn.Module,
+    x0: Tensor,
+    z: Tensor,
+    s: Tensor,
+    w: Tensor,
+    embed: Tensor | None,
+    cond: Conditioning,
+    uncond: Conditioning,
+    r: float,
+    c: float = 0.1,
+    sigma_data: float = SIGMA_DATA,
+) -> SCMStep:
+    """Steps 1-5 of the module docstring for given draws: latents `x0` (teacher scale), unit noise `z`, TrigFlow
+    times `s` [B], teacher guidance `w` [B], the student's guidance input `embed` [B] (or None).
+
+    `student` runs the gradient forward (it may hold a DDP module); `jvp_student` is the same network unwrapped,
+    in float32, for the JVP."""
+    x0_trig, z_trig = sigma_data * x0.float(), sigma_data * z.float()
+    x_s = trigflow_noise(x0_trig, z_trig, s)
+    # 2. dx_s/ds = sigma_d F_pre, the teacher's guided F (any schedule, seen in TrigFlow time)
+    with torch.no_grad():
+        guidance = {} if bool((w == 1).all()) else {"uncond": uncond, "guidance_scale": w}
+        F_pre = TrigFlowTeacher(teacher, sigma_data).F(x_s.to(teacher.dtype), s, cond, **guidance)
+        dxds = sigma_data * F_pre.float()
+    # 3. F^- and cos(s) sin(s) dF^-/ds along the ODE: one forward-mode JVP through the unwrapped student
+    check_jvp_backend(jvp_student.attention_backend or "unset (the model's default)")
+    trig = TrigFlowTeacher(jvp_student, sigma_data)
+
+    def F_of(x_in: Tensor, s_: Tensor) -> Tensor:
+        return trig.F(sigma_data * x_in, s_, cond, guidance_embed=embed)
+
+    v_x, v_s = trigflow_ode_tangents(x_s, s, dxds, sigma_data)
+    with torch.no_grad(), _full_precision(jvp_student.base_model):
+        F_minus, cs_dF_ds = torch.func.jvp(F_of, (x_s / sigma_data, s), (v_x, v_s))
+    # 4. the tangent (Eq. 8-9), warmed up and normalised
+    g = tangent_target(F_minus, dxds, x_s, cs_dF_ds, s, r, sigma_data)
+    g = normalize_tangent(g, c)
+    # 5. F_theta with gradient, the adaptive weight, Eq. 10
+    F = TrigFlowTeacher(student, sigma_data).F(x_s, s, cond, guidance_embed=embed).float()
+    logvar = logvar_head(s)
+    loss = scm_loss(F, F_minus.detach(), g.detach(), s, logvar, sigma_data)
+    return SCMStep(loss, F, F_minus, g, dxds, s, logvar)
+
+
+@contextlib.contextmanager
+def _full_precision(model: nn.Module):
+    """Runs `model` without accelerate's mixed-precision forward wrapper (which autocasts even the unwrapped module)
+    and without autocast: the JVP runs in float32 (a bf16 JVP fails in diffusers' Linear layers, see
+    `sdtoolkit.core.attention`)."""
+    original = model.__dict__.get("_original_forward")
+    patched = model.__dict__.get("forward")
+    if original is not None and patched is not None:
+        model.forward = original
+    device = next(model.parameters()).device.type
+    try:
+        with torch.autocast(device_type=device, enabled=False):
+            yield
+    finally:
+        if original is not None and patched is not None:
+            model.forward = patched
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+
+
+def scm_sampling_times(num_steps: int, max_time: float = 1.5708, intermediate_time: float | None = 1.3) -> Tensor:
+    """SCMScheduler.set_timesteps: [max, intermediate, 0] for 2 steps with an intermediate time, else
+    linspace(max, 0, k + 1); float32 like the scheduler's."""
+    if num_steps == 2 and intermediate_time is not None:
+        return torch.tensor([max_time, intermediate_time, 0.0]).float()
+    return torch.linspace(max_time, 0.0, num_steps + 1).float()
+
+
+def scm_sample(
+    student: Denoiser,
+    noise: Tensor,
+    cond: Conditioning,
+    times: Tensor,
+    generator: torch.Generator | None,
+    embed: Tensor | None = None,
+    sigma_data: float = SIGMA_DATA,
+) -> Tensor:
+    """sCM's multistep sampler, as SCMScheduler.step (SanaSprintPipeline): x = sigma_d noise at times[0]; each step
+    x0 = cos(s) x - sigma_d sin(s) F(x / sigma_d, s), then x = cos(s') x0 + sin(s') sigma_d n with fresh n (drawn
+    at every step, also the last where s' = 0, as the scheduler does). Returns x0 / sigma_d (the teacher's scale)."""
+    trig = TrigFlowTeacher(student, sigma_data)
+    x = sigma_data * noise.float()
+    times = times.to(x.device)
+    x0 = x
+    for i in range(len(times) - 1):
+        s, s_next = times[i], times[i + 1]
+        s_net = s.clamp(max=S_MAX_NETWORK).expand(x.shape[0])
+        F = trig.F(x, s_net, cond, guidance_embed=embed).float()
+        x0 = trigflow_x0(x, F, s.expand(x.shape[0]), sigma_data)
+        fresh = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)
+        x = torch.cos(s_next) * x0 + torch.sin(s_next) * sigma_data * fresh.to(x.device)
+    return x0 / sigma_data
+
+
+# ---------------------------------------------------------------------------------------------------- students
+
+
+def sana_sprint_student(transformer: nn.Module, guidance_embeds_scale: float = 0.1) -> nn.Module:
+    """A SANA-Sprint student from a SANA teacher transformer: the same network with `guidance_embeds=True` (its
+    time embedding `SanaCombinedTimestepGuidanceEmbeddings`), the teacher's weights loaded (the timestep embedder
+    moves from `time_embed.emb.timestep_embedder` to `time_embed.timestep_embedder`), and the guidance embedder's
+    output layer zero-initialised, so that it adds nothing until trained (SANA-Sprint's diffusers port)."""
+    cls = type(transformer)
+    if transformer.config.get("guidance_embeds"):
+        return copy.deepcopy(transformer).float().requires_grad_(True)
+    student = cls.from_config(transformer.config, guidance_embeds=True, guidance_embeds_scale=guidance_embeds_scale)
+    state = {k.replace("time_embed.emb.", "time_embed."): v for k, v in transformer.state_dict().items()}
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if unexpected or any(not name.startswith("time_embed.guidance_embedder.") for name in missing):
+        raise RuntimeError(f"SANA-Sprint student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    nn.init.zeros_(student.time_embed.guidance_embedder.linear_2.weight)
+    nn.init.zeros_(student.time_embed.guidance_embedder.linear_2.bias)
+    return student.float().requires_grad_(True)
+
+
+def w_embedded_unet(unet: nn.Module, time_cond_proj_dim: int) -> nn.Module:
+    """A UNet copy with LCM's w-embedding (`time_cond_proj_dim`), teacher weights loaded, `cond_proj` zeroed."""
+    if unet.config.get("time_cond_proj_dim") is not None:
+        return copy.deepcopy(unet).float().requires_grad_(True)
+    # a keyword, not a dict entry: diffusers drops config keys listed in `_use_default_values`
+    student = type(unet).from_config(unet.config, time_cond_proj_dim=time_cond_proj_dim)
+    missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any("cond_proj" not in name for name in missing):
+        raise RuntimeError(f"student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.float().requires_grad_(True)
+
+
+# ---------------------------------------------------------------------------------------------------- the method
+
+
+@register_method
+class SCM(DistillationMethod):
+    """Continuous-time consistency distillation (sCM) in TrigFlow, as SANA-Sprint."""
+
+    name = "scm"
+    config_class = SCMConfig
+    data = "images"
+    description = (
+        "Continuous-time consistency distillation in TrigFlow (sCM: Lu & Song 2024; as SANA-Sprint, Chen et al. "
+        "2025): the tangent through the student by a forward-mode JVP (torch.func.jvp, math attention), tangent "
+        "warm-up and normalisation, adaptive weighting by a learned log-variance, teacher CFG w in {4, 4.5, 5} "
+        "embedded in the student, EMA. Needs real latents (--data). Exports SANA students as a stock "
+        "SanaSprintPipeline with SCMScheduler, SD/SDXL students as 1-step generators."
+    )
+    config: SCMConfig
+
+    # ------------------------------------------------------------------ checks
+
+    @classmethod
+    def check_config(cls, config: SCMConfig, train: TrainConfig) -> None:
+        if config.attention not in JVP_SAFE_ATTENTION:
+            check_jvp_backend(config.attention)
+        checks = [
+            ("--lr", config.lr, config.lr > 0, "must be > 0 (SANA-Sprint: 2e-6)"),
+            ("--lr-warmup-steps", config.lr_warmup_steps, config.lr_warmup_steps >= 0, "must be >= 0"),
+            ("--adam-weight-decay", config.adam_weight_decay, config.adam_weight_decay >= 0, "must be >= 0"),
+            (
+                "--logvar-features",
+                config.logvar_features,
+                config.logvar_features >= 2 and config.logvar_features % 2 == 0,
+                "must be an even integer >= 2 (default 128)",
+            ),
+            ("--p-std", config.p_std, config.p_std > 0, "must be > 0 (SANA-Sprint: 1.6)"),
+            ("--p-mean", config.p_mean, math.isfinite(config.p_mean), "must be a finite number (SANA-Sprint: 0.2)"),
+            ("--sigma-data", config.sigma_data, 0 < config.sigma_data < math.inf, "must be > 0 (sCM: 0.5)"),
+            (
+                "--guidance-scales",
+                list(config.guidance_scales),
+                len(config.guidance_scales) > 0 and all(1 <= w < math.inf for w in config.guidance_scales),
+                "must be one or more scales >= 1 (SANA-Sprint: 4 4.5 5)",
+            ),
+            ("--time-cond-proj-dim", config.time_cond_proj_dim, config.time_cond_proj_dim > 0, "must be > 0"),
+            ("--guidance-embeds-scale", config.guidance_embeds_scale, config.guidance_embeds_scale > 0, "must be > 0"),
+            ("--tangent-warmup-steps", config.tangent_warmup_steps, config.tangent_warmup_steps >= 0, "must be >= 0"),
+            ("--tangent-norm-c", config.tangent_norm_c, config.tangent_norm_c > 0, "must be > 0 (sCM: 0.1)"),
+            ("--grad-clip", config.grad_clip, config.grad_clip is None or config.grad_clip > 0, "must be > 0"),
+            ("--ema-decay", config.ema_decay, 0 <= config.ema_decay <= 1, "must lie in [0, 1]"),
+            (
+                "--sample-steps",
+                config.sample_steps,
+                config.sample_steps is None or 1 <= config.sample_steps <= 1000,
+                "must lie in [1, 1000] (SCMScheduler's num_train_timesteps)",
+            ),
+            (
+                "--max-time",
+                config.max_time,
+                0 < config.max_time <= 1.5708,
+                "must lie in (0, 1.5708] (TrigFlow time; SCMScheduler's max_timesteps 1.5708)",
+            ),
+            (
+                "--intermediate-time",
+                config.intermediate_time,
+                0 < config.intermediate_time < config.max_time,
+                f"must lie in (0, --max-time {config.max_time}) (SCMScheduler's default 1.3)",
+            ),
+            ("--sample-w", config.sample_w, config.sample_w is None or config.sample_w >= 1, "must be >= 1"),
+        ]
+        for flag, value, ok, why in checks:
+            if not ok:
+                raise ValueError(f"{flag} {value} {why}")
+
+    @classmethod
+    def check_teacher(cls, config: SCMConfig, train: TrainConfig, pipeline: Any) -> None:
+        network = teacher_network(pipeline)
+        family = family_for(network)
+        if family.name == "sana" and config.guidance_embedding is False:
+            raise ValueError(
+                "--no-guidance-embedding: a SANA student exports to SanaSprintPipeline, which always feeds the "
+                "transformer a guidance input; keep the guidance embedding (the default)"
+            )
+        if config.guidance_embedding and family.name != "sana" and not family.supports_w_embedding(network):
+            raise ValueError(
+                f"--guidance-embedding: the {family.name} {type(network).__name__} has no guidance embedding to add "
+                "(UNets: time_cond_proj_dim; SANA: guidance_embeds); drop it to distil one fixed w (--sample-w)"
+            )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def family(self):
+        return self.teacher.family
+
+    @property
+    def embeds_guidance(self) -> bool:
+        if self.family.name == "sana":
+            return True
+        if self.config.guidance_embedding is None:
+            return self.family.supports_w_embedding(self.teacher.base_model)
+        return self.config.guidance_embedding
+
+    @property
+    def dense_time(self) -> bool:
+        return self.family.name == "sana" and self.config.dense_time
+
+    @property
+    def sample_w(self) -> float:
+        scales = self.config.guidance_scales
+        return self.config.sample_w if self.config.sample_w is not None else (min(scales) + max(scales)) / 2
+
+    @property
+    def sample_steps(self) -> int:
+        if self.config.sample_steps is not None:
+            return self.config.sample_steps
+        return 1 if isinstance(self.teacher.schedule, VPSchedule) else 2
+
+    def guidance_input(self, w: Tensor) -> Tensor | None:
+        """The student's guidance input for diffusers scales `w` [B]: w - 1 (a UNet's LCM w-embedding), w times
+        `guidance_embeds_scale` (SANA, as SanaSprintPipeline), or None."""
+        if not self.embeds_guidance:
+            return None
+        if self.family.name == "sana":
+            return w * self.config.guidance_embeds_scale
+        return w - 1
+
+    def sampling_times(self) -> Tensor:
+        """TrigFlow times of the sampler: SCMScheduler's for SANA (and VP, whose 1-step export starts at the
+        teacher's noisiest time); for other flow students, the stock FlowMatch Euler k-step grid mapped to s =
+        arctan(t / (1 - t)), so the stock stochastic Euler sampler runs the same steps."""
+        k, c = self.sample_steps, self.config
+        schedule = self.teacher.schedule
+        if self.family.name == "sana" or not isinstance(schedule, FlowSchedule):
+            return scm_sampling_times(k, c.max_time, c.intermediate_time)
+        t = torch.tensor(schedule.student_timesteps(k), dtype=torch.float64)
+        s = torch.atan2(t, 1 - t)
+        return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
+
+    def _student_denoiser(self, model: nn.Module) -> Denoiser:
+        denoiser = self.teacher.with_model(model)
+        if self.dense_time:  # the network's timestep is the flow time t itself, not 1000 t
+            denoiser = denoiser.replace_schedule(self.teacher.schedule.replace(num_train_timesteps=1))
+        denoiser.autocast_dtype = None
+        # the kernel probe of `configure_attention` draws from the global RNG once per process (cached): forked, so
+        # that a run's randomness does not depend on whether an earlier run in the process probed (exact resume)
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            denoiser.set_attention(self.config.attention)
+        return denoiser
+
+    # ------------------------------------------------------------------ networks
+
+    def build(self) -> dict[str, nn.Module]:
+        config, teacher, device = self.config, self.teacher, self.accelerator.device
+        network = teacher.base_model
+        if self.family.name == "sana":
+            student = sana_sprint_student(network, config.guidance_embeds_scale)
+        elif self.embeds_guidance:
+            student = w_embedded_unet(network, config.time_cond_proj_dim)
+        else:
+            student = copy.deepcopy(network).float().requires_grad_(True)
+        teacher.freeze()
+        student = student.to(device).train()
+        head = LogVarianceHead(config.logvar_features).to(device)
+        from sdtoolkit.core.ema import EMA, ema_target
+
+        self.ema = EMA(student, decay=config.ema_decay)
+        self.ema_network = ema_target(student)
+        self.built = {"student": student, "logvar": head}
+        return self.built
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        config = self.config
+        # the log-variance head trains with the student, in its optimizer (as SANA-Sprint's `logvar_linear`)
+        params = [p for p in self.built["student"].parameters() if p.requires_grad]
+        params += list(self.built["logvar"].parameters())
+        return [
+            OptimizerSpec(
+                "student",
+                params,
+                lr=config.lr,
+                weight_decay=config.adam_weight_decay,
+                warmup_steps=config.lr_warmup_steps,
+                max_grad_norm=config.grad_clip,
+            )
+        ]
+
+    def setup(self, models: dict[str, nn.Module]) -> None:
+        super().setup(models)
+        unwrapped = self.accelerator.unwrap_model(models["student"])
+        self.student = self._student_denoiser(models["student"])  # the prepared (maybe DDP) module: gradients
+        self.jvp_student = self._student_denoiser(unwrapped)  # never the DDP wrapper inside torch.func.jvp
+        self.ema_network.to(self.accelerator.device)
+        self.ema_student = self._student_denoiser(self.ema_network)
+
+    # ------------------------------------------------------------------ the step
+
+    def draw_guidance(self, batch_size: int, device: torch.device) -> Tensor:
+        """w per sample, uniform over `guidance_scales` (a student without embedding distils `sample_w`)."""
+        if not self.embeds_guidance:
+            return torch.full((batch_size,), self.sample_w, device=device)
+        scales = torch.tensor(self.config.guidance_scales, device=device, dtype=torch.float32)
+        return scales[torch.randint(0, len(scales), (batch_size,), device=device)]
+
+    def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        config = self.config
+        device = self.accelerator.device
+        x0 = sample_latents({k: v.to(device) for k, v in batch.items() if k.startswith("latent_")})
+        batch_size = x0.shape[0]
+        cond = batch_conditioning(batch).to(device)
+        uncond = self.training_data.uncond(batch_size)
+        z = torch.randn_like(x0)
+        s = sample_time(batch_size, config.p_mean, config.p_std, config.sigma_data, device=device)
+        w = self.draw_guidance(batch_size, device)
+        r = tangent_warmup(step, config.tangent_warmup_steps)
+        out = scm_step(
+            student=self.student,
+            jvp_student=self.jvp_student,
+            teacher=self.teacher,
+            logvar_head=self.models["logvar"],
+            x0=x0,
+            z=z,
+            s=s,
+            w=w,
+            embed=self.guidance_input(w),
+            cond=cond,
+            uncond=uncond,
+            r=r,
+            c=config.tangent_norm_c,
+            sigma_data=config.sigma_data,
+        )
+        return {
+            "loss": out.loss,
+            "tangent_norm": out.g.detach().flatten(1).norm(dim=1).mean(),
+            "logvar": out.logvar.detach().mean(),
+            "r": torch.tensor(r),
+        }
+
+    def after_step(self, name: str, step: int) -> None:
+        self.ema.update(self.accelerator.unwrap_model(self.models["student"]))
+        self.ema.copy_to(self.ema_network)
+
+    def checkpoint_objects(self) -> list[Any]:
+        return [self.ema]
+
+    def after_load(self) -> None:
+        self.ema.copy_to(self.ema_network)
+
+    # ------------------------------------------------------------------ sampling and saving
+
+    @property
+    def sampler(self) -> Denoiser:
+        return self.ema_student if self.config.export_ema else self.jvp_student
+
+    def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
+        shape = self.latent_shape(cond.batch_size)
+        device = self.accelerator.device
+        noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        embed = self.guidance_input(torch.full((shape[0],), self.sample_w, device=device))
+        with torch.no_grad():
+            return scm_sample(
+                self.sampler, noise, cond, self.sampling_times(), generator, embed, self.config.sigma_data
+            )
+
+    def save_student(self, folder: Path) -> Any:
+        from sdtoolkit.pipelines.export import ExportSpec
+
+        config, family = self.config, self.family
+        network = self.ema_network if config.export_ema else self.accelerator.unwrap_model(self.models["student"])
+        network.save_pretrained(Path(folder) / family.component, safe_serialization=True)
+        times = self.sampling_times()[:-1].tolist()
+        k = self.sample_steps
+        w = self.sample_w
+        about = (
+            f"sCM (continuous-time consistency in TrigFlow, Lu & Song 2024; as SANA-Sprint), teacher guidance "
+            f"w in {list(config.guidance_scales)}"
+        )
+        if family.name == "sana":
+            return ExportSpec(
+                method=self.name,
+                student=family.component,
+                pipeline_class="SanaSprintPipeline",
+                scheduler_class="SCMScheduler",
+                num_inference_steps=k,
+                guidance_scale=w,
+                scheduler_config={"sigma_data": config.sigma_data},
+                call_kwargs=self.sana_call_kwargs(),
+                notes=f"{about}, embedded (guidance = w * {config.guidance_embeds_scale}). TrigFlow times "
+                f"{', '.join(f'{t:.4g}' for t in times)}.",
+            )
+        guidance = w if self.embeds_guidance else 1.0
+        if isinstance(self.teacher.schedule, FlowSchedule):
+            from sdtoolkit.distill.method import flow_export_fields
+
+            flow_times = [float(t) for t in self.teacher.schedule.student_timesteps(k)]
+            return ExportSpec(
+                method=self.name,
+                student=family.component,
+                num_inference_steps=k,
+                guidance_scale=guidance,
+                notes=f"{about}. Flow times {', '.join(f'{t:.4g}' for t in flow_times)} (x0 re-noised between "
+                "steps: stochastic_sampling).",
+                **flow_export_fields(self, flow_times, stochastic=k > 1),
+            )
+        note = ""
+        if k > 1:
+            note = f" Sampled with {k} TrigFlow steps during training; exported as its 1-step generator."
+        return ExportSpec(
+            method=self.name,
+            student=family.component,
+            pipeline_class=family.export_pipeline,
+            scheduler_class="LCMScheduler",
+            num_inference_steps=1,
+            guidance_scale=guidance,
+            scheduler_config={"original_inference_steps": 1},
+            notes=f"{about}. A 1-step generator at s = pi/2, the teacher's noisiest time.{note}",
+        )
+
+    def sana_call_kwargs(self) -> dict[str, Any]:
+        """SanaSprintPipeline call arguments beyond its defaults: the sampler's times where they differ from the
+        stock 1.5708 / 1.3, and the training resolution where it is not a 1024-px bin of a 32-latent model."""
+        config, k = self.config, self.sample_steps
+        kwargs: dict[str, Any] = {}
+        if config.max_time != 1.5708:
+            kwargs["max_timesteps"] = config.max_time
+        if k != 2:
+            kwargs["intermediate_timesteps"] = None
+        elif config.intermediate_time != 1.3:
+            kwargs["intermediate_timesteps"] = config.intermediate_time
+        shape = self.latent_shape(1)
+        from sdtoolkit.models.loading import vae_scale_factor
+
+        factor = vae_scale_factor(self.teacher.pipeline)
+        height, width = shape[2] * factor, shape[3] * factor
+        if self.teacher.base_model.config.sample_size != 32 or (height, width) != (1024, 1024):
+            kwargs.update(height=height, width=width, use_resolution_binning=False)
+        return kwargs
