@@ -358,3 +358,70 @@ def test_guidance_embedding_on_a_network_without_one_is_refused():
     pipe = tiny_sana_pipeline()
     with pytest.raises(ValueError, match="SanaSprintPipeline, which always feeds"):
         SCM.check_teacher(SCMConfig(guidance_embedding=False), TrainConfig(), pipe)
+
+
+# ---------------------------------------------------------------------------------------------------- other families
+
+
+@pytest.mark.parametrize("family", ["sana", "sdxl", "sd3", "flux"])
+def test_runs_through_the_loop_on_every_family(family, tmp_path):
+    """Two steps through the shared Trainer (teacher pipeline passed in, export off): finite losses, a trained
+    student that differs from the teacher, the spec for the family's stock pipeline."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from sdtoolkit.cli.distill import prepare_data
+    from sdtoolkit.distill.config import TrainConfig
+    from sdtoolkit.distill.loop import Trainer
+    from sdtoolkit.testing import TINY_CAPTIONS, tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
+
+    build = {"sana": tiny_sana_pipeline, "sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pipeline}
+    pipe = build.get(family, tiny_flux_pipeline)()
+    data = tmp_path / "data"
+    data.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        pixels = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(np.asarray(pixels)).save(data / f"image{i}.png")
+        (data / f"image{i}.txt").write_text(TINY_CAPTIONS[i % len(TINY_CAPTIONS)])
+    config = SCMConfig(lr=1e-3, tangent_warmup_steps=1)
+    train = TrainConfig(
+        teacher=f"tiny-{family}",
+        output=str(tmp_path / "run"),
+        data=str(data),
+        resolution=16,
+        max_steps=2,
+        batch_size=2,
+        checkpoint_every=100,
+        sample_every=2,
+        sample_prompts=1,
+        sample_seeds=1,
+        validate_every=-1,
+        log_with="none",
+        export=False,
+    )
+    SCM.check_config(config, train)
+    resolved = {"method": "scm", "scm": dataclasses.asdict(config), "train": dataclasses.asdict(train)}
+    network = copy.deepcopy(pipe.unet if family == "sdxl" else pipe.transformer)
+    run = Trainer(SCM, config, train, resolved, prepare_data, pipeline=pipe).run()
+    entries = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == [1, 2]
+    assert all(math.isfinite(v) for e in entries for k, v in e.items() if k != "step")
+    spec = json.loads((run / "student" / "export.json").read_text())
+    component = "unet" if family == "sdxl" else "transformer"
+    student = type(network).from_pretrained(run / "student" / component)
+    shared = [k for k in network.state_dict() if k in student.state_dict()]
+    assert any(not torch.equal(network.state_dict()[k], student.state_dict()[k]) for k in shared)
+    expected = {
+        "sana": ("SanaSprintPipeline", "SCMScheduler", 2, 4.5),
+        "sdxl": ("StableDiffusionXLPipeline", "LCMScheduler", 1, 4.5),  # w-embedded 1-step generator
+        "sd3": ("StableDiffusion3Pipeline", "FlowMatchEulerDiscreteScheduler", 2, 1.0),  # fixed w, no embedding
+        "flux": ("FluxPipeline", "FlowMatchEulerDiscreteScheduler", 2, 4.5),  # w through FLUX's guidance input
+    }[family]
+    assert (spec["pipeline_class"], spec["scheduler_class"], spec["num_inference_steps"], spec["guidance_scale"]) == (
+        expected
+    )
+    if family == "sana":
+        assert student.config.guidance_embeds

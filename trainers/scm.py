@@ -17,7 +17,8 @@ One step, as `scm_step` runs it (the equations are `sdtoolkit.distill.scm`, the 
 
 The student takes w through an embedding when its network has one (a UNet's LCM-style `time_cond_proj_dim`, input
 w - 1; SANA's `guidance_embeds`, input w * guidance_embeds_scale as SanaSprintPipeline feeds it), zero-initialised
-so that it starts as the teacher; otherwise it distils one fixed w. A SANA student takes the dense flow time
+so that it starts as the teacher, or through a guidance-distilled input (FLUX.1-dev's `guidance`, input w); otherwise
+it distils one fixed w. A SANA student takes the dense flow time
 t in [0, 1] (not 1000 t; `dense_time`), which is what stock `SanaSprintPipeline` feeds it.
 
 Sampling is sCM's multistep sampler (`SCMScheduler`): x0 = cos(s) x - sigma_d sin(s) F, re-noised to the next time
@@ -95,7 +96,8 @@ class SCMConfig(MethodConfig):
     guidance_embedding: bool | None = None
     """Give the student w through an embedding: a UNet's `time_cond_proj_dim` (LCM's w-embedding, input w - 1) or
     SANA's `guidance_embeds` (input w * guidance_embeds_scale). None: yes where the network can have one (UNets,
-    SANA), else a fixed w = `sample_w`. SANA students always need it (SanaSprintPipeline feeds a guidance)."""
+    SANA), else a fixed w = `sample_w`. SANA students always need it (SanaSprintPipeline feeds a guidance); a
+    network with a guidance input (FLUX.1-dev) takes w through it."""
     time_cond_proj_dim: int = 256
     """Width of the w-embedding added to a UNet student (LCM: 256)."""
     guidance_embeds_scale: float = 0.1
@@ -383,7 +385,7 @@ class SCM(DistillationMethod):
 
     @property
     def embeds_guidance(self) -> bool:
-        if self.family.name == "sana":
+        if self.family.name == "sana" or self.teacher.guidance_input == "scale":  # FLUX.1-dev: its guidance input
             return True
         if self.config.guidance_embedding is None:
             return self.family.supports_w_embedding(self.teacher.base_model)
@@ -406,11 +408,14 @@ class SCM(DistillationMethod):
 
     def guidance_input(self, w: Tensor) -> Tensor | None:
         """The student's guidance input for diffusers scales `w` [B]: w - 1 (a UNet's LCM w-embedding), w times
-        `guidance_embeds_scale` (SANA, as SanaSprintPipeline), or None."""
+        `guidance_embeds_scale` (SANA, as SanaSprintPipeline), w itself (a guidance-distilled input, FLUX.1-dev's
+        `guidance`, as FluxPipeline feeds it), or None."""
         if not self.embeds_guidance:
             return None
         if self.family.name == "sana":
             return w * self.config.guidance_embeds_scale
+        if self.teacher.guidance_input == "scale":
+            return w
         return w - 1
 
     def sampling_times(self) -> Tensor:
@@ -444,7 +449,7 @@ class SCM(DistillationMethod):
         network = teacher.base_model
         if self.family.name == "sana":
             student = sana_sprint_student(network, config.guidance_embeds_scale)
-        elif self.embeds_guidance:
+        elif self.embeds_guidance and self.family.supports_w_embedding(network):
             student = w_embedded_unet(network, config.time_cond_proj_dim)
         else:
             student = copy.deepcopy(network).float().requires_grad_(True)
@@ -560,9 +565,9 @@ class SCM(DistillationMethod):
         times = self.sampling_times()[:-1].tolist()
         k = self.sample_steps
         w = self.sample_w
+        guided = f"w in {list(config.guidance_scales)}" if self.embeds_guidance else f"w = {w} (distilled in)"
         about = (
-            f"sCM (continuous-time consistency in TrigFlow, Lu & Song 2024; as SANA-Sprint), teacher guidance "
-            f"w in {list(config.guidance_scales)}"
+            f"sCM (continuous-time consistency in TrigFlow, Lu & Song 2024; as SANA-Sprint), teacher guidance {guided}"
         )
         if family.name == "sana":
             return ExportSpec(
