@@ -127,7 +127,11 @@ def test_student_is_queried_at_the_teachers_exact_points(teacher_dir, monkeypatc
     generator.set_state(state)
     rays = teacher.collider(random_rays(run.config, generator, "cpu"))
     _, sub, samples, _, keep = teacher.sample_along(rays, generator, stratified=True)
-    assert torch.equal(samples.positions(sub)[keep], points.positions)
+    kept, extra = points.positions[: points.num_kept], points.positions[points.num_kept :]
+    assert torch.equal(samples.positions(sub)[keep], kept)
+    # plus a share (empty_fraction) of the samples the teacher pruned: still the teacher's own sample points
+    pruned = samples.positions(sub)[~keep]
+    assert 0 < len(extra) < len(pruned) and (extra[:, None] == pruned[None]).all(-1).any(1).all()
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,7 @@ def setup(config: PVDConfig, teacher: NeRF, background=(1.0, 1.0, 1.0)) -> Conve
 def training_step(run: ConvertRun) -> dict[str, float]:
     """One PVD step on fresh random rays; returns its logs."""
     rays = random_rays(run.config, run.generator, run.teacher.device)
-    points = teacher_points(run.teacher, rays, run.generator)
+    points = teacher_points(run.teacher, rays, run.generator, run.config.empty_fraction)
     logs: dict[str, float] = {"stage": float(stage_of(run.config, run.step)), "points": float(len(points.positions))}
     if points.samples is not None and len(points.positions):
         losses = pvd_losses(run.config, run.step, run.nerf, run.teacher, points, run.background[None].expand(-1, 3))
@@ -183,9 +183,18 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)
 
 
-def refresh_occupancy(nerf: NeRF, seed: int = 0) -> None:
-    """Rebuilds the student's occupancy grid from its own density (it was never rendered while distilled)."""
-    if nerf.occupancy is not None:
+def refresh_occupancy(nerf: NeRF, seed: int = 0, teacher: NeRF | None = None) -> None:
+    """The converted student's occupancy grid: the teacher's (PVD's inherited grid, when `teacher` is given and the
+    grids match), else rebuilt from the student's own density (it was never rendered while distilled)."""
+    if nerf.occupancy is None:
+        return
+    if (
+        teacher is not None
+        and teacher.occupancy is not None
+        and teacher.occupancy.resolution == nerf.occupancy.resolution
+    ):
+        nerf.occupancy.load_state_dict(teacher.occupancy.state_dict())
+    else:
         nerf.occupancy.initialised.fill_(False)
         nerf.update_occupancy(0, torch.Generator().manual_seed(seed), force=True)
 
@@ -294,7 +303,7 @@ def export(run: ConvertRun, output_dir: Path, train_seconds, mesh_resolution, vi
 
     start = time.time()
     student, teacher = run.nerf, run.teacher
-    refresh_occupancy(student, run.config.seed)
+    refresh_occupancy(student, run.config.seed, teacher if run.config.inherit_occupancy else None)
     save_checkpoint(run, output_dir)  # with the refreshed occupancy grid
     mesh = extract_mesh(student, mesh_resolution)
     paths = export_mesh(mesh, output_dir)

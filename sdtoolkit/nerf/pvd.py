@@ -4,7 +4,11 @@ representation without images.
 
 Every step draws random rays from random cameras around the object, runs the *teacher's* own sampler on them
 (collider, stratified samples, its occupancy grid, nerfacc-style pruning: `NeRF.sample_along`) and queries teacher
-and student at exactly those points. The losses come in three stages (PVD Sec. 3.2-3.3, the reference code's
+and student at exactly those points: the samples the teacher renders with, plus a random share of the ones it
+pruned (`empty_fraction`), so that the student also learns where the teacher is empty. The converted student
+renders with the teacher's occupancy grid, as PVD's student inherits it (`inherit_occupancy`).
+
+The losses come in three stages (PVD Sec. 3.2-3.3, the reference code's
 `stage_iters`): first the volume features alone (the output of each model's front, `TextTo3DField.features`), then
 also the density and colour at the points, then also the colour rendered along the rays. All are PVD's `normL2`
 (here the mean squared L2 distance per point or ray). The density is compared after clipping its pre-activation,
@@ -51,6 +55,7 @@ class PVDConfig:
         "ray_resolution": Range(2),
         "loss_feature": NON_NEGATIVE,
         "feature_decay": FRACTION,
+        "empty_fraction": FRACTION,
         "loss_density": NON_NEGATIVE,
         "loss_colour": NON_NEGATIVE,
         "loss_rgb": NON_NEGATIVE,
@@ -95,6 +100,15 @@ class PVDConfig:
     """Weight of the rendered-colour loss in stage 3 (PVD: 1)."""
     density_clip: tuple[float, float] = (-2.0, 7.0)
     """[min, max] of log sigma before it is compared (PVD `sigma_clip_min/max`)."""
+    empty_fraction: float = 0.1
+    """Share of the teacher's pruned samples (those its occupancy grid and nerfacc pruning skip: empty space, or
+    hidden behind a surface) at which the student is also queried, for the feature and density losses, so that it
+    learns where the teacher is empty. The reference samples only occupied cells and renders the student with the
+    teacher's grid (`inherit_occupancy`); without these points a student keeps its initial density wherever the
+    teacher's grid is empty, which shows once it renders with a grid of its own. 0: kept samples only."""
+    inherit_occupancy: bool = True
+    """The converted student renders with the teacher's occupancy grid (PVD's `inherited_params`: the student
+    marches the teacher's occupied cells); False: a grid rebuilt from the student's own density."""
     inherit_decoder: bool = False
     """Start the student's decoder as a copy of the teacher's (the features it decodes are fitted in stage 1). Off
     in PVD."""
@@ -170,7 +184,10 @@ class TeacherPoints:
     keep: Tensor
     """`[R, S]` mask of the contributing samples (the teacher's pruning)."""
     positions: Float[Tensor, "P 3"]
-    """World positions of the kept samples: where the student is queried."""
+    """World positions where the student is queried: the kept samples (the first `num_kept`), then a random share
+    of the pruned ones (`PVDConfig.empty_fraction`)."""
+    num_kept: int
+    """How many of `positions` are kept samples (the ones the renderer composites)."""
     features: Tensor
     """Teacher volume features `[P, hidden_dim]`."""
     raw: Tensor
@@ -180,29 +197,38 @@ class TeacherPoints:
 
 
 @torch.no_grad()
-def teacher_points(teacher: NeRF, rays: RayBundle, generator: torch.Generator) -> TeacherPoints:
+def teacher_points(
+    teacher: NeRF, rays: RayBundle, generator: torch.Generator, empty_fraction: float = 0.0
+) -> TeacherPoints:
     """Runs the teacher's collider and sampler (`NeRF.sample_along`, stratified) on `rays` and evaluates the teacher
-    at the kept samples."""
+    at the kept samples and at a random `empty_fraction` of the pruned ones."""
     rays = teacher.collider(rays)
     hit, sub, samples, _, keep = teacher.sample_along(rays, generator, stratified=True)
     if samples is None:
         empty = torch.zeros(0, 3, device=rays.origins.device)
-        return TeacherPoints(sub, hit, None, None, empty, empty, empty, empty[:, 0])
-    positions = samples.positions(sub)[keep]
+        return TeacherPoints(sub, hit, None, None, empty, 0, empty, empty, empty[:, 0])
+    all_positions = samples.positions(sub)
+    positions = all_positions[keep]
+    num_kept = len(positions)
+    if empty_fraction > 0:
+        pruned = all_positions[~keep]
+        chosen = torch.rand(len(pruned), generator=generator).to(pruned.device) < empty_fraction
+        positions = torch.cat([positions, pruned[chosen]])
     features = teacher.field.features(positions)
     raw = teacher.field.decode(features)
     density = teacher.field._density(raw, positions)
-    return TeacherPoints(sub, hit, samples, keep, positions, features, raw, density)
+    return TeacherPoints(sub, hit, samples, keep, positions, num_kept, features, raw, density)
 
 
 def composite(points: TeacherPoints, density: Tensor, rgb: Tensor, background: Tensor) -> Tensor:
     """Colour of each ray from values at the kept samples (the others empty): C = sum_i w_i c_i + (1 - sum w) c_bg
-    with w_i = T_i (1 - exp(-sigma_i delta_i)) (Mildenhall et al. 2020, Eq. 3), on the teacher's intervals."""
-    sigma = torch.zeros(points.keep.shape, dtype=density.dtype, device=density.device).masked_scatter(
-        points.keep, density
-    )
+    with w_i = T_i (1 - exp(-sigma_i delta_i)) (Mildenhall et al. 2020, Eq. 3), on the teacher's intervals; the
+    values past `num_kept` (pruned samples) take no part, as in the teacher's own render."""
+    kept = points.num_kept
+    sigma = torch.zeros(points.keep.shape, dtype=density.dtype, device=density.device)
+    sigma = sigma.masked_scatter(points.keep, density[:kept])
     colours = torch.zeros(*points.keep.shape, 3, dtype=rgb.dtype, device=rgb.device)
-    colours = colours.masked_scatter(points.keep[..., None], rgb)
+    colours = colours.masked_scatter(points.keep[..., None], rgb[:kept])
     return render_rgb(colours, render_weights(sigma, points.samples), background)
 
 
@@ -225,12 +251,14 @@ def pvd_losses(
     teacher_log = clip_log_density(teacher.field.log_density(points.raw, points.positions), config.density_clip)
     losses["loss_density"] = config.loss_density * norm_l2(student_log[:, None], teacher_log[:, None])
     student_rgb = torch.sigmoid(raw[..., 1:4])
-    losses["loss_colour"] = config.loss_colour * norm_l2(student_rgb, torch.sigmoid(points.raw[..., 1:4]))
+    kept = points.num_kept  # colour only where the teacher renders it (empty space has no meaningful colour)
+    teacher_rgb = torch.sigmoid(points.raw[..., 1:4])
+    losses["loss_colour"] = config.loss_colour * norm_l2(student_rgb[:kept], teacher_rgb[:kept])
     if stage == 3:
         density = student.field._density(raw, points.positions)
         student_colour = composite(points, density, student_rgb, background)
         with torch.no_grad():
-            teacher_colour = composite(points, points.density, torch.sigmoid(points.raw[..., 1:4]), background)
+            teacher_colour = composite(points, points.density, teacher_rgb, background)
         losses["loss_rgb"] = config.loss_rgb * norm_l2(student_colour, teacher_colour)
     return losses
 
@@ -248,6 +276,8 @@ def build_student(config: PVDConfig, teacher: NeRF) -> NeRF:
         copy.deepcopy(config.voxel),
     )
     student = NeRF(nerf_config).to(teacher.device)
+    if config.inherit_occupancy and student.occupancy is not None and teacher.occupancy is not None:
+        student.occupancy.load_state_dict(teacher.occupancy.state_dict())
     if config.inherit_decoder:
         student.field.mlp[2:].load_state_dict(teacher.field.mlp[2:].state_dict())
     return student
