@@ -1,0 +1,222 @@
+"""PVD conversion against training from scratch, per target representation, on this CPU.
+
+1. Teacher: the text-to-3D hash-grid NeRF (default `NeRFConfig`) fitted for `--teacher-seconds` to renders of a
+   procedural scene (`sdtoolkit.data.render`: a shaded shape of the shapes world, 64 px, random views), saved as a
+   NeRF asset (config.json + checkpoint.safetensors, the layout `convert-nerf` reads).
+2. The teacher renders `--train-views` random views (the from-scratch data) and the 20 held-out views of
+   `sdtoolkit.nerf.convert.heldout_cameras` (the reference of every PSNR).
+3. Per representation: PVD (`sdtoolkit.nerf.convert`'s steps, the paper's stage ratios 2k/5k of 30k scaled to the
+   step budget) and a from-scratch fit of the same representation on the teacher's renders (photometric MSE on
+   random rays, its own occupancy grid, Adam at PVD's lr 1e-2), each for `--seconds` of wall time (evaluation
+   excluded). PSNR (median over the 20 held-out views) is measured at 8 points of each run.
+
+Reported: final PSNRs, wall times, and the first measured time at which PVD reached the from-scratch run's final
+PSNR (and its fraction of the from-scratch wall time). Usage:
+
+    OMP_NUM_THREADS=1 python benchmarks/pvd.py --seconds 100 --teacher-seconds 180 --out /tmp/pvd_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from sdtoolkit.cli.config_cli import to_dict
+from sdtoolkit.data.cameras import Cameras, wrap_azimuth_deg
+from sdtoolkit.data.render import render
+from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES
+from sdtoolkit.nerf import NeRF, NeRFConfig, RayBundle
+from sdtoolkit.nerf.convert import heldout_cameras, load_nerf_asset, psnr, render_views, setup, training_step
+from sdtoolkit.nerf.pvd import PVDConfig
+
+
+def random_cameras(n: int, generator: torch.Generator) -> Cameras:
+    u = torch.rand(3, n, generator=generator)
+    return Cameras(wrap_azimuth_deg(u[0] * 360), -10 + 95 * u[1], 2.5 + 0.5 * u[2], torch.full((n,), 40.0))
+
+
+def image_rays(cameras: Cameras, images: torch.Tensor) -> tuple[RayBundle, torch.Tensor]:
+    """Every pixel's ray and colour of `images` [B, 3, H, W] seen from `cameras`."""
+    origins, directions = cameras.generate_rays(images.shape[2], images.shape[3])
+    return RayBundle(origins.reshape(-1, 3), directions.reshape(-1, 3)), images.permute(0, 2, 3, 1).reshape(-1, 3)
+
+
+def fit_photometric(
+    nerf: NeRF,
+    rays: RayBundle,
+    colours: torch.Tensor,
+    seconds: float,
+    rays_per_step: int,
+    lr: float,
+    seed: int,
+    evaluate=None,
+    eval_every: float | None = None,
+) -> tuple[list, int]:
+    """Fits `nerf` to pixel colours for `seconds` of wall time (evaluation excluded): random rays per step, MSE of
+    the rendered colour, the NeRF's own occupancy grid refreshed every 16 steps. Returns ([(seconds, psnr)], steps)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(nerf.field.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
+    background = torch.ones(3)
+    curve, elapsed, step, next_eval = [], 0.0, 0, eval_every
+    while elapsed < seconds:
+        start = time.perf_counter()
+        nerf.update_occupancy(step, generator)
+        pick = torch.randint(len(colours), (rays_per_step,), generator=generator)
+        batch = RayBundle(rays.origins[pick], rays.directions[pick])
+        out = nerf.render_rays(batch, background, generator)
+        loss = (out["rgb"] - colours[pick]).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        elapsed += time.perf_counter() - start
+        if evaluate is not None and (elapsed >= next_eval or elapsed >= seconds):
+            curve.append((round(elapsed, 1), evaluate(nerf)))
+            next_eval += eval_every
+    return curve, step
+
+
+def run_pvd(teacher_dir: Path, to: str, seconds: float, rays_per_step: int, evaluate, eval_every: float):
+    teacher, stored = load_nerf_asset(teacher_dir)
+    probe = setup(PVDConfig(to=to, steps=10**9, stage1_steps=0, stage2_steps=0, rays_per_step=rays_per_step), teacher)
+    start = time.perf_counter()
+    for _ in range(10):  # calibrate the step time in stage 3 (the most expensive), to place the stages
+        training_step(probe)
+    per_step = (time.perf_counter() - start) / 10
+    steps = max(30, int(seconds / per_step))
+    config = PVDConfig(
+        to=to,
+        steps=steps,
+        stage1_steps=round(steps * 2000 / 30000),
+        stage2_steps=round(steps * 5000 / 30000),
+        rays_per_step=rays_per_step,
+    )
+    run = setup(config, teacher)
+    curve, elapsed, next_eval = [], 0.0, eval_every
+    while elapsed < seconds and run.step < steps:
+        start = time.perf_counter()
+        training_step(run)
+        elapsed += time.perf_counter() - start
+        if elapsed >= next_eval or elapsed >= seconds or run.step == steps:
+            from sdtoolkit.nerf.convert import refresh_occupancy
+
+            refresh_occupancy(run.nerf, teacher=teacher if config.inherit_occupancy else None)
+            curve.append((round(elapsed, 1), evaluate(run.nerf)))
+            next_eval += eval_every
+    return curve, run.step, config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=100.0, help="wall time of each PVD and from-scratch run")
+    parser.add_argument("--teacher-seconds", type=float, default=180.0)
+    parser.add_argument("--representations", default="mlp,tensorf,voxel,hash")
+    parser.add_argument("--shape", default="torus", choices=SHAPES)
+    parser.add_argument("--colour", default="red", choices=COLOUR_NAMES)
+    parser.add_argument("--train-views", type=int, default=100)
+    parser.add_argument("--rays-per-step", type=int, default=1024)
+    parser.add_argument("--out", default="/tmp/pvd_bench")
+    parser.add_argument("--teacher", default=None, help="reuse the teacher asset of an earlier run (no fitting)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+
+    # 1. the teacher: the default text-to-3D hash NeRF fitted to renders of the procedural scene
+    scene_cameras = random_cameras(200, g)
+    ids = torch.full((200,), SHAPES.index(args.shape))
+    colour = torch.full((200,), COLOUR_NAMES.index(args.colour))
+    images = torch.cat(
+        [render(ids[i : i + 20], colour[i : i + 20], scene_cameras[i : i + 20]) for i in range(0, 200, 20)]
+    )
+    teacher_config = NeRFConfig()
+    teacher = NeRF(teacher_config)
+    rays, colours = image_rays(scene_cameras, images)
+    teacher_steps, teacher_dir = None, Path(args.teacher) if args.teacher else out / "teacher"
+    if not args.teacher:
+        _, teacher_steps = fit_photometric(teacher, rays, colours, args.teacher_seconds, 2048, 1e-2, seed=1)
+        teacher.update_occupancy(0, force=True)
+        teacher_dir.mkdir(exist_ok=True)
+        tensors = {f"nerf.{k}": v.contiguous() for k, v in teacher.state_dict().items()}
+        save_file(tensors, str(teacher_dir / "checkpoint.safetensors"))
+        prompt = f"a {args.colour} {args.shape}"
+        asset = {"prompt": prompt, "nerf": to_dict(teacher_config), "background": [1.0, 1.0, 1.0]}
+        (teacher_dir / "config.json").write_text(json.dumps(asset))
+    teacher, _ = load_nerf_asset(teacher_dir)
+    held = heldout_cameras(20)
+    reference = render_views(teacher, held)
+    scene_psnr = float(
+        psnr(
+            reference,
+            render(
+                torch.full((20,), SHAPES.index(args.shape)), torch.full((20,), COLOUR_NAMES.index(args.colour)), held
+            ),
+        ).median()
+    )
+    train_cameras = random_cameras(args.train_views, torch.Generator().manual_seed(2))
+    train_images = render_views(teacher, train_cameras)
+    train_rays, train_colours = image_rays(train_cameras, train_images)
+    setup_seconds = time.perf_counter() - t0
+    print(f"teacher: {teacher_steps} steps in {args.teacher_seconds:.0f}s, PSNR vs the true scene {scene_psnr:.2f} dB")
+
+    def evaluate(nerf: NeRF) -> float:
+        return round(float(psnr(render_views(nerf, held), reference).median()), 2)
+
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "teacher_steps": teacher_steps,
+        "teacher_vs_scene_psnr": round(scene_psnr, 2),
+        "setup_seconds": round(setup_seconds, 1),
+        "args": vars(args),
+        "runs": {},
+    }
+    every = args.seconds / 8
+    for to in args.representations.split(","):
+        pvd_curve, pvd_steps, config = run_pvd(teacher_dir, to, args.seconds, args.rays_per_step, evaluate, every)
+        student_config = NeRFConfig(representation=to)
+        torch.manual_seed(0)
+        scratch = NeRF(student_config)
+        scratch_curve, scratch_steps = fit_photometric(
+            scratch,
+            train_rays,
+            train_colours,
+            args.seconds,
+            args.rays_per_step,
+            1e-2,
+            seed=3,
+            evaluate=evaluate,
+            eval_every=every,
+        )
+        target = scratch_curve[-1][1]
+        reached = next((t for t, p in pvd_curve if p >= target), None)
+        results["runs"][to] = {
+            "pvd_psnr": pvd_curve[-1][1],
+            "pvd_seconds": pvd_curve[-1][0],
+            "pvd_steps": pvd_steps,
+            "pvd_stages": [config.stage1_steps, config.stage2_steps, config.steps],
+            "scratch_psnr": target,
+            "scratch_seconds": scratch_curve[-1][0],
+            "scratch_steps": scratch_steps,
+            "pvd_seconds_to_scratch_psnr": reached,
+            "fraction_of_scratch_time": None if reached is None else round(reached / scratch_curve[-1][0], 3),
+            "pvd_curve": pvd_curve,
+            "scratch_curve": scratch_curve,
+        }
+        print(json.dumps({to: {k: v for k, v in results["runs"][to].items() if "curve" not in k}}))
+    results["total_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
