@@ -230,3 +230,14 @@ def test_cuda_jvp_mode(kind):
     with torch.no_grad(), configure_attention(model, "auto", "cuda", torch.float32)():
         with pytest.raises(RuntimeError, match="forward AD"):
             torch.func.jvp(forward, (x,), (v,))
+
+
+def test_kernel_probe_leaves_the_global_rng_alone():
+    """The cached kernel probe must not draw from the global RNG: otherwise a run's first random draws depend on
+    whether an earlier run in the same process already filled the cache (exact resume in one process)."""
+    from sdtoolkit.core import attention
+
+    attention._sdp_backend_runs.cache_clear()
+    state = torch.get_rng_state()
+    attention.available_backends("cpu", torch.float32)
+    assert torch.equal(torch.get_rng_state(), state)

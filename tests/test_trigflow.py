@@ -38,6 +38,10 @@ def test_matched_time_has_the_same_noise_to_signal_ratio():
     torch.testing.assert_close(vp.sigma(t_vp) / vp.alpha(t_vp), torch.tan(S[:4]), rtol=1e-10, atol=0)
     # beyond the VP teacher's noisiest time: clamped to its end
     assert matched_time(vp, torch.tensor([math.pi / 2], dtype=torch.float64)).item() == pytest.approx(vp.t_max)
+    # float32 pi/2 and SCMScheduler's 1.5708 lie just above pi/2 (tan < 0 there): still the schedule's noisiest end
+    for s_end in (torch.tensor([math.pi / 2], dtype=torch.float32), torch.tensor([1.5708])):
+        assert matched_time(vp, s_end).item() == pytest.approx(vp.t_max)
+        assert matched_time(flow, s_end).item() == 1.0
 
 
 def tiny_vp():

@@ -73,7 +73,9 @@ def _as_device(device: torch.device | str) -> torch.device:
 def _sdp_backend_runs(device: torch.device, dtype: torch.dtype, backend: SDPBackend) -> bool:
     """True when `F.scaled_dot_product_attention` restricted to `backend` runs a tiny call on `device` in `dtype`."""
     try:
-        q = torch.randn(_PROBE_SHAPE, device=device, dtype=dtype)
+        # zeros, not randn: the probe must not advance the global RNG, or a run's first draws would depend on
+        # whether an earlier run in the same process already filled this cache (exact resume)
+        q = torch.zeros(_PROBE_SHAPE, device=device, dtype=dtype)
         with warnings.catch_warnings(), sdpa_kernel([backend]):
             warnings.simplefilter("ignore")  # torch warns once per kernel it rejects
             F.scaled_dot_product_attention(q, q, q)

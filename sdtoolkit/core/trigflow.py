@@ -41,9 +41,11 @@ def matched_time(schedule: NoiseSchedule, s: Tensor, iterations: int = 64) -> Te
     float64 precision. Beyond the teacher's noisiest time (a VP schedule whose last alpha is not 0) t is clamped to
     its end: such a teacher cannot see TrigFlow's pure-noise end, s = pi/2.
     """
-    s64 = s.to(torch.float64)
+    # float32 pi/2 (1.5707964) and SCMScheduler's 1.5708 lie just above pi/2, where tan turns negative: TrigFlow's
+    # time ends at pi/2
+    s64 = s.to(torch.float64).clamp(0.0, math.pi / 2)
     if isinstance(schedule, FlowSchedule):
-        return (torch.sin(s64) / (torch.sin(s64) + torch.cos(s64))).to(s.dtype)
+        return (torch.sin(s64) / (torch.sin(s64) + torch.cos(s64))).clamp(0.0, 1.0).to(s.dtype)
     if isinstance(schedule, TrigFlowSchedule):
         return s
     with torch.no_grad():
@@ -60,7 +62,9 @@ def matched_time(schedule: NoiseSchedule, s: Tensor, iterations: int = 64) -> Te
     # in s is the implicit one, dt/ds = (1 + tan^2 s) / rho'(t*) with rho = sigma / alpha, so that reverse- and
     # forward-mode AD (sCM's JVP) see the true d t / d s instead of the bisection's zero.
     rho = lambda t: schedule.sigma(t) / schedule.alpha(t)  # noqa: E731
-    inside = (t_star > schedule.t_min) & (t_star < schedule.t_max)
+    ends = torch.tensor([float(schedule.t_min), float(schedule.t_max)], dtype=torch.float64, device=s64.device)
+    rho_min, rho_max = rho(ends)
+    inside = (target > rho_min) & (target < rho_max)  # a bracketed root; else t* is an end of the schedule
     slope = torch.where(inside, _d_ratio(schedule, t_star), torch.ones_like(t_star))
     step = torch.where(inside, (torch.tan(s64) - rho(t_star)) / slope, torch.zeros_like(t_star))
     return (t_star + step).to(s.dtype)
