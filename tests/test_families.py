@@ -94,7 +94,16 @@ def test_flux_without_guidance_input_and_missing_guidance_error():
         assert denoiser.predict(x, torch.tensor(0.5), cond).x0.shape == x.shape
     guided = Denoiser.from_pipeline(tiny_flux_pipeline())
     with pytest.raises(ValueError, match="pass guidance_embed"):
-        guided.predict(x, torch.tensor(0.5), cond)
+        guided.model_output(x, torch.tensor(0.5), cond)
+    # predict feeds FLUX.1-dev's guidance input the guidance scale, as FluxPipeline does (no CFG batch)
+    cond, uncond = guided.encode_prompt(PROMPTS[:1])
+    with torch.no_grad():
+        scaled = guided.predict(x, torch.tensor(0.5), cond, uncond=uncond, guidance_scale=3.5).x0
+        explicit = guided.predict(x, torch.tensor(0.5), cond, guidance_embed=torch.full((1,), 3.5)).x0
+        default = guided.predict(x, torch.tensor(0.5), cond).x0
+        one = guided.predict(x, torch.tensor(0.5), cond, guidance_embed=torch.ones(1)).x0
+    torch.testing.assert_close(scaled, explicit, rtol=0, atol=0)
+    torch.testing.assert_close(default, one, rtol=0, atol=0)
 
 
 def test_family_lookup_order_and_unsupported_model():

@@ -6,7 +6,10 @@ at t_1 > ... > t_{k-1}) to clean latents. Its timesteps are exactly what a stock
 `original_inference_steps = k` produces (999 for one step, 999/499 for two, 999/749/499/249 for four), so the
 exported `StableDiffusionPipeline + LCMScheduler` samples the same chain: z ~ N(0, I) -> x0_0; x_{t_1} =
 alpha_{t_1} x0_0 + sigma_{t_1} eps; ... (DMD2's multi-step sampler, Yin et al. 2024b, Sec. 4.5). A 1-step student
-may instead sit on a lower timestep (`generator_timestep`), exported through a truncated stock LCMScheduler.
+may instead sit on a lower timestep (`generator_timestep`), exported through a truncated stock LCMScheduler. On a
+flow teacher (SD3, SANA, FLUX) the timesteps are the stock FlowMatch Euler k-step grid at the teacher's shift (FLUX:
+at the training resolution) and the export is the family's stock pipeline with that scheduler, re-noising between
+steps (`stochastic_sampling`); the student is saved as the family's network component (`unet/` or `transformer/`).
 """
 
 from __future__ import annotations
@@ -258,6 +261,18 @@ class DistributionMatchingMethod(DistillationMethod):
                     f"--regression-pairs {config.regression_pairs} must be >= 1 with --regression-weight > 0"
                 )
 
+    @classmethod
+    def check_teacher(cls, config: DistributionMatchingConfig, train: TrainConfig, pipeline: Any) -> None:
+        from sdtoolkit.core.schedules import schedule_from_config
+
+        schedule = schedule_from_config(pipeline.scheduler)
+        if config.generator_timestep is not None and not isinstance(schedule, VPSchedule):
+            raise ValueError(
+                f"--generator-timestep {config.generator_timestep} is an integer VP timestep; this teacher's "
+                f"schedule is {type(schedule).__name__} (times in [{schedule.t_min:g}, {schedule.t_max:g}]): leave "
+                "it unset (the 1-step student then starts at t = t_max)"
+            )
+
     # ------------------------------------------------------------------ networks
 
     def build(self) -> dict[str, nn.Module]:
@@ -404,11 +419,6 @@ class DistributionMatchingMethod(DistillationMethod):
 
     # ------------------------------------------------------------------ per-step helpers
 
-    def latent_shape(self, batch_size: int) -> tuple[int, ...]:
-        config = self.teacher.config
-        size = config.sample_size
-        return (batch_size, config.in_channels, size, size)
-
     def noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(self.latent_shape(batch_size), generator=generator, device=self.accelerator.device)
 
@@ -454,21 +464,39 @@ class DistributionMatchingMethod(DistillationMethod):
     def save_student(self, folder: Path) -> Any:
         from sdtoolkit.pipelines.export import ExportSpec, lcm_single_step_schedule
 
+        from sdtoolkit.core.schedules import FlowSchedule
+        from sdtoolkit.distill.method import flow_export_fields
+
+        family = self.teacher.family
         model = self.generator_weights()
-        model.save_pretrained(Path(folder) / "unet", safe_serialization=True)
-        steps = ",".join(str(t) for t in self.timesteps)
+        model.save_pretrained(Path(folder) / family.component, safe_serialization=True)
+        k = self.config.num_steps
+        steps = ",".join(f"{t:.4g}" if isinstance(t, float) else str(t) for t in self.timesteps)
+        notes = (
+            f"A {k}-step generator on the fixed timesteps {steps} ({type(self).__doc__.splitlines()[0].strip()}). "
+            "CFG is distilled in: sample with guidance_scale=1."
+        )
+        if isinstance(self.teacher.schedule, FlowSchedule):  # the stock FlowMatch Euler k-step grid, re-noised
+            fields = flow_export_fields(self, [float(t) for t in self.timesteps], stochastic=k > 1)
+            return ExportSpec(
+                method=self.name,
+                student=family.component,
+                num_inference_steps=k,
+                guidance_scale=1.0,
+                notes=notes,
+                **fields,
+            )
         if self.config.generator_timestep is None:
-            schedule = {"original_inference_steps": self.config.num_steps}
+            schedule = {"original_inference_steps": k}
         else:
             schedule = lcm_single_step_schedule(self.timesteps[0], self.teacher.pipeline.scheduler.config)
         return ExportSpec(
             method=self.name,
-            student="unet",
-            pipeline_class="StableDiffusionPipeline",
+            student=family.component,
+            pipeline_class=family.export_pipeline,
             scheduler_class="LCMScheduler",
-            num_inference_steps=self.config.num_steps,
+            num_inference_steps=k,
             guidance_scale=1.0,
             scheduler_config=schedule,
-            notes=f"A {self.config.num_steps}-step generator on the fixed timesteps {steps} "
-            f"({type(self).__doc__.splitlines()[0].strip()}). CFG is distilled in: sample with guidance_scale=1.",
+            notes=notes,
         )

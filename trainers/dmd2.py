@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.utils import frozen
 from sdtoolkit.distill.adversarial import (
-    BottleneckHead,
     bottleneck_features,
+    bottleneck_head,
     gan_discriminator_loss,
     gan_generator_loss,
 )
@@ -85,7 +85,7 @@ class DMD2(DistributionMatchingMethod):
     def extra_modules(self) -> dict[str, nn.Module]:
         if self.config.gan_weight <= 0:
             return {}
-        return {"discriminator": BottleneckHead.for_unet(self.teacher.base_model).to(self.accelerator.device)}
+        return {"discriminator": bottleneck_head(self.teacher).to(self.accelerator.device)}
 
     def optimizers(self) -> list[OptimizerSpec]:
         c = self.config

@@ -123,8 +123,15 @@ class FlashDMD(DistributionMatchingMethod):
     def extra_modules(self) -> dict[str, nn.Module]:
         if self.config.gan_weight <= 0:
             return {}
-        text_dim = self.teacher.config.cross_attention_dim
-        resolution = self.teacher.config.sample_size * 2 ** (len(self.teacher.vae.config.block_out_channels) - 1)
+        from sdtoolkit.models.loading import vae_scale_factor
+
+        text_dim = pooled_text(self.training_data.conditioning([0])).shape[-1]  # the discriminator's text input
+        teacher = self.teacher
+        if teacher.pipeline is not None:
+            factor = vae_scale_factor(teacher.pipeline)
+        else:
+            factor = 2 ** (len(teacher.vae.config.block_out_channels) - 1)
+        resolution = self.latent_shape(1)[-1] * factor
         disc = PixelDiscriminator(text_dim, resolution, self.config.discriminator_channels)
         return {"discriminator": disc.to(self.accelerator.device)}
 

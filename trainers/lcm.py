@@ -19,10 +19,14 @@ One step of Algorithm 1 ("LCD"), as `LCM.loss` runs it:
 
 Students: a full UNet copy (with a w-embedding `time_cond_proj_dim=256` by default, as LCM) or a LoRA on the
 teacher's own UNet (`unet.add_adapter(LoraConfig(...))`, the teacher = the same UNet with adapters disabled,
-`Denoiser.adapters_disabled()`). `--phases N>1` switches to PCM's parameterisation and, with `--adversarial`, adds
-its hinge GAN loss (`sdtoolkit.distill.adversarial`); `sdtoolkit distill pcm` (`sdtoolkit.trainers.pcm`) is this
-trainer with PCM's defaults. The consistency maths is `sdtoolkit.core.consistency`, the samplers
-`sdtoolkit.core.sampling`. Schedules, prediction types and CFG all go through the Denoiser.
+`Denoiser.adapters_disabled()`). Transformer teachers (SD3, SANA, FLUX; `sdtoolkit.core.families`) give a full
+copy without w-embedding (they have no `time_cond_proj_dim`; `--w-embedding` is refused), or a LoRA on the family's
+`lora_target_modules`; a guidance-distilled network (FLUX.1-dev) takes w through its own guidance input (w + 1).
+Flow students export to the family's stock pipeline with a FlowMatch Euler scheduler (`flow_export_fields`).
+`--phases N>1` switches to PCM's parameterisation and, with `--adversarial`, adds its hinge GAN loss
+(`sdtoolkit.distill.adversarial`); `sdtoolkit distill pcm` (`sdtoolkit.trainers.pcm`) is this trainer with PCM's
+defaults. The consistency maths is `sdtoolkit.core.consistency`, the samplers `sdtoolkit.core.sampling`.
+Schedules, prediction types and CFG all go through the Denoiser.
 """
 
 from __future__ import annotations
@@ -49,11 +53,15 @@ from sdtoolkit.core.consistency import (
     pseudo_huber,
 )
 from sdtoolkit.core.denoiser import Conditioning, Denoiser, Prediction
+from sdtoolkit.core.families import family_for
+from sdtoolkit.core.families.sd import UNET_LORA_TARGETS
 from sdtoolkit.core.sampling import lcm_sample, phased_sample
+from sdtoolkit.core.schedules import FlowSchedule
 from sdtoolkit.core.utils import append_dims
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
-from sdtoolkit.distill.method import DistillationMethod, register_method
+from sdtoolkit.distill.method import DistillationMethod, flow_export_fields, register_method
+from sdtoolkit.models.loading import teacher_network
 
 __all__ = [
     "LCM",
@@ -71,23 +79,9 @@ __all__ = [
     "pseudo_huber",
 ]
 
-LCM_LORA_TARGET_MODULES = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "downsamplers.0.conv",
-    "upsamplers.0.conv",
-    "time_emb_proj",
-)
-"""UNet modules LCM-LoRA adapts (diffusers' consistency_distillation LoRA scripts)."""
+LCM_LORA_TARGET_MODULES = UNET_LORA_TARGETS
+"""UNet modules LCM-LoRA adapts (diffusers' consistency_distillation LoRA scripts); transformer families use their
+own list (`ModelFamily.lora_target_modules`) when this default is left unchanged."""
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -105,7 +99,8 @@ class LCMConfig(MethodConfig):
     lora_alpha: float | None = None
     """LoRA scale numerator (None: = rank, i.e. scale 1)."""
     lora_target_modules: tuple[str, ...] = LCM_LORA_TARGET_MODULES
-    """UNet module names the LoRA adapts (LCM-LoRA's list; names absent from the UNet are skipped)."""
+    """Module names the LoRA adapts (LCM-LoRA's UNet list; names absent from the network are skipped). Left at
+    this default, transformer teachers use their family's list (`ModelFamily.lora_target_modules`)."""
     lr: float | None = None
     """AdamW learning rate. None: 1e-6 for a full student, 1e-4 for LoRA (diffusers' LCM and LCM-LoRA example
     commands)."""
@@ -120,8 +115,9 @@ class LCMConfig(MethodConfig):
     w_max: float = 15.0
     """Largest guidance w sampled."""
     w_embedding: bool | None = None
-    """Condition the student on w through a guidance embedding (time_cond_proj_dim). None: yes for a full student
-    (LCM), no for LoRA (LCM-LoRA). Exported with LatentConsistencyModelPipeline."""
+    """Condition the student on w through a guidance embedding (time_cond_proj_dim). None: yes for a full UNet
+    student (LCM), no for LoRA (LCM-LoRA) and for transformers (which have no time_cond_proj_dim; a network with a
+    guidance input, FLUX.1-dev, takes w through it). Exported with LatentConsistencyModelPipeline (SD 1.x/2.x)."""
     time_cond_proj_dim: int = 256
     """Width of the w-embedding given to the full student's UNet copy (LCM: 256)."""
     ema_decay: float = 0.95
@@ -201,9 +197,12 @@ def consistency_step(
     edge = None
     if config.phases > 1:
         edge = phase_edge_of(t_start, phase_edges(config.phases, config.num_ddim_timesteps, schedule=schedule))
+        # the solver step never crosses the phase edge (VP's edges lie on the grid, so this changes nothing there;
+        # a flow student's phase starts are the stock Euler grid, which need not lie on the solver grid)
+        t_end = torch.maximum(t_end, edge)
     # 4. z_{t_{n+k}} = alpha z + sigma eps
     x_t = teacher.add_noise(x0, noise, t_start)
-    embed = w if student.time_cond_proj_dim is not None else None
+    embed = student_guidance(student, w)
     # 5. online consistency function
     online_prediction = student.predict(x_t, t_start, cond, guidance_embed=embed)
     online = _consistency_output(student, x_t, online_prediction, t_start, edge, config)
@@ -224,6 +223,17 @@ def consistency_step(
     # 8. distance
     loss = consistency_distance(online, target_value, config.loss_type, config.huber_c)
     return ConsistencyStep(loss, online, target_value, x_prev, t_start, t_end, edge)
+
+
+def student_guidance(denoiser: Denoiser, w: Tensor) -> Tensor | None:
+    """The student's guidance input at LCM's w: w for a w-embedded UNet (`time_cond_proj_dim`), the diffusers scale
+    w + 1 for a guidance-distilled input (FLUX.1-dev's `guidance`), None for a student without one."""
+    kind = denoiser.guidance_input
+    if kind == "w":
+        return w
+    if kind == "scale":
+        return w + 1
+    return None
 
 
 def _consistency_output(
@@ -277,6 +287,22 @@ class LCM(DistillationMethod):
         if steps is not None and not 1 <= steps <= config.num_ddim_timesteps:
             raise ValueError(f"--sample-steps {steps} must lie in [1, {config.num_ddim_timesteps}]")
 
+    @classmethod
+    def check_teacher(cls, config: LCMConfig, train: TrainConfig, pipeline: Any) -> None:
+        network = teacher_network(pipeline)
+        family = family_for(network)
+        if config.w_embedding and not family.supports_w_embedding(network):
+            via = (
+                "; or keep this FLUX teacher's guidance input (w enters as guidance = w + 1 without --w-embedding)"
+                if family.guidance_input(network) == "scale"
+                else ""
+            )
+            raise ValueError(
+                f"--w-embedding: LCM's w-embedding is a UNet's time_cond_proj_dim, which the {family.name} "
+                f"{type(network).__name__} does not have; drop --w-embedding to train a full LCM student without "
+                f"it (teacher guidance w ~ U[w_min, w_max] distilled in){via}"
+            )
+
     @property
     def is_lora(self) -> bool:
         return self.config.lora_rank is not None
@@ -284,7 +310,7 @@ class LCM(DistillationMethod):
     @property
     def uses_w_embedding(self) -> bool:
         if self.config.w_embedding is None:
-            return not self.is_lora
+            return not self.is_lora and self.teacher.family.supports_w_embedding(self.teacher.base_model)
         return self.config.w_embedding
 
     @property
@@ -307,11 +333,14 @@ class LCM(DistillationMethod):
 
             # LCM-LoRA: the student is the teacher's UNet plus an adapter; with adapters disabled it is the teacher
             teacher.freeze()
+            targets = config.lora_target_modules
+            if targets == LCM_LORA_TARGET_MODULES and teacher.family.lora_target_modules:
+                targets = teacher.family.lora_target_modules
             teacher_unet.add_adapter(
                 LoraConfig(
                     r=config.lora_rank,
                     lora_alpha=config.lora_alpha or config.lora_rank,
-                    target_modules=list(config.lora_target_modules),
+                    target_modules=list(targets),
                     init_lora_weights="gaussian",
                 )
             )
@@ -327,7 +356,7 @@ class LCM(DistillationMethod):
         if config.adversarial:
             from sdtoolkit.distill.adversarial import TrunkDiscriminator
 
-            modules["discriminator"] = TrunkDiscriminator.for_unet(teacher_unet).to(device)
+            modules["discriminator"] = TrunkDiscriminator.for_denoiser(teacher).to(device)
         if not self.is_lora:
             from sdtoolkit.core.ema import EMA, ema_target
 
@@ -443,12 +472,9 @@ class LCM(DistillationMethod):
 
     def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
         sampler = self.sampler
-        config = sampler.config
-        shape = (cond.batch_size, config.in_channels, config.sample_size, config.sample_size)
+        shape = self.latent_shape(cond.batch_size)
         noise = torch.randn(shape, generator=generator, device=self.accelerator.device, dtype=torch.float32)
-        embed = None
-        if sampler.time_cond_proj_dim is not None:
-            embed = torch.full((shape[0],), self.sample_w, device=noise.device)
+        embed = student_guidance(sampler, torch.full((shape[0],), self.sample_w, device=noise.device))
         timesteps = sampler.schedule.student_timesteps(self.sample_steps, self.config.num_ddim_timesteps)
         if self.config.phases > 1:
             return phased_sample(sampler, noise, cond, timesteps, embed)
@@ -459,29 +485,57 @@ class LCM(DistillationMethod):
         from sdtoolkit.pipelines.export import ExportSpec
 
         config = self.config
-        if self.is_lora:
-            from diffusers import StableDiffusionPipeline
+        family = self.teacher.family
+        if self.is_lora:  # with the family's stock pipeline: unet_lora_layers= or transformer_lora_layers=
+            import diffusers
             from peft.utils import get_peft_model_state_dict
 
-            unet = self._unwrapped("student")
-            state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-            StableDiffusionPipeline.save_lora_weights(
-                folder, unet_lora_layers=state, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict()
+            network = self._unwrapped("student")
+            state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(network).items()}
+            getattr(diffusers, family.export_pipeline).save_lora_weights(
+                folder,
+                **{
+                    f"{family.component}_lora_layers": state,
+                    f"{family.component}_lora_adapter_metadata": network.peft_config["default"].to_dict(),
+                },
             )
         else:
             if config.export_ema:  # the fp32 EMA weights (the target network may run in a half dtype)
-                unet = copy.deepcopy(self.target_unet).float()
-                self.ema.copy_to(unet)
+                network = copy.deepcopy(self.target_unet).float()
+                self.ema.copy_to(network)
             else:
-                unet = self._unwrapped("student")
-            unet.save_pretrained(folder / "unet", safe_serialization=True)
+                network = self._unwrapped("student")
+            network.save_pretrained(folder / family.component, safe_serialization=True)
+        lora = ", LCM-LoRA" if self.is_lora else ""
+        guided = self.sampler.guidance_input is not None  # w-embedding or a guidance input: sampled at w + 1
+        guidance = self.sample_w + 1 if guided else 1.0
+        if isinstance(self.teacher.schedule, FlowSchedule):
+            times = self.teacher.schedule.student_timesteps(self.sample_steps, config.num_ddim_timesteps)
+            phased = config.phases > 1
+            fields = flow_export_fields(self, times, stochastic=not phased and self.sample_steps > 1)
+            notes = (
+                f"Phased consistency model (PCM, Wang et al. 2024) with {config.phases} phases: {config.phases} "
+                "deterministic FlowMatch Euler steps, one per phase."
+                if phased
+                else f"Latent consistency model (Luo et al. 2023{lora}) on a flow teacher: x0 = x - sigma v at each "
+                "step, re-noised to the next sigma with fresh noise (stochastic_sampling); LCM's boundary scalings "
+                "are within 1e-5 of (0, 1) at the sampled sigmas."
+            )
+            return ExportSpec(
+                method=self.name,
+                student="lora" if self.is_lora else family.component,
+                num_inference_steps=self.sample_steps,
+                guidance_scale=guidance,
+                notes=notes + f" Times (sigma): {', '.join(f'{t:.4g}' for t in times)}.",
+                **fields,
+            )
         scheduler_config: dict[str, Any] = {
             "original_inference_steps": config.num_ddim_timesteps,
             "clip_sample": False,
             "thresholding": False,
         }
         if config.phases > 1:
-            pipeline_class, scheduler_class = "StableDiffusionPipeline", "TCDScheduler"
+            pipeline_class, scheduler_class = family.export_pipeline, "TCDScheduler"
             call_kwargs, notes = (
                 {"eta": 0.0},
                 (
@@ -492,17 +546,17 @@ class LCM(DistillationMethod):
         else:
             scheduler_config["timestep_scaling"] = config.timestep_scaling
             w_embedded = self.sampler.time_cond_proj_dim is not None
-            pipeline_class = "LatentConsistencyModelPipeline" if w_embedded else "StableDiffusionPipeline"
+            pipeline_class = family.export_pipeline
+            if w_embedded and family.name == "sd":
+                pipeline_class = "LatentConsistencyModelPipeline"
             scheduler_class, call_kwargs = "LCMScheduler", {}
             notes = (
-                "Latent consistency model (Luo et al. 2023"
-                + (", LCM-LoRA" if self.is_lora else "")
-                + f"), teacher guidance w ~ U[{config.w_min}, {config.w_max}] (LCM's w; diffusers' scale w + 1)."
+                f"Latent consistency model (Luo et al. 2023{lora}), teacher guidance w ~ U[{config.w_min}, "
+                f"{config.w_max}] (LCM's w; diffusers' scale w + 1)."
             )
-        guidance = self.sample_w + 1 if self.sampler.time_cond_proj_dim is not None else 1.0
         return ExportSpec(
             method=self.name,
-            student="lora" if self.is_lora else "unet",
+            student="lora" if self.is_lora else family.component,
             pipeline_class=pipeline_class,
             scheduler_class=scheduler_class,
             num_inference_steps=self.sample_steps,

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.utils import frozen
-from sdtoolkit.distill.adversarial import BottleneckHead, bottleneck_features, gan_discriminator_loss
+from sdtoolkit.distill.adversarial import bottleneck_features, bottleneck_head, gan_discriminator_loss
 from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import sample_latents
 from sdtoolkit.distill.method import register_method
@@ -97,7 +97,7 @@ class SiDA(SiD):
             raise ValueError(f"--adversarial-start {config.adversarial_start} must be >= 0")
 
     def extra_modules(self) -> dict[str, nn.Module]:
-        return {"discriminator": BottleneckHead.for_unet(self.teacher.base_model).to(self.accelerator.device)}
+        return {"discriminator": bottleneck_head(self.teacher).to(self.accelerator.device)}
 
     def optimizers(self) -> list[OptimizerSpec]:
         specs = super().optimizers()

@@ -120,6 +120,10 @@ class Denoiser(nn.Module):
                 prediction_type = "trigflow"
             else:
                 prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
+        if isinstance(schedule, FlowSchedule):  # the sigmas the family's stock pipeline samples
+            family = family_for(unwrap_model(network))
+            use_flow_sigmas = pipeline.scheduler.config.get("use_flow_sigmas", False)
+            schedule = schedule.replace(sigmas="scheduler" if use_flow_sigmas else family.flow_sigmas)
         return cls(
             network,
             schedule,
@@ -158,6 +162,26 @@ class Denoiser(nn.Module):
         return next(self.base_model.parameters()).dtype
 
     @property
+    def guidance_input(self) -> str | None:
+        """How the network takes guidance (`ModelFamily.guidance_input`): `w` (LCM's w-embedding), `scale` (a
+        guidance-distilled input such as FLUX.1-dev's: `predict` feeds it the guidance scale instead of a CFG
+        batch), or None."""
+        return self.family.guidance_input(self.base_model)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the `[B, C, H, W]` latents this Denoiser takes (FLUX: before packing)."""
+        return self.family.latent_channels(self.base_model)
+
+    def set_latent_size(self, height: int, width: int) -> Denoiser:
+        """Fixes a resolution-dependent time shift (FLUX's dynamic shifting) for latents `height` x `width`, as the
+        stock pipeline does per call; a no-op for every other schedule. Returns self."""
+        if isinstance(self.schedule, FlowSchedule) and self.schedule.dynamic is not None:
+            tokens = self.family.image_seq_len(self.base_model, height, width)
+            self.schedule = self.schedule.at_image_seq_len(tokens)
+        return self
+
+    @property
     def time_cond_proj_dim(self) -> int | None:
         """Width of the guidance embedding of guidance-distilled UNets (LCM's w-embedding), or None."""
         return getattr(self.config, "time_cond_proj_dim", None)
@@ -181,6 +205,7 @@ class Denoiser(nn.Module):
         """
         cond = cond if cond is not None else Conditioning()
         t = _as_batch(t, x_t)
+        _check_time(self.schedule, t)
         timestep = self.schedule.model_timestep(t)
         model_input = x_t
         if self.prediction_type == "trigflow":
@@ -227,7 +252,14 @@ class Denoiser(nn.Module):
         forward of batch 2B. It is combined in the network's own prediction type, which equals combining x0 or eps
         (the conversions are affine with weights independent of the prediction). `guidance_scale` may be a float
         or a `[B]` tensor of per-sample scales.
+
+        Guidance-distilled networks (`guidance_input == "scale"`, FLUX.1-dev) take the scale as their guidance
+        input instead, with no CFG batch, as their stock pipeline does (also at scale 1), unless `guidance_embed`
+        gives the input explicitly.
         """
+        if guidance_embed is None and self.guidance_input == "scale":
+            guidance_embed = _as_batch(guidance_scale, x_t)
+            uncond = None
         needs_uncond = uncond is not None and not _is_one(guidance_scale)
         if needs_uncond:
             x_in = torch.cat([x_t, x_t])
@@ -295,8 +327,12 @@ class Denoiser(nn.Module):
         """Images in [-1, 1] `[B, 3, H, W]` -> latents z = (E(x) - shift) * scale (Rombach et al. 2022, Sec. 3; the
         scale/shift factors come from the VAE config). Differentiable (SDS backpropagates through it)."""
         vae = self._require_vae()
-        posterior = vae.encode(images.to(vae.dtype)).latent_dist
-        z = posterior.sample(generator) if sample else posterior.mode()
+        encoded = vae.encode(images.to(vae.dtype))
+        posterior = getattr(encoded, "latent_dist", None)
+        if posterior is None:  # a deterministic autoencoder (SANA's AutoencoderDC)
+            z = encoded.latent
+        else:
+            z = posterior.sample(generator) if sample else posterior.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * vae.config.scaling_factor).to(images.dtype)
 
@@ -414,6 +450,28 @@ def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> int:
     return compiled
 
 
+def vae_moments(vae: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(mean, std) of the VAE's latent posterior at `images` (unscaled), or (latent, None) for deterministic
+    autoencoders without a posterior (SANA's deep-compression `AutoencoderDC`)."""
+    encoded = vae.encode(images)
+    posterior = getattr(encoded, "latent_dist", None)
+    if posterior is None:
+        latent = getattr(encoded, "latent", None)
+        return (encoded[0] if latent is None else latent), None
+    return posterior.mean, posterior.std
+
+
+def _check_time(schedule: NoiseSchedule, t: Tensor) -> None:
+    """Refuses native times outside the schedule's range (a VP integer timestep given to a flow network): at once on
+    the CPU, as a device-side assertion (no host sync) on accelerators."""
+    if t.device.type == "cpu":
+        schedule.check_time(t, "network time")
+        return
+    span = schedule.t_max - schedule.t_min
+    inside = ((t >= schedule.t_min - 1e-6 * span) & (t <= schedule.t_max + 1e-6 * span)).all()
+    torch._assert_async(inside, f"network time outside {type(schedule).__name__}'s range")
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strips DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
@@ -445,4 +503,12 @@ def _is_one(scale: float | Tensor) -> bool:
     return scale == 1
 
 
-__all__ = ["Conditioning", "Denoiser", "Prediction", "SUPPORTED_MODELS", "compile_repeated_blocks", "unwrap_model"]
+__all__ = [
+    "Conditioning",
+    "Denoiser",
+    "Prediction",
+    "SUPPORTED_MODELS",
+    "compile_repeated_blocks",
+    "unwrap_model",
+    "vae_moments",
+]

@@ -21,10 +21,14 @@ class StopForward(Exception):
 
 
 def capture_outputs(
-    run: Callable[[], object], modules: Sequence[nn.Module], stop_after: nn.Module | None = None
+    run: Callable[[], object],
+    modules: Sequence[nn.Module],
+    stop_after: nn.Module | None = None,
+    tuple_index: int = 0,
 ) -> list[Tensor]:
     """Calls `run()` (a forward of a network holding `modules`) and returns the outputs of `modules` in the order
-    they ran (a tuple output gives its first element). With `stop_after`, the forward ends right after that module
+    they ran (a tuple output gives its element `tuple_index`: 0 for UNet blocks, 1 for the (text, image) outputs
+    of SD3/FLUX transformer blocks). With `stop_after`, the forward ends right after that module
     ran (its output is kept when it is in `modules`); `run`'s own return value is dropped. The hooks are removed
     whatever happens."""
     outputs: list[Tensor] = []
@@ -32,7 +36,7 @@ def capture_outputs(
 
     def hook(module: nn.Module, args, output) -> None:
         if id(module) in keep_ids:
-            outputs.append(output[0] if isinstance(output, tuple) else output)
+            outputs.append(output[tuple_index] if isinstance(output, tuple) else output)
         if module is stop_after:
             raise StopForward
 

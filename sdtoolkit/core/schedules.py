@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from sdtoolkit.core.utils import append_dims
 __all__ = [
     "NoiseSchedule",
     "VPSchedule",
+    "DynamicShift",
     "FlowSchedule",
     "TrigFlowSchedule",
     "make_betas",
@@ -260,38 +262,130 @@ def _rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
     return alphas_bar_sqrt**2
 
 
+@dataclass(frozen=True)
+class DynamicShift:
+    """FLUX's resolution-dependent time shift (diffusers' `use_dynamic_shifting`): mu grows linearly in the image
+    token count from `base_shift` at `base_image_seq_len` to `max_shift` at `max_image_seq_len` (`calculate_shift`
+    of FluxPipeline), and sigmas are shifted by exp(mu) / (exp(mu) + (1 / t - 1)) (`exponential`) or
+    mu / (mu + (1 / t - 1)) (`linear`)."""
+
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+    time_shift_type: str = "exponential"
+
+    def mu(self, image_seq_len: int) -> float:
+        """diffusers' `calculate_shift(image_seq_len, base_seq_len, max_seq_len, base_shift, max_shift)`."""
+        m = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
+        return image_seq_len * m + self.base_shift - m * self.base_image_seq_len
+
+
+FLOW_SIGMAS = ("scheduler", "inverse_steps")
+"""How a stock pipeline sets a flow sampler's base sigmas before shifting (`FlowSchedule.sigmas`)."""
+
+
 class FlowSchedule(NoiseSchedule):
     """Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2023): x_t = (1 - t) x0 + t eps, t in [0, 1].
 
     The network predicts the velocity u = dx_t/dt = eps - x0 and receives t * T as its timestep (SD3, SANA, FLUX
     in diffusers). `shift` is the resolution-dependent time shift of Esser et al. 2024 (SD3), Eq. 23:
-    t' = shift t / (1 + (shift - 1) t), applied when sampling training times or building a sampling grid.
+    t' = shift t / (1 + (shift - 1) t), applied when building a sampling grid. With `dynamic` (FLUX's
+    `use_dynamic_shifting`) the shift depends on the image token count instead: `at_image_seq_len(n)` fixes it
+    (`Denoiser.set_latent_size` does this for the training resolution); grids need it fixed.
+
+    `sigmas` says how the stock pipeline sets the base sigmas it shifts: `scheduler` (the scheduler's default,
+    linspace(1, sigma_min, N): SD3, SANA) or `inverse_steps` (linspace(1, 1/N, N): FluxPipeline).
     """
 
-    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        *,
+        dynamic: DynamicShift | None = None,
+        mu: float | None = None,
+        sigmas: str = "scheduler",
+    ):
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
+        if sigmas not in FLOW_SIGMAS:
+            raise ValueError(f"sigmas={sigmas!r}; choose one of {', '.join(FLOW_SIGMAS)}")
         self.num_train_timesteps = num_train_timesteps
         self.shift = shift
+        self.dynamic = dynamic
+        self.mu = mu
+        self.sigmas = sigmas
         self.t_min, self.t_max = 0.0, 1.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FlowSchedule:
-        """Builds the schedule from a diffusers FlowMatchEulerDiscreteScheduler (or FlowMatch*) config."""
-        return cls(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=config.get("shift", 1.0))
+        """Builds the schedule from a diffusers FlowMatchEulerDiscreteScheduler (or FlowMatch*) config, including
+        FLUX's dynamic shifting (`use_dynamic_shifting`, `base_shift`, `max_shift`, `base_image_seq_len`,
+        `max_image_seq_len`, `time_shift_type`)."""
+        dynamic = None
+        if config.get("use_dynamic_shifting"):
+            dynamic = DynamicShift(
+                base_shift=config.get("base_shift", 0.5),
+                max_shift=config.get("max_shift", 1.15),
+                base_image_seq_len=config.get("base_image_seq_len", 256),
+                max_image_seq_len=config.get("max_image_seq_len", 4096),
+                time_shift_type=config.get("time_shift_type", "exponential"),
+            )
+        return cls(
+            num_train_timesteps=config.get("num_train_timesteps", 1000),
+            shift=config.get("shift", 1.0),
+            dynamic=dynamic,
+        )
+
+    def replace(self, **changes: Any) -> FlowSchedule:
+        """A copy with some of `num_train_timesteps`, `shift`, `dynamic`, `mu`, `sigmas` changed."""
+        values = {k: getattr(self, k) for k in ("num_train_timesteps", "shift", "dynamic", "mu", "sigmas")}
+        values.update(changes)
+        return FlowSchedule(values.pop("num_train_timesteps"), values.pop("shift"), **values)
+
+    def at_image_seq_len(self, image_seq_len: int) -> FlowSchedule:
+        """This schedule with the dynamic shift fixed for `image_seq_len` image tokens (unchanged without one)."""
+        return self if self.dynamic is None else self.replace(mu=self.dynamic.mu(image_seq_len))
 
     def shift_time(self, t: Tensor) -> Tensor:
-        """SD3's time shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, Eq. 23)."""
-        return self.shift * t / (1 + (self.shift - 1) * t)
+        """SD3's time shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, Eq. 23), or with dynamic shifting
+        FLUX's exp(mu) / (exp(mu) + (1 / t - 1)) (`linear`: mu / (mu + (1 / t - 1))) at the fixed mu."""
+        if self.dynamic is None:
+            return self.shift * t / (1 + (self.shift - 1) * t)
+        if self.mu is None:
+            raise ValueError(
+                "this flow schedule shifts time by resolution (use_dynamic_shifting, FLUX): fix the image size "
+                "first with FlowSchedule.at_image_seq_len or Denoiser.set_latent_size"
+            )
+        scale = math.exp(self.mu) if self.dynamic.time_shift_type == "exponential" else self.mu
+        return scale / (scale + (1 / t - 1))
 
     def grid(self, num_points: int) -> Tensor:
-        """The times of a stock `FlowMatchEulerDiscreteScheduler` (static shift) with N steps, ascending:
-        shift_time(linspace(1, shift_time(1 / T), N)) reversed. diffusers ends the linspace at its smallest
-        training sigma, which is already shifted, and shifts again; we do the same so the grid is the stock
-        sampler's (N = 1 gives t = 1)."""
+        """The times of the stock pipeline's `FlowMatchEulerDiscreteScheduler` with N steps, ascending.
+
+        `sigmas="scheduler"` (SD3, SANA): shift_time(linspace(1, sigma_min, N)) reversed, where sigma_min is the
+        scheduler's smallest training sigma (already shifted once for a static shift, so diffusers shifts it twice;
+        1/T with dynamic shifting). `sigmas="inverse_steps"` (FluxPipeline): shift_time(linspace(1, 1/N, N)).
+        N = 1 gives t = 1."""
         _check_points(num_points)
-        lowest = float(self.shift_time(torch.tensor(1.0 / self.num_train_timesteps, dtype=torch.float64)))
+        if self.sigmas == "inverse_steps":
+            lowest = 1.0 / num_points
+        elif self.dynamic is None:
+            lowest = float(self.shift_time(torch.tensor(1.0 / self.num_train_timesteps, dtype=torch.float64)))
+        else:
+            lowest = 1.0 / self.num_train_timesteps
         return self.shift_time(torch.linspace(1.0, lowest, num_points, dtype=torch.float64)).flip(0)
+
+    def student_timesteps(self, num_steps: int, original_steps: int | None = None) -> list[float]:
+        """The k-step student's times, noisiest first: the stock FlowMatch Euler sampler's k-step grid
+        (`grid(k)` reversed), which is what an exported flow student samples. Unlike VP's LCMScheduler this grid
+        is not a subset of the N-point solver grid; `original_steps` only bounds k."""
+        original_steps = num_steps if original_steps is None else original_steps
+        _check_points(original_steps)
+        if not 1 <= num_steps <= original_steps:
+            raise ValueError(f"num_steps={num_steps} must lie in [1, {original_steps}] (the solver grid size)")
+        return [float(x) for x in self.grid(num_steps).flip(0)]
 
     def alpha(self, t: Tensor) -> Tensor:
         return 1 - t

@@ -37,8 +37,10 @@ __all__ = [
     "GAN_LOSSES",
     "BottleneckHead",
     "PixelDiscriminator",
+    "TokenHead",
     "TrunkDiscriminator",
     "bottleneck_features",
+    "bottleneck_head",
     "gan_discriminator_loss",
     "gan_generator_loss",
     "hinge_discriminator_loss",
@@ -75,17 +77,50 @@ def gan_discriminator_loss(logits_real: Tensor, logits_fake: Tensor, kind: str =
 def bottleneck_features(
     denoiser: Denoiser, x_t: Tensor, t: Tensor, cond: Conditioning | None = None, **kwargs
 ) -> Tensor:
-    """The UNet's mid-block output at (x_t, t) (`[B, C_mid, h, w]`), computed through the Denoiser's own network call
-    (same timestep and conditioning handling) and stopping right after the mid block. `kwargs` go to
-    `Denoiser.model_output` (e.g. `guidance_embed`). Wrap in `ScorePair.fake_context()` for the fake score."""
-    model = denoiser.base_model
-    mid = getattr(model, "mid_block", None)
-    if mid is None:
+    """The network's bottleneck features at (x_t, t), computed through the Denoiser's own network call (same
+    timestep, conditioning and guidance handling) and stopping right after the bottleneck block: a UNet's mid-block
+    output `[B, C_mid, h, w]`, or a transformer's image hidden states after its middle block `[B, N, C]`
+    (`ModelFamily.feature_blocks`). `kwargs` go to `Denoiser.predict` (e.g. `guidance_embed`). Wrap in
+    `ScorePair.fake_context()` for the fake score."""
+    family, model = denoiser.family, denoiser.base_model
+    try:
+        block = family.feature_blocks(model)[-1]
+    except (NotImplementedError, AttributeError):
         raise NotImplementedError(
-            f"bottleneck features need a UNet with a mid_block (UNet2DConditionModel, UNet2DModel); got "
-            f"{denoiser.model_kind}. Use a pixel-space discriminator (PixelDiscriminator) for transformers."
+            f"bottleneck features need a UNet mid block or transformer blocks; got {denoiser.model_kind}. Use a "
+            "pixel-space discriminator (PixelDiscriminator)"
+        ) from None
+
+    def run() -> None:
+        denoiser.predict(x_t, t, cond, **kwargs)
+
+    return capture_outputs(run, [block], stop_after=block, tuple_index=family.feature_output_index)[0]
+
+
+def bottleneck_head(denoiser: Denoiser) -> nn.Module:
+    """The classification head for `bottleneck_features` of this Denoiser's network (UNet: `BottleneckHead.
+    for_unet`; transformer: `TokenHead` of its hidden width)."""
+    model = denoiser.base_model
+    if hasattr(model, "mid_block"):
+        return BottleneckHead.for_unet(model)
+    return TokenHead(denoiser.family.feature_channels(model)[-1])
+
+
+class TokenHead(nn.Module):
+    """A classification head on transformer hidden states `[B, N, C]`: LayerNorm -> Linear -> SiLU -> Linear to
+    one logit per token, averaged over tokens (`reduce=True`, `[B]`) or kept (`[B, N]`, PCM's per-position
+    logits)."""
+
+    def __init__(self, channels: int, reduce: bool = True):
+        super().__init__()
+        self.reduce = reduce
+        self.net = nn.Sequential(
+            nn.LayerNorm(channels), nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, 1)
         )
-    return capture_outputs(lambda: denoiser.model_output(x_t, t, cond, **kwargs), [mid], stop_after=mid)[0]
+
+    def forward(self, h: Tensor) -> Tensor:
+        logits = self.net(h.float()).squeeze(-1)
+        return logits.mean(dim=1) if self.reduce else logits
 
 
 def _groups(channels: int) -> int:
@@ -176,16 +211,18 @@ def trunk_features(
     cond: Conditioning,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> list[Tensor]:
-    """Outputs of the frozen teacher UNet's down blocks and mid block at (x_t, t), in fp32 (the up blocks are
-    skipped). `context` wraps the forward (e.g. `Denoiser.adapters_disabled` when the student is a LoRA on it)."""
-    unet = teacher.base_model
+    """Outputs of the frozen teacher's feature blocks at (x_t, t), in fp32: a UNet's down blocks and mid block (the
+    up blocks are skipped), a transformer's blocks up to its middle one (`ModelFamily.feature_blocks`). `context`
+    wraps the forward (e.g. `Denoiser.adapters_disabled` when the student is a LoRA on it)."""
+    model, family = teacher.base_model, teacher.family
     embed = torch.zeros(x_t.shape[0], device=x_t.device) if teacher.time_cond_proj_dim is not None else None
 
     def run() -> None:
         with context():
-            teacher.model_output(x_t, t, cond, guidance_embed=embed)
+            teacher.predict(x_t, t, cond, guidance_embed=embed)
 
-    features = capture_outputs(run, [*unet.down_blocks, unet.mid_block], stop_after=unet.mid_block)
+    blocks = family.feature_blocks(model)
+    features = capture_outputs(run, blocks, stop_after=blocks[-1], tuple_index=family.feature_output_index)
     return [f.float() for f in features]
 
 
@@ -193,10 +230,12 @@ class TrunkDiscriminator(nn.Module):
     """One small head per teacher feature map (down blocks, mid block): conv3x3 -> GroupNorm -> LeakyReLU ->
     conv1x1 -> a logit map. PCM uses four 2-layer heads per block; one 1-layer head keeps it small."""
 
-    def __init__(self, channels: list[int]):
+    def __init__(self, channels: list[int], tokens: bool = False):
         super().__init__()
         self.heads = nn.ModuleList(
-            nn.Sequential(
+            TokenHead(c, reduce=False)
+            if tokens
+            else nn.Sequential(
                 nn.Conv2d(c, c, 3, padding=1),
                 nn.GroupNorm(math.gcd(32, c), c),
                 nn.LeakyReLU(0.2),
@@ -209,6 +248,15 @@ class TrunkDiscriminator(nn.Module):
     def for_unet(cls, unet: nn.Module) -> TrunkDiscriminator:
         channels = list(unet.config.block_out_channels)
         return cls([*channels, channels[-1]])
+
+    @classmethod
+    def for_denoiser(cls, denoiser: Denoiser) -> TrunkDiscriminator:
+        """Heads for `trunk_features` of this Denoiser's network: conv heads on UNet maps, token heads (one logit
+        per token) on transformer hidden states."""
+        model = denoiser.base_model
+        if hasattr(model, "mid_block"):
+            return cls.for_unet(model)
+        return cls(denoiser.family.feature_channels(model), tokens=True)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         return [head(f) for head, f in zip(self.heads, features)]

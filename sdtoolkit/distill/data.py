@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.denoiser import Conditioning, Denoiser, vae_moments
 
 PROMPT_KEYS = ("prompt", "text", "caption")
 """Keys (jsonl) or columns (csv) read as the prompt, first match wins."""
@@ -299,10 +299,12 @@ def build_latent_cache(
 
     def flush() -> None:
         batch = torch.stack(pending).to(device=teacher.device, dtype=vae.dtype)
-        posterior = vae.encode(batch).latent_dist
+        mean, std = vae_moments(vae, batch)
+        if std is None:  # a deterministic autoencoder (SANA's AutoencoderDC): no posterior spread
+            std = torch.zeros_like(mean)
         # z = (E(x) - shift) * scale as in Denoiser.encode; a Gaussian posterior maps to mean and std likewise
-        means.append(((posterior.mean - shift) * scale).float().cpu())
-        stds.append((posterior.std * scale).float().cpu())
+        means.append(((mean - shift) * scale).float().cpu())
+        stds.append((std * scale).float().cpu())
         pending.clear()
 
     for image, caption in tqdm(images, total=num_images, desc="caching VAE latents", leave=False):

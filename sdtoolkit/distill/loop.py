@@ -37,7 +37,7 @@ from sdtoolkit.distill.method import (  # noqa: F401  (re-exported)
     method_names,
     register_method,
 )
-from sdtoolkit.models.loading import load_teacher_pipeline, teacher_resolution  # noqa: F401  (re-exported)
+from sdtoolkit.models.loading import latent_size, load_teacher_pipeline, teacher_resolution  # noqa: F401
 from sdtoolkit.runs import (
     OutputFolderError,
     RunDiverged,
@@ -235,6 +235,10 @@ class Trainer:
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        # 0. the teacher, and whether the method applies to its family: refused before anything is written
+        pipeline = self.pipeline if self.pipeline is not None else load_teacher_pipeline(config.teacher)
+        self.pipeline = pipeline
+        self.method_class.check_teacher(self.method_config, config, pipeline)
         accelerator = self.accelerator = self._accelerator()
         set_seed(config.seed + accelerator.process_index)
         if accelerator.is_main_process:
@@ -253,14 +257,13 @@ class Trainer:
         accelerator.wait_for_everyone()
 
         # 1. teacher and data (the main process builds the caches, the others then read them)
-        pipeline = self.pipeline if self.pipeline is not None else load_teacher_pipeline(config.teacher)
         pipeline.set_progress_bar_config(disable=True)
         pipeline.to(accelerator.device)
-        self.pipeline = pipeline
-        teacher = Denoiser.from_pipeline(pipeline)
+        size = latent_size(pipeline, config.resolution)
+        teacher = Denoiser.from_pipeline(pipeline).set_latent_size(*size)  # FLUX: its shift at this resolution
         with accelerator.main_process_first():
             dataset, text, self.prompts = self.prepare_data(teacher, pipeline, config, self.method_class)
-        data = TrainingData(text=text, device=accelerator.device)
+        data = TrainingData(text=text, device=accelerator.device, latent_size=size)
 
         # 2. method: networks, optimizers, LR warm-up
         method = self.method = self.method_class(self.method_config, teacher, accelerator, data)
@@ -677,6 +680,8 @@ class Trainer:
                 self.folder.remove("export")
         student.mkdir(parents=True, exist_ok=True)
         spec = self.method.save_student(student)
+        if "family" in {f.name for f in dataclasses.fields(spec)}:  # the teacher's family (sd, sdxl, sd3, ...)
+            spec.family = self.method.teacher.family.name
         spec.trained_steps = step
         spec.teacher = self.config.teacher
         spec.metrics = dict(self.metrics)

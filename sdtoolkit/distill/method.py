@@ -69,6 +69,9 @@ class TrainingData:
     text: Any
     """`sdtoolkit.distill.data.TextCache` (prompts, cond rows, the unconditional row)."""
     device: torch.device
+    latent_size: tuple[int, int] | None = None
+    """(height, width) of the training latents (the training resolution / VAE scale factor); None: the
+    network's native sample size."""
 
     def uncond(self, batch_size: int) -> Conditioning:
         """Conditioning of the empty prompt, `batch_size` rows, on the training device."""
@@ -103,6 +106,22 @@ class DistillationMethod(ABC):
     def check_config(cls, config: MethodConfig, train: TrainConfig) -> None:
         """Validate the configs before anything is loaded; raise ValueError naming the bad value and the fix."""
         return None
+
+    @classmethod
+    def check_teacher(cls, config: MethodConfig, train: TrainConfig, pipeline: Any) -> None:
+        """Validate the configs against the loaded teacher pipeline (its model family) before anything is written;
+        raise ValueError with one line saying why the method cannot apply and what works instead."""
+        return None
+
+    def latent_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        """`[B, C, H, W]` of the student's latents: the teacher's latent channels (before any packing) at the
+        training latent size."""
+        teacher = self.teacher
+        size = self.training_data.latent_size
+        if size is None:
+            side = teacher.family.sample_size(teacher.base_model, teacher.pipeline)
+            size = (side, side)
+        return (batch_size, teacher.latent_channels, *size)
 
     @abstractmethod
     def build(self) -> dict[str, nn.Module]:
@@ -139,6 +158,28 @@ class DistillationMethod(ABC):
     @abstractmethod
     def save_student(self, folder: Path) -> Any:
         """Writes the trained student into `folder`; returns its `sdtoolkit.pipelines.export.ExportSpec`."""
+
+
+def flow_export_fields(method: DistillationMethod, times: list[float], stochastic: bool) -> dict[str, Any]:
+    """The `ExportSpec` fields of a flow-matching student (SD3, SANA, FLUX): the family's stock pipeline with a
+    stock `FlowMatchEulerDiscreteScheduler`, whose k-step grid at the teacher's shift is the student's `times`
+    (`FlowSchedule.student_timesteps`). `stochastic`: each step takes x0 = x - sigma v and re-noises it to the next
+    sigma with fresh noise (multi-step consistency and distribution-matching students); else Euler steps. With a
+    resolution-dependent shift (FLUX) the grid holds at the training resolution only, so the call names it."""
+    teacher = method.teacher
+    call_kwargs: dict[str, Any] = {}
+    size = method.training_data.latent_size
+    if getattr(teacher.schedule, "dynamic", None) is not None and size is not None:
+        from sdtoolkit.models.loading import vae_scale_factor
+
+        factor = vae_scale_factor(teacher.pipeline)
+        call_kwargs = {"height": size[0] * factor, "width": size[1] * factor}
+    return {
+        "pipeline_class": teacher.family.export_pipeline,
+        "scheduler_class": "FlowMatchEulerDiscreteScheduler",
+        "scheduler_config": {"stochastic_sampling": True} if stochastic else {},
+        "call_kwargs": call_kwargs,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- registry

@@ -249,7 +249,32 @@ def load_teacher_pipeline(spec: str) -> Any:
     return getattr(teacher, "pipeline", teacher)
 
 
+def teacher_network(pipeline: Any) -> Any:
+    """The pipeline's denoising network: its `unet` (SD, SDXL) or `transformer` (SD3, SANA, FLUX)."""
+    network = getattr(pipeline, "unet", None)
+    return network if network is not None else pipeline.transformer
+
+
+def vae_scale_factor(pipeline: Any) -> int:
+    """Image pixels per latent pixel: the pipeline's `vae_scale_factor`, else 2^(VAE levels - 1)."""
+    factor = getattr(pipeline, "vae_scale_factor", None)
+    if factor:
+        return int(factor)
+    config = pipeline.vae.config
+    channels = getattr(config, "block_out_channels", None) or config.encoder_block_out_channels
+    return 2 ** (len(channels) - 1)
+
+
 def teacher_resolution(pipeline: Any) -> int:
-    """The teacher's native image size: unet.sample_size × VAE scale factor."""
-    scale = getattr(pipeline, "vae_scale_factor", None) or 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-    return int(pipeline.unet.config.sample_size * scale)
+    """The teacher's native image size: the network's latent sample size (`sample_size`, else the pipeline's
+    `default_sample_size`, e.g. FLUX) x the VAE scale factor."""
+    from sdtoolkit.core.families import family_for
+
+    network = teacher_network(pipeline)
+    return int(family_for(network).sample_size(network, pipeline) * vae_scale_factor(pipeline))
+
+
+def latent_size(pipeline: Any, resolution: int | None = None) -> tuple[int, int]:
+    """(height, width) of the latents at image `resolution` (default: the teacher's native one)."""
+    side = (resolution or teacher_resolution(pipeline)) // vae_scale_factor(pipeline)
+    return side, side

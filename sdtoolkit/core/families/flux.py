@@ -54,6 +54,30 @@ class FluxFamily(ModelFamily):
     export_pipeline = "FluxPipeline"
     description = "FLUX.1 transformer (packed latents, guidance embedding, text/image ids)"
     num_train_timesteps = 1000
+    component = "transformer"
+    lora_target_modules = (
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+        "proj_mlp",
+        "proj_out",
+    )
+    """diffusers' FLUX LoRA scripts: both streams' attention and feed-forwards, the single blocks' MLP."""
+    flow_sigmas = "inverse_steps"  # FluxPipeline samples sigmas = linspace(1, 1/N, N), then its dynamic shift
+    latent_packing = 2
+    feature_output_index = 1  # FLUX's double and single blocks return (text, image) hidden states
+
+    def guidance_input(self, model):
+        return "scale" if model.config.guidance_embeds else None
 
     def call(self, model, x, timestep, cond, guidance_embed):
         b, _, h, w = x.shape

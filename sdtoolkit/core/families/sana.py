@@ -20,6 +20,10 @@ class SanaFamily(ModelFamily):
     pipeline_classes = ("SanaPipeline", "SanaSprintPipeline")
     export_pipeline = "SanaPipeline"
     description = "SANA transformer (attention mask; SANA-Sprint guidance input)"
+    component = "transformer"
+    lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0", "conv_inverted", "conv_point")
+    """Self and cross attention and the GLUMBConv feed-forward's pointwise convs (diffusers' SANA LoRA scripts train
+    the first four; the depthwise `conv_depth` cannot take a peft LoRA)."""
 
     def call(self, model, x, timestep, cond, guidance_embed):
         kwargs = {}

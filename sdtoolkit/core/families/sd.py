@@ -11,6 +11,24 @@ from torch import Tensor, nn
 from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily, cast, w_embedding
 
+UNET_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
+"""UNet modules a LoRA student adapts (LCM-LoRA, diffusers' consistency_distillation LoRA scripts)."""
+
 
 class StableDiffusionFamily(ModelFamily):
     """`UNet2DConditionModel` without SDXL's added text/time conditioning: SD 1.x, SD 2.x (ε and v), LCM students
@@ -21,6 +39,8 @@ class StableDiffusionFamily(ModelFamily):
     pipeline_classes = ("StableDiffusionPipeline", "LatentConsistencyModelPipeline")
     export_pipeline = "StableDiffusionPipeline"
     description = "Stable Diffusion 1.x/2.x UNet (epsilon or v), builtin:shapes"
+    component = "unet"
+    lora_target_modules = UNET_LORA_TARGETS
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -37,6 +57,19 @@ class StableDiffusionFamily(ModelFamily):
             added_cond_kwargs=added,
             return_dict=False,
         )[0]
+
+    def guidance_input(self, model):
+        return "w" if getattr(model.config, "time_cond_proj_dim", None) is not None else None
+
+    def supports_w_embedding(self, model):
+        return True
+
+    def feature_blocks(self, model):
+        return [*model.down_blocks, model.mid_block]
+
+    def feature_channels(self, model):
+        channels = list(model.config.block_out_channels)
+        return [*channels, channels[-1]]
 
     def encode_prompt(self, pipe: Any, prompts: list[str], negative: list[str], device: torch.device):
         embeds, neg_embeds = pipe.encode_prompt(

@@ -19,6 +19,23 @@ class StableDiffusion3Family(ModelFamily):
     pipeline_classes = ("StableDiffusion3Pipeline",)
     export_pipeline = "StableDiffusion3Pipeline"
     description = "Stable Diffusion 3/3.5 transformer (pooled projections; T5 optional)"
+    component = "transformer"
+    lora_target_modules = (
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    )
+    """diffusers' SD3 LoRA scripts: attention of both streams and the feed-forwards."""
+    feature_output_index = 1  # JointTransformerBlock returns (text, image) hidden states
 
     def call(self, model, x, timestep, cond, guidance_embed):
         return model(
