@@ -1,19 +1,26 @@
 """Export of a trained few-step student to a complete, stock diffusers pipeline folder with its scheduler baked in.
 
 Any method's student plugs in through an `ExportSpec` (written as `export.json` beside the student weights):
-a full UNet (`student/unet/`, diffusers format) or LoRA weights (`student/pytorch_lora_weights.safetensors`,
+its model family (`sd`, `sdxl`, `sd3`, `sana`, `flux`), a full network (`student/unet/` or
+`student/transformer/`, diffusers format) or LoRA weights (`student/pytorch_lora_weights.safetensors`,
 diffusers/peft format), the pipeline class, the scheduler class and the overrides of the teacher's scheduler
 config, and the exact call (steps, guidance, extra arguments). `export_pipeline` writes:
 
-- the pipeline (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) that
-  `DiffusionPipeline.from_pretrained(folder)` loads with stock diffusers — no custom code, no hand-typed timesteps;
-  a LoRA student is fused into `unet/` there;
+- the family's own stock pipeline (`StableDiffusionPipeline` / `LatentConsistencyModelPipeline`,
+  `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`, `SanaPipeline`, `FluxPipeline`: `model_index.json`, the
+  network, VAE, text encoders, tokenizers, `scheduler/`) that `DiffusionPipeline.from_pretrained(folder)` loads
+  with stock diffusers — no custom code, no hand-typed timesteps; a LoRA student is fused into the network there
+  (per-family knowledge: `sdtoolkit.pipelines.families`);
 - for LoRA students, also `pytorch_lora_weights.safetensors` at the top, which `pipe.load_lora_weights(folder)`
   accepts on the teacher pipeline;
 - `training_config.json` (the resolved training configuration), `export.json` (the final spec), a model card
   `README.md` (the exact call first, what the default call does, the teacher and how to get it, its prompt format,
   what guidance_scale means) and `export_manifest.json` (the entries written, all a later export may replace).
   No file holds a path of the training machine (`_name_or_path` and config paths are scrubbed).
+
+Flow students (SD3, SANA, FLUX) get a `FlowMatchEulerDiscreteScheduler` built from the teacher's scheduler config
+(its shift kept) that samples the trained sigmas: Euler steps for deterministic students, `stochastic_sampling=True`
+for multi-step consistency-style ones (`families.flow_plan`). For the VP families (SD, SDXL):
 
 The trainers' specs name the sampler they trained with (LCMScheduler, TCDScheduler with eta=0, a truncated
 LCMScheduler for a 1-step generator on t < T - 1); `sdtoolkit.pipelines.stock_defaults` turns that into the stock
@@ -76,7 +83,8 @@ class ExportSpec:
     method: str
     """The distillation method (e.g. `lcm`)."""
     student: str
-    """`unet` (a full UNet in `unet/`) or `lora` (`pytorch_lora_weights.safetensors`)."""
+    """`unet` or `transformer` (a full network in `unet/` or `transformer/`, the stock pipeline's component name) or
+    `lora` (`pytorch_lora_weights.safetensors`, written by the family's stock pipeline's `save_lora_weights`)."""
     pipeline_class: str
     """A diffusers pipeline class name, e.g. `LatentConsistencyModelPipeline` or `StableDiffusionPipeline`."""
     scheduler_class: str
@@ -100,8 +108,10 @@ class ExportSpec:
     """Last validation metrics, for the model card."""
     notes: str = ""
     """Free text for the model card (method details)."""
-    timesteps: list[int] = field(default_factory=list)
-    """The trained sampling timesteps (filled in by `export_pipeline`)."""
+    timesteps: list[float] = field(default_factory=list)
+    """The trained sampling timesteps, as the exported scheduler's `timesteps` (filled in by `export_pipeline`):
+    integers for VP families; sigma * 1000 (floats) for flow families, whose trainers may write their trained times
+    here (sigmas in [0, 1] or sigma * 1000) for the export to check."""
     default_call: str = ""
     """What the stock default call `pipe(prompt)` of the exported folder does (filled in by `export_pipeline`; a
     spec with it set is final and is exported as it is)."""
@@ -109,7 +119,11 @@ class ExportSpec:
     """Whether `pipe(prompt)` gives the image of `call_arguments()` (up to float rounding)."""
     guidance_embedding: str = ""
     """`w` (a trained w-embedding: guidance_scale = w + 1), `zero` (a zero embedding that makes stock pipelines
-    skip CFG; guidance_scale has no effect) or empty (none)."""
+    skip CFG; guidance_scale has no effect), `guidance` (guidance_scale is the network's distilled guidance input:
+    FLUX.1-dev's guidance_embeds) or empty (none: the stock pipeline runs CFG only for guidance_scale > 1)."""
+    family: str = "sd"
+    """The `ModelFamily.name` of the teacher's network: `sd`, `sdxl`, `sd3`, `sana` or `flux` (`sd` for export.json
+    files written before families)."""
 
     def save(self, folder: str | Path) -> None:
         Path(folder, SPEC_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -249,44 +263,21 @@ def export_pipeline(
             training machine's paths.
         overwrite: write into a non-empty folder that is not an earlier export (replacing same-named entries).
     """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from sdtoolkit.pipelines import model_card, stock_defaults
+    from sdtoolkit.pipelines import families, model_card
 
     student_dir, out_dir = Path(student_dir), Path(out_dir)
     check_export_target(out_dir, [student_dir], overwrite)
     spec = dataclasses.replace(spec or ExportSpec.load(student_dir))
+    family = families.check_family(spec)
     if isinstance(teacher, str):
         from sdtoolkit.models.loading import load_teacher_pipeline
 
         teacher = load_teacher_pipeline(teacher)
-    components = {"vae": teacher.vae, "text_encoder": teacher.text_encoder, "tokenizer": teacher.tokenizer}
-    extras = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    if spec.student == "unet":
-        unet = UNet2DConditionModel.from_pretrained(student_dir / "unet")
-    elif spec.student == "lora":
-        unet = UNet2DConditionModel.from_config(teacher.unet.config)
-        unet.load_state_dict(_base_unet_state_dict(teacher.unet))
-        # load through the public API (proves the file loads), fuse into the UNet, drop the adapter modules
-        fuser = StableDiffusionPipeline(unet=unet, scheduler=teacher.scheduler, **components, **extras)
-        fuser.load_lora_weights(str(student_dir), weight_name=LORA_WEIGHT_NAME)
-        fuser.fuse_lora()
-        fuser.unload_lora_weights()
-        unet = fuser.unet
+    families.check_family(spec, teacher)
+    if family.name == "sd":
+        spec, pipeline = _sd_pipeline(teacher, student_dir, spec)
     else:
-        raise ValueError(f"ExportSpec.student={spec.student!r}; expected 'unet' or 'lora'")
-    w_embedded = unet.config.get("time_cond_proj_dim") is not None
-    if not spec.default_call:
-        plan = stock_defaults.stock_plan(spec, teacher.scheduler.config, w_embedded)
-        zero = plan.pop("zero_embedding")
-        spec = dataclasses.replace(spec, **plan, guidance_embedding="zero" if zero else "w")
-    if spec.guidance_embedding == "zero" and not w_embedded:
-        unet = stock_defaults.with_zero_guidance_embedding(unet)
-    scheduler = _scheduler(spec.scheduler_class, teacher.scheduler.config, spec.scheduler_config)
-    pipeline_class = _pipeline_class(spec.pipeline_class)
-    pipeline = pipeline_class(unet=unet, scheduler=scheduler, **components, **extras)
-    pipeline.to("cpu")
-    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-        module.float()  # (`.to(dtype)` on diffusers models warns spuriously)
+        spec, pipeline = _family_pipeline(family, teacher, student_dir, spec)
     teacher_name = str(spec.teacher or (training_config or {}).get("train", {}).get("teacher", ""))
     reference = model_card.teacher_reference(teacher_name)
     teacher_path = str(Path(teacher_name).resolve()) if teacher_name and Path(teacher_name).exists() else teacher_name
@@ -307,6 +298,66 @@ def export_pipeline(
     model_card.write_model_card(tmp, spec, training_config or {})
     _replace_folder_contents(tmp, out_dir)
     return out_dir
+
+
+def _sd_pipeline(teacher: Any, student_dir: Path, spec: ExportSpec) -> tuple[ExportSpec, Any]:
+    """SD 1.x/2.x: `StableDiffusionPipeline` or `LatentConsistencyModelPipeline` with the plan of `stock_defaults`
+    (a zero guidance embedding for students without one), everything in fp32 on the CPU."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from sdtoolkit.pipelines import stock_defaults
+    from sdtoolkit.pipelines.families import base_state_dict
+
+    components = {"vae": teacher.vae, "text_encoder": teacher.text_encoder, "tokenizer": teacher.tokenizer}
+    extras = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if spec.student == "unet":
+        unet = UNet2DConditionModel.from_pretrained(student_dir / "unet")
+    elif spec.student == "lora":
+        unet = UNet2DConditionModel.from_config(teacher.unet.config)
+        unet.load_state_dict(base_state_dict(teacher.unet))
+        # load through the public API (proves the file loads), fuse into the UNet, drop the adapter modules
+        fuser = StableDiffusionPipeline(unet=unet, scheduler=teacher.scheduler, **components, **extras)
+        fuser.load_lora_weights(str(student_dir), weight_name=LORA_WEIGHT_NAME)
+        fuser.fuse_lora()
+        fuser.unload_lora_weights()
+        unet = fuser.unet
+    w_embedded = unet.config.get("time_cond_proj_dim") is not None
+    if not spec.default_call:
+        plan = stock_defaults.stock_plan(spec, teacher.scheduler.config, w_embedded)
+        zero = plan.pop("zero_embedding")
+        spec = dataclasses.replace(spec, **plan, guidance_embedding="zero" if zero else "w")
+    if spec.guidance_embedding == "zero" and not w_embedded:
+        unet = stock_defaults.with_zero_guidance_embedding(unet)
+    scheduler = _scheduler(spec.scheduler_class, teacher.scheduler.config, spec.scheduler_config)
+    pipeline_class = _pipeline_class(spec.pipeline_class)
+    pipeline = pipeline_class(unet=unet, scheduler=scheduler, **components, **extras)
+    pipeline.to("cpu")
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        module.float()  # (`.to(dtype)` on diffusers models warns spuriously)
+    return spec, pipeline
+
+
+def _family_pipeline(family: Any, teacher: Any, student_dir: Path, spec: ExportSpec) -> tuple[ExportSpec, Any]:
+    """SDXL, SD3, SANA, FLUX: the family's stock pipeline (`sdtoolkit.pipelines.families`). SDXL takes SD's VP plan
+    with StableDiffusionXLPipeline's defaults; flow families a `FlowMatchEulerDiscreteScheduler` on the trained
+    sigmas. Components keep the teacher's devices and dtypes."""
+    from sdtoolkit.pipelines import families, stock_defaults
+
+    network = families.load_student_network(family, teacher, student_dir, spec, LORA_WEIGHT_NAME)
+    if family.flow:
+        if not spec.default_call:
+            spec = dataclasses.replace(spec, **families.flow_plan(family, spec, teacher))
+        scheduler = families.flow_scheduler(teacher.scheduler.config, spec.scheduler_config)
+    else:
+        w_embedded = network.config.get("time_cond_proj_dim") is not None
+        if not spec.default_call:
+            stock = stock_defaults.SDXL_PIPELINES
+            plan = stock_defaults.stock_plan(spec, teacher.scheduler.config, w_embedded, stock)
+            zero = plan.pop("zero_embedding")
+            spec = dataclasses.replace(spec, **plan, guidance_embedding="zero" if zero else "w")
+        if spec.guidance_embedding == "zero" and not w_embedded:
+            network = stock_defaults.with_zero_guidance_embedding(network)
+        scheduler = _scheduler(spec.scheduler_class, teacher.scheduler.config, spec.scheduler_config)
+    return spec, families.build_pipeline(family, teacher, network, scheduler)
 
 
 def _replace_folder_contents(tmp: Path, out_dir: Path) -> None:
@@ -335,16 +386,6 @@ def _replace_folder_contents(tmp: Path, out_dir: Path) -> None:
         (tmp / name).replace(out_dir / name)
     tmp.rmdir()
     manifest.write_text(json.dumps({"written_by": "sdtoolkit export", "entries": written}, indent=2) + "\n")
-
-
-def _base_unet_state_dict(unet: Any) -> dict[str, Any]:
-    """The teacher UNet's own weights, without peft adapter layers (`base_layer.` prefixes removed) and in fp32."""
-    state = {}
-    for key, value in unet.state_dict().items():
-        if "lora_" in key:
-            continue
-        state[key.replace(".base_layer.", ".")] = value.detach().to("cpu", dtype=value.dtype).float()
-    return state
 
 
 def write_model_card(out_dir: str | Path, spec: ExportSpec, training_config: dict[str, Any]) -> Path:

@@ -126,8 +126,23 @@ def _teacher_howto(kind: str, reference: str) -> str:
     )
 
 
+FLOW_FAMILIES = ("sd3", "sana", "flux")
+
+
 def _guidance_text(spec: Any, training_config: dict[str, Any]) -> str:
     method_config = training_config.get(spec.method, {})
+    if spec.guidance_embedding == "guidance":
+        return (
+            f"`guidance_scale` is the transformer's distilled guidance input (FLUX.1-dev's `guidance_embeds`), not "
+            f"classifier-free guidance: FluxPipeline runs one transformer pass per step (no CFG unless "
+            f"`true_cfg_scale > 1` with a negative prompt). The student was trained with "
+            f"guidance_scale={spec.guidance_scale:g}; FluxPipeline's own default is 3.5, so pass it."
+        )
+    if getattr(spec, "family", "sd") in FLOW_FAMILIES:
+        return (
+            f"Sample with guidance_scale={spec.guidance_scale:g}: CFG is distilled in, and {spec.pipeline_class} runs "
+            "classifier-free guidance (a second transformer pass per step) only for guidance_scale > 1."
+        )
     if spec.guidance_embedding == "w":
         w_min, w_max = method_config.get("w_min"), method_config.get("w_max")
         trained = (
@@ -181,12 +196,13 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
         "import torch",
         "from diffusers import DiffusionPipeline",
         "",
-        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER")',
+        f'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER"{_load_arguments(out_dir, spec)})',
+        *_global_seed(spec),
         f"image = {_call(spec)[:-1]}, generator=torch.Generator().manual_seed(0)).images[0]",
         "```",
         "",
         f"This is the trained sampler: {spec.num_inference_steps} step(s) of `{spec.pipeline_class}` + "
-        f"`{spec.scheduler_class}` on the timesteps {spec.timesteps}. {spec.default_call}",
+        f"`{spec.scheduler_class}` on the timesteps {spec.timesteps}{_time_unit(spec)}. {spec.default_call}",
         "",
         f"Distilled with sdtoolkit (`sdtoolkit distill {spec.method}`) for {spec.trained_steps} steps.",
         "",
@@ -206,18 +222,21 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
         "",
         "## Scheduler",
         "",
-        f"`scheduler/` holds {_schedule_note(spec)}, built from the teacher's noise schedule so that the stock calls "
-        "above sample the trained timesteps with the teacher's noise levels; no timesteps need to be passed. For "
-        "other step counts, use the teacher's own scheduler config with the class above.",
+        _scheduler_text(spec),
         "",
     ]
     if spec.student == "lora":
         teacher_arg = reference if kind != "local" else "TEACHER"
+        keep = (
+            "keep guidance_scale (FLUX's guidance input)"
+            if spec.guidance_embedding == "guidance"
+            else "(no guidance embedding there) pass guidance_scale=1 to keep CFG off"
+        )
         lines += [
             "### As a LoRA on the teacher",
             "",
             "The folder also holds the LoRA (`pytorch_lora_weights.safetensors`, diffusers format); on the teacher "
-            "(no guidance embedding there) pass guidance_scale=1 to keep CFG off:",
+            f"{keep}:",
             "",
             "```python",
             f"from diffusers import DiffusionPipeline, {spec.scheduler_class}",
@@ -225,6 +244,7 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
             f'pipe = DiffusionPipeline.from_pretrained("{teacher_arg}")  # the teacher folder (see above)',
             f'pipe.scheduler = {spec.scheduler_class}.from_pretrained("PATH/TO/THIS/FOLDER", subfolder="scheduler")',
             'pipe.load_lora_weights("PATH/TO/THIS/FOLDER")',
+            *_global_seed(spec),
             f"image = {_call_on_teacher(spec)}.images[0]",
             "```",
             "",
@@ -248,8 +268,56 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
     return path
 
 
+def _load_arguments(out_dir: Path, spec: Any) -> str:
+    """`, text_encoder_3=None, tokenizer_3=None` for components saved as absent that the pipeline class does not
+    list as optional (an SD3 teacher without T5): stock `from_pretrained` needs them passed as None."""
+    import diffusers
+
+    try:
+        index = json.loads((out_dir / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    optional = getattr(getattr(diffusers, spec.pipeline_class, None), "_optional_components", [])
+    absent = [k for k, v in index.items() if v == [None, None] and k not in optional and not k.startswith("_")]
+    return "".join(f", {name}=None" for name in sorted(absent))
+
+
+def _global_seed(spec: Any) -> list[str]:
+    """`torch.manual_seed(0)` where the pipeline draws the re-noising of stochastic steps from torch's global RNG
+    (StableDiffusion3Pipeline and FluxPipeline do not pass `generator` to the scheduler)."""
+    stochastic = spec.scheduler_config.get("stochastic_sampling") and spec.num_inference_steps > 1
+    if stochastic and getattr(spec, "family", "sd") in ("sd3", "flux"):
+        return ["torch.manual_seed(0)  # the fresh noise of each step comes from torch's global RNG"]
+    return []
+
+
+def _time_unit(spec: Any) -> str:
+    return " (sigma * 1000)" if getattr(spec, "family", "sd") in FLOW_FAMILIES else ""
+
+
+def _scheduler_text(spec: Any) -> str:
+    if getattr(spec, "family", "sd") not in FLOW_FAMILIES:
+        return (
+            f"`scheduler/` holds {_schedule_note(spec)}, built from the teacher's noise schedule so that the stock "
+            "calls above sample the trained timesteps with the teacher's noise levels; no timesteps need to be "
+            "passed. For other step counts, use the teacher's own scheduler config with the class above."
+        )
+    if spec.scheduler_config.get("stochastic_sampling"):
+        step = (
+            "each step takes x0 = x - sigma v from the velocity v and re-noises it to the next sigma with fresh "
+            "noise (the trained multi-step sampler)"
+        )
+    else:
+        step = "each step is an Euler step of the flow ODE; from sigma to 0 it is x0 = x - sigma v"
+    passed = " (the call passes `sigmas`)" if "sigmas" in spec.call_kwargs else ""
+    return (
+        f"`scheduler/` holds {_schedule_note(spec)}, built from the teacher's scheduler config so that the call "
+        f"above samples the trained sigmas{passed}: {step}. For other step counts, use the teacher's own scheduler."
+    )
+
+
 def _call_on_teacher(spec: Any) -> str:
     arguments = {**spec.call_arguments(), "guidance_scale": 1.0}
-    if spec.guidance_embedding == "w":
+    if spec.guidance_embedding in ("w", "guidance"):
         arguments["guidance_scale"] = spec.guidance_scale
     return f'pipe("{EXAMPLE_PROMPT}", ' + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"

@@ -19,10 +19,15 @@ students have CFG distilled in, so:
   with fresh noise between steps) go through `LatentConsistencyModelPipeline` + `LCMScheduler`, whose 4-step
   default is the trained schedule when the student has 4 steps; other step counts keep their schedule at
   `num_inference_steps=k` (the model card's call) and sample 4 steps of the same grid by default.
+
+SDXL students take the same plans with `StableDiffusionXLPipeline` for both (`SDXL_PIPELINES`: 50 steps by default,
+CFG skipped for UNets with a guidance embedding, as StableDiffusionPipeline): a stochastic student's default call
+then runs 50 LCMScheduler steps of a grid that holds its schedule, not the trained sampler.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_STEPS = 50
@@ -35,12 +40,36 @@ ZERO_EMBEDDING_DIM = 256
 """Width of the zero guidance embedding given to students without one (LCM's width)."""
 
 __all__ = [
+    "SDXL_PIPELINES",
+    "SD_PIPELINES",
+    "StockPipelines",
     "lcm_default_original_steps",
     "stock_plan",
     "tcd_padded_schedule",
     "trained_timesteps",
     "with_zero_guidance_embedding",
 ]
+
+
+@dataclass(frozen=True)
+class StockPipelines:
+    """The stock pipelines a VP family's students export to, with their `__call__` defaults."""
+
+    deterministic: str = "StableDiffusionPipeline"
+    """For deterministic samplers (with `TCDScheduler`)."""
+    deterministic_steps: int = DEFAULT_STEPS
+    deterministic_guidance: float = SD_PIPELINE_GUIDANCE
+    stochastic: str = "LatentConsistencyModelPipeline"
+    """For stochastic multi-step samplers (with `LCMScheduler`)."""
+    stochastic_steps: int = LCM_PIPELINE_STEPS
+    stochastic_guidance: float = LCM_PIPELINE_GUIDANCE
+
+
+SD_PIPELINES = StockPipelines()
+"""SD 1.x/2.x."""
+SDXL_PIPELINES = StockPipelines("StableDiffusionXLPipeline", 50, 5.0, "StableDiffusionXLPipeline", 50, 5.0)
+"""SDXL: diffusers has no SDXL LatentConsistencyModelPipeline; StableDiffusionXLPipeline (50 steps, guidance 5.0,
+CFG skipped for UNets with `time_cond_proj_dim`) takes both schedulers."""
 
 
 def _teacher_betas(teacher_scheduler_config: Any):
@@ -171,10 +200,13 @@ def with_zero_guidance_embedding(unet: Any, dim: int = ZERO_EMBEDDING_DIM) -> An
     return new.to(dtype=next(unet.parameters()).dtype)
 
 
-def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> dict[str, Any]:
+def stock_plan(
+    spec: Any, teacher_scheduler_config: Any, w_embedded: bool, stock: StockPipelines = SD_PIPELINES
+) -> dict[str, Any]:
     """The export plan for a trainer's ExportSpec: pipeline/scheduler class and config, the card's call, and what
     the stock default call does. Keys: pipeline_class, scheduler_class, scheduler_config, num_inference_steps,
-    guidance_scale, call_kwargs, timesteps, zero_embedding, default_call, default_exact."""
+    guidance_scale, call_kwargs, timesteps, zero_embedding, default_call, default_exact. `stock`: the family's
+    pipelines (SD's by default, `SDXL_PIPELINES`)."""
     steps = int(spec.num_inference_steps)
     overrides = dict(spec.scheduler_config)
     timesteps = trained_timesteps(spec.scheduler_class, teacher_scheduler_config, overrides, steps)
@@ -187,13 +219,14 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
         "timesteps": timesteps,
         "zero_embedding": not w_embedded,
     }
-    note = _guidance_note(w_embedded, spec.guidance_scale, SD_PIPELINE_GUIDANCE)
+    note = _guidance_note(w_embedded, spec.guidance_scale, stock.deterministic_guidance)
     if phased or (steps == 1 and not consistency):
         original = int(overrides.get("original_inference_steps", 50))
-        padded = tcd_padded_schedule(timesteps, teacher_scheduler_config, original, None if phased else 1.0)
+        final = None if phased else 1.0
+        padded = tcd_padded_schedule(timesteps, teacher_scheduler_config, original, final, stock.deterministic_steps)
         if padded is not None:
             tcd, needs_timesteps = padded
-            plan.update(pipeline_class="StableDiffusionPipeline", scheduler_class="TCDScheduler", scheduler_config=tcd)
+            plan.update(pipeline_class=stock.deterministic, scheduler_class="TCDScheduler", scheduler_config=tcd)
             plan["call_kwargs"] = {"eta": 0.0, "timesteps": timesteps} if needs_timesteps else {"eta": 0.0}
             if steps == 1:
                 what = (
@@ -201,14 +234,15 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
                     "sample and leave it unchanged)"
                 )
             else:
+                padding = stock.deterministic_steps - steps
                 what = (
-                    f"the {steps} trained steps on {timesteps} plus {DEFAULT_STEPS - steps} steps that leave the "
-                    "latents unchanged (up to float rounding)"
+                    f"the {steps} trained steps on {timesteps} plus {padding} steps that leave the latents unchanged "
+                    "(up to float rounding)"
                 )
             plan["default_call"] = (
-                f"`pipe(prompt)` runs StableDiffusionPipeline's default {DEFAULT_STEPS} TCDScheduler steps with "
-                f"eta=0: {what}, so it gives the image of the call above at {DEFAULT_STEPS}x the UNet evaluations"
-                f"{note}."
+                f"`pipe(prompt)` runs {stock.deterministic}'s default {stock.deterministic_steps} TCDScheduler steps "
+                f"with eta=0: {what}, so it gives the image of the call above at {stock.deterministic_steps}x the "
+                f"UNet evaluations{note}."
             )
             plan["default_exact"] = not w_embedded
             return plan
@@ -216,32 +250,32 @@ def stock_plan(spec: Any, teacher_scheduler_config: Any, w_embedded: bool) -> di
         lcm = dict(overrides)
         original = int(lcm.get("original_inference_steps", 50))
         if "trained_betas" not in lcm:
-            chosen = lcm_default_original_steps(timesteps, teacher_scheduler_config, original)
+            chosen = lcm_default_original_steps(timesteps, teacher_scheduler_config, original, stock.stochastic_steps)
             if chosen is not None:
                 lcm["original_inference_steps"] = original = chosen
-        plan.update(
-            pipeline_class="LatentConsistencyModelPipeline", scheduler_class="LCMScheduler", scheduler_config=lcm
-        )
+        plan.update(pipeline_class=stock.stochastic, scheduler_class="LCMScheduler", scheduler_config=lcm)
         plan["call_kwargs"] = {}
-        note = _guidance_note(w_embedded, spec.guidance_scale, LCM_PIPELINE_GUIDANCE)
-        if original >= LCM_PIPELINE_STEPS and steps == LCM_PIPELINE_STEPS:
+        note = _guidance_note(w_embedded, spec.guidance_scale, stock.stochastic_guidance)
+        default_steps = stock.stochastic_steps
+        if original >= default_steps and steps == default_steps:
             plan["default_call"] = (
-                f"`pipe(prompt)` runs LatentConsistencyModelPipeline's default {LCM_PIPELINE_STEPS} LCMScheduler "
+                f"`pipe(prompt)` runs {stock.stochastic}'s default {default_steps} LCMScheduler "
                 f"steps, the trained schedule {timesteps}: the image of the call above{note}."
             )
             plan["default_exact"] = not w_embedded
-        elif original >= LCM_PIPELINE_STEPS:
-            default = trained_timesteps("LCMScheduler", teacher_scheduler_config, lcm, LCM_PIPELINE_STEPS)
+        elif original >= default_steps:
+            default = trained_timesteps("LCMScheduler", teacher_scheduler_config, lcm, default_steps)
+            shown = default if len(default) <= 8 else f"[{default[0]}, {default[1]}, ..., {default[-1]}]"
             plan["default_call"] = (
-                f"`pipe(prompt)` runs LatentConsistencyModelPipeline's default {LCM_PIPELINE_STEPS} LCMScheduler "
-                f"steps on {default} instead of the trained {steps} on {timesteps}: a close image, not the same "
+                f"`pipe(prompt)` runs {stock.stochastic}'s default {default_steps} LCMScheduler "
+                f"steps on {shown} instead of the trained {steps} on {timesteps}: a close image, not the same "
                 f"one{note}. Pass the call above for the trained result."
             )
             plan["default_exact"] = False
         else:
             plan["default_call"] = (
                 f"No stock default fits this schedule: pass the call above (`pipe(prompt)` asks LCMScheduler for "
-                f"{LCM_PIPELINE_STEPS} steps of a {original}-step grid and raises)."
+                f"{default_steps} steps of a {original}-step grid and raises)."
             )
             plan["default_exact"] = False
         return plan
