@@ -481,6 +481,11 @@ class LCM(DistillationMethod):
         c = self.config
         return lcm_sample(sampler, noise, cond, timesteps, generator, embed, c.sigma_data, c.timestep_scaling)
 
+    def _largest_c_skip(self, times: list[float]) -> float:
+        """LCM's c_skip at the smallest of a flow student's sampling times (on the network's timestep scale)."""
+        t_model = self.teacher.schedule.model_timestep(torch.tensor([min(times)], dtype=torch.float64))
+        return float(lcm_boundary_scalings(t_model, self.config.sigma_data, self.config.timestep_scaling)[0])
+
     def save_student(self, folder: Path) -> Any:
         from sdtoolkit.pipelines.export import ExportSpec
 
@@ -518,8 +523,8 @@ class LCM(DistillationMethod):
                 "deterministic FlowMatch Euler steps, one per phase."
                 if phased
                 else f"Latent consistency model (Luo et al. 2023{lora}) on a flow teacher: x0 = x - sigma v at each "
-                "step, re-noised to the next sigma with fresh noise (stochastic_sampling); LCM's boundary scalings "
-                "are within 1e-5 of (0, 1) at the sampled sigmas."
+                "step, re-noised to the next sigma with fresh noise (stochastic_sampling). The stock scheduler drops "
+                f"LCM's boundary scaling c_skip, at most {self._largest_c_skip(times):.1e} at these sigmas."
             )
             return ExportSpec(
                 method=self.name,
