@@ -268,13 +268,19 @@ def export_pipeline(
     student_dir, out_dir = Path(student_dir), Path(out_dir)
     check_export_target(out_dir, [student_dir], overwrite)
     spec = dataclasses.replace(spec or ExportSpec.load(student_dir))
+    if spec.pipeline_class == "SanaSprintPipeline":
+        spec.family = "sana"  # only SANA students export as SanaSprintPipeline
     family = families.check_family(spec)
     if isinstance(teacher, str):
         from sdtoolkit.models.loading import load_teacher_pipeline
 
         teacher = load_teacher_pipeline(teacher)
     families.check_family(spec, teacher)
-    if family.name == "sd":
+    if spec.pipeline_class == "SanaSprintPipeline":  # sCM students of SANA teachers (`trainers.scm`)
+        from sdtoolkit.pipelines.sana_sprint import sana_sprint_pipeline
+
+        spec, pipeline = sana_sprint_pipeline(teacher, student_dir, spec)
+    elif family.name == "sd":
         spec, pipeline = _sd_pipeline(teacher, student_dir, spec)
     else:
         spec, pipeline = _family_pipeline(family, teacher, student_dir, spec)

@@ -14,11 +14,15 @@ defaults are 2 steps at (1.5708, 1.3), guidance_scale 4.5 and 1024 px with resol
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_sana_sprint_pipeline", "check_sana_sprint_student", "write_sana_sprint_pipeline"]
+__all__ = [
+    "build_sana_sprint_pipeline",
+    "check_sana_sprint_student",
+    "sana_sprint_pipeline",
+    "write_sana_sprint_pipeline",
+]
 
 
 def check_sana_sprint_student(transformer: Any) -> None:
@@ -48,28 +52,19 @@ def build_sana_sprint_pipeline(teacher: Any, transformer: Any, scheduler_config:
     )
 
 
-def write_sana_sprint_pipeline(out_dir: str | Path, teacher: Any, student_dir: str | Path, spec: Any = None) -> Path:
-    """Writes the SanaSprintPipeline folder of the student in `student_dir` (written by `SCM.save_student`:
-    `transformer/` and `export.json`) into `out_dir` (new or empty), with its `export.json` (the call with the
-    trained steps, guidance and resolution). Returns `out_dir`.
-
-    `teacher` is the teacher pipeline (a `SanaPipeline`), or its spec to load it fresh."""
+def sana_sprint_pipeline(teacher: Any, student_dir: str | Path, spec: Any) -> tuple[Any, Any]:
+    """(final spec, SanaSprintPipeline) for the student in `student_dir` (written by `SCM.save_student`:
+    `transformer/` and `export.json`): what `sdtoolkit.pipelines.export.export_pipeline` writes for a spec naming
+    SanaSprintPipeline + SCMScheduler."""
     from diffusers import SanaTransformer2DModel
-    from sdtoolkit.pipelines.export import ExportSpec
 
-    student_dir, out_dir = Path(student_dir), Path(out_dir)
-    spec = dataclasses.replace(spec or ExportSpec.load(student_dir))
+    student_dir = Path(student_dir)
+    spec = dataclasses.replace(spec)
     if spec.pipeline_class != "SanaSprintPipeline" or spec.scheduler_class != "SCMScheduler":
         raise ValueError(
             f"{student_dir} was saved for {spec.pipeline_class} + {spec.scheduler_class}, not SanaSprintPipeline + "
             "SCMScheduler"
         )
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new or empty folder")
-    if isinstance(teacher, str):
-        from sdtoolkit.models.loading import load_teacher_pipeline
-
-        teacher = load_teacher_pipeline(teacher)
     transformer = SanaTransformer2DModel.from_pretrained(student_dir / spec.student)
     pipeline = build_sana_sprint_pipeline(teacher, transformer, spec.scheduler_config)
     call = ", ".join(f"{k}={v!r}" for k, v in spec.call_arguments().items())
@@ -77,13 +72,20 @@ def write_sana_sprint_pipeline(out_dir: str | Path, teacher: Any, student_dir: s
     spec.default_exact = not spec.call_kwargs and spec.num_inference_steps == 2 and spec.guidance_scale == 4.5
     spec.guidance_embedding = "guidance"
     spec.family = "sana"
-    tmp = out_dir.parent / f".{out_dir.name}.sdtoolkit-export-tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipeline.save_pretrained(tmp, safe_serialization=True)
-    spec.save(tmp)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for item in tmp.iterdir():
-        item.replace(out_dir / item.name)
-    tmp.rmdir()
-    return out_dir
+    return spec, pipeline
+
+
+def write_sana_sprint_pipeline(out_dir: str | Path, teacher: Any, student_dir: str | Path, spec: Any = None) -> Path:
+    """Writes the SanaSprintPipeline folder of the student in `student_dir` into `out_dir` (new or empty): the same
+    as `sdtoolkit.pipelines.export.export_pipeline` (model card, export.json, manifest). Returns `out_dir`.
+
+    `teacher` is the teacher pipeline (a `SanaPipeline`), or its spec to load it fresh."""
+    from sdtoolkit.pipelines.export import ExportSpec, export_pipeline
+
+    spec = spec or ExportSpec.load(student_dir)
+    if spec.pipeline_class != "SanaSprintPipeline" or spec.scheduler_class != "SCMScheduler":
+        raise ValueError(
+            f"{student_dir} was saved for {spec.pipeline_class} + {spec.scheduler_class}, not SanaSprintPipeline + "
+            "SCMScheduler"
+        )
+    return export_pipeline(out_dir, teacher, student_dir, spec)
