@@ -58,3 +58,24 @@ def test_validation_on_the_builtin_teacher_gives_every_chunk_its_own_noise(tmp_p
     assert len({seed for _, seed in seeds}) == 2
     entry = json.loads((output / "losses.jsonl").read_text().splitlines()[-1])
     assert entry["val/num_images"] == 40 and 0.0 <= entry["val/prompt_accuracy"] <= 1.0
+
+
+def test_optimizer_is_multi_tensor_on_cpu_and_takes_param_groups():
+    """AdamW runs its foreach kernel on a CPU (bitwise the same update as the per-parameter loop, faster), and an
+    OptimizerSpec may hold param-group dicts (sCM's log-variance head with its own learning rate)."""
+    import dataclasses
+
+    from torch import nn
+
+    from sdtoolkit.distill.loop import OptimizerSpec, TrainConfig, Trainer
+
+    a, b = nn.Linear(3, 3), nn.Linear(3, 1)
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = TrainConfig()
+    spec = OptimizerSpec(
+        "student", [{"params": list(a.parameters())}, {"params": list(b.parameters()), "lr": 0.1}], 1e-3
+    )
+    optimizer = trainer._optimizer(spec)
+    assert optimizer.defaults["foreach"] is True and [g["lr"] for g in optimizer.param_groups] == [1e-3, 0.1]
+    trainer.config = dataclasses.replace(TrainConfig(), fused_optimizer=False)
+    assert trainer._optimizer(spec).defaults["foreach"] is None  # torch's default

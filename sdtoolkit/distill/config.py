@@ -135,7 +135,8 @@ class TrainConfig:
     """Read the losses back from the device (a host sync) every N steps; every step's values are still logged.
     None: every step on a CPU, every 10 steps on a GPU, so the hot loop never waits on `.item()`."""
     fused_optimizer: bool = True
-    """Use PyTorch's fused AdamW kernel when all of an optimizer's parameters live on CUDA."""
+    """Use PyTorch's fused AdamW kernel when all of an optimizer's parameters live on CUDA, else its multi-tensor
+    (foreach) kernel; False: torch's default (a per-parameter loop on a CPU)."""
     channels_last: bool = False
     """Store the teacher's and the trainable networks' weights channels-last (faster convolutions on GPUs)."""
     compile: bool = False
