@@ -118,6 +118,10 @@ class TextTo3DField(nn.Module):
         """log sigma from the raw outputs (PVD clips this, the pre-activation of its exp-activated density)."""
         return torch.log(F.softplus(raw[..., 0] + self.density_bias(positions)).clamp_min(1e-30))
 
+    def activate_density(self, raw: Tensor, positions: Tensor) -> Tensor:
+        """sigma from the raw outputs at `positions` (what `forward` returns as `density`)."""
+        return self._density(raw, positions)
+
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(grid parameters, network parameters): text-to-3D's `lr_encoding` and `lr_network` groups."""
         if getattr(self.encoding, "grid", True):

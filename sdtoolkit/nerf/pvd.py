@@ -216,7 +216,7 @@ def teacher_points(
         positions = torch.cat([positions, pruned[chosen]])
     features = teacher.field.features(positions)
     raw = teacher.field.decode(features)
-    density = teacher.field._density(raw, positions)
+    density = teacher.field.activate_density(raw, positions)
     return TeacherPoints(sub, hit, samples, keep, positions, num_kept, features, raw, density)
 
 
@@ -255,7 +255,7 @@ def pvd_losses(
     teacher_rgb = torch.sigmoid(points.raw[..., 1:4])
     losses["loss_colour"] = config.loss_colour * norm_l2(student_rgb[:kept], teacher_rgb[:kept])
     if stage == 3:
-        density = student.field._density(raw, points.positions)
+        density = student.field.activate_density(raw, points.positions)
         student_colour = composite(points, density, student_rgb, background)
         with torch.no_grad():
             teacher_colour = composite(points, points.density, teacher_rgb, background)
