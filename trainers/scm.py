@@ -15,6 +15,11 @@ One step, as `scm_step` runs it (the equations are `sdtoolkit.distill.scm`, the 
 4. the tangent g of Eq. 8-9 with the warm-up r = min(1, step / tangent_warmup_steps), normalised g / (||g|| + c);
 5. a normal forward F_theta with gradient and the learned log-variance w_phi(s); the loss of Eq. 10.
 
+With `--adversarial` (SANA-Sprint's sCM + LADD, `sdtoolkit.distill.ladd`): heads on the frozen teacher's blocks
+judge the student's clean estimate (from real latents re-noised at sCM's time, or at pi/2 half of the time) against
+real latents, both re-noised at s_D; the heads and the student update on alternate steps (heads first), the
+student's loss is scm_weight L_sCM + adversarial_weight L_adv (1 and 0.5). `sdtoolkit distill ladd` is LADD alone.
+
 The student takes w through an embedding when its network has one (a UNet's LCM-style `time_cond_proj_dim`, input
 w - 1; SANA's `guidance_embeds`, input w * guidance_embeds_scale as SanaSprintPipeline feeds it), zero-initialised
 so that it starts as the teacher, or through a guidance-distilled input (FLUX.1-dev's `guidance`, input w); otherwise
@@ -60,7 +65,17 @@ from sdtoolkit.distill.scm import (
 )
 from sdtoolkit.models.loading import teacher_network
 
-__all__ = ["SCM", "SCMConfig", "SCMStep", "scm_sample", "scm_sampling_times", "scm_step", "sana_sprint_student"]
+__all__ = [
+    "LADD",
+    "LADDConfig",
+    "SCM",
+    "SCMConfig",
+    "SCMStep",
+    "scm_sample",
+    "scm_sampling_times",
+    "scm_step",
+    "sana_sprint_student",
+]
 
 S_MAX_NETWORK = float(torch.nextafter(torch.tensor(math.pi / 2), torch.tensor(0.0)))
 """The largest time a network is evaluated at. SCMScheduler starts at 1.5708 > pi/2 (where tan s < 0 and the flow
@@ -128,6 +143,36 @@ class SCMConfig(MethodConfig):
     1.3); other step counts use linspace(max_time, 0)."""
     sample_w: float | None = None
     """w used for sampling and export (None: the middle of `guidance_scales`)."""
+    # LADD (`sdtoolkit.distill.ladd`): discriminator heads on the frozen teacher's features, SANA-Sprint's recipe
+    adversarial: bool = False
+    """Add LADD's adversarial loss (SANA-Sprint's sCM + LADD): discriminator heads on the frozen teacher's blocks,
+    hinge loss; the heads and the student update on alternate steps (heads first)."""
+    scm_weight: float = 1.0
+    """Weight of the sCM loss in the student's loss (SANA-Sprint's `scm_lambda`: 1; 0 with --adversarial: LADD alone,
+    no JVP)."""
+    adversarial_weight: float = 0.5
+    """Weight of the adversarial loss in the student's loss (SANA-Sprint's `adv_lambda`: 0.5)."""
+    discriminator_lr: float = 2e-6
+    """Learning rate of the discriminator heads (SANA-Sprint: 2e-6, with CAME; here AdamW)."""
+    discriminator_layers: tuple[int, ...] | None = None
+    """Hooked teacher blocks (indices into the transformer blocks, or a UNet's down blocks + mid block). None:
+    SANA-Sprint's [2, 8, 14, 19] of 20 at the same relative depths; a UNet's down blocks and mid block."""
+    discriminator_p_mean: float = -0.6
+    """Mean of tau in the discriminator's time s_D = arctan(e^tau / sigma_d) (SANA-Sprint: -0.6)."""
+    discriminator_p_std: float = 1.0
+    """Standard deviation of that tau (SANA-Sprint: 1.0)."""
+    largest_time_prob: float = 0.5
+    """Probability that the student's adversarial x0 comes from pure noise, s = largest_time (SANA-Sprint's
+    `train_largest_timestep` with `largest_timestep_prob` 0.5)."""
+    largest_time: float = 1.5708
+    """That time (SANA-Sprint's `largest_timestep`: 1.5708)."""
+    misaligned_pairs: bool = False
+    """Real latents rolled by one in the batch, with the batch's prompts, as extra fakes for the heads (SANA-Sprint's
+    `misaligned_pairs_D`)."""
+    r1_weight: float = 0.0
+    """Weight of an R1 penalty on the heads' inputs (SANA-Sprint's optional `r1_penalty`; 0: off)."""
+    virtual_batch: int = 8
+    """Virtual batch of the heads' BatchNorm (StyleGAN-T, SANA-Sprint: 8)."""
 
 
 # ---------------------------------------------------------------------------------------------------- the step
@@ -302,8 +347,9 @@ class SCM(DistillationMethod):
         "Continuous-time consistency distillation in TrigFlow (sCM: Lu & Song 2024; as SANA-Sprint, Chen et al. "
         "2025): the tangent through the student by a forward-mode JVP (torch.func.jvp, math attention), tangent "
         "warm-up and normalisation, adaptive weighting by a learned log-variance, teacher CFG w in {4, 4.5, 5} "
-        "embedded in the student, EMA. Needs real latents (--data). Exports SANA students as a stock "
-        "SanaSprintPipeline with SCMScheduler, SD/SDXL students as 1-step generators."
+        "embedded in the student, EMA; --adversarial adds LADD (discriminator heads on the frozen teacher's blocks, "
+        "hinge loss, weight 0.5, alternating updates). Needs real latents (--data). Exports SANA students as a "
+        "stock SanaSprintPipeline with SCMScheduler, SD/SDXL students as 1-step generators."
     )
     config: SCMConfig
 
@@ -357,10 +403,27 @@ class SCM(DistillationMethod):
                 f"must lie in (0, --max-time {config.max_time}) (SCMScheduler's default 1.3)",
             ),
             ("--sample-w", config.sample_w, config.sample_w is None or config.sample_w >= 1, "must be >= 1"),
+            ("--scm-weight", config.scm_weight, config.scm_weight >= 0, "must be >= 0 (SANA-Sprint: 1)"),
+            ("--scm-weight", config.scm_weight, config.scm_weight > 0 or config.adversarial, "needs --adversarial"),
+            ("--adversarial-weight", config.adversarial_weight, config.adversarial_weight >= 0, "must be >= 0"),
+            ("--discriminator-lr", config.discriminator_lr, config.discriminator_lr > 0, "must be > 0"),
+            (
+                "--discriminator-layers",
+                list(config.discriminator_layers or []),
+                config.discriminator_layers is None
+                or (len(config.discriminator_layers) > 0 and min(config.discriminator_layers) >= 0),
+                "must be one or more block indices >= 0",
+            ),
+            ("--discriminator-p-std", config.discriminator_p_std, config.discriminator_p_std > 0, "must be > 0"),
+            ("--discriminator-p-mean", config.discriminator_p_mean, math.isfinite(config.discriminator_p_mean), ""),
+            ("--largest-time-prob", config.largest_time_prob, 0 <= config.largest_time_prob <= 1, "must be in [0, 1]"),
+            ("--largest-time", config.largest_time, 0 < config.largest_time <= 1.5708, "must lie in (0, 1.5708]"),
+            ("--r1-weight", config.r1_weight, config.r1_weight >= 0, "must be >= 0"),
+            ("--virtual-batch", config.virtual_batch, config.virtual_batch >= 1, "must be >= 1 (SANA-Sprint: 8)"),
         ]
         for flag, value, ok, why in checks:
             if not ok:
-                raise ValueError(f"{flag} {value} {why}")
+                raise ValueError(f"{flag} {value} {why or 'must be a finite number'}")
 
     @classmethod
     def check_teacher(cls, config: SCMConfig, train: TrainConfig, pipeline: Any) -> None:
@@ -376,6 +439,17 @@ class SCM(DistillationMethod):
                 f"--guidance-embedding: the {family.name} {type(network).__name__} has no guidance embedding to add "
                 "(UNets: time_cond_proj_dim; SANA: guidance_embeds); drop it to distil one fixed w (--sample-w)"
             )
+        if config.adversarial:
+            from sdtoolkit.distill.ladd import feature_blocks
+
+            blocks, _ = feature_blocks(network)
+            layers = config.discriminator_layers or []
+            if any(i >= len(blocks) for i in layers):
+                kind = "down/mid blocks" if hasattr(network, "mid_block") else "transformer blocks"
+                raise ValueError(
+                    f"--discriminator-layers {list(layers)}: the teacher {type(network).__name__} has {len(blocks)} "
+                    f"{kind} (indices 0-{len(blocks) - 1})"
+                )
 
     # ------------------------------------------------------------------ properties
 
@@ -461,6 +535,12 @@ class SCM(DistillationMethod):
         self.ema = EMA(student, decay=config.ema_decay)
         self.ema_network = ema_target(student)
         self.built = {"student": student, "logvar": head}
+        if config.adversarial:  # LADD: heads on the frozen teacher's blocks (only the heads are a module)
+            from sdtoolkit.distill.ladd import DiscriminatorHeads, TeacherFeatures
+
+            self.backbone = TeacherFeatures(teacher, config.discriminator_layers, config.sigma_data)
+            heads = DiscriminatorHeads(self.backbone.channels, config.virtual_batch)
+            self.built["discriminator"] = heads.to(device)
         return self.built
 
     def optimizers(self) -> list[OptimizerSpec]:
@@ -468,16 +548,27 @@ class SCM(DistillationMethod):
         # the log-variance head trains with the student, in its optimizer (as SANA-Sprint's `logvar_linear`)
         params = [p for p in self.built["student"].parameters() if p.requires_grad]
         params += list(self.built["logvar"].parameters())
-        return [
-            OptimizerSpec(
-                "student",
-                params,
-                lr=config.lr,
-                weight_decay=config.adam_weight_decay,
-                warmup_steps=config.lr_warmup_steps,
-                max_grad_norm=config.grad_clip,
-            )
-        ]
+        student = OptimizerSpec(
+            "student",
+            params,
+            lr=config.lr,
+            weight_decay=config.adam_weight_decay,
+            warmup_steps=config.lr_warmup_steps,
+            max_grad_norm=config.grad_clip,
+        )
+        if not config.adversarial:
+            return [student]
+        # G and D alternate (SANA-Sprint; PCM's order, as trainers/lcm.py): the heads on even steps, the student on
+        # odd ones; both clipped at grad_clip as SANA-Sprint's `gradient_clip`
+        heads = OptimizerSpec(
+            "discriminator",
+            list(self.built["discriminator"].parameters()),
+            lr=config.discriminator_lr,
+            every=2,
+            max_grad_norm=config.grad_clip,
+        )
+        student.every, student.offset = 2, 1
+        return [heads, student]
 
     def setup(self, models: dict[str, nn.Module]) -> None:
         super().setup(models)
@@ -502,6 +593,12 @@ class SCM(DistillationMethod):
         x0 = sample_latents({k: v.to(device) for k, v in batch.items() if k.startswith("latent_")})
         batch_size = x0.shape[0]
         cond = batch_conditioning(batch).to(device)
+        if name == "discriminator":
+            return self.discriminator_loss(x0, cond)
+        if config.scm_weight == 0:  # LADD alone: no sCM term, no JVP
+            w = self.draw_guidance(batch_size, device)
+            adv = self.adversarial_loss(x0, cond, w)
+            return {"loss": config.adversarial_weight * adv, "adversarial": adv.detach()}
         uncond = self.training_data.uncond(batch_size)
         z = torch.randn_like(x0)
         s = sample_time(batch_size, config.p_mean, config.p_std, config.sigma_data, device=device)
@@ -523,14 +620,73 @@ class SCM(DistillationMethod):
             c=config.tangent_norm_c,
             sigma_data=config.sigma_data,
         )
-        return {
+        logs = {
             "loss": out.loss,
             "tangent_norm": out.g.detach().flatten(1).norm(dim=1).mean(),
             "logvar": out.logvar.detach().mean(),
             "r": torch.tensor(r),
         }
+        if not config.adversarial:
+            return logs
+        # the student's loss = scm_weight L_sCM + adversarial_weight L_adv (SANA-Sprint: 1 and 0.5), same w
+        adv = self.adversarial_loss(x0, cond, w)
+        loss = config.scm_weight * out.loss + config.adversarial_weight * adv
+        return {**logs, "loss": loss, "scm": out.loss.detach(), "adversarial": adv.detach()}
+
+    # ------------------------------------------------------------------ LADD
+
+    def adversarial_x0(self, student: Denoiser, x0: Tensor, cond: Conditioning, w: Tensor) -> Tensor:
+        """The student's clean estimate for LADD (`sdtoolkit.distill.ladd.student_x0`), TrigFlow scale."""
+        from sdtoolkit.distill.ladd import student_x0
+
+        c = self.config
+        s = sample_time(x0.shape[0], c.p_mean, c.p_std, c.sigma_data, device=x0.device)
+        embed = self.guidance_input(w)
+        return student_x0(student, x0, s, cond, embed, c.largest_time, c.largest_time_prob, c.sigma_data)
+
+    def adversarial_loss(self, x0: Tensor, cond: Conditioning, w: Tensor) -> Tensor:
+        """L_adv = -mean D(x_D) of the student's x0_hat re-noised at s_D (`sdtoolkit.distill.ladd`), with gradient
+        into the student through the frozen teacher's features."""
+        from sdtoolkit.distill.ladd import discriminator_time, ladd_generator_loss
+
+        config = self.config
+        x0_hat = self.adversarial_x0(self.student, x0, cond, w)
+        s_D = discriminator_time(
+            x0.shape[0], config.discriminator_p_mean, config.discriminator_p_std, config.sigma_data, device=x0.device
+        )
+        heads = self.models["discriminator"]
+        return ladd_generator_loss(self.backbone, heads, x0_hat, cond, s_D, config.sigma_data)
+
+    def discriminator_loss(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+        """The heads' hinge loss on the student's x0_hat (no gradient; fresh w) against the real x0, both re-noised
+        at one s_D; optionally text-misaligned reals as extra fakes and R1 (SANA-Sprint's D phase)."""
+        from sdtoolkit.distill.ladd import discriminator_time, ladd_discriminator_loss, misaligned_fakes
+
+        config, sd, device = self.config, self.config.sigma_data, x0.device
+        n = x0.shape[0]
+        w = self.draw_guidance(n, device)
+        with torch.no_grad():
+            x0_fake = self.adversarial_x0(self.jvp_student, x0, cond, w)
+        s_D = discriminator_time(n, config.discriminator_p_mean, config.discriminator_p_std, sd, device=device)
+        misaligned = None
+        if config.misaligned_pairs and n > 1:  # SANA-Sprint skips them for a batch of one
+            s_shift = discriminator_time(n, config.discriminator_p_mean, config.discriminator_p_std, sd, device=device)
+            misaligned = (misaligned_fakes(sd * x0.float()), s_shift)
+        return ladd_discriminator_loss(
+            self.backbone,
+            self.models["discriminator"],
+            x0_fake,
+            sd * x0.float(),
+            cond,
+            s_D,
+            misaligned=misaligned,
+            r1_weight=config.r1_weight,
+            sigma_data=sd,
+        )
 
     def after_step(self, name: str, step: int) -> None:
+        if name != "student":
+            return
         self.ema.update(self.accelerator.unwrap_model(self.models["student"]))
         self.ema.copy_to(self.ema_network)
 
@@ -566,9 +722,11 @@ class SCM(DistillationMethod):
         k = self.sample_steps
         w = self.sample_w
         guided = f"w in {list(config.guidance_scales)}" if self.embeds_guidance else f"w = {w} (distilled in)"
-        about = (
-            f"sCM (continuous-time consistency in TrigFlow, Lu & Song 2024; as SANA-Sprint), teacher guidance {guided}"
-        )
+        about = "sCM (continuous-time consistency in TrigFlow, Lu & Song 2024; as SANA-Sprint)"
+        if config.adversarial:  # LADD: heads on the frozen teacher's blocks, hinge loss
+            ladd = f"LADD (adversarial weight {config.adversarial_weight}; heads on teacher blocks)"
+            about = f"{about} + {ladd}" if config.scm_weight > 0 else ladd
+        about = f"{about}, teacher guidance {guided}" if config.scm_weight > 0 else f"{about}, no teacher guidance"
         if family.name == "sana":
             return ExportSpec(
                 method=self.name,
@@ -629,3 +787,35 @@ class SCM(DistillationMethod):
         if self.teacher.base_model.config.sample_size != 32 or (height, width) != (1024, 1024):
             kwargs.update(height=height, width=width, use_resolution_binning=False)
         return kwargs
+
+
+# ---------------------------------------------------------------------------------------------------- LADD alone
+
+
+@dataclass
+class LADDConfig(SCMConfig):
+    """Latent adversarial distillation alone (LADD; SANA-Sprint's LADD-only path, `scm_loss: false`): the sCM
+    trainer with the adversarial loss on and the sCM term off; `--scm-weight 1 --adversarial-weight 0.5` is
+    `distill scm --adversarial`."""
+
+    adversarial: bool = True
+    """LADD's adversarial loss (always on for `distill ladd`)."""
+    scm_weight: float = 0.0
+    """Weight of the sCM loss (0: LADD alone, SANA-Sprint's `total_loss = adv_loss`)."""
+    adversarial_weight: float = 1.0
+    """Weight of the adversarial loss (1: SANA-Sprint's LADD-only loss is the adversarial loss itself)."""
+
+
+@register_method
+class LADD(SCM):
+    """`sdtoolkit distill ladd`: the student trained by LADD alone (sCM's trainer, sampler and export)."""
+
+    name = "ladd"
+    config_class = LADDConfig
+    description = (
+        "Latent adversarial distillation (LADD, Sauer et al. 2024; as SANA-Sprint, Chen et al. 2025): the student's "
+        "clean estimate, re-noised, is judged by heads on the frozen teacher's blocks (hinge loss; heads and "
+        "student alternate); half of the time from pure noise. The sCM trainer with --adversarial and --scm-weight "
+        "0 (--scm-weight 1 --adversarial-weight 0.5 is sCM + LADD). Needs real latents (--data); exported as scm's."
+    )
+    config: LADDConfig
