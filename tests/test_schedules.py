@@ -70,3 +70,15 @@ def test_unknown_scheduler_and_beta_schedule_errors_name_choices():
         schedule_from_config({"_class_name": "MadeUpScheduler"})
     with pytest.raises(ValueError, match="scaled_linear"):
         make_betas(beta_schedule="cubic")
+
+
+def test_sana_dpm_solver_flow_shift_is_the_flow_schedules_shift():
+    """SANA's stock scheduler is DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3): the teacher's
+    schedule takes that shift (it was read as 1 before); an explicit `shift` still wins."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    stock = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    schedule = schedule_from_config(stock)
+    assert isinstance(schedule, FlowSchedule) and schedule.shift == 3.0
+    assert schedule_from_config({**stock.config, "shift": 2.0}).shift == 2.0
+    assert schedule_from_config(FlowMatchEulerDiscreteScheduler()).shift == 1.0

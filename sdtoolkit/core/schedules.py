@@ -332,11 +332,10 @@ class FlowSchedule(NoiseSchedule):
                 max_image_seq_len=config.get("max_image_seq_len", 4096),
                 time_shift_type=config.get("time_shift_type", "exponential"),
             )
-        return cls(
-            num_train_timesteps=config.get("num_train_timesteps", 1000),
-            shift=config.get("shift", 1.0),
-            dynamic=dynamic,
-        )
+        shift = config.get("shift")
+        if shift is None:  # SANA's stock DPMSolverMultistepScheduler(use_flow_sigmas=True) names it flow_shift
+            shift = config.get("flow_shift", 1.0) if config.get("use_flow_sigmas") else 1.0
+        return cls(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=shift, dynamic=dynamic)
 
     def replace(self, **changes: Any) -> FlowSchedule:
         """A copy with some of `num_train_timesteps`, `shift`, `dynamic`, `mu`, `sigmas` changed."""
