@@ -201,7 +201,7 @@ def test_one_registry_pattern_for_methods_and_guidances():
     from sdtoolkit.text_to_3d.guidance.registry import GUIDANCES, find
 
     assert isinstance(METHODS, Registry) and isinstance(GUIDANCES, Registry)
-    assert {"lcm", "pcm", "dmd2", "flash-dmd", "sid", "sida"} <= set(method_names())
+    assert {"lcm", "pcm", "dmd2", "flash-dmd", "sid", "sida", "scm", "ladd"} <= set(method_names())
     assert get_method("pcm").__module__ == "sdtoolkit.trainers.pcm"
     with pytest.raises(ValueError, match="unknown distillation method 'nope'; registered: dmd2"):
         get_method("nope")

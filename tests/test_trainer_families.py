@@ -304,3 +304,21 @@ def schedules_check(schedule, t, what):
     from sdtoolkit.core.schedules import NoiseSchedule
 
     NoiseSchedule.check_time(schedule, t, what)
+
+
+def test_cli_refuses_a_method_the_teachers_family_cannot_take_in_one_line(tmp_path, capsys):
+    """`sdtoolkit distill lcm --w-embedding` on an SD3 teacher folder: exit 2, one line naming why and what works,
+    and no run folder."""
+    from sdtoolkit.cli import main
+    from sdtoolkit.testing import tiny_sd3_pipeline, write_tiny_assets
+
+    teacher = tmp_path / "sd3"
+    tiny_sd3_pipeline().save_pretrained(teacher)
+    data = write_tiny_assets(tmp_path / "assets") / "data"
+    out = tmp_path / "run"
+    capsys.readouterr()
+    args = ["distill", "lcm", "--teacher", str(teacher), "--data", str(data), "--w-embedding", "--output", str(out)]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (loading bars aside)
+    assert len(err) == 1 and "time_cond_proj_dim" in err[0], err
+    assert not out.exists()

@@ -348,6 +348,10 @@ def run(args: argparse.Namespace) -> int:
     method, method_config, train, checkpoint, resolved = resolve(args)
     check(method, method_config, train, checkpoint)
     pipeline = load_teacher(train.teacher)
+    try:  # whether the method applies to the teacher's family (e.g. a UNet w-embedding on a transformer)
+        method.check_teacher(method_config, train, pipeline)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
     check_resolution(train.resolution, pipeline, "--resolution", "train.resolution")
     context = {"num_train_timesteps": int(pipeline.scheduler.config.num_train_timesteps)}
     config_cli.check_with_model({"train": train, args.method: method_config}, args.config_names, context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -195,6 +196,8 @@ def load_teacher(
             _refuse_pickles(source)
         if torch_dtype is not None:  # diffusers >= 0.42 and transformers >= 5 call it `dtype`
             kwargs["dtype"] = torch_dtype
+        if isinstance(source, Path):
+            kwargs = {**_absent_components(source), **kwargs}
         pipeline = cls.from_pretrained(source, variant=variant, revision=revision, use_safetensors=True, **kwargs)
     except (ModelNotAvailableError, UnsafeWeightsError):
         raise
@@ -205,6 +208,16 @@ def load_teacher(
     if device is not None:
         pipeline = pipeline.to(device)
     return pipeline
+
+
+def _absent_components(folder: Path) -> dict[str, None]:
+    """`{name: None}` for the components a folder's model_index.json lists as absent (`[null, null]`, e.g. SD3 saved
+    without its T5 encoder): stock `from_pretrained` refuses such a folder unless they are passed as None."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: None for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
 
 
 def load_component(
