@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 from sdtoolkit.core.config import ConfigError, build
 from sdtoolkit.data.cameras import Cameras, turntable_cameras
 from sdtoolkit.nerf.model import NeRF, NeRFConfig
-from sdtoolkit.nerf.pvd import PVDConfig, build_student, pvd_losses, random_rays, stage_of, teacher_points
+from sdtoolkit.nerf.pvd import (
+    PVDConfig,
+    build_student,
+    learning_rate,
+    pvd_losses,
+    random_rays,
+    stage_of,
+    teacher_points,
+)
 from sdtoolkit.runs import (
     RunInterrupted,
     StopSignals,
@@ -147,6 +155,8 @@ def training_step(run: ConvertRun) -> dict[str, float]:
     logs: dict[str, float] = {"stage": float(stage_of(run.config, run.step)), "points": float(len(points.positions))}
     if points.samples is not None and len(points.positions):
         losses = pvd_losses(run.config, run.step, run.nerf, run.teacher, points, run.background[None].expand(-1, 3))
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(run.config, run.step)
         run.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         run.optimizer.step()

@@ -50,6 +50,7 @@ class PVDConfig:
         "stage1_steps": NON_NEGATIVE,
         "stage2_steps": NON_NEGATIVE,
         "lr": POSITIVE,
+        "lr_final_ratio": Range(0, 1, low_open=True),
         "rays_per_step": AT_LEAST_1,
         "cameras_per_step": AT_LEAST_1,
         "ray_resolution": Range(2),
@@ -81,6 +82,9 @@ class PVDConfig:
     `stage_iters['stage2']`, counted from step 0)."""
     lr: float = 1e-2
     """Adam learning rate of every student parameter (PVD: 1e-2)."""
+    lr_final_ratio: float = 0.1
+    """The learning rate decays exponentially to `lr_final_ratio` x `lr` at the last step, lr 0.1^(step / steps)
+    (torch-ngp's `LambdaLR`, the trainer PVD's code is built on); 1: constant."""
     rays_per_step: int = 4096
     """Random rays per step (PVD: 4096)."""
     cameras_per_step: int = 8
@@ -137,6 +141,11 @@ def stage_of(config: PVDConfig, step: int) -> int:
     if step < config.stage1_steps:
         return 1
     return 2 if step < config.stage2_steps else 3
+
+
+def learning_rate(config: PVDConfig, step: int) -> float:
+    """lr r^(step / steps) with r = `lr_final_ratio` (torch-ngp's exponential decay to 0.1 x lr)."""
+    return config.lr * config.lr_final_ratio ** (step / config.steps)
 
 
 def feature_weight(config: PVDConfig, step: int) -> float:
