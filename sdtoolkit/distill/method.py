@@ -179,6 +179,7 @@ def flow_export_fields(method: DistillationMethod, times: list[float], stochasti
         "scheduler_class": "FlowMatchEulerDiscreteScheduler",
         "scheduler_config": {"stochastic_sampling": True} if stochastic else {},
         "call_kwargs": call_kwargs,
+        "timesteps": [float(t) for t in times],  # the trained sigmas: the export checks the stock grid against them
     }
 
 
