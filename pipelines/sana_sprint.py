@@ -21,7 +21,6 @@ __all__ = [
     "build_sana_sprint_pipeline",
     "check_sana_sprint_student",
     "sana_sprint_pipeline",
-    "write_sana_sprint_pipeline",
 ]
 
 
@@ -73,19 +72,3 @@ def sana_sprint_pipeline(teacher: Any, student_dir: str | Path, spec: Any) -> tu
     spec.guidance_embedding = "guidance"
     spec.family = "sana"
     return spec, pipeline
-
-
-def write_sana_sprint_pipeline(out_dir: str | Path, teacher: Any, student_dir: str | Path, spec: Any = None) -> Path:
-    """Writes the SanaSprintPipeline folder of the student in `student_dir` into `out_dir` (new or empty): the same
-    as `sdtoolkit.pipelines.export.export_pipeline` (model card, export.json, manifest). Returns `out_dir`.
-
-    `teacher` is the teacher pipeline (a `SanaPipeline`), or its spec to load it fresh."""
-    from sdtoolkit.pipelines.export import ExportSpec, export_pipeline
-
-    spec = spec or ExportSpec.load(student_dir)
-    if spec.pipeline_class != "SanaSprintPipeline" or spec.scheduler_class != "SCMScheduler":
-        raise ValueError(
-            f"{student_dir} was saved for {spec.pipeline_class} + {spec.scheduler_class}, not SanaSprintPipeline + "
-            "SCMScheduler"
-        )
-    return export_pipeline(out_dir, teacher, student_dir, spec)

@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from diffusers import SCMScheduler
 from safetensors.torch import load_file
-from sdtoolkit.pipelines.sana_sprint import write_sana_sprint_pipeline
+from sdtoolkit.pipelines.export import export_pipeline
 from sdtoolkit.trainers.scm import (
     S_MAX_NETWORK,
     SCM,
@@ -299,7 +299,7 @@ def test_sana_student_trains_samples_and_exports_as_stock_sana_sprint(tmp_path):
         2,
         4.5,
     )
-    write_sana_sprint_pipeline(export, pipe, student_dir)
+    export_pipeline(export, pipe, student_dir)
     done = subprocess.run(
         [sys.executable, "-c", SANA_CHECK, str(export), json.dumps(prompts), str(SEED)],
         capture_output=True,
