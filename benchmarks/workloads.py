@@ -148,7 +148,7 @@ def synthetic_trainer(
         log_with="none",
         export=False,
         log_every=10**9,
-        fused_optimizer=cuda,
+        fused_optimizer=True,  # the fused AdamW kernel on CUDA, the multi-tensor one on a CPU
         channels_last=cuda,
         compile="compiled" in variant,
         **(train_overrides or {}),
