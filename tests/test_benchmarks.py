@@ -118,3 +118,13 @@ def test_repeats_alternate_the_paths_and_report_medians_and_paired_ratios(tmp_pa
     assert results["repeats"] == 3 and len(entry["reference"]["rounds_ms"]) == 3
     assert entry["eager"]["ms_per_step"] == sorted(entry["eager"]["rounds_ms"])[1]
     assert entry["eager"]["paired_ratio_median"] > 0
+
+
+def test_families_gpu_script_runs_the_real_loop_at_tiny_size(one_thread):
+    """The prepared GPU script (issue 18) times the real distillation loop per family and method: checked here at
+    tiny size on a CPU (its SD1.5/SDXL sizes were checked once to build 860M / 2567M-parameter UNets)."""
+    from benchmarks.families_gpu import SDXL_UNET, measure
+
+    row = measure("sdxl", "dmd2", "tiny", "cpu", steps=1, warmup=1, batch_size=2)
+    assert row["finite_losses"] and row["ms_per_step_median"] > 0 and row["peak_memory_gb"] is None
+    assert SDXL_UNET["cross_attention_dim"] == 768 + 1280  # the two text encoders' widths, concatenated
