@@ -270,6 +270,8 @@ def export_pipeline(
     spec = dataclasses.replace(spec or ExportSpec.load(student_dir))
     if spec.pipeline_class == "SanaSprintPipeline":
         spec.family = "sana"  # only SANA students export as SanaSprintPipeline
+    if spec.pipeline_class == "AnimateDiffPipeline":  # video students (`trainers.mcm`)
+        return _animatediff_export(out_dir, teacher, student_dir, spec, training_config)
     family = families.check_family(spec)
     if isinstance(teacher, str):
         from sdtoolkit.models.loading import load_teacher_pipeline
@@ -301,6 +303,28 @@ def export_pipeline(
             config["train"]["teacher"] = reference
         (tmp / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
     model_card.scrub_json_files(tmp, teacher_path, reference)
+    model_card.write_model_card(tmp, spec, training_config or {})
+    _replace_folder_contents(tmp, out_dir)
+    return out_dir
+
+
+def _animatediff_export(out_dir: Path, teacher: Any, student_dir: Path, spec: ExportSpec, training_config) -> Path:
+    """A stock AnimateDiffPipeline folder (`sdtoolkit.pipelines.animatediff`), written like the other exports."""
+    from sdtoolkit.pipelines import model_card
+    from sdtoolkit.pipelines.animatediff import animatediff_pipeline
+
+    if isinstance(teacher, str):
+        from sdtoolkit.models.loading import load_teacher_pipeline
+
+        teacher = load_teacher_pipeline(teacher)
+    spec, pipeline = animatediff_pipeline(teacher, student_dir, spec)
+    tmp = out_dir.parent / f".{out_dir.name}.sdtoolkit-export-tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipeline.save_pretrained(tmp, safe_serialization=True)
+    spec.save(tmp)
+    if training_config is not None:
+        (tmp / "training_config.json").write_text(json.dumps(training_config, indent=2) + "\n")
     model_card.write_model_card(tmp, spec, training_config or {})
     _replace_folder_contents(tmp, out_dir)
     return out_dir
