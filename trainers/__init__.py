@@ -2,4 +2,4 @@
 every method with `sdtoolkit.distill.loop.register_method`; their names are the `sdtoolkit distill` subcommands."""
 
 # one file per method; importing registers `lcm`, `pcm`, `dmd2`, `flash-dmd`, `scm`, `sid` and `sida`
-from sdtoolkit.trainers import dmd2, flash_dmd, lcm, pcm, scm, sid, sida  # noqa: F401
+from sdtoolkit.trainers import dmd2, flash_dmd, lcm, mcm, pcm, scm, sid, sida  # noqa: F401

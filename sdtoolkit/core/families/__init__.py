@@ -11,12 +11,14 @@ new file here with a `ModelFamily` subclass, listed in `FAMILIES` (more specific
 | `sana` | `SanaTransformer2DModel` | `SanaPipeline` / `SanaSprintPipeline` |
 | `flux` | `FluxTransformer2DModel` | `FluxPipeline` |
 | `unet2d` | `UNet2DModel` (pixel space) | `DDIMPipeline` |
+| `animatediff` | `UNetMotionModel` (5-D video latents) | `AnimateDiffPipeline` |
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from sdtoolkit.core.families.animatediff import AnimateDiffFamily
 from sdtoolkit.core.families.base import ModelFamily
 from sdtoolkit.core.families.flux import FluxFamily
 from sdtoolkit.core.families.sana import SanaFamily
@@ -31,6 +33,7 @@ FAMILIES: tuple[type[ModelFamily], ...] = (
     SanaFamily,
     FluxFamily,
     PixelUNetFamily,
+    AnimateDiffFamily,
 )
 """Every supported family, tried in this order (SDXL before SD: both are UNet2DConditionModel)."""
 

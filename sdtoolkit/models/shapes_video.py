@@ -1,0 +1,206 @@
+"""The shapes video teacher: a diffusers `MotionAdapter` (AnimateDiff, Guo et al. 2024) trained on top of the frozen
+`builtin:shapes` UNet on procedural clips (`sdtoolkit.data.clips`), saved as a stock `AnimateDiffPipeline` folder.
+
+Training (AnimateDiff's motion-module stage): the image UNet is frozen, only the motion modules train, with the
+image teacher's own epsilon loss on clip latents (each frame encoded by the image VAE) and 10 % caption dropout for
+CFG. `train_video_teacher(config, output)` writes `output/` which `AnimateDiffPipeline.from_pretrained` loads
+(vae, text_encoder, tokenizer, unet = UNetMotionModel, motion_adapter, scheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sdtoolkit.data.clips import ClipConfig, ClipDataset
+
+
+@dataclass
+class VideoTeacherConfig:
+    """Motion-module training of the shapes video teacher."""
+
+    image_teacher: str = "builtin:shapes"
+    """The frozen image teacher (builtin:shapes or a StableDiffusionPipeline folder)."""
+    num_frames: int = 16
+    """Frames per training clip (AnimateDiff's motion modules take up to `motion_max_seq_length`)."""
+    resolution: int = 64
+    """Clip resolution in pixels (the image teacher's)."""
+    num_clips: int = 4096
+    """Rendered training clips."""
+    motion_layers_per_block: int | None = None
+    """Motion layers per block (None: the UNet's layers_per_block, which MotionAdapter must match)."""
+    motion_num_attention_heads: int = 2
+    """Heads of the temporal attention."""
+    motion_norm_num_groups: int = 8
+    """GroupNorm groups of the motion modules (must divide every block width)."""
+    motion_max_seq_length: int = 32
+    """Longest clip the motion modules' positional embedding takes."""
+    steps: int = 20000
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Clips per step."""
+    lr: float = 1e-4
+    """AdamW learning rate (AnimateDiff: 1e-4)."""
+    caption_dropout: float = 0.1
+    """Fraction of captions replaced by "" (for CFG)."""
+    seed: int = 0
+    """Seed of the data and the initialisation."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    log_every: int = 50
+    """Steps between log lines."""
+
+
+def motion_adapter_for(unet: Any, config: VideoTeacherConfig) -> Any:
+    """A fresh `MotionAdapter` matching the image UNet's blocks (zero-initialised output projections, as
+    AnimateDiff's: the video UNet starts as the image UNet applied per frame)."""
+    from diffusers import MotionAdapter
+
+    layers = config.motion_layers_per_block or unet.config.layers_per_block
+    return MotionAdapter(
+        block_out_channels=tuple(unet.config.block_out_channels),
+        motion_layers_per_block=layers,
+        motion_num_attention_heads=config.motion_num_attention_heads,
+        motion_norm_num_groups=config.motion_norm_num_groups,
+        motion_max_seq_length=config.motion_max_seq_length,
+    )
+
+
+def extend_vocabulary(pipeline: Any, words: list[str]) -> list[int]:
+    """Gives the pipeline's word tokenizer (`sdtoolkit.models.text`) single tokens for `words` (the motion phrases
+    of the clip captions) and its text encoder an embedding row for each new token; existing tokens keep their ids'
+    embeddings (copied by token string), new rows start at the mean embedding. Returns the new rows' ids (the only
+    text-encoder weights the motion training updates)."""
+    from sdtoolkit.models.text import build_word_tokenizer
+
+    old = pipeline.tokenizer
+    old_vocab = old.get_vocab()
+    words = sorted(set(old_vocab_words(old_vocab)) | set(words))
+    tokenizer = build_word_tokenizer([" ".join(words)], model_max_length=old.model_max_length)
+    embedding = pipeline.text_encoder.get_input_embeddings()
+    weight = embedding.weight.data
+    vocab = tokenizer.get_vocab()
+    rows = weight.mean(0, keepdim=True).repeat(len(vocab), 1)
+    new = []
+    for token, index in vocab.items():
+        if token in old_vocab:
+            rows[index] = weight[old_vocab[token]]
+        else:
+            new.append(index)
+    pipeline.text_encoder.resize_token_embeddings(len(vocab))
+    pipeline.text_encoder.get_input_embeddings().weight.data.copy_(rows)
+    pipeline.text_encoder.config.vocab_size = len(vocab)
+    pipeline.tokenizer = tokenizer
+    pipeline.register_modules(tokenizer=tokenizer)
+    return new
+
+
+def old_vocab_words(vocab: dict[str, int]) -> list[str]:
+    """The whole words of a word tokenizer's vocabulary (its word-final tokens)."""
+    return [t[: -len("</w>")] for t in vocab if t.endswith("</w>") and len(t) > len("a</w>")] + ["a"]
+
+
+def video_pipeline(image_pipeline: Any, adapter: Any, scheduler: Any | None = None) -> Any:
+    """A stock `AnimateDiffPipeline` of the image pipeline's components plus `adapter`."""
+    from diffusers import AnimateDiffPipeline
+
+    return AnimateDiffPipeline(
+        vae=image_pipeline.vae,
+        text_encoder=image_pipeline.text_encoder,
+        tokenizer=image_pipeline.tokenizer,
+        unet=image_pipeline.unet,
+        motion_adapter=adapter,
+        scheduler=scheduler or image_pipeline.scheduler,
+    )
+
+
+def max_frames(pipeline: Any) -> int:
+    """The longest clip the pipeline's motion modules take (their positional embedding's length)."""
+    unet = getattr(pipeline, "unet", pipeline)
+    return int(unet.config.get("motion_max_seq_length", 32))
+
+
+@torch.no_grad()
+def encode_clips(pipeline: Any, frames: torch.Tensor) -> torch.Tensor:
+    """Clips `[N, F, 3, H, W]` in [-1, 1] -> scaled latents `[N, C, F, h, w]` (posterior means)."""
+    vae = pipeline.vae
+    n, num_frames = frames.shape[:2]
+    flat = frames.reshape(n * num_frames, *frames.shape[2:]).to(vae.device, vae.dtype)
+    latents = vae.encode(flat).latent_dist.mean * vae.config.scaling_factor
+    return latents.reshape(n, num_frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
+
+
+def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
+    """Trains the motion modules on procedural clips and writes the AnimateDiffPipeline folder `output`."""
+    from sdtoolkit.models.loading import load_teacher_pipeline
+
+    output = Path(output)
+    torch.manual_seed(config.seed)
+    image = load_teacher_pipeline(config.image_teacher)
+    if config.num_frames > config.motion_max_seq_length:
+        raise ValueError(f"num_frames {config.num_frames} > motion_max_seq_length {config.motion_max_seq_length}")
+    from sdtoolkit.data.clips import CLIP_VOCABULARY
+
+    new_rows = extend_vocabulary(image, CLIP_VOCABULARY)
+    pipe = video_pipeline(image, motion_adapter_for(image.unet, config)).to(config.device)
+    unet = pipe.unet
+    unet.freeze_unet2d_params()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    # the motion words' new embedding rows train too (the rest of the text encoder stays frozen)
+    pipe.text_encoder.requires_grad_(False)
+    token_embedding = pipe.text_encoder.get_input_embeddings().weight
+    token_embedding.requires_grad_(True)
+    keep = torch.ones(token_embedding.shape[0], 1, device=token_embedding.device)
+    keep[new_rows] = 0.0
+    token_embedding.register_hook(lambda grad: grad * (1 - keep))
+    params.append(token_embedding)
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    clips = ClipDataset(config.num_clips, config.seed, ClipConfig(config.num_frames, config.resolution))
+    latents = torch.cat([encode_clips(pipe, clips[i]["pixel_values"][None]) for i in range(len(clips))])
+    captions = clips.captions
+    unique = list(dict.fromkeys(captions))
+    index = {c: i for i, c in enumerate(unique)}
+    rows = torch.tensor([index[c] for c in captions])
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        ids = pipe.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(pipe.device)
+        return pipe.text_encoder(ids)[0]
+
+    scheduler = pipe.scheduler
+    alphas = scheduler.alphas_cumprod.to(config.device)
+    log, started = [], time.perf_counter()
+    unet.train()
+    for step in range(1, config.steps + 1):
+        pick = torch.randint(len(rows), (config.batch_size,))
+        x0 = latents[pick].to(config.device)
+        drop = torch.rand(config.batch_size) < config.caption_dropout
+        cond = encode(["" if d else unique[int(r)] for d, r in zip(drop.tolist(), rows[pick].tolist())])
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), device=config.device)
+        noise = torch.randn_like(x0)
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        states = cond.repeat_interleave(x0.shape[2], dim=0)
+        pred = unet(x_t, t, encoder_hidden_states=states).sample
+        loss = F.mse_loss(pred.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % config.log_every == 0 or step == config.steps:
+            log.append({"step": step, "loss": float(loss), "seconds": time.perf_counter() - started})
+    unet.eval()
+    output.mkdir(parents=True, exist_ok=True)
+    pipe.to("cpu").save_pretrained(output, safe_serialization=True)
+    (output / "training_config.json").write_text(json.dumps({"config": asdict(config), "log": log}, indent=2))
+    return output
