@@ -31,7 +31,9 @@ class AnimateDiffFamily(ModelFamily):
         frames = x.shape[2]
         states = cast(cond.encoder_hidden_states, x.dtype).repeat_interleave(frames, dim=0)
         return model(
-            x,
+            # a standard-layout copy: with a permuted clip layout the motion modules' GroupNorm saw a channels-last-3d
+            # input and a differently strided gradient, and torch 2.13's CPU GroupNorm backward crashed (segfault)
+            x.contiguous(),
             timestep,
             encoder_hidden_states=states,
             timestep_cond=w_embedding(model, guidance_embed, x.dtype),
