@@ -195,10 +195,12 @@ def tiny_sd3_pipeline(seed: int = 0):
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
+    vae = tiny_vae(seed)
+    vae.register_to_config(shift_factor=0.0)  # SD3's VAE has one (stock decoding adds it)
     return StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(seed),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=tiny_vae(seed),
+        vae=vae,
         text_encoder=tiny_clip_with_projection(len(tokenizer), hidden_size=16, seed=seed),
         tokenizer=tokenizer,
         text_encoder_2=tiny_clip_with_projection(len(tokenizer_2), hidden_size=16, seed=seed + 1),
@@ -310,6 +312,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
         )
     ).eval()
     vae = tiny_vae(seed)
+    vae.register_to_config(shift_factor=0.0)  # FLUX's VAE has one (stock decoding adds it)
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(
             use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096

@@ -322,3 +322,16 @@ def test_cli_refuses_a_method_the_teachers_family_cannot_take_in_one_line(tmp_pa
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (loading bars aside)
     assert len(err) == 1 and "time_cond_proj_dim" in err[0], err
     assert not out.exists()
+
+
+def test_generate_runs_a_flow_family_folder_and_records_its_float_times(tmp_path):
+    """`sdtoolkit generate --model FOLDER` on an SD3 folder: stock sampling, and the recorded times are the
+    scheduler's own (flow times are not integers: 751.12, not 751)."""
+    from sdtoolkit.cli import main
+
+    tiny_sd3_pipeline().save_pretrained(tmp_path / "sd3")
+    out = tmp_path / "grid.png"
+    args = ["generate", "--model", str(tmp_path / "sd3"), "--prompt", "a red cube", "--steps", "3", "--guidance", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    times = json.loads(out.with_suffix(".json").read_text())["timesteps"]
+    assert len(times) == 3 and times[0] == 1000 and not float(times[1]).is_integer()

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "guidance": guidance,
         "call_kwargs": extra,
         "from_export": spec is not None,
-        "timesteps": [int(t) for t in pipeline.scheduler.timesteps],
+        "timesteps": [int(t) if float(t).is_integer() else round(float(t), 4) for t in pipeline.scheduler.timesteps],
         "num_images": args.num_images,
         "seed": args.seed,
         "device": args.device,
