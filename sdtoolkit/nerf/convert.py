@@ -8,6 +8,7 @@ its `config.json` holds the `NeRFConfig` under "nerf" and its checkpoint the NeR
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -231,7 +232,9 @@ def resolved_config(
 ) -> dict:
     """The config.json of a conversion: the PVD settings, the teacher, and the student's `NeRFConfig` under "nerf"
     (so the output folder is itself a NeRF asset another conversion can start from)."""
-    from sdtoolkit.cli.config_cli import to_dict
+
+    def to_dict(config) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
     return {
         "teacher": str(Path(teacher_path).resolve()),
