@@ -1,8 +1,10 @@
-"""`sdtoolkit train-teacher`: train the built-in shapes teacher (a small Stable Diffusion) from procedural renders.
+"""`sdtoolkit train-teacher`: train a built-in shapes teacher from procedural renders: `--family sd` (default) a small
+Stable Diffusion (`builtin:shapes`), `--family sd3` a rectified-flow SD3-layout model (`builtin:shapes-flow`).
 
-Flags come from `TeacherConfig` (`sdtoolkit.models.shapes_teacher`) through `sdtoolkit.cli.config_cli`; values
-resolve as defaults < `--tiny` < `--config FILE` (TeacherConfig fields, e.g. a teacher's training_config.json
-"config") < flags. The resolved config is saved in OUTPUT/training_config.json.
+Flags come from `TeacherConfig` (`sdtoolkit.models.shapes_teacher`) and `FlowTeacherConfig`
+(`sdtoolkit.models.shapes_flow_teacher`) through `sdtoolkit.cli.config_cli`; values resolve as defaults < `--tiny` <
+`--config FILE` (the family's config fields, e.g. a teacher's training_config.json) < flags. A flag the chosen
+family does not have is refused. The resolved config is saved in OUTPUT/training_config.json.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class TrainTeacherCommand:
     """Folder to write the SD pipeline into (required)."""
     tiny: bool = False
     """A seconds-long smoke configuration (tiny widths and data) for tests; explicit flags still override it."""
+    family: str = "sd"
+    """Which teacher: "sd" (SD 1.x layout, epsilon prediction, builtin:shapes) or "sd3" (SD3 layout, rectified
+    flow, builtin:shapes-flow)."""
 
 
 TINY = dict(
@@ -43,8 +48,45 @@ TINY = dict(
 )
 """The `--tiny` smoke configuration (explicit flags still override it)."""
 
+TINY_FLOW = dict(
+    num_train_images=32,
+    render_chunk=16,
+    text_hidden_size=16,
+    text_layers=1,
+    text_heads=2,
+    text_intermediate_size=32,
+    transformer_layers=2,
+    attention_heads=2,
+    attention_head_dim=8,
+    transformer_steps=3,
+    batch_size=4,
+    warmup_steps=1,
+    log_every=1,
+    sample_prompts=0,
+)
+"""The `--tiny` smoke configuration of `--family sd3`."""
+
+FAMILIES = ("sd", "sd3")
+"""Values of --family."""
+
+
+def _shown_defaults(sd_cls: type, flow_cls: type) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(dotted key -> shown default for flags both families share with different defaults, the shared names)."""
+    from dataclasses import fields
+
+    sd = {f.name: config_cli.field_default(f) for f in fields(sd_cls)}
+    flow = {f.name: config_cli.field_default(f) for f in fields(flow_cls)}
+    shared = tuple(name for name in flow if name in sd)
+    shown = {
+        f"teacher.{name}": f"{config_cli.show(sd[name])} (--family sd), {config_cli.show(flow[name])} (--family sd3)"
+        for name in shared
+        if sd[name] != flow[name]
+    }
+    return shown, shared
+
 
 def add_parser(subparsers) -> None:
+    from sdtoolkit.models.shapes_flow_teacher import FlowTeacherConfig
     from sdtoolkit.models.shapes_teacher import TeacherConfig
 
     parser = subparsers.add_parser(
@@ -54,21 +96,30 @@ def add_parser(subparsers) -> None:
         "encoder (epsilon prediction, 10% caption dropout for CFG), and write a folder that stock "
         "diffusers.StableDiffusionPipeline.from_pretrained loads. Defaults are the CPU recipe; on a GPU, e.g. "
         "--device cuda --mixed-precision bf16 --batch-size 4096 --vae-batch-size 256 --num-images 30000 "
-        "--vae-steps 100000 --unet-steps 100000 --max-minutes 3.5 (the budget then decides the steps).",
+        "--vae-steps 100000 --unet-steps 100000 --max-minutes 3.5 (the budget then decides the steps). --family sd3 "
+        "trains the rectified-flow teacher in SD3's layout instead (StableDiffusion3Pipeline, no T5, the frozen VAE "
+        "of builtin:shapes), e.g. --family sd3 --device cuda --mixed-precision bf16 --batch-size 1024 "
+        "--num-images 30000 --transformer-steps 100000 --max-minutes 4.5 --eval-samples 1200.",
         argument_default=argparse.SUPPRESS,
     )
     config_cli.add_common(
         parser, "JSON config of TeacherConfig fields (e.g. the 'config' of a teacher's training_config.json)."
     )
     names = config_cli.add_flags(parser, TrainTeacherCommand, "command")
-    group = parser.add_argument_group("teacher (TeacherConfig)")
+    shown, shared = _shown_defaults(TeacherConfig, FlowTeacherConfig)
+    group = parser.add_argument_group("teacher (TeacherConfig; flags of both families show both defaults)")
     config_cli.add_flags(
         group,
         TeacherConfig,
         "teacher",
         skip=("teacher.extra",),
         aliases={"teacher.num_train_images": ("--num-images",)},
+        defaults=shown,
         names=names,
+    )
+    flow_group = parser.add_argument_group("flow teacher, --family sd3 only (FlowTeacherConfig)")
+    config_cli.add_flags(
+        flow_group, FlowTeacherConfig, "teacher", skip=tuple(f"teacher.{n}" for n in shared), names=names
     )
     parser.set_defaults(
         run=run, config_names=names, config_sections={"command": TrainTeacherCommand, "teacher": TeacherConfig}
@@ -76,17 +127,27 @@ def add_parser(subparsers) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """(TeacherConfig, TrainTeacherCommand) of the parsed flags, every value checked (one line per bad value)."""
+    """(TeacherConfig or FlowTeacherConfig, TrainTeacherCommand) of the parsed flags, every value checked (one line
+    per bad value); a flag the chosen --family does not have is refused."""
+    from sdtoolkit.models.shapes_flow_teacher import FlowTeacherConfig
     from sdtoolkit.models.shapes_teacher import TeacherConfig
 
     names = getattr(args, "config_names", {})
     requested = config_cli.given(args)
     command = config_cli.build_section(TrainTeacherCommand, requested.get("command", {}), "command", names)
-    values: dict = dict(TINY) if command.tiny else {}
+    if command.family not in FAMILIES:
+        raise CLIError(f"--family {command.family!r}: choose one of {', '.join(FAMILIES)}")
+    cls = FlowTeacherConfig if command.family == "sd3" else TeacherConfig
+    values: dict = dict(TINY_FLOW if command.family == "sd3" else TINY) if command.tiny else {}
     if getattr(args, "config", None) is not None:
-        values.update(config_cli.read_config_file(args.config, tuple(TeacherConfig.__dataclass_fields__)))
-    values.update(requested.get("teacher", {}))
-    config = config_cli.build_section(TeacherConfig, values, "teacher", names)
+        values.update(config_cli.read_config_file(args.config, tuple(cls.__dataclass_fields__)))
+    given = requested.get("teacher", {})
+    foreign = sorted(key for key in given if key not in cls.__dataclass_fields__)
+    if foreign:
+        flags = ", ".join(names.get(f"teacher.{key}", key) for key in foreign)
+        raise CLIError(f"{flags}: not a setting of --family {command.family} (see train-teacher --help)")
+    values.update(given)
+    config = config_cli.build_section(cls, values, "teacher", names)
     if command.output is None:
         raise CLIError("--output is required: the folder to write the teacher into")
     if config.device == "cuda":
@@ -100,6 +161,8 @@ def build_config(args: argparse.Namespace):
 def _command_line(args: argparse.Namespace, command: TrainTeacherCommand) -> str:
     """The flags that were given (for the record in training_config.json)."""
     flags = ["--output", str(command.output)] + (["--tiny"] if command.tiny else [])
+    if command.family != "sd":
+        flags += ["--family", command.family]
     if getattr(args, "config", None) is not None:
         flags += ["--config", str(args.config)]
     for key, value in config_cli.flatten(config_cli.given(args).get("teacher", {})).items():
@@ -108,13 +171,19 @@ def _command_line(args: argparse.Namespace, command: TrainTeacherCommand) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdtoolkit.models.shapes_teacher_train import train_teacher
-
     config, command = build_config(args)
     output = Path(command.output)
     if output.exists() and not output.is_dir():
         raise CLIError(f"--output {output} exists and is not a folder")
     config.extra["command"] = _command_line(args, command)
+    if command.family == "sd3":
+        from sdtoolkit.models.shapes_flow_teacher import train_flow_teacher
+
+        output = train_flow_teacher(config, output)
+        print(f"wrote the flow-matching shapes teacher (SD3 layout) to {output}")
+        return 0
+    from sdtoolkit.models.shapes_teacher_train import train_teacher
+
     output = train_teacher(config, output)
     print(f"wrote the shapes teacher to {output}")
     return 0

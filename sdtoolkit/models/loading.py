@@ -22,8 +22,16 @@ __all__ = [
 ]
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS: dict[str, str] = {"shapes": "shapes-teacher"}
+BUILTIN_MODELS: dict[str, str] = {"shapes": "shapes-teacher", "shapes-flow": "shapes-flow"}
 """`builtin:NAME` -> folder inside the installed `sdtoolkit.assets` package (a diffusers `save_pretrained` folder)."""
+BUILTIN_TRAIN_COMMANDS: dict[str, str] = {
+    "shapes-flow": (
+        "sdtoolkit train-teacher --family sd3 --output assets/shapes-flow --device cuda --mixed-precision bf16 "
+        "--batch-size 1024 --num-images 30000 --transformer-steps 100000 --max-minutes 4.5 --checkpoint-minutes 1 "
+        "--eval-samples 1200"
+    )
+}
+"""`builtin:NAME` -> the command that trains it, for built-ins not shipped yet (a GPU, a few minutes)."""
 
 ASSETS_PACKAGE = "sdtoolkit.assets"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -81,6 +89,11 @@ def resolve_model_id(id_or_path: str | os.PathLike) -> str | Path:
     if id_or_path.startswith(BUILTIN_PREFIX):
         name = id_or_path[len(BUILTIN_PREFIX) :]
         path = builtin_model_path(name)
+        if not path.is_dir() and name in BUILTIN_TRAIN_COMMANDS:
+            raise ModelNotAvailableError(
+                f"built-in model {id_or_path} has not been trained yet (no {path}); train it on a GPU in a few "
+                f"minutes with: {BUILTIN_TRAIN_COMMANDS[name]}"
+            )
         if not path.is_dir():
             raise ModelNotAvailableError(
                 f"built-in model {id_or_path} is not installed: folder {BUILTIN_MODELS[name]!r} is missing from the "
