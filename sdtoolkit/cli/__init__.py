@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "sdtoolkit.cli.eval",
     "train-evaluator": "sdtoolkit.cli.train_evaluator",
     "train-teacher": "sdtoolkit.cli.train_teacher",
+    "train-video-teacher": "sdtoolkit.cli.train_video_teacher",
     "generate": "sdtoolkit.cli.generate",
     "distill": "sdtoolkit.cli.distill",
     "export": "sdtoolkit.cli.export",

@@ -25,7 +25,9 @@ def add_parser(subparsers) -> None:
             "natural name order, or a .jsonl with file_name and text), else from prompts.txt or metadata.jsonl "
             "beside the images. --compare A.json B.json says, per figure, whether two runs written by --out differ "
             "beyond noise. Intervals need images: use at least 20 per prompt (2400 for the 120 builtin prompts) "
-            "to resolve differences of about 2 points of accuracy."
+            "to resolve differences of about 2 points of accuracy. --clips FOLDER scores video clips instead (one "
+            "animated GIF per clip, clip captions as prompts): per-frame prompt and view accuracy, motion accuracy "
+            "(the shipped motion classifier), temporal consistency and FVD_shapes, each with its 95%% interval."
         ),
         argument_default=argparse.SUPPRESS,
     )
@@ -41,6 +43,7 @@ class EvalCommand:
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "reference_num": Range(0),
         "reference_seed": Range(0),
+        "clip_reference_num": Range(0),
         "fd_splits": Range(0),
         "bootstrap": Range(100),
         "batch_size": AT_LEAST_1,
@@ -48,6 +51,9 @@ class EvalCommand:
 
     images: str | None = None
     """Folder of images, or a quoted glob such as 'out/*.png'."""
+    clips: str | None = None
+    """Folder of clips to score with the video metrics instead: one animated GIF per clip, prompts (clip captions
+    such as "a red cube, front view, turning clockwise") as for --images; `generate --clips-dir` writes it."""
     prompts: str | None = None
     """Prompts file (.txt or .jsonl); None: prompts.txt or metadata.jsonl beside the images."""
     out: str | None = None
@@ -60,6 +66,8 @@ class EvalCommand:
     """Real renders behind FD_shapes, precision and recall (0 skips them)."""
     reference_seed: int = 10_000
     """Dataset seed of the reference renders."""
+    clip_reference_num: int = 256
+    """--clips: real clips (same frames and size) behind FVD_shapes (0 skips it)."""
     fd_splits: int = 4
     """K interleaved splits of the images whose FD / recall give those figures' intervals (0: none)."""
     bootstrap: int = 2000
@@ -77,6 +85,8 @@ def run(args) -> int:
     args.no_diversity = not args.diversity
     if args.compare:
         return run_compare(args)
+    if args.clips is not None:
+        return run_clips(args, config)
     from sdtoolkit.data.dataset import parse_caption
     from sdtoolkit.eval.images import find_images, read_prompts
     from sdtoolkit.eval.metrics import Evaluator
@@ -84,7 +94,7 @@ def run(args) -> int:
 
     # 1. Check every input before any work.
     if args.images is None:
-        raise CLIError("give --images FOLDER (or --compare A.json B.json)")
+        raise CLIError("give --images FOLDER (or --clips FOLDER, or --compare A.json B.json)")
     files = find_images(args.images)
     if not files:
         raise CLIError(f"--images {args.images!r} matches no .png/.jpg/.jpeg/.webp file; give a folder or a glob")
@@ -132,6 +142,61 @@ def run(args) -> int:
         result = {"images": args.images, "prompts": args.prompts, "evaluator": args.evaluator, "scores": scores}
         result["report"] = report
         result["config"] = config_cli.to_dict(config)  # the resolved settings (`--config` takes this object back)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_clips(args, config) -> int:
+    """`--clips FOLDER`: the video figures of a folder of GIF clips (`sdtoolkit.eval.video.clip_report`)."""
+    from sdtoolkit.data.clips import parse_clip_caption
+    from sdtoolkit.eval.images import natural_key, read_prompts
+    from sdtoolkit.eval.metrics import Evaluator
+    from sdtoolkit.eval.report import format_report
+    from sdtoolkit.eval.video import CLIP_SUFFIX, clip_report, load_clips
+
+    folder = Path(args.clips)
+    if not folder.is_dir():
+        raise CLIError(f"--clips {args.clips!r} is not a folder; give a folder of {CLIP_SUFFIX} clips")
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() == CLIP_SUFFIX), key=natural_key)
+    if not files:
+        raise CLIError(f"--clips {args.clips!r} holds no {CLIP_SUFFIX} file (one animated GIF per clip)")
+    try:
+        prompts = read_prompts(files, args.prompts)
+        for prompt in prompts:
+            parse_clip_caption(prompt)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
+    if args.clip_reference_num == 1:
+        raise CLIError("--clip-reference-num must be 0 (skip FVD_shapes) or at least 2, got 1")
+    if args.fd_splits == 1:
+        raise CLIError(f"--fd-splits must be 0 (no FVD interval) or at least 2, got {args.fd_splits}")
+    try:
+        frames = load_clips(files)
+    except ValueError as error:
+        raise CLIError(f"--clips: {error}") from None
+    except Exception as error:  # PIL raises OSError, SyntaxError, ... on corrupt files
+        raise CLIError(f"--clips: a clip could not be read ({error}); replace or remove it") from None
+    if frames.shape[1] < 2:
+        raise CLIError(f"--clips: {files[0]} has one frame; a clip needs at least 2")
+    evaluator = Evaluator.load(args.evaluator, device=args.device)
+    evaluator.batch_size = args.batch_size
+    report = clip_report(
+        evaluator,
+        frames,
+        prompts,
+        reference_num=args.clip_reference_num,
+        fd_splits=args.fd_splits,
+        num_resamples=args.bootstrap,
+    )
+    print(f"{len(files)} clips of {report['num_frames']} frames, {report['num_prompts']} prompts")
+    print(format_report(report))
+    if args.out:
+        scores = {name: m["value"] for name, m in report["metrics"].items()}
+        result = {"clips": args.clips, "prompts": args.prompts, "evaluator": args.evaluator, "scores": scores}
+        result["report"] = report
+        result["config"] = config_cli.to_dict(config)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -1,5 +1,7 @@
 """`sdtoolkit generate`: sample a text-to-image teacher or an exported student with stock diffusers into an image
-grid (rows = prompts); an export (a folder with `export.json`) is sampled with its trained call by default."""
+grid (rows = prompts); an export (a folder with `export.json`) is sampled with its trained call by default. Video
+models (stock `AnimateDiffPipeline` folders: the shapes video teacher, `distill mcm` exports) write an animated GIF
+grid, an MP4 of it when imageio-ffmpeg is importable, and optionally one GIF per clip for `sdtoolkit eval --clips`."""
 
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ def add_parser(subparsers) -> None:
         "--prompt with the pipeline's own scheduler and classifier-free guidance, and write a grid PNG (one row "
         "per prompt) plus a JSON file with the settings beside it. A folder written by `sdtoolkit export` (with "
         "export.json) is sampled with its trained steps, guidance and timesteps unless --steps / --guidance say "
-        "otherwise. Existing --out files are kept unless --overwrite.",
+        "otherwise. A video model (AnimateDiffPipeline) writes an animated GIF grid (--out with .gif), an MP4 beside "
+        "it "
+        "when imageio-ffmpeg is importable, and with --clips-dir one GIF per clip plus prompts.txt (the layout "
+        "`sdtoolkit eval --clips` scores). Existing --out files are kept unless --overwrite.",
         argument_default=argparse.SUPPRESS,
     )
     config_cli.add_common(parser, "JSON config of the settings below (GenerateConfig fields); flags override it.")
@@ -46,6 +51,7 @@ class GenerateConfig:
         "guidance": Range(0),
         "num_images": AT_LEAST_1,
         "seed": Range(0),
+        "num_frames": Range(2),
     }
 
     model: str = "builtin:shapes"
@@ -62,7 +68,13 @@ class GenerateConfig:
     seed: int = 0
     """Seed of the initial noise."""
     out: str = "grid.png"
-    """Grid PNG to write (the settings go to the same name with .json)."""
+    """Grid PNG to write (the settings go to the same name with .json); for a video model an animated GIF grid (a
+    .png name becomes .gif) and, when imageio-ffmpeg is importable, an MP4 of the same name."""
+    num_frames: int | None = None
+    """Frames per clip of a video model (None: the video teacher's training num_frames, else 16, at most what its
+    motion modules take)."""
+    clips_dir: str | None = None
+    """Video models: also write each clip as its own GIF with prompts.txt into this folder (for eval --clips)."""
     device: str = "cpu"
     """torch device to sample on."""
     overwrite: bool = False
@@ -78,8 +90,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--guidance must be a finite number >= 0 (1 or less turns guidance off), got {args.guidance}")
     if not args.prompts:
         raise CLIError('give at least one --prompt, e.g. --prompt "a red cube, front view"')
-    if args.out.suffix.lower() != ".png":
-        raise CLIError(f"--out must be a .png file, got {args.out}")
+    if args.out.suffix.lower() not in (".png", ".gif"):
+        raise CLIError(f"--out must be a .png file (a .gif for video models), got {args.out}")
     from sdtoolkit.runs import OutputFolderError, check_new_files
 
     try:
@@ -146,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
     pipeline.set_progress_bar_config(desc="generate")
     if "timesteps" not in extra:
         _check_steps(pipeline, steps)
+    if type(pipeline).__name__ == "AnimateDiffPipeline":
+        return _run_video(args, pipeline, spec, steps, guidance, extra)
+    if args.out.suffix.lower() == ".gif" or args.num_frames is not None or args.clips_dir is not None:
+        raise CLIError(
+            f"--model {args.model} is an image pipeline ({type(pipeline).__name__}): --out .gif, --num-frames and "
+            "--clips-dir are for video models (AnimateDiffPipeline)"
+        )
 
     import torch
 
@@ -188,4 +207,109 @@ def run(args: argparse.Namespace) -> int:
     settings_path = args.out.with_suffix(".json")
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     print(f"wrote {args.out} ({len(args.prompts)} rows x {args.num_images} images) and {settings_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- video
+
+
+def _video_frames(args: argparse.Namespace, pipeline) -> int:
+    """--num-frames, else the video teacher's training num_frames, else 16; at most the motion modules' length."""
+    from sdtoolkit.models.shapes_video import max_frames
+
+    longest = max_frames(pipeline)
+    frames = args.num_frames
+    if frames is None:
+        record = Path(args.model) / "training_config.json"
+        try:
+            frames = int(json.loads(record.read_text())["config"]["num_frames"])
+        except (OSError, ValueError, KeyError, TypeError):
+            frames = min(16, longest)
+    if not 2 <= frames <= longest:
+        raise CLIError(f"--num-frames {frames}: this model's motion modules take 2 to {longest} frames")
+    return frames
+
+
+def mp4_writer():
+    """`imageio.v2` when imageio and imageio-ffmpeg are importable (MP4 output), else None."""
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return None
+    return imageio
+
+
+def _run_video(args: argparse.Namespace, pipeline, spec, steps: int, guidance: float, extra: dict) -> int:
+    """Samples clips of an AnimateDiffPipeline: an animated GIF grid (rows = prompts), its MP4, per-clip GIFs."""
+    import torch
+
+    from sdtoolkit.eval.video import GIF_FRAME_MS, save_clips
+    from sdtoolkit.models.shapes_teacher import image_grid
+    from sdtoolkit.runs import OutputFolderError, check_new_files
+
+    num_frames = _video_frames(args, pipeline)
+    gif = args.out.with_suffix(".gif")
+    writer = mp4_writer()
+    mp4 = gif.with_suffix(".mp4") if writer is not None else None
+    targets = [gif, gif.with_suffix(".json"), *([mp4] if mp4 else [])]
+    if args.clips_dir is not None:
+        targets.append(Path(args.clips_dir) / "prompts.txt")
+    try:
+        check_new_files(targets, overwrite=getattr(args, "overwrite", False))
+    except OutputFolderError as error:
+        raise CLIError(f"--out {gif}: {error} (or choose another --out / --clips-dir)") from None
+
+    start = time.perf_counter()
+    generator = torch.Generator(pipeline._execution_device).manual_seed(args.seed)
+    # every clip's prompt listed (prompt-major): AnimateDiffPipeline (diffusers 0.42) returns one clip per prompt
+    # whatever num_videos_per_prompt says
+    prompts = [p for p in args.prompts for _ in range(args.num_images)]
+    clips = pipeline(
+        prompts,
+        num_frames=num_frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+        output_type="pt",
+        **extra,
+    ).frames
+    clips = clips.float().cpu()  # [prompts x num_images, F, 3, H, W] in [0, 1]
+    seconds = time.perf_counter() - start
+    gif.parent.mkdir(parents=True, exist_ok=True)
+    grids = [image_grid(clips[:, f], args.num_images) for f in range(num_frames)]
+    grids[0].save(gif, save_all=True, append_images=grids[1:], duration=GIF_FRAME_MS, loop=0)
+    written = [str(gif)]
+    if mp4 is not None:
+        import numpy as np
+
+        writer.mimwrite(mp4, [np.asarray(g) for g in grids], fps=1000 // GIF_FRAME_MS, macro_block_size=2)
+        written.append(str(mp4))
+    else:
+        print("no MP4 written: imageio and imageio-ffmpeg are not both importable (pip install imageio-ffmpeg)")
+    if args.clips_dir is not None:
+        save_clips(clips, args.clips_dir, prompts)
+        written.append(f"{len(prompts)} clips in {args.clips_dir}")
+    settings = {
+        "model": args.model,
+        "prompts": args.prompts,
+        "steps": steps,
+        "guidance": guidance,
+        "call_kwargs": extra,
+        "from_export": spec is not None,
+        "timesteps": [int(t) if float(t).is_integer() else round(float(t), 4) for t in pipeline.scheduler.timesteps],
+        "num_images": args.num_images,
+        "num_frames": num_frames,
+        "seed": args.seed,
+        "device": args.device,
+        "pipeline": type(pipeline).__name__,
+        "scheduler": type(pipeline.scheduler).__name__,
+        "image_size": list(clips.shape[-2:]),
+        "files": written,
+        "seconds": round(seconds, 2),
+    }
+    settings_path = gif.with_suffix(".json")
+    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    print(f"wrote {', '.join(written)} ({len(args.prompts)} rows x {args.num_images} clips of {num_frames} frames)")
+    print(f"and {settings_path}")
     return 0

@@ -198,7 +198,7 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         loss.backward()
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps:
-            log.append({"step": step, "loss": float(loss), "seconds": time.perf_counter() - started})
+            log.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started})
     unet.eval()
     output.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu").save_pretrained(output, safe_serialization=True)

@@ -1,0 +1,134 @@
+"""`sdtoolkit train-video-teacher`: train the shapes video teacher (a diffusers `MotionAdapter` on the frozen
+`builtin:shapes` UNet) on procedural clips and write a stock `AnimateDiffPipeline` folder.
+
+Flags come from `VideoTeacherConfig` (`sdtoolkit.models.shapes_video`) through `sdtoolkit.cli.config_cli`; values
+resolve as defaults < `--tiny` < `--config FILE` (VideoTeacherConfig fields, e.g. the "config" of a video teacher's
+training_config.json) < flags. The output folder follows `sdtoolkit.runs` (a new or empty folder, or one this
+command wrote before with --overwrite; never someone else's files).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdtoolkit.cli import CLIError, config_cli
+
+RUN_KIND = "video-teacher"
+"""The kind of run recorded in the output folder's manifest (`sdtoolkit.runs`)."""
+ENTRIES = (
+    "model_index.json",
+    "unet",
+    "motion_adapter",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    "training_config.json",
+)
+"""Top-level entries the command writes (a user's file of one of these names refuses the folder)."""
+
+
+@dataclass
+class TrainVideoTeacherCommand:
+    """What `train-video-teacher` adds around a `VideoTeacherConfig`."""
+
+    output: str | None = None
+    """Folder to write the AnimateDiffPipeline into (required)."""
+    overwrite: bool = False
+    """Write into a non-empty folder: a previous video-teacher run's own files are replaced, others are kept."""
+    tiny: bool = False
+    """A seconds-long smoke configuration (4 clips of 4 frames, 2 steps) for tests; explicit flags still win."""
+
+
+TINY = dict(num_frames=4, num_clips=4, steps=2, batch_size=2, log_every=1, motion_max_seq_length=8)
+"""The `--tiny` smoke configuration (explicit flags still override it)."""
+
+
+def add_parser(subparsers) -> None:
+    from sdtoolkit.models.shapes_video import VideoTeacherConfig
+
+    parser = subparsers.add_parser(
+        "train-video-teacher",
+        help="Train the shapes video teacher (a MotionAdapter on builtin:shapes) into an AnimateDiffPipeline folder.",
+        description="Render procedural clips of the 3D shapes (turning clockwise / counter-clockwise or bobbing), "
+        "train AnimateDiff motion modules on top of the frozen image teacher (epsilon loss, 10% caption dropout; "
+        "the motion words get new token embeddings) and write a folder that stock "
+        "diffusers.AnimateDiffPipeline.from_pretrained loads. Score it with `sdtoolkit generate` (GIF/MP4) and "
+        "`sdtoolkit eval --clips`.",
+        argument_default=argparse.SUPPRESS,
+    )
+    config_cli.add_common(
+        parser,
+        "JSON config of VideoTeacherConfig fields (e.g. the 'config' of a video teacher's training_config.json).",
+    )
+    names = config_cli.add_flags(parser, TrainVideoTeacherCommand, "command")
+    group = parser.add_argument_group("video teacher (VideoTeacherConfig)")
+    config_cli.add_flags(group, VideoTeacherConfig, "teacher", names=names)
+    parser.set_defaults(
+        run=run,
+        config_names=names,
+        config_sections={"command": TrainVideoTeacherCommand, "teacher": VideoTeacherConfig},
+    )
+
+
+def build_config(args: argparse.Namespace):
+    """(VideoTeacherConfig, TrainVideoTeacherCommand) of the parsed flags, every value checked."""
+    from sdtoolkit.models.shapes_video import VideoTeacherConfig
+
+    names = getattr(args, "config_names", {})
+    requested = config_cli.given(args)
+    command = config_cli.build_section(TrainVideoTeacherCommand, requested.get("command", {}), "command", names)
+    values: dict = dict(TINY) if command.tiny else {}
+    if getattr(args, "config", None) is not None:
+        values.update(config_cli.read_config_file(args.config, tuple(VideoTeacherConfig.__dataclass_fields__)))
+    values.update(requested.get("teacher", {}))
+    config = config_cli.build_section(VideoTeacherConfig, values, "teacher", names)
+    lines = []
+    if command.output is None:
+        lines.append("--output is required: the folder to write the video teacher into")
+    if config.num_frames < 2 or config.num_frames > config.motion_max_seq_length:
+        lines.append(
+            f"--num-frames {config.num_frames}: must be from 2 to --motion-max-seq-length "
+            f"({config.motion_max_seq_length})"
+        )
+    for flag, value in (
+        ("--steps", config.steps),
+        ("--batch-size", config.batch_size),
+        ("--num-clips", config.num_clips),
+    ):
+        if value < 1:
+            lines.append(f"{flag} must be at least 1, got {value}")
+    if not 0 <= config.caption_dropout < 1:
+        lines.append(f"--caption-dropout must be in [0, 1), got {config.caption_dropout}")
+    if lines:
+        config_cli.fail(lines)
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {config.device}: torch sees no CUDA device here; use --device cpu")
+    return config, command
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from sdtoolkit.models.shapes_video import train_video_teacher
+    from sdtoolkit.runs import claim_output, inspect_output
+
+    config, command = build_config(args)
+    output = Path(command.output)
+    # a finished teacher (model_index.json) is kept: writing over it needs --overwrite
+    finished = lambda folder: (folder / "model_index.json").is_file()  # noqa: E731
+    rules = {"overwrite": command.overwrite, "reserved": ENTRIES, "has_checkpoint": finished}
+    inspect_output(output, RUN_KIND, **rules)  # before the image teacher loads: a refused folder costs nothing
+    with claim_output(output, RUN_KIND, **rules):
+        train_video_teacher(config, output)
+        record = output / "training_config.json"
+        stored = json.loads(record.read_text())
+        stored["command"] = {"command": config_cli.to_dict(command), "teacher": config_cli.to_dict(config)}
+        config_cli.save_config(record, stored)
+    print(f"wrote the shapes video teacher (AnimateDiffPipeline) to {output}")
+    return 0
