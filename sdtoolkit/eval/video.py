@@ -1,7 +1,9 @@
 """Video evaluation of shapes clips: per-frame prompt accuracy (the shapes evaluator on every frame), motion accuracy
 (an analytic motion check justified by the renderer's exact motion), temporal consistency, and FVD_shapes.
 
-Motion accuracy (`classify_motion`), analytic rather than a learned clip classifier: the clips of
+Motion accuracy (`classify_motion`) uses by default the shipped clip classifier (`MotionClassifier`,
+assets/motion-classifier: 0.988 / 0.983 on 240 held-out real clips of 8 frames at 32 px / 16 at 64 px, where the
+analytic check below gets 0.692 / 0.750); `method="analytic"` keeps the analytic check: the clips of
 `sdtoolkit.data.clips` move rigidly and their light turns with the object, so brightness is constant along the
 motion and the optical-flow constraint I_x u + I_y v + I_t = 0 holds on the object. The rigid rotation by omega
 about +z moves a surface point p with image velocity (Sec. "turning" of `sdtoolkit.data.clips`)
