@@ -94,5 +94,7 @@ def test_info_json(capsys):
     cpu = next(entry for entry in info["attention"] if entry["device"] == "cpu")
     assert cpu["dtype"] == "float32" and {"sdpa", "math", "jvp"} <= set(cpu["available"])
     assert info["hub"]["offline"] is True  # tests/conftest.py sets HF_HUB_OFFLINE=1
-    assert [m["id"] for m in info["builtin_models"]] == ["builtin:shapes"]
+    models = {m["id"]: m for m in info["builtin_models"]}
+    assert list(models) == ["builtin:shapes", "builtin:shapes-flow"]
+    assert models["builtin:shapes"]["present"] is True  # shipped; shapes-flow is listed with its training command
     assert info["devices"]["cpu"]["threads"] >= 1
