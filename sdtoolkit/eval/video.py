@@ -205,11 +205,15 @@ def score_clips(evaluator, frames: Tensor, prompts: list[str]) -> dict:
 
 
 def clip_features(evaluator, frames: Tensor) -> Tensor:
-    """`[N, 3 D]` clip features: mean, std and mean temporal difference of per-frame evaluator features."""
+    """`[N, 4 D]` clip features from the per-frame evaluator features phi_1..phi_F: their mean and std over time (what
+    the frames show), the mean change (phi_F - phi_1) / (F - 1) (where the clip goes), and the mean absolute change
+    between consecutive frames (how smoothly it gets there: a time-shuffled clip has the same mean and std but jumps
+    between frames)."""
     n, num_frames = frames.shape[:2]
     phi = evaluator.features(frames.reshape(n * num_frames, *frames.shape[2:])).reshape(n, num_frames, -1)
     delta = (phi[:, -1] - phi[:, 0]) / max(num_frames - 1, 1)
-    return torch.cat([phi.mean(1), phi.std(1, unbiased=False), delta], dim=1)
+    steps = (phi[:, 1:] - phi[:, :-1]).abs().mean(1) if num_frames > 1 else torch.zeros_like(delta)
+    return torch.cat([phi.mean(1), phi.std(1, unbiased=False), delta, steps], dim=1)
 
 
 def fvd_shapes(evaluator, frames: Tensor, reference: Tensor | FeatureStats) -> float:
