@@ -248,6 +248,10 @@ def _run_video(args: argparse.Namespace, pipeline, spec, steps: int, guidance: f
     from sdtoolkit.models.shapes_teacher import image_grid
     from sdtoolkit.runs import OutputFolderError, check_new_files
 
+    extra = dict(extra)
+    trained_frames = extra.pop("num_frames", None)  # an MCM export's call names its trained clip length
+    if args.num_frames is None and trained_frames is not None:
+        args.num_frames = int(trained_frames)
     num_frames = _video_frames(args, pipeline)
     gif = args.out.with_suffix(".gif")
     writer = mp4_writer()
