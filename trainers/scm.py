@@ -46,8 +46,9 @@ from torch import Tensor, nn
 
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.families import family_for
+from sdtoolkit.core.sampling import S_MAX_NETWORK, scm_sample, scm_sampling_times  # noqa: F401  (re-exported)
 from sdtoolkit.core.schedules import FlowSchedule, VPSchedule
-from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher, trigflow_x0
+from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
 from sdtoolkit.distill.method import DistillationMethod, register_method
@@ -76,11 +77,6 @@ __all__ = [
     "scm_step",
     "sana_sprint_student",
 ]
-
-S_MAX_NETWORK = float(torch.nextafter(torch.tensor(math.pi / 2), torch.tensor(0.0)))
-"""The largest time a network is evaluated at. SCMScheduler starts at 1.5708 > pi/2 (where tan s < 0 and the flow
-time exceeds 1; float32 pi/2 itself rounds up past it); the step uses the scheduler's s, the network min(s, this),
-the largest float32 below pi/2."""
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -260,43 +256,6 @@ def _full_precision(model: nn.Module):
     finally:
         if original is not None and patched is not None:
             model.forward = patched
-
-
-# ---------------------------------------------------------------------------------------------------- sampling
-
-
-def scm_sampling_times(num_steps: int, max_time: float = 1.5708, intermediate_time: float | None = 1.3) -> Tensor:
-    """SCMScheduler.set_timesteps: [max, intermediate, 0] for 2 steps with an intermediate time, else
-    linspace(max, 0, k + 1); float32 like the scheduler's."""
-    if num_steps == 2 and intermediate_time is not None:
-        return torch.tensor([max_time, intermediate_time, 0.0]).float()
-    return torch.linspace(max_time, 0.0, num_steps + 1).float()
-
-
-def scm_sample(
-    student: Denoiser,
-    noise: Tensor,
-    cond: Conditioning,
-    times: Tensor,
-    generator: torch.Generator | None,
-    embed: Tensor | None = None,
-    sigma_data: float = SIGMA_DATA,
-) -> Tensor:
-    """sCM's multistep sampler, as SCMScheduler.step (SanaSprintPipeline): x = sigma_d noise at times[0]; each step
-    x0 = cos(s) x - sigma_d sin(s) F(x / sigma_d, s), then x = cos(s') x0 + sin(s') sigma_d n with fresh n (drawn
-    at every step, also the last where s' = 0, as the scheduler does). Returns x0 / sigma_d (the teacher's scale)."""
-    trig = TrigFlowTeacher(student, sigma_data)
-    x = sigma_data * noise.float()
-    times = times.to(x.device)
-    x0 = x
-    for i in range(len(times) - 1):
-        s, s_next = times[i], times[i + 1]
-        s_net = s.clamp(max=S_MAX_NETWORK).expand(x.shape[0])
-        F = trig.F(x, s_net, cond, guidance_embed=embed).float()
-        x0 = trigflow_x0(x, F, s.expand(x.shape[0]), sigma_data)
-        fresh = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)
-        x = torch.cos(s_next) * x0 + torch.sin(s_next) * sigma_data * fresh.to(x.device)
-    return x0 / sigma_data
 
 
 # ---------------------------------------------------------------------------------------------------- students

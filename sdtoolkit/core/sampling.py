@@ -12,19 +12,33 @@ gives a clean estimate, which is then carried to t_{i+1} in one of two ways:
   x_{t_{i+1}} = alpha_{t_{i+1}} x0_i + sigma_{t_{i+1}} eps_i with the PREDICTED eps (Song et al. 2021, Eq. 12),
   and from the last timestep to t = 0.
 
-`multistep_sample` is that loop; `lcm_sample`, `phased_sample` and `few_step_sample` name its three uses. With
+`multistep_sample` is that loop; `lcm_sample`, `phased_sample` and `few_step_sample` name its three uses.
+`scm_sample` is the same fresh-noise chain in TrigFlow time for continuous-time consistency students (sCM,
+`SCMScheduler.step`), where the clean estimate is x0 = cos(s) x - sigma_d sin(s) F. With
 `until=j` it stops before evaluating step j and returns the input x_{t_j} it built (DMD2's backward simulation).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from sdtoolkit.core.consistency import ddim_jump, lcm_consistency_function
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
+from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher, trigflow_x0
 
-__all__ = ["few_step_sample", "full_time", "lcm_sample", "multistep_sample", "phased_sample"]
+__all__ = [
+    "S_MAX_NETWORK",
+    "few_step_sample",
+    "full_time",
+    "lcm_sample",
+    "multistep_sample",
+    "phased_sample",
+    "scm_sample",
+    "scm_sampling_times",
+]
 
 RENOISE = ("fresh", "ddim")
 
@@ -127,3 +141,45 @@ def few_step_sample(
     c_skip is ~0 at these timesteps): x0 at each t_i, re-noised to t_{i+1} with fresh noise. With `until`, the
     backward-simulated input x_{t_until} instead of the clean sample."""
     return multistep_sample(denoiser, noise, cond, timesteps, renoise="fresh", generator=generator, until=until)
+
+
+# ---------------------------------------------------------------------------------------------------- sCM (TrigFlow)
+
+S_MAX_NETWORK = float(torch.nextafter(torch.tensor(math.pi / 2), torch.tensor(0.0)))
+"""The largest time a network is evaluated at. SCMScheduler starts at 1.5708 > pi/2 (where tan s < 0 and the flow
+time exceeds 1; float32 pi/2 itself rounds up past it); the step uses the scheduler's s, the network min(s, this),
+the largest float32 below pi/2."""
+
+
+def scm_sampling_times(num_steps: int, max_time: float = 1.5708, intermediate_time: float | None = 1.3) -> Tensor:
+    """SCMScheduler.set_timesteps: [max, intermediate, 0] for 2 steps with an intermediate time, else
+    linspace(max, 0, k + 1); float32 like the scheduler's."""
+    if num_steps == 2 and intermediate_time is not None:
+        return torch.tensor([max_time, intermediate_time, 0.0]).float()
+    return torch.linspace(max_time, 0.0, num_steps + 1).float()
+
+
+def scm_sample(
+    student: Denoiser,
+    noise: Tensor,
+    cond: Conditioning,
+    times: Tensor,
+    generator: torch.Generator | None,
+    embed: Tensor | None = None,
+    sigma_data: float = SIGMA_DATA,
+) -> Tensor:
+    """sCM's multistep sampler, as SCMScheduler.step (SanaSprintPipeline): x = sigma_d noise at times[0]; each step
+    x0 = cos(s) x - sigma_d sin(s) F(x / sigma_d, s), then x = cos(s') x0 + sin(s') sigma_d n with fresh n (drawn
+    at every step, also the last where s' = 0, as the scheduler does). Returns x0 / sigma_d (the teacher's scale)."""
+    trig = TrigFlowTeacher(student, sigma_data)
+    x = sigma_data * noise.float()
+    times = times.to(x.device)
+    x0 = x
+    for i in range(len(times) - 1):
+        s, s_next = times[i], times[i + 1]
+        s_net = s.clamp(max=S_MAX_NETWORK).expand(x.shape[0])
+        F = trig.F(x, s_net, cond, guidance_embed=embed).float()
+        x0 = trigflow_x0(x, F, s.expand(x.shape[0]), sigma_data)
+        fresh = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device)
+        x = torch.cos(s_next) * x0 + torch.sin(s_next) * sigma_data * fresh.to(x.device)
+    return x0 / sigma_data
