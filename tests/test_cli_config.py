@@ -61,6 +61,19 @@ def expected_default(sections: dict[str, type], dotted: str):
     return value
 
 
+def _train_teacher_default(field: str) -> str:
+    """train-teacher's flags come from TeacherConfig (--family sd) and FlowTeacherConfig (--family sd3): a flag of
+    one family shows its default; a shared flag whose defaults differ shows both, each with its family."""
+    from sdtoolkit.models.shapes_flow_teacher import FlowTeacherConfig
+    from sdtoolkit.models.shapes_teacher import TeacherConfig
+
+    sd = {f.name: f for f in dataclasses.fields(TeacherConfig)}
+    flow = {f.name: f for f in dataclasses.fields(FlowTeacherConfig)}
+    if field in sd and field in flow and field_default(sd[field]) != field_default(flow[field]):
+        return f"{show(field_default(sd[field]))} (--family sd), {show(field_default(flow[field]))} (--family sd3)"
+    return show(field_default(sd[field] if field in sd else flow[field]))
+
+
 def test_every_generated_flag_states_its_dataclass_default():
     from sdtoolkit.cli.text_to_3d import guidance_defaults
 
@@ -77,6 +90,8 @@ def test_every_generated_flag_states_its_dataclass_default():
                 shown = guidance_defaults()[dotted]  # per method, from each method's guidance config
             elif name == "text-to-3d" and dotted == "layout":
                 shown = "None"
+            elif name == "train-teacher" and dotted.startswith("teacher."):
+                shown = _train_teacher_default(dotted.split(".", 1)[1])
             else:
                 shown = show(expected_default(sections, dotted))
             if f"(default: {shown}" not in action.help.replace("%%", "%"):
