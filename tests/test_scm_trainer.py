@@ -186,7 +186,7 @@ def _step_parts(student_unet, teacher, w, r, seed=0):
         x0=x0,
         z=z,
         s=s,
-        w=torch.full((2,), w),
+        w=None if w == 1 else torch.full((2,), w),
         embed=None,
         cond=cond,
         uncond=uncond,

@@ -209,7 +209,8 @@ def scm_step(
     sigma_data: float = SIGMA_DATA,
 ) -> SCMStep:
     """Steps 1-5 of the module docstring for given draws: latents `x0` (teacher scale), unit noise `z`, TrigFlow
-    times `s` [B], teacher guidance `w` [B], the student's guidance input `embed` [B] (or None).
+    times `s` [B], teacher guidance `w` [B] (None: the teacher's conditional prediction, no CFG), the student's
+    guidance input `embed` [B] (or None).
 
     `student` runs the gradient forward (it may hold a DDP module); `jvp_student` is the same network unwrapped,
     in float32, for the JVP."""
@@ -217,7 +218,7 @@ def scm_step(
     x_s = trigflow_noise(x0_trig, z_trig, s)
     # 2. dx_s/ds = sigma_d F_pre, the teacher's guided F (any schedule, seen in TrigFlow time)
     with torch.no_grad():
-        guidance = {} if bool((w == 1).all()) else {"uncond": uncond, "guidance_scale": w}
+        guidance = {} if w is None else {"uncond": uncond, "guidance_scale": w}
         F_pre = TrigFlowTeacher(teacher, sigma_data).F(x_s.to(teacher.dtype), s, cond, **guidance)
         dxds = sigma_data * F_pre.float()
     # 3. F^- and cos(s) sin(s) dF^-/ds along the ODE: one forward-mode JVP through the unwrapped student
@@ -539,6 +540,12 @@ class SCM(DistillationMethod):
 
     # ------------------------------------------------------------------ the step
 
+    @property
+    def unguided(self) -> bool:
+        """Whether every teacher guidance scale this run can draw is 1 (no CFG: one teacher forward, not two)."""
+        scales = self.config.guidance_scales if self.embeds_guidance else (self.sample_w,)
+        return all(w == 1 for w in scales)
+
     def draw_guidance(self, batch_size: int, device: torch.device) -> Tensor:
         """w per sample, uniform over `guidance_scales` (a student without embedding distils `sample_w`)."""
         if not self.embeds_guidance:
@@ -571,7 +578,7 @@ class SCM(DistillationMethod):
             x0=x0,
             z=z,
             s=s,
-            w=w,
+            w=None if self.unguided else w,  # decided once from the config: no host sync in the step
             embed=self.guidance_input(w),
             cond=cond,
             uncond=uncond,
