@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families.base import ModelFamily, cast
+from sdtoolkit.core.families.sd3 import StableDiffusion3Family
 
 
 def pack_latents(x: Tensor) -> Tensor:
@@ -55,22 +56,7 @@ class FluxFamily(ModelFamily):
     description = "FLUX.1 transformer (packed latents, guidance embedding, text/image ids)"
     num_train_timesteps = 1000
     component = "transformer"
-    lora_target_modules = (
-        "to_q",
-        "to_k",
-        "to_v",
-        "to_out.0",
-        "add_q_proj",
-        "add_k_proj",
-        "add_v_proj",
-        "to_add_out",
-        "ff.net.0.proj",
-        "ff.net.2",
-        "ff_context.net.0.proj",
-        "ff_context.net.2",
-        "proj_mlp",
-        "proj_out",
-    )
+    lora_target_modules = (*StableDiffusion3Family.lora_target_modules, "proj_mlp", "proj_out")
     """diffusers' FLUX LoRA scripts: both streams' attention and feed-forwards, the single blocks' MLP."""
     flow_sigmas = "inverse_steps"  # FluxPipeline samples sigmas = linspace(1, 1/N, N), then its dynamic shift
     latent_packing = 2
