@@ -35,31 +35,27 @@ def trained(tmp_path_factory):
 
 def test_flow_equations():
     from sdtoolkit.core.schedules import FlowSchedule
-    from sdtoolkit.models.shapes_flow_teacher import (
-        flow_interpolate,
-        flow_velocity_target,
-        logit_normal_times,
-        shift_times,
-    )
+    from sdtoolkit.models.shapes_flow_teacher import flow_velocity_target, logit_normal_times
 
     x0, eps = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
     t = torch.tensor([0.0, 0.5, 1.0])
-    x_t = flow_interpolate(x0, eps, t)
+    x_t = FlowSchedule().add_noise(x0, eps, t)  # the path the teacher trains on (the schedule's own)
     assert torch.equal(x_t[0], x0[0]) and torch.equal(x_t[2], eps[2])
-    assert torch.allclose(x_t, FlowSchedule().add_noise(x0, eps, t))
+    assert torch.allclose(x_t[1], (x0[1] + eps[1]) / 2)
     assert torch.allclose(flow_velocity_target(x0, eps), (eps - x0))
     times = logit_normal_times(10_000, 0.0, 1.0, torch.Generator().manual_seed(0))
     assert 0 < times.min() and times.max() < 1 and abs(float(times.median()) - 0.5) < 0.02
-    assert torch.allclose(shift_times(times, 3.0), FlowSchedule(shift=3.0).shift_time(times))
+    shifted = FlowSchedule(shift=3.0).shift_time(times)
+    assert torch.allclose(shifted, 3.0 * times / (1 + 2.0 * times))  # Esser et al. 2024, Eq. 23
 
 
 def test_a_few_steps_reduce_the_flow_loss_on_a_fixed_batch():
+    from sdtoolkit.core.schedules import FlowSchedule
     from sdtoolkit.models.shapes_flow_teacher import (
         build_text_encoder,
         build_tokenizer,
         build_transformer,
         encode_captions,
-        flow_interpolate,
         flow_matching_loss,
     )
 
@@ -74,7 +70,7 @@ def test_a_few_steps_reduce_the_flow_loss_on_a_fixed_batch():
 
     def loss_now():
         embeds, pooled = encode_captions(models[1], models[2], ids.input_ids, 2 * config.text_hidden_size, 4)
-        velocity = models[0](flow_interpolate(x0, eps, t), embeds, pooled, t * 1000).sample
+        velocity = models[0](FlowSchedule().add_noise(x0, eps, t), embeds, pooled, t * 1000).sample
         return flow_matching_loss(velocity, x0, eps)
 
     first = float(loss_now())

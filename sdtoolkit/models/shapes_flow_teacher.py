@@ -43,8 +43,6 @@ __all__ = [
     "FlowTeacherConfig",
     "TRAIN_COMMAND",
     "logit_normal_times",
-    "shift_times",
-    "flow_interpolate",
     "flow_velocity_target",
     "flow_matching_loss",
     "encode_captions",
@@ -258,19 +256,6 @@ def logit_normal_times(
     return torch.sigmoid(u)
 
 
-def shift_times(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """SD3's resolution time shift t' = shift t / (1 + (shift - 1) t) (Esser et al. 2024, Eq. 23); the stock
-    FlowMatchEulerDiscreteScheduler applies the same map to its sampling sigmas, so training and sampling agree."""
-    return shift * t / (1 + (shift - 1) * t)
-
-
-def flow_interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The rectified-flow path x_t = (1 - t) x0 + t eps (Liu et al. 2022, Eq. 1 with X_1 = eps; Esser et al. 2024,
-    Sec. 3.1, "RF"), t broadcast over the trailing dimensions."""
-    t = t.view(-1, *([1] * (x0.dim() - 1)))
-    return (1 - t) * x0 + t * eps
-
-
 def flow_velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """The velocity dx_t/dt = eps - x0 of the straight path, the network's regression target (Liu et al. 2022,
     Eq. 1; the conditional flow-matching target of Esser et al. 2024, Sec. 2, for the RF path)."""
@@ -468,6 +453,7 @@ def train_flow_teacher(config: FlowTeacherConfig, output_dir: str | Path) -> Pat
     from accelerate.utils import set_seed
 
     from sdtoolkit.core.ema import EMA
+    from sdtoolkit.core.schedules import FlowSchedule
     from sdtoolkit.models.shapes_teacher_train import (
         Budget,
         _cpu_copy,
@@ -492,6 +478,7 @@ def train_flow_teacher(config: FlowTeacherConfig, output_dir: str | Path) -> Pat
     set_seed(config.seed)
     device = accelerator.device
     timings: dict[str, float] = {}
+    schedule = FlowSchedule(shift=config.shift)
     resumed = _load_state(checkpoint_dir)
     if resumed is not None:
         _check_resumable(resumed["config"], config)
@@ -598,10 +585,9 @@ def train_flow_teacher(config: FlowTeacherConfig, output_dir: str | Path) -> Pat
         eps = noise[1]
         drop = torch.rand(batch, device=device, generator=generator) < config.caption_dropout
         input_ids = token_table[torch.where(drop, 0, caption_index[index])]
-        t = shift_times(
-            logit_normal_times(batch, config.logit_mean, config.logit_std, generator, device), config.shift
-        )
-        x_t = flow_interpolate(x0, eps, t)
+        # the schedule owns time: SD3's shift (Esser et al. 2024, Eq. 23) and the path x_t = (1 - t) x0 + t eps
+        t = schedule.shift_time(logit_normal_times(batch, config.logit_mean, config.logit_std, generator, device))
+        x_t = schedule.add_noise(x0, eps, t)
         with accelerator.autocast():
             prompt_embeds, pooled = encode_captions(
                 text_encoder, text_encoder_2, input_ids, joint_dim, config.max_sequence_length
