@@ -50,6 +50,7 @@ __all__ = [
     "claim_output",
     "folder_lock",
     "inspect_output",
+    "nonfinite_term",
     "read_manifest",
 ]
 
@@ -72,6 +73,24 @@ class RunDiverged(RunError):
     """Training stopped on consecutive non-finite losses or gradients; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+def nonfinite_term(losses: dict[str, float], optimizer: Any) -> str | None:
+    """The non-finite guard's test of one step of a single-optimizer loop (text-to-3d, convert-nerf), after
+    `backward()`: the name of the first loss term that is NaN/inf, else "grad_norm" when the total norm of the
+    optimizer's gradients is not finite, else None (the step may update). The caller skips the update when it is not
+    None and stops with `RunDiverged` after its limit of consecutive skips."""
+    import math
+
+    import torch
+
+    bad = [name for name, value in losses.items() if not math.isfinite(value)]
+    if bad:
+        return bad[0]
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+        return "grad_norm"
+    return None
 
 
 class RunInterrupted(RunError):

@@ -304,3 +304,89 @@ def test_a_text_to_3d_asset_is_a_teacher_and_a_converted_asset_too(tmp_path):
     again, _ = load_nerf_asset(tmp_path / "hash")
     assert again.config.representation == "hash"
     assert convert(tiny_pvd(to="mlp"), tmp_path / "hash", tmp_path / "mlp", progress=False, export_outputs=False)
+
+
+def _poison(monkeypatch, bad_calls):
+    """`pvd_losses` with a NaN density term at the given (1-based) calls."""
+    import sdtoolkit.nerf.convert as convert_module
+
+    original, calls = convert_module.pvd_losses, []
+
+    def poisoned(*args):
+        losses = original(*args)
+        calls.append(1)
+        if len(calls) in bad_calls:
+            losses["loss_density"] = losses["loss_density"] * torch.nan
+        return losses
+
+    monkeypatch.setattr(convert_module, "pvd_losses", poisoned)
+
+
+def test_a_single_non_finite_step_is_skipped_and_the_conversion_goes_on(teacher_dir, tmp_path, monkeypatch):
+    teacher, _ = load_nerf_asset(teacher_dir)
+    run = setup(tiny_pvd(stage1_steps=0, stage2_steps=0), teacher)
+    training_step(run)
+    before = {k: v.clone() for k, v in run.nerf.state_dict().items()}
+    adam_steps = [float(s["step"]) for s in run.optimizer.state.values()]
+    _poison(monkeypatch, {1})
+    logs = training_step(run)
+    assert logs["skipped"] == 1.0 and logs["nonfinite_term"] == "loss_density" and run.step == 2
+    for name, value in run.nerf.state_dict().items():
+        assert torch.equal(value, before[name]), name  # no student update
+    assert [float(s["step"]) for s in run.optimizer.state.values()] == adam_steps  # no Adam update
+    assert not training_step(run).get("skipped")  # the next step updates again
+    assert [float(s["step"]) for s in run.optimizer.state.values()] == [a + 1 for a in adam_steps]
+    _poison(monkeypatch, {3})
+    assert convert(tiny_pvd(), teacher_dir, tmp_path / "one", progress=False, export_outputs=False)["steps"] == 6
+    converted, _ = load_nerf_asset(tmp_path / "one")
+    assert all(torch.isfinite(v).all() for v in converted.state_dict().values())
+
+
+def test_a_diverging_conversion_exits_1_exports_nothing_and_keeps_its_last_good_checkpoint(
+    teacher_dir, tmp_path, monkeypatch, capsys
+):
+    from sdtoolkit.cli import main
+
+    _poison(monkeypatch, {4, 5, 6, 7, 8})  # steps 1-3 fine, checkpoint at 2; steps 4-6 skipped
+    out = tmp_path / "diverged"
+    args = ["convert-nerf", str(teacher_dir), "--output", str(out), "--to", "voxel", "--steps", "10",
+            "--stage1-steps", "0", "--stage2-steps", "0", "--rays-per-step", "128", "--ray-resolution", "16",
+            "--voxel.resolution", "12", "--voxel.features", "4", "--checkpoint-every", "2", "--mesh-resolution", "16",
+            "--video-frames", "2", "--eval-views", "2", "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for part in ("step 6: loss_density was not finite in 3 consecutive steps", "learning rate", "lr 0.01",
+                 "no mesh was exported", "checkpoint.safetensors (step 2)"):  # fmt: skip
+        assert part in err[0], err[0]
+    for name in ("mesh.glb", "mesh.obj", "summary.json", "comparison.png", "turntable.mp4", "turntable.gif"):
+        assert not (out / name).exists(), name
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 2
+    kept, _ = load_nerf_asset(out)
+    assert all(torch.isfinite(v).all() for v in kept.state_dict().values())
+    monkeypatch.undo()  # the guard off (0): the NaN step updates the student, which is NaN from then on
+    _poison(monkeypatch, {4})
+    unguarded = tiny_pvd(max_nonfinite_steps=0)
+    assert convert(unguarded, teacher_dir, tmp_path / "off", progress=False, export_outputs=False)["steps"] == 6
+    student, _ = load_nerf_asset(tmp_path / "off")
+    assert not all(torch.isfinite(v).all() for v in student.state_dict().values())
+
+
+def test_a_nan_teacher_is_named_and_nothing_is_exported(teacher_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from sdtoolkit.cli import main
+
+    teacher = tmp_path / "nan_teacher"
+    teacher.mkdir()
+    tensors = load_file(str(teacher_dir / "checkpoint.safetensors"))
+    tensors["nerf.field.encoding.tables"] = tensors["nerf.field.encoding.tables"] * torch.nan  # occupancy kept
+    save_file(tensors, str(teacher / "checkpoint.safetensors"))
+    (teacher / "config.json").write_text((teacher_dir / "config.json").read_text())
+    out = tmp_path / "out"
+    args = ["convert-nerf", str(teacher), "--output", str(out), "--to", "voxel", "--steps", "6",
+            "--rays-per-step", "64", "--ray-resolution", "16", "--voxel.resolution", "8", "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "the teacher's own outputs are not finite" in err and "no checkpoint was written yet" in err, err
+    assert not (out / "mesh.glb").exists() and not (out / "checkpoint.safetensors").exists()

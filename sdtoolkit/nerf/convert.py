@@ -32,12 +32,14 @@ from sdtoolkit.nerf.pvd import (
     teacher_points,
 )
 from sdtoolkit.runs import (
+    RunDiverged,
     RunInterrupted,
     StopSignals,
     atomic_output,
     atomic_write_text,
     claim_output,
     inspect_output,
+    nonfinite_term,
     read_manifest,
 )
 
@@ -160,8 +162,16 @@ def training_step(run: ConvertRun) -> dict[str, float]:
             group["lr"] = learning_rate(run.config, run.step)
         run.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        run.optimizer.step()
         logs.update({k: float(v.detach()) for k, v in losses.items()})
+        bad = nonfinite_term(logs, run.optimizer) if run.config.max_nonfinite_steps > 0 else None
+        if bad is not None:  # the non-finite guard: no student or Adam update this step
+            run.optimizer.zero_grad(set_to_none=True)
+            if not (torch.isfinite(points.raw).all() and torch.isfinite(points.features).all()):
+                bad += " (the teacher's own outputs are not finite)"
+            logs["skipped"] = 1.0
+            logs["nonfinite_term"] = bad
+        else:
+            run.optimizer.step()
     run.step += 1
     logs["step"] = run.step
     return logs
@@ -281,17 +291,38 @@ def convert(
         end = config.steps if stop_at is None else min(stop_at, config.steps)
         start = time.time()
         bar = tqdm(total=config.steps, initial=run.step, desc="convert-nerf", unit="step", disable=not progress)
+        skipped = 0
         while run.step < end:
             logs = training_step(run)
             run.history.append(logs)
+            skipped = skipped + 1 if logs.get("skipped") else 0
             bar.update(1)
             shown = {k[5:]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss_")}
             bar.set_postfix(stage=int(logs["stage"]), **shown)
+            if progress and skipped:
+                bar.write(f"step {run.step}: {logs['nonfinite_term']} is not finite; update skipped")
             if progress and (run.step % log_every == 0 or stage_of(config, run.step) != logs["stage"]):
                 losses = " ".join(f"{k}={v}" for k, v in shown.items())
                 bar.write(
                     f"step {run.step} stage {int(logs['stage'])} {losses} ({bar.format_dict['rate'] or 0:.2f} step/s)"
                 )
+            if config.max_nonfinite_steps > 0 and skipped >= config.max_nonfinite_steps:
+                bar.close()
+                raise RunDiverged(
+                    f"step {run.step}: {logs['nonfinite_term']} was not finite in {skipped} consecutive steps (each "
+                    f"skipped); the conversion diverged, most likely because the learning rate is too high (lr "
+                    f"{config.lr:g}, {learning_rate(config, run.step - 1):.3g} at this step); no mesh was exported "
+                    f"and {_kept_checkpoint(output_dir)}"
+                )
+            if skipped and stop.requested:
+                bar.close()
+                raise RunInterrupted(
+                    f"{stop.name} at step {run.step} while non-finite steps were being skipped: no new checkpoint; "
+                    f"continue with `sdtoolkit convert-nerf --resume {output_dir}`",
+                    exit_code=stop.exit_code,
+                )
+            if skipped:
+                continue  # no checkpoint while steps are being skipped
             if (config.checkpoint_every and run.step % config.checkpoint_every == 0) or stop.requested:
                 save_checkpoint(run, output_dir)
             if stop.requested:
@@ -307,6 +338,14 @@ def convert(
         if not export_outputs or (stop_at is not None and run.step < config.steps):
             return {"steps": run.step, "stopped": run.step < config.steps}
         return export(run, output_dir, train_seconds, mesh_resolution, video_frames, eval_views, background)
+
+
+def _kept_checkpoint(output_dir: Path) -> str:
+    try:
+        step = json.loads((output_dir / STATE_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {output_dir / CHECKPOINT_FILE} (step {step})"
 
 
 def export(run: ConvertRun, output_dir: Path, train_seconds, mesh_resolution, video_frames, eval_views, background):

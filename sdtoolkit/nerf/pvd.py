@@ -65,8 +65,9 @@ class PVDConfig:
         "fov": Range(1, 179),
         "checkpoint_every": NON_NEGATIVE,
         "threads": AT_LEAST_1,
+        "max_nonfinite_steps": NON_NEGATIVE,
     }
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "threads", "overwrite")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "threads", "overwrite", "max_nonfinite_steps")
     """Fields a resumed conversion may change (`convert-nerf --resume` refuses the others)."""
 
     to: str = "mlp"
@@ -134,6 +135,10 @@ class PVDConfig:
     """torch CPU threads (None: torch's default)."""
     overwrite: bool = False
     """Start anew in an output folder holding a previous conversion (its files written by sdtoolkit are deleted)."""
+    max_nonfinite_steps: int = 3
+    """Non-finite guard (as text-to-3d's): a step whose loss or gradient norm is NaN/inf is skipped (no student or
+    Adam update); after this many consecutive skipped steps the conversion stops (exit status 1, nothing exported,
+    the last good checkpoint kept). 0 turns the guard off."""
 
 
 def stage_of(config: PVDConfig, step: int) -> int:

@@ -28,6 +28,7 @@ from sdtoolkit.runs import (
     atomic_write_text,
     claim_output,
     inspect_output,
+    nonfinite_term,
 )
 from sdtoolkit.text_to_3d.config import TextTo3DConfig, save_config
 from sdtoolkit.text_to_3d.guidance import (
@@ -213,15 +214,11 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     logs = {k: float(v.detach()) for k, v in losses.items()}  # (the loop reads every step back anyway)
-    bad = [k for k, v in logs.items() if not math.isfinite(v)]
-    if config.max_nonfinite_steps > 0 and not bad:
-        grads = [p.grad for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
-            bad = ["grad_norm"]
-    if config.max_nonfinite_steps > 0 and bad:  # the non-finite guard: no NeRF or Adam update this step
+    bad = nonfinite_term(logs, run.optimizer) if config.max_nonfinite_steps > 0 else None
+    if bad is not None:  # the non-finite guard: no NeRF or Adam update this step
         run.optimizer.zero_grad(set_to_none=True)
         logs["skipped"] = 1.0
-        logs["nonfinite_term"] = bad[0]
+        logs["nonfinite_term"] = bad
     else:
         run.optimizer.step()
     run.step += 1
