@@ -287,11 +287,21 @@ def save_image_grid(images: torch.Tensor, path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- checkpoints
 
 
+def checkpoint_modules(run) -> dict:
+    """The modules a checkpoint holds, by key prefix: the NeRF, a guidance with weights (VSD's LoRA), and any the run
+    adds in `run.extra_modules` (image-to-3D's pose corrections)."""
+    modules = {"nerf": run.nerf}
+    if hasattr(run.guidance, "state_dict"):
+        modules["guidance"] = run.guidance
+    modules.update(getattr(run, "extra_modules", {}))
+    return modules
+
+
 def save_checkpoint(run: TextTo3DRun, output_dir: Path) -> Path:
     """Writes `checkpoint.safetensors` (NeRF, guidance weights, Adam state, RNG states) and `checkpoint.json`."""
-    tensors = {f"nerf.{k}": v.detach().cpu().contiguous() for k, v in run.nerf.state_dict().items()}
-    if hasattr(run.guidance, "state_dict"):
-        tensors.update({f"guidance.{k}": v.cpu().contiguous() for k, v in run.guidance.state_dict().items()})
+    tensors = {}
+    for prefix, module in checkpoint_modules(run).items():
+        tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     optim = run.optimizer.state_dict()
     for index, state in optim["state"].items():
         for key, value in state.items():
@@ -324,9 +334,9 @@ def load_checkpoint(run: TextTo3DRun, output_dir: Path) -> None:
             f"{output_dir}: {CHECKPOINT_FILE} is of step {saved_step} but {STATE_FILE} of step {state['step']} (the "
             "run was killed while checkpointing); start it again with --overwrite"
         )
-    run.nerf.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("nerf.")})
-    if hasattr(run.guidance, "load_state_dict"):
-        run.guidance.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("guidance.")})
+    for prefix, module in checkpoint_modules(run).items():
+        start = len(prefix) + 1
+        module.load_state_dict({k[start:]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")})
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -383,6 +393,10 @@ def train(
     progress: bool = True,
     stop_at: int | None = None,
     folder: RunFolder | None = None,
+    *,
+    setup_fn=None,
+    step_fn=None,
+    command: str = RUN_KIND,
 ) -> TextTo3DRun:
     """Runs (or resumes) the optimisation, writing config, previews and checkpoints under `output_dir`.
 
@@ -390,21 +404,24 @@ def train(
     holding another run or the user's files is refused unless `config.overwrite`. `stop_at` ends the loop early at
     that step (after checkpointing), as an interrupted run would. Raises `RunDiverged` after
     `config.max_nonfinite_steps` consecutive skipped (non-finite) steps, and `RunInterrupted` on Ctrl-C/SIGTERM
-    (after a checkpoint at the step boundary)."""
+    (after a checkpoint at the step boundary). `setup_fn(config, denoiser)` and `step_fn(run)` replace `setup` and
+    `training_step` for a loop built on this one (image-to-3D; `command` names it in messages)."""
     output_dir = Path(output_dir)
     resume = resume and (output_dir / CHECKPOINT_FILE).exists()
     owned = folder is None
     folder = folder if folder is not None else claim_folder(config, output_dir, resume)
     try:
         with StopSignals() as stop:
-            return _train(config, output_dir, denoiser, resume, progress, stop_at, stop)
+            hooks = (setup_fn or setup, step_fn or training_step, command)
+            return _train(config, output_dir, denoiser, resume, progress, stop_at, stop, hooks)
     finally:
         if owned:
             folder.release()
 
 
-def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, stop_at, stop) -> TextTo3DRun:
-    run = setup(config, denoiser)
+def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, stop_at, stop, hooks) -> TextTo3DRun:
+    setup_fn, step_fn, command = hooks
+    run = setup_fn(config, denoiser)
     if resume:
         load_checkpoint(run, output_dir)
     if stop.requested:  # Ctrl-C while loading: stop before the first step
@@ -417,9 +434,9 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     start_time = time.time()
     skipped = 0
-    bar = tqdm(total=config.steps, initial=run.step, desc="text-to-3d", unit="step", disable=not progress)
+    bar = tqdm(total=config.steps, initial=run.step, desc=command, unit="step", disable=not progress)
     while run.step < end:
-        logs = training_step(run)
+        logs = step_fn(run)
         run.history.append(logs)
         skipped = skipped + 1 if logs.get("skipped") else 0
         bar.update(1)
@@ -437,7 +454,7 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
             bar.close()
             raise RunInterrupted(
                 f"{stop.name} at step {run.step} while non-finite steps were being skipped: no new checkpoint; "
-                f"continue with `sdtoolkit text-to-3d --resume {output_dir}`",
+                f"continue with `sdtoolkit {command} --resume {output_dir}`",
                 exit_code=stop.exit_code,
             )
         if skipped:
@@ -452,7 +469,7 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
             bar.close()
             raise RunInterrupted(
                 f"{stop.name} at step {run.step}: checkpoint written; continue with "
-                f"`sdtoolkit text-to-3d --resume {output_dir}`",
+                f"`sdtoolkit {command} --resume {output_dir}`",
                 exit_code=stop.exit_code,
             )
     bar.close()
