@@ -12,9 +12,17 @@ from typing import Any, ClassVar
 
 from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.nerf import NeRFConfig
-from sdtoolkit.text_to_3d.guidance import CSDConfig, SDSConfig, SemanticSDSConfig, TimestepScheduleConfig, VSDConfig
+from sdtoolkit.text_to_3d.guidance import (
+    CSDConfig,
+    ISMConfig,
+    SDSConfig,
+    SemanticSDSConfig,
+    TimestepScheduleConfig,
+    VSDConfig,
+)
+from sdtoolkit.text_to_3d.mesh_refine import MeshRefineConfig
 
-METHODS = {"sds": SDSConfig, "csd": CSDConfig, "vsd": VSDConfig, "semantic-sds": SemanticSDSConfig}
+METHODS = {"sds": SDSConfig, "csd": CSDConfig, "vsd": VSDConfig, "ism": ISMConfig, "semantic-sds": SemanticSDSConfig}
 """CLI method name -> guidance config class (the guidance registry holds the same names)."""
 
 
@@ -49,15 +57,39 @@ class CameraConfig:
     """Cameras (renders) per step."""
 
 
+Schedule = tuple[float, float, float, float]
+"""A weight that ramps over training: (start, start value, end value, end), start and end as fractions of the run's
+steps (threestudio's `[start_step, start_value, end_value, end_step]`, in fractions so that it follows --steps)."""
+
+
+def schedule_value(schedule: Schedule, progress: float) -> float:
+    """The value of `schedule` at training progress in [0, 1]: the start value up to `start`, the end value from
+    `end` on, linear in between (threestudio's `C(value, epoch, global_step)` for a 4-item list)."""
+    start, start_value, end_value, end = schedule
+    if end <= start:
+        return end_value if progress >= end else start_value
+    a = min(max((progress - start) / (end - start), 0.0), 1.0)
+    return start_value + (end_value - start_value) * a
+
+
 @dataclass
 class RegularizerConfig:
-    """Regularisers of the anchors (threestudio's DreamFusion system)."""
+    """Regularisers of the anchors (threestudio's DreamFusion system). Each `lambda_*` may be replaced by a
+    `*_schedule` that ramps it over training (threestudio's `lambda_*: [start_step, start_value, end_value,
+    end_step]`)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "lambda_opacity": NON_NEGATIVE,
         "lambda_entropy": NON_NEGATIVE,
         "lambda_orient": NON_NEGATIVE,
+        "lambda_normal_smooth": NON_NEGATIVE,
+        "normal_smooth_eps": POSITIVE,
+        "opacity_schedule": NON_NEGATIVE,
+        "entropy_schedule": NON_NEGATIVE,
+        "orient_schedule": NON_NEGATIVE,
     }
+    SCHEDULED: ClassVar[tuple[str, ...]] = ("opacity", "entropy", "orient")
+    """The regularisers that take a `*_schedule`."""
 
     lambda_opacity: float = 0.0
     """Sparsity: mean sqrt(opacity^2 + 0.01) (threestudio `lambda_sparsity`)."""
@@ -65,8 +97,44 @@ class RegularizerConfig:
     """Opacity entropy -o log o - (1 - o) log(1 - o), pushes pixels to empty or solid (threestudio `lambda_opaque`
     is the same binary entropy)."""
     lambda_orient: float = 0.0
-    """Orientation loss sum_i sg(w_i) max(0, n_i . d)^2 (DreamFusion, Appendix A.2); needs normals (a double
-    backward, slow on a CPU); useful with shading, our albedo-only field leaves it off."""
+    """Orientation loss sum_i sg(w_i) max(0, n_i . d)^2 per pixel (DreamFusion, Appendix A.2; Ref-NeRF Eq. 10):
+    normals n = -grad sigma / |grad sigma| that face away from the camera (along the ray direction d) are
+    penalised, weighted by the rendering weights. Needs normals (a double backward, slow on a CPU)."""
+    lambda_normal_smooth: float = 0.0
+    """Normal smoothness: sum_i sg(w_i) |n(x_i) - n(x_i + delta_i)|^2 per pixel with delta_i ~ N(0,
+    normal_smooth_eps^2 I), density-gradient normals of nearby points agree (threestudio's 3D normal smoothness of
+    its implicit geometries). Needs normals at twice the points (two double backwards)."""
+    normal_smooth_eps: float = 0.01
+    """Standard deviation (world units) of the offset to the neighbouring point of the normal-smoothness loss (the
+    finest hash level's cell is 2 / max_res = 0.02)."""
+    opacity_schedule: Schedule | None = None
+    """(start, start value, end value, end) ramp of `lambda_opacity`, start and end as fractions of the steps
+    (threestudio's [start_step, start_value, end_value, end_step]); None: the constant `lambda_opacity`."""
+    entropy_schedule: Schedule | None = None
+    """(start, start value, end value, end) ramp of `lambda_entropy`; None: the constant `lambda_entropy`."""
+    orient_schedule: Schedule | None = None
+    """(start, start value, end value, end) ramp of `lambda_orient` (DreamFusion-style configs ramp it up);
+    None: the constant `lambda_orient`."""
+
+    def __post_init__(self) -> None:
+        for name in self.SCHEDULED:
+            schedule = getattr(self, f"{name}_schedule")
+            if schedule is not None and not 0 <= schedule[0] <= schedule[3] <= 1:
+                raise ValueError(
+                    f"{name}_schedule = {list(schedule)}: need 0 <= start <= end <= 1 (fractions of the steps) in "
+                    "(start, start value, end value, end)"
+                )
+
+    def weight(self, name: str, progress: float) -> float:
+        """The weight of regulariser `name` ('opacity', 'entropy', 'orient', 'normal_smooth') at training progress in
+        [0, 1]: its schedule's value when it has one, else its constant `lambda_<name>`."""
+        schedule = getattr(self, f"{name}_schedule", None)
+        return getattr(self, f"lambda_{name}") if schedule is None else schedule_value(schedule, progress)
+
+    def needs_normals(self, progress: float) -> bool:
+        """Whether the render at this progress must compute density-gradient normals (a regulariser using them is
+        on)."""
+        return self.weight("orient", progress) > 0 or self.lambda_normal_smooth > 0
 
 
 @dataclass
@@ -88,6 +156,9 @@ class TextTo3DConfig:
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
         "iso_level": POSITIVE,
+        "start_levels": AT_LEAST_1,
+        "levels_warmup": FRACTION,
+        "min_component_share": FRACTION,
     }
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "steps",
@@ -98,6 +169,7 @@ class TextTo3DConfig:
         "overwrite",
         "max_nonfinite_steps",
         "iso_level",
+        "min_component_share",
     )
     """Fields a resumed run may change (`text-to-3d --resume` refuses the others): how long it runs, how often it
     previews and checkpoints, and where it computes."""
@@ -105,7 +177,7 @@ class TextTo3DConfig:
     prompt: str = ""
     """The text prompt (for semantic-sds: the optional scene description; objects come from the layout)."""
     method: str = "sds"
-    """Guidance: 'sds', 'csd', 'vsd' or 'semantic-sds'."""
+    """Guidance: 'sds', 'csd', 'vsd', 'ism' (LucidDreamer's Interval Score Matching) or 'semantic-sds'."""
     prior: str = "builtin:shapes"
     """The 2D prior: `builtin:shapes`, a diffusers folder, or a Hub id (SD 1.x/2.x)."""
     layout: dict | None = None
@@ -125,12 +197,23 @@ class TextTo3DConfig:
     (None: no warm-up; threestudio's resolution milestones do the same, coarse first)."""
     resolution_warmup: float = 0.5
     """Fraction of the steps rendered at `start_resolution`."""
+    start_levels: int | None = None
+    """Coarse-to-fine hash grid (Neuralangelo's progressive levels, threestudio's `ProgressiveBandHashGrid`): only the
+    `start_levels` coarsest levels are on at the start (the finer levels' features are zero) and one more is switched
+    on at even intervals until all are on at the `levels_warmup` fraction of the steps. None: all levels from the
+    start. Applies to the 'hash' representation."""
+    levels_warmup: float = 0.5
+    """Fraction of the steps after which every hash-grid level is on (with `start_levels`)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour (the builtin teacher's renders are on white)."""
     iso_level: float | None = None
     """Density level of the exported mesh's surface. None: chosen from the field
     (`sdtoolkit.text_to_3d.export.auto_iso_threshold`), one level per box for a layout so that no object is lost
     under a denser neighbour's level."""
+    min_component_share: float | None = None
+    """Floater removal at extraction: connected pieces of the mesh whose surface area is below this share of the
+    whole are dropped (the largest piece is always kept; a layout's boxes each keep their own largest piece). None:
+    every piece is kept."""
     view_dependent_prompts: bool = True
     """Append DreamFusion's view suffix (", front view", ...) to the prompt per camera."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
@@ -141,6 +224,8 @@ class TextTo3DConfig:
     """Training cameras."""
     regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
     """Regularisers."""
+    mesh_refine: MeshRefineConfig = field(default_factory=MeshRefineConfig)
+    """The mesh stage after extraction (`sdtoolkit.text_to_3d.mesh_refine`; off while its steps are 0)."""
     preview_every: int = 200
     """Save an 8-view turntable preview every this many steps (0 = off)."""
     checkpoint_every: int = 200
@@ -164,8 +249,15 @@ class TextTo3DConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mesh_refine.steps and self.method == "semantic-sds":
+            raise ValueError("mesh_refine.steps > 0 (the mesh stage) does not support method 'semantic-sds' yet")
         if self.guidance is None:
             self.guidance = default_guidance(self.method, self.prior)
+        if self.start_levels is not None and self.nerf.representation != "hash":
+            raise ValueError(
+                f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
+                f"{self.nerf.representation!r}"
+            )
 
 
 def default_guidance(method: str, prior: str) -> Any:

@@ -18,6 +18,7 @@ from sdtoolkit.text_to_3d.export import (
     uv_texture_mesh,
     write_video,
 )
+from sdtoolkit.text_to_3d.mesh_refine import refine_extracted_mesh
 from sdtoolkit.text_to_3d.trainer import CHECKPOINT_FILE, claim_folder, render_turntable, save_image_grid, train
 
 
@@ -71,9 +72,10 @@ def _generate(
     run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress, folder=folder)
     train_seconds = time.time() - start
     if run.layout is not None:  # one iso-level per box: every object of the layout reaches the mesh
-        mesh = extract_layout_mesh(run.nerf, run.layout, mesh_resolution, level=config.iso_level)
+        mesh = extract_layout_mesh(run.nerf, run.layout, mesh_resolution, config.iso_level, config.min_component_share)
     else:
-        mesh = extract_mesh(run.nerf, mesh_resolution, level=config.iso_level)
+        mesh = extract_mesh(run.nerf, mesh_resolution, config.iso_level, config.min_component_share)
+    mesh = refine_extracted_mesh(mesh, run, progress=progress)  # the mesh stage (off while mesh_refine.steps is 0)
     paths = export_mesh(mesh, output_dir, formats=mesh_formats)
     if uv_texture:
         textured = uv_texture_mesh(mesh, run.nerf)
@@ -96,6 +98,7 @@ def _generate(
         "mesh_watertight": bool(mesh.is_watertight),
         "iso_level": float(mesh.metadata["iso_level"]),
         "objects": mesh.metadata.get("objects"),
+        "mesh_refine": mesh.metadata.get("mesh_refine"),
         "video": str(video),
         "views": str(output_dir / "views.png"),
     }
