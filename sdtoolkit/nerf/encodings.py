@@ -91,10 +91,19 @@ class HashEncoding(nn.Module):
         dense = torch.tensor([(n + 1) ** 3 <= self.table_size for n in self.resolutions])
         self.register_buffer("dense", dense, persistent=False)
         self.register_buffer("strides", torch.tensor([n + 1 for n in self.resolutions]), persistent=False)
+        self.active_levels = num_levels
+        """Levels whose features are on (`set_active_levels`); the finer ones encode to zero. Not saved: the
+        schedule that sets it is a function of the training step."""
 
     @property
     def out_dim(self) -> int:
         return self.num_levels * self.features_per_level
+
+    def set_active_levels(self, levels: int) -> None:
+        """Coarse-to-fine (Neuralangelo's progressive levels, threestudio's `ProgressiveBandHashGrid`): only the
+        `levels` coarsest levels contribute, the finer levels' features are zero (and not computed by the torch
+        implementation, so early coarse steps are cheaper); clamped to [1, num_levels]."""
+        self.active_levels = max(1, min(int(levels), self.num_levels))
 
     def corner_indices(self, floor: Tensor) -> Tensor:
         """Table indices of the 8 corners of the voxels whose lowest corners are `floor` `[N, L, 3]` (int64): direct
@@ -103,35 +112,43 @@ class HashEncoding(nn.Module):
         Both are written per dimension over the two corner values {x, x + 1} and combined by broadcasting (sum or
         XOR), which is 3-4x cheaper on a CPU than hashing 8 corners separately. The hash is computed in int32 with
         wrap-around, which equals the paper's uint32 arithmetic modulo T = 2^k."""
+        levels = floor.shape[-2]  # the first `levels` levels (fewer than L while coarse-to-fine masks the finer)
         x, y, z = floor.to(torch.int32).unbind(-1)  # [N, L]
         one = torch.tensor([0, 1], dtype=torch.int32, device=floor.device)
         xs, ys, zs = x[..., None] + one, y[..., None] + one, z[..., None] + one  # [N, L, 2]
-        strides = self.strides.to(torch.int32)[:, None]
+        strides = self.strides[:levels].to(torch.int32)[:, None]
         direct = (
             xs[..., :, None, None] + (ys * strides)[..., None, :, None] + (zs * strides * strides)[..., None, None, :]
         )
         primes = _int32_primes()
         hashed = (xs * primes[0])[..., :, None, None] ^ (ys * primes[1])[..., None, :, None]
         hashed = hashed ^ (zs * primes[2])[..., None, None, :]
-        index = torch.where(self.dense[:, None, None, None], direct, hashed)
+        index = torch.where(self.dense[:levels, None, None, None], direct, hashed)
         return (index & (self.table_size - 1)).reshape(*floor.shape[:-1], 8).long()
 
     def forward(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """Encodes points of [0, 1]^3 (points outside are clamped to the cube)."""
+        active = self.active_levels
         if self.tcnn_encoding is not None and positions.is_cuda:
             flat = positions.reshape(-1, 3).clamp(0, 1)
-            return self.tcnn_encoding(flat).to(positions.dtype).reshape(*positions.shape[:-1], self.out_dim)
+            encoded = self.tcnn_encoding(flat).to(positions.dtype)
+            encoded = encoded.reshape(-1, self.num_levels, self.features_per_level)
+            if active < self.num_levels:
+                encoded = encoded * (torch.arange(self.num_levels, device=encoded.device) < active)[:, None]
+            return encoded.reshape(*positions.shape[:-1], self.out_dim)
         batch_shape = positions.shape[:-1]
-        x = positions.reshape(-1, 1, 3).clamp(0, 1) * self.scales[None, :, None]  # [N, L, 3]
+        x = positions.reshape(-1, 1, 3).clamp(0, 1) * self.scales[None, :active, None]  # [N, L, 3]
         floor = x.floor()
         frac = x - floor  # [N, L, 3]
         index = self.corner_indices(floor)  # [N, L, 8]
-        offsets = (torch.arange(self.num_levels, device=x.device) * self.table_size)[None, :, None]
+        offsets = (torch.arange(active, device=x.device) * self.table_size)[None, :, None]
         features = gather_rows(self.tables.reshape(-1, self.features_per_level), index + offsets)  # [N, L, 8, F]
         # trilinear weights prod_i (1 - f_i or f_i), as an outer product over the two values per dimension
         w = torch.stack([1 - frac, frac], dim=-1)  # [N, L, 3, 2]
         weights = (w[..., 0, :, None, None] * w[..., 1, None, :, None] * w[..., 2, None, None, :]).flatten(-3)
         encoded = (weights[..., None] * features).sum(2)  # [N, L, F]
+        if active < self.num_levels:  # the finer levels, switched off, encode to zero
+            encoded = torch.nn.functional.pad(encoded, (0, 0, 0, self.num_levels - active))
         return encoded.reshape(*batch_shape, self.out_dim)
 
 

@@ -139,6 +139,12 @@ class TextTo3DField(nn.Module):
             density = density * self.region_prior.density_mask(positions)
         return density
 
+    def normals(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """Outward density-gradient normals at `positions` (`density_normals`), differentiable in the field's
+        parameters (for regularisers on normals)."""
+        positions = positions.detach().requires_grad_(True)
+        return density_normals(self.get_density(positions), positions)
+
     def get_density(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
         """Volume density sigma(x) >= 0 (zero outside the cube and, with a layout, outside every box)."""
         return self._density(self._raw(positions), positions)
@@ -153,3 +159,11 @@ class TextTo3DField(nn.Module):
                 logits = logits + self.region_prior.logits(positions)
             outputs["semantic_logits"] = logits
         return outputs
+
+
+def density_normals(density: Float[Tensor, " N"], positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+    """Outward normals n = -grad sigma / |grad sigma| (DreamFusion, Sec. 3.1) of densities computed from `positions`
+    (which require grad), kept in the graph (`create_graph`) so that a loss on them trains the field (a double
+    backward). Where the gradient vanishes the normal is zero."""
+    (gradient,) = torch.autograd.grad(density.sum(), positions, create_graph=True)
+    return -gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-8)

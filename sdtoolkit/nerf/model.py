@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf
 from sdtoolkit.data.cameras import Cameras
 from sdtoolkit.nerf.colliders import COLLIDERS, RayBundle
-from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField
+from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField, density_normals
 from sdtoolkit.nerf.occupancy import OccupancyGrid
 from sdtoolkit.nerf.renderers import (
     render_accumulation,
@@ -194,9 +194,7 @@ class NeRF(nn.Module):
             return self.field(positions), positions
         positions = positions.detach().requires_grad_(True)
         out = self.field(positions)
-        # outward normals n = -grad sigma / |grad sigma| (DreamFusion, Sec. 3.1), kept in the graph
-        (gradient,) = torch.autograd.grad(out["density"].sum(), positions, create_graph=True)
-        out["normals"] = -gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        out["normals"] = density_normals(out["density"], positions)
         return out, positions
 
     def _semantic_probabilities(self, samples: RaySamples, rays: RayBundle, keep: Tensor, out: dict) -> Tensor:

@@ -68,9 +68,30 @@ def marching_cubes(densities: Tensor, lower: float, upper: float, level: float) 
     return vertices.astype(np.float32), faces.astype(np.int64)
 
 
-def extract_mesh(nerf, resolution: int = 96, level: float | None = None):
+def remove_floaters(mesh, min_share: float):
+    """Floater removal: `mesh` without its connected pieces (faces joined by shared edges) whose surface area is
+    below `min_share` of the whole; the largest piece is always kept, vertex colours and metadata carry over, and
+    `metadata["removed_components"]` counts the pieces dropped. A mesh of one piece is returned as it is."""
+    import trimesh
+
+    pieces = mesh.split(only_watertight=False)
+    mesh.metadata["removed_components"] = 0
+    if len(pieces) <= 1:
+        return mesh
+    areas = np.array([piece.area for piece in pieces])
+    keep = areas >= min_share * areas.sum()
+    keep[int(areas.argmax())] = True
+    kept = [piece for piece, k in zip(pieces, keep) if k]
+    cleaned = trimesh.util.concatenate(kept) if len(kept) > 1 else kept[0]
+    cleaned.metadata.update(mesh.metadata)
+    cleaned.metadata["removed_components"] = int((~keep).sum())
+    return cleaned
+
+
+def extract_mesh(nerf, resolution: int = 96, level: float | None = None, min_component_share: float | None = None):
     """A `trimesh.Trimesh` of the NeRF's density at an automatic (or given) iso-level, with per-vertex colours from
-    the field's albedo. Raises `EmptyFieldError` for an empty field."""
+    the field's albedo; with `min_component_share`, without the pieces smaller than that share of the surface
+    (`remove_floaters`). Raises `EmptyFieldError` for an empty field."""
     densities, (lower, upper) = nerf.density_grid(resolution)
     lower, upper = float(lower), float(upper)
     cell = (upper - lower) / (resolution - 1)
@@ -78,7 +99,8 @@ def extract_mesh(nerf, resolution: int = 96, level: float | None = None):
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:
         raise EmptyFieldError(f"marching cubes found no surface at iso-level {level:.4g}")
-    return _colour_mesh(nerf, vertices, faces, level)
+    mesh = _colour_mesh(nerf, vertices, faces, level)
+    return mesh if min_component_share is None else remove_floaters(mesh, min_component_share)
 
 
 def _colour_mesh(nerf, vertices: np.ndarray, faces: np.ndarray, level: float):
@@ -93,11 +115,15 @@ def _colour_mesh(nerf, vertices: np.ndarray, faces: np.ndarray, level: float):
     return mesh
 
 
-def extract_layout_mesh(nerf, layout, resolution: int = 96, level: float | None = None):
+def extract_layout_mesh(
+    nerf, layout, resolution: int = 96, level: float | None = None, min_component_share: float | None = None
+):
     """One mesh per layout box, merged: each box's part of the density grid (the cells whose centres lie in the box,
     every other cell zero) gets its own iso-level (automatic, or `level`), so an object whose density stayed lower
-    than its neighbour's is not lost under the neighbour's level. `mesh.metadata["objects"]` lists, per object, its
-    prompt, iso-level and face range in the merged mesh (empty range: no surface found in that box)."""
+    than its neighbour's is not lost under the neighbour's level; with `min_component_share`, each box's mesh drops
+    its own small pieces (`remove_floaters`), so every box keeps at least its largest. `mesh.metadata["objects"]`
+    lists, per object, its prompt, iso-level and face range in the merged mesh (empty range: no surface found in
+    that box)."""
     import trimesh
 
     densities, (lower, upper) = nerf.density_grid(resolution)
@@ -115,9 +141,13 @@ def extract_layout_mesh(nerf, layout, resolution: int = 96, level: float | None 
         except EmptyFieldError:
             box_level, faces = None, np.zeros((0, 3), dtype=np.int64)
         if len(faces):
-            parts.append(_colour_mesh(nerf, vertices, faces, box_level))
+            part = _colour_mesh(nerf, vertices, faces, box_level)
+            parts.append(part if min_component_share is None else remove_floaters(part, min_component_share))
         count = len(parts[-1].faces) if len(faces) else 0
-        objects.append({"prompt": obj.prompt, "iso_level": box_level, "faces": [start, start + count]})
+        entry = {"prompt": obj.prompt, "iso_level": box_level, "faces": [start, start + count]}
+        if min_component_share is not None and len(faces):
+            entry["removed_components"] = parts[-1].metadata["removed_components"]
+        objects.append(entry)
         start += count
     if not parts:
         raise EmptyFieldError("no layout box holds a surface: every box's density field is empty")

@@ -39,6 +39,7 @@ from sdtoolkit.text_to_3d.guidance import (
     parse_layout,
     region_masks,
 )
+from sdtoolkit.text_to_3d.regularizers import regularizer_losses
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATE_FILE = "checkpoint.json"
@@ -151,19 +152,27 @@ def current_resolution(config: TextTo3DConfig, step: int, full: int) -> int:
     return full
 
 
-def regularizers(config, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The enabled regularisers of `config.regularizers` on a render's outputs."""
-    r, losses = config.regularizers, {}
-    opacity = out["opacity"].clamp(1e-5, 1 - 1e-5)
-    if r.lambda_opacity:
-        losses["loss_opacity"] = r.lambda_opacity * (opacity**2 + 0.01).sqrt().mean()
-    if r.lambda_entropy:
-        entropy = -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log())
-        losses["loss_entropy"] = r.lambda_entropy * entropy.mean()
-    if r.lambda_orient and "packed_normals" in out:
-        dot = (out["packed_normals"] * out["packed_directions"]).sum(-1).clamp_min(0)
-        losses["loss_orient"] = r.lambda_orient * (out["packed_weights"].detach() * dot**2).sum() / len(opacity)
-    return losses
+def regularizers(config, out: dict[str, torch.Tensor], progress: float = 0.0, field=None, generator=None):
+    """The enabled regularisers of `config.regularizers` on a render's outputs at training progress in [0, 1]
+    (`sdtoolkit.text_to_3d.regularizers`)."""
+    return regularizer_losses(config.regularizers, out, progress, field, generator)
+
+
+def current_levels(config: TextTo3DConfig, step: int, num_levels: int) -> int:
+    """Hash-grid levels on at `step` under coarse-to-fine (`start_levels`): `start_levels` at first, one more at
+    each of the even intervals of the `levels_warmup` fraction of the steps, all of them from its end on."""
+    if config.start_levels is None or config.start_levels >= num_levels:
+        return num_levels
+    warmup = config.levels_warmup * config.steps
+    if step >= warmup:
+        return num_levels
+    return config.start_levels + int(step * (num_levels - config.start_levels) // warmup)
+
+
+def set_levels(nerf: NeRF, levels: int | None) -> None:
+    """Switches the hash grid to its `levels` coarsest levels (None: all)."""
+    encoding = nerf.field.encoding
+    encoding.set_active_levels(encoding.num_levels if levels is None else levels)
 
 
 def training_step(run: TextTo3DRun) -> dict[str, float]:
@@ -172,6 +181,8 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
     full = config.resolution or prior_image_size(run.denoiser)
     resolution = current_resolution(config, step, full)
     progress = step / max(config.steps, 1)
+    if config.start_levels is not None:
+        set_levels(run.nerf, current_levels(config, step, run.nerf.field.encoding.num_levels))
     run.nerf.update_occupancy(step, g)
     cameras = sample_training_cameras(config.cameras, config.cameras.batch_size, g, run.scene_scale)
     cameras = cameras.to(run.nerf.device)
@@ -192,7 +203,7 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
             background=config.background,
             generator=g,
             ray_transform=ray_transform,
-            compute_normals=bool(config.regularizers.lambda_orient),
+            compute_normals=config.regularizers.needs_normals(progress),
         )
     finally:
         run.nerf.field.region_prior = prior
@@ -209,7 +220,8 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
         latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
         masks = region_masks(out["semantics"], latents.shape[-1]) if "semantics" in out else None
         result = run.guidance(latents, conds, progress, masks=masks, cameras=cameras, generator=g)
-    losses = {"loss_guidance": result.loss, **result.extra_losses, **regularizers(config, out)}
+    regularizer = regularizers(config, out, progress, run.nerf.field, g)
+    losses = {"loss_guidance": result.loss, **result.extra_losses, **regularizer}
     loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -473,6 +485,8 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
                 exit_code=stop.exit_code,
             )
     bar.close()
+    if config.start_levels is not None:
+        set_levels(run.nerf, None)  # every level on for the export (a resumed run's steps set their own)
     save_checkpoint(run, output_dir)
     timing = {"train_seconds": time.time() - start_time, "steps": run.step}
     atomic_write_text(output_dir / "timing.json", json.dumps(timing))

@@ -1,7 +1,8 @@
-"""3D score-distillation guidance on the shared Denoiser: SDS, CSD, VSD and region-specific SemanticSDS, built by
+"""3D score-distillation guidance on the shared Denoiser: SDS, CSD, VSD, ISM and region-specific SemanticSDS, built by
 name from typed configs through a fail-on-duplicate registry."""
 
-from sdtoolkit.text_to_3d.guidance import sds, semantic, vsd  # noqa: F401  (importing registers every guidance)
+from sdtoolkit.text_to_3d.guidance import ism, sds, semantic, vsd  # noqa: F401  (importing registers every guidance)
+from sdtoolkit.text_to_3d.guidance.ism import ISMConfig, ISMGuidance
 from sdtoolkit.text_to_3d.guidance.prompts import ViewDependentPrompts, view_prompt
 from sdtoolkit.text_to_3d.guidance.registry import available, build, find, register
 from sdtoolkit.text_to_3d.guidance.sds import (
@@ -30,6 +31,8 @@ from sdtoolkit.text_to_3d.guidance.vsd import VSDConfig, VSDGuidance
 __all__ = [
     "CSDConfig",
     "GuidanceOutput",
+    "ISMConfig",
+    "ISMGuidance",
     "Layout",
     "LayoutError",
     "LayoutObject",
