@@ -15,7 +15,9 @@ from sdtoolkit.core.trigflow import TrigFlowTeacher, matched_time
 from sdtoolkit.distill.scm import (
     LogVarianceHead,
     check_jvp_backend,
+    difference_step,
     normalize_tangent,
+    ode_derivative,
     sample_time,
     scm_loss,
     tangent_target,
@@ -189,3 +191,86 @@ def test_jvp_through_a_network_in_trigflow_time_equals_finite_differences(build,
     scale = fd.abs().max()
     assert (tangent - fd).abs().max() < 3e-3 * scale
     assert (x_only - fd).abs().max() > 0.05 * scale  # the time direction matters: a dropped s-tangent would show
+
+
+def test_time_difference_follows_the_smooth_time_dependence_not_the_networks_wiggle():
+    """A network F = smooth(x, s) + A sin(0.9 tau(s)), tau = 1000 s (sinusoids of the 1000-scale timestep, a wiggle
+    between the integer timesteps it was trained at): the exact JVP's s-part is mostly the wiggle's derivative
+    (0.9 * 1000 A); the difference over +-20 timesteps follows the smooth part. The x-part stays the exact JVP."""
+    A = 5e-3
+
+    def tau(s):
+        return 1000 * s
+
+    def smooth(x, s):
+        s4 = s.view(-1, 1, 1, 1)
+        return torch.cos(s4) * x + torch.sin(2 * s4) * x**2 + s4**2
+
+    def F(x, s):
+        return smooth(x, s) + A * torch.sin(0.9 * tau(s)).view(-1, 1, 1, 1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    v_x = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    s = torch.tensor([0.3, 0.8, 1.3], dtype=torch.float64)
+    v_s = torch.cos(s) * torch.sin(s)
+    value, expected = torch.func.jvp(smooth, (x, s), (v_x, v_s))
+    F_exact, exact = ode_derivative(F, x, s, v_x, v_s)
+    F_diff, smoothed = ode_derivative(F, x, s, v_x, v_s, tau, delta=20.0)
+    torch.testing.assert_close(F_exact, F(x, s))
+    torch.testing.assert_close(F_diff, F(x, s))
+    wiggle = 0.9 * 1000 * A * v_s.max().item()
+    assert (exact - expected).abs().max() > 0.5 * wiggle  # the exact derivative chases the wiggle
+    assert (smoothed - expected).abs().max() < 0.1 * wiggle  # |sin(18) / 18| of it and the O(h^2) error
+    # no time tangent: the x-part is the exact JVP
+    _, x_only = ode_derivative(F, x, s, v_x, torch.zeros_like(s), tau, delta=20.0)
+    torch.testing.assert_close(x_only, torch.func.jvp(lambda x_: F(x_, s), (x,), (v_x,))[1])
+
+
+def test_difference_step_moves_the_timestep_by_delta_and_is_capped():
+    dtau = torch.tensor([1000.0, 400.0, 0.0, -2000.0])
+    h = difference_step(dtau, 20.0, h_max=0.05)
+    torch.testing.assert_close(h, torch.tensor([0.02, 0.05, 0.05, 0.01]))
+
+
+def test_shapes_teachers_exact_time_derivative_is_its_embedding_wiggle(one_thread):
+    """builtin:shapes (an SD1.5-layout VP eps UNet, 1000-scale sinusoidal time embedding, trained at integer
+    timesteps): the time part of its F's derivative along the TrigFlow ODE by the exact JVP is about 4 times the
+    size of a +-50-timestep central difference and points elsewhere, while the +-20-timestep difference
+    (`SCMConfig.time_difference`'s default 0.02) is near it. This is the cause of sCM's drift on this teacher
+    (benchmarks/RESULTS.md, sCM section): the tangent chased the wiggle."""
+    from sdtoolkit.data.dataset import ShapesDataset
+    from sdtoolkit.models.loading import load_teacher_pipeline
+
+    teacher = Denoiser.from_pipeline(load_teacher_pipeline("builtin:shapes"), attention="jvp")
+    teacher.freeze()
+    teacher.autocast_dtype = None
+    items = [ShapesDataset(2, seed=1)[i] for i in range(2)]
+    with torch.no_grad():
+        x0 = teacher.encode(torch.stack([it["pixel_values"] for it in items]), sample=False).float()
+    cond, _ = teacher.encode_prompt([it["caption"] for it in items])
+    trig = TrigFlowTeacher(teacher, SD)
+    schedule = teacher.schedule
+
+    def tau(s_):
+        return schedule.model_timestep(matched_time(schedule, s_))
+
+    def F(x_in, s_):
+        return trig.F(SD * x_in, s_, cond)
+
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    s = torch.tensor([0.5, 1.3])
+    x_in = torch.cos(s).view(-1, 1, 1, 1) * x0 + torch.sin(s).view(-1, 1, 1, 1) * z
+    v_s = torch.cos(s) * torch.sin(s)
+    v_x = torch.zeros_like(x_in)  # the time part alone: it is where the two differ
+    with torch.no_grad():
+        _, exact = ode_derivative(F, x_in, s, v_x, v_s)
+        _, wide = ode_derivative(F, x_in, s, v_x, v_s, tau, delta=50.0)
+        _, default = ode_derivative(F, x_in, s, v_x, v_s, tau, delta=0.02 * 999)
+
+    def rel(a, b):
+        return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)
+
+    # measured (2026-12-01, CPU): exact 4.0 and 4.6 of the wide difference away from it; the default 0.14 and 0.48
+    assert (rel(exact, wide) > 2).all()
+    assert (rel(default, wide) < 0.6).all()

@@ -40,7 +40,10 @@ __all__ = [
     "LogVarianceHead",
     "JVP_SAFE_ATTENTION",
     "check_jvp_backend",
+    "difference_step",
+    "network_time_delta",
     "normalize_tangent",
+    "ode_derivative",
     "sample_time",
     "scm_loss",
     "tangent_target",
@@ -89,6 +92,58 @@ def trigflow_ode_tangents(x_s: Tensor, s: Tensor, dxds: Tensor, sigma_data: floa
     of Eq. 8's last term (SANA-Sprint computes it so; it keeps the tangent bounded as s -> 0 and s -> pi/2)."""
     cs = torch.cos(s) * torch.sin(s)
     return append_dims(cs.to(dxds.dtype), dxds.ndim) * dxds / sigma_data, cs
+
+
+def difference_step(dtau_ds: Tensor, delta: float, h_max: float = 0.05) -> Tensor:
+    """h = min(delta / |dtau/ds|, h_max): the TrigFlow time step over which the network's timestep input tau(s)
+    moves by `delta` (h_max where tau does not move, e.g. a VP teacher clamped at its noisiest time)."""
+    return delta / dtau_ds.abs().clamp_min(delta / h_max)
+
+
+def network_time_delta(schedule, fraction: float) -> float:
+    """`fraction` of the network's timestep range under `schedule` (a `NoiseSchedule`; 999 timesteps for SD's, 1
+    for a dense-time SANA student's): the `delta` of `ode_derivative` (`SCMConfig.time_difference`)."""
+    ends = schedule.model_timestep(torch.tensor([float(schedule.t_min), float(schedule.t_max)], dtype=torch.float64))
+    return fraction * float(ends[1] - ends[0])
+
+
+def ode_derivative(
+    F,
+    x_in: Tensor,
+    s: Tensor,
+    v_x: Tensor,
+    v_s: Tensor,
+    tau=None,
+    delta: float = 0.0,
+    h_max: float = 0.05,
+) -> tuple[Tensor, Tensor]:
+    """F(x_in, s) and its derivative along the tangents (v_x, v_s) (`trigflow_ode_tangents`): cos(s) sin(s) dF/ds.
+
+    `delta` = 0: one exact forward-mode JVP, `torch.func.jvp(F, (x_in, s), (v_x, v_s))` (sCM, SANA-Sprint).
+
+    `delta` > 0: the x-part by the JVP, the s-part (the conversion's and the network's time dependence at fixed
+    x_in) by a central difference whose half-step h (`difference_step`) moves the network's timestep tau(s) by
+    `delta`. A network that embeds 1000 t in sinusoids of up to 1 rad per timestep, trained at integer timesteps
+    only (SD's UNets), wiggles between them: its exact time derivative is dominated by that wiggle and is not the
+    derivative along the teacher's ODE. Lu & Song 2024 (Sec. 4.1) trace sCM's instability to this term and embed
+    t, not 1000 t (SANA-Sprint's "dense time embedding", a fine-tune); the difference smooths it training-free.
+    Costs two more forwards (no gradient).
+
+    Args:
+        F: F(x_in [B, ...], s [B]) -> [B, ...]. tau: s [B] -> the network's timestep input [B] (differentiable).
+    """
+    if delta <= 0:
+        return torch.func.jvp(F, (x_in, s), (v_x, v_s))
+    F_minus, dF_x = torch.func.jvp(lambda x: F(x, s), (x_in,), (v_x,))
+    _, dtau_ds = torch.func.jvp(tau, (s,), (torch.ones_like(s),))
+    h = difference_step(dtau_ds, delta, h_max)
+    s_hi, s_lo = (s + h).clamp(max=_S_MAX), (s - h).clamp(min=0.0)
+    dF_s = (F(x_in, s_hi) - F(x_in, s_lo)) / append_dims((s_hi - s_lo).to(F_minus.dtype), F_minus.ndim)
+    return F_minus, dF_x + append_dims(v_s.to(F_minus.dtype), F_minus.ndim) * dF_s
+
+
+_S_MAX = float(torch.nextafter(torch.tensor(math.pi / 2), torch.tensor(0.0)))
+"""The largest float32 below pi/2 (beyond it tan s < 0)."""
 
 
 def tangent_warmup(step: int, warmup_steps: int) -> float:
