@@ -1,0 +1,335 @@
+"""Image-to-3D (issue 22): reference inputs and their one-line errors, mirrored poses against hand computations and
+the shapes renderer, the symmetric field, pose corrections recovering a known perturbation, the loop and its exact
+resume, and the CLI end to end at tiny size."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.render import render, render_silhouette
+from sdtoolkit.data.shapes import SHAPES
+from sdtoolkit.image_to_3d import (
+    ImageTo3DConfig,
+    InputError,
+    PoseCorrections,
+    angular_errors,
+    load_references,
+    make_symmetric,
+    mirror_azimuth,
+    mirror_cameras,
+    mirror_images,
+    mirror_points,
+)
+from sdtoolkit.image_to_3d.inputs import cameras_json, save_rgba, shapes_references
+from sdtoolkit.image_to_3d.trainer import cat_cameras
+from sdtoolkit.nerf import FieldConfig, NeRF, NeRFConfig
+
+render_module = importlib.import_module("sdtoolkit.data.render")  # (the package re-exports its `render` function)
+
+
+def cams(azimuth, elevation, distance=2.8, fov=40.0) -> Cameras:
+    n = len(azimuth)
+    return Cameras(
+        torch.tensor(azimuth, dtype=torch.float32),
+        torch.tensor(elevation, dtype=torch.float32),
+        torch.full((n,), float(distance)),
+        torch.full((n,), float(fov)),
+    )
+
+
+def tiny_nerf() -> NeRFConfig:
+    return NeRFConfig(
+        field=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16),
+        num_samples=16,
+        occupancy_resolution=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def cube_views(tmp_path_factory):
+    """Two RGBA renders of a red cube (front and side, 32 px) and their cameras file."""
+    folder = tmp_path_factory.mktemp("refs")
+    cameras = cams([0.0, 90.0], [10.0, 20.0])
+    references = shapes_references("cube", "red", cameras, 32)
+    paths = save_rgba(references, folder)
+    (folder / "cams.json").write_text(json.dumps(cameras_json(cameras, paths)))
+    return folder, paths, references
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def test_a_single_rgba_image_is_a_front_view_and_round_trips(cube_views):
+    folder, paths, truth = cube_views
+    refs = load_references([paths[0]], resolution=32)
+    assert refs.cameras.azimuth_deg.tolist() == [0.0] and refs.cameras.elevation_deg.tolist() == [0.0]
+    assert refs.cameras.distance.tolist() == pytest.approx([2.8]) and refs.cameras.fov_deg.tolist() == [40.0]
+    assert not refs.approximate
+    assert torch.allclose(refs.masks, truth.masks[:1], atol=1 / 255)
+    covered = truth.masks[:1] > 0.5
+    assert torch.allclose(refs.images[:, :, covered[0, 0]], truth.images[:1, :, covered[0, 0]], atol=2 / 255)
+    refs = load_references(paths[::-1], folder / "cams.json", resolution=16)  # matched by name, downsampled
+    assert refs.cameras.azimuth_deg.tolist() == [90.0, 0.0] and refs.images.shape == (2, 3, 16, 16)
+
+
+def test_rgb_with_a_mask_file(cube_views, tmp_path):
+    _, paths, truth = cube_views
+    Image.open(paths[0]).convert("RGB").save(tmp_path / "rgb.png")
+    Image.fromarray((truth.masks[0, 0] * 255).round().byte().numpy(), "L").save(tmp_path / "mask.png")
+    refs = load_references([tmp_path / "rgb.png"], masks=[tmp_path / "mask.png"], resolution=32)
+    assert torch.allclose(refs.masks, truth.masks[:1], atol=1 / 255)
+
+
+def _error(*args, **kwargs) -> str:
+    with pytest.raises(InputError) as info:
+        load_references(*args, **kwargs)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_bad_inputs_are_refused_in_one_line(cube_views, tmp_path):
+    folder, paths, _ = cube_views
+    Image.open(paths[0]).convert("RGB").save(tmp_path / "rgb.png")
+    assert "no alpha channel and no mask" in _error([tmp_path / "rgb.png"], resolution=32)
+    assert "need a cameras file" in _error(paths, resolution=32)
+    one_view = tmp_path / "one.json"
+    one_view.write_text(json.dumps([{"azimuth": 0}]))
+    assert "describes 1 view(s) but 2 image(s)" in _error(paths, one_view, resolution=32)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"image": "a.png"}, {"image": paths[1].name}]))
+    assert f"image {paths[0].name!r} is named by 0 views" in _error(paths, other, resolution=32)
+    for key, value, message in [
+        ("elevation", 95, "elevation = 95.0: must be in (-90, 90)"),
+        ("distance", 0.5, "distance = 0.5: must be > 0.75"),
+        ("fov", 0, "fov = 0.0: must be in [1, 179]"),
+        ("azimuth", "front", 'azimuth = "front": expected a finite number'),
+    ]:
+        bad = tmp_path / f"bad_{key}.json"
+        bad.write_text(json.dumps([{key: value}]))
+        assert message in _error([paths[0]], bad, resolution=32), key
+    assert "must be a multiple of the reference resolution 64" in _error([paths[0]], resolution=64)
+    Image.new("RGBA", (32, 24)).save(tmp_path / "wide.png")
+    assert "must be square" in _error([tmp_path / "wide.png"], resolution=8)
+    Image.new("RGBA", (32, 32)).save(tmp_path / "empty.png")
+    assert "mask is empty" in _error([tmp_path / "empty.png"], resolution=32)
+    Image.new("L", (16, 16)).save(tmp_path / "small_mask.png")
+    assert "they must match" in _error([tmp_path / "rgb.png"], masks=[tmp_path / "small_mask.png"], resolution=32)
+    assert "no such file" in _error([paths[0]], tmp_path / "missing.json", resolution=32)
+
+
+# ------------------------------------------------------------------------------------------------- symmetry
+
+
+def test_mirrored_poses_against_hand_computation():
+    # reflection across the vertical plane at azimuth phi: a -> 2 phi - a (wrapped to [-180, 180))
+    assert mirror_azimuth(torch.tensor([30.0, 170.0, -180.0])).tolist() == [-30.0, -170.0, -180.0]
+    assert mirror_azimuth(torch.tensor([30.0, 0.0]), 45.0).tolist() == [60.0, 90.0]
+    p = torch.tensor([[1.0, 2.0, 3.0]])
+    assert mirror_points(p).tolist() == [[1.0, -2.0, 3.0]]  # plane xz: y -> -y
+    assert torch.allclose(mirror_points(p, 90.0), torch.tensor([[-1.0, 2.0, 3.0]]), atol=1e-6)  # plane yz
+    assert torch.allclose(mirror_points(p, 45.0), torch.tensor([[2.0, 1.0, 3.0]]), atol=1e-6)  # plane x = y
+    cameras = cams([30.0, -120.0, 75.0], [10.0, -5.0, 40.0])
+    for phi in (0.0, 45.0, -30.0):
+        mirrored = mirror_cameras(cameras, phi)
+        assert torch.allclose(mirrored.positions(), mirror_points(cameras.positions(), phi), atol=1e-5)
+        assert torch.equal(mirrored.elevation_deg, cameras.elevation_deg)
+        # the mirrored camera's frame is the reflected frame with its x (right) axis negated: a horizontal flip
+        c2w, reflected = cameras.c2w()[:, :3, :3], mirrored.c2w()[:, :3, :3]
+        n = torch.tensor([-math.sin(math.radians(phi)), math.cos(math.radians(phi)), 0.0])  # the plane's normal
+        m = torch.eye(3) - 2 * torch.outer(n, n)
+        expected = m @ c2w @ torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+        assert torch.allclose(reflected, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, phi", [("cube", 45.0), ("cone", 20.0)])
+def test_the_mirrored_pose_sees_the_flipped_image_of_a_symmetric_primitive(shape, phi, monkeypatch):
+    cameras = cams([35.0, -100.0], [20.0, 5.0])
+    ids = torch.full((2,), SHAPES.index(shape))
+    silhouette = render_silhouette(ids, cameras, 24)
+    assert torch.equal(render_silhouette(ids, mirror_cameras(cameras, phi), 24), mirror_images(silhouette))
+    # shading is lit from azimuth 20 in the world; a light in the plane makes the lighting symmetric too (up to one
+    # pixel at the cone's apex, where the finite-difference normal is not equivariant)
+    colours = torch.zeros(4, dtype=torch.long)
+    both = cat_cameras(cameras, mirror_cameras(cameras, phi))
+    monkeypatch.setattr(render_module, "LIGHT_AZIMUTH_DEG", phi)
+    image, mirrored = render(ids.repeat(2), colours, both, 24).chunk(2)
+    assert (image - 1).abs().sum() > 100  # the object is in view
+    assert (mirrored - mirror_images(image)).abs().max() < 0.02
+    monkeypatch.setattr(render_module, "LIGHT_AZIMUTH_DEG", phi + 60.0)  # and a light off the plane breaks it
+    image, mirrored = render(ids.repeat(2), colours, both, 24).chunk(2)
+    assert (mirrored - mirror_images(image)).abs().max() > 0.1
+
+
+def test_symmetric_density_is_symmetric_and_trains():
+    torch.manual_seed(0)
+    nerf = make_symmetric(NeRF(tiny_nerf()), 30.0)
+    with torch.no_grad():
+        for p in nerf.field.encoding.parameters():
+            p.normal_(0, 0.5)  # a random, asymmetric table
+    points = torch.rand(256, 3) * 1.6 - 0.8
+    out, mirrored = nerf.field(points), nerf.field(mirror_points(points, 30.0))
+    assert torch.allclose(out["density"], mirrored["density"], atol=1e-5)
+    assert torch.allclose(out["rgb"], mirrored["rgb"], atol=1e-6)
+    grid, network = nerf.field.parameter_groups()
+    assert len(grid) == 1 and len(network) == 6
+    plain = NeRF(tiny_nerf())
+    with torch.no_grad():
+        plain.field.encoding.tables.copy_(nerf.field.encoding.inner.tables)
+        plain.field.mlp.load_state_dict(nerf.field.mlp.state_dict())
+    assert not torch.allclose(plain.field(points)["density"], plain.field(mirror_points(points, 30.0))["density"])
+
+
+# ------------------------------------------------------------------------------------------------- pose refinement
+
+
+class BlobField(nn.Module):
+    """A fixed, asymmetric field: four coloured Gaussian blobs (density 30 at their centres)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.region_prior = FieldConfig(), None
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # NeRF.device reads a parameter
+        self.register_buffer(
+            "centres", torch.tensor([[0.0, 0, 0], [0.3, 0.25, 0.1], [-0.2, -0.3, 0.3], [0.1, -0.1, -0.35]])
+        )
+        self.register_buffer(
+            "colours", torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.2, 0.3, 1.0], [0.9, 0.9, 0.1]])
+        )
+
+    def _weights(self, p):
+        return 30.0 * torch.exp(-((p[..., None, :] - self.centres) ** 2).sum(-1) / (2 * 0.18**2))
+
+    def get_density(self, p):
+        return self._weights(p).sum(-1)
+
+    def forward(self, p):
+        w = self._weights(p)
+        rgb = (w[..., None] * self.colours).sum(-2) / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        return {"density": w.sum(-1), "rgb": rgb}
+
+
+def test_pose_corrections_recover_a_known_perturbation():
+    """On a fixed field, the corrections alone bring perturbed cameras back to the ones that rendered the targets."""
+    torch.manual_seed(0)
+    nerf = NeRF(NeRFConfig(occupancy_resolution=0, num_samples=32))
+    nerf.field = BlobField()
+    truth = Cameras(
+        torch.tensor([20.0, 110.0]), torch.tensor([10.0, 25.0]), torch.tensor([2.8, 2.6]), torch.full((2,), 40.0)
+    )
+    with torch.no_grad():
+        target = nerf.render(truth, 32, stratified=False)
+    start = Cameras(
+        truth.azimuth_deg + torch.tensor([6.0, -5.0]),
+        truth.elevation_deg + torch.tensor([-4.0, 5.0]),
+        truth.distance * torch.tensor([1.06, 0.94]),
+        truth.fov_deg,
+    )
+    poses = PoseCorrections(2, anchor=None)
+    optimizer = torch.optim.Adam(poses.parameters(), lr=1e-2)
+    for _ in range(80):
+        out = nerf.render(poses(start), 32, stratified=False)
+        loss = (out["rgb"] - target["rgb"]).square().mean() + (out["opacity"] - target["opacity"]).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert angular_errors(start, truth).min() > 6.0
+    assert angular_errors(poses(start), truth).max() < 0.5
+    assert torch.allclose(poses(start).distance, truth.distance, rtol=5e-3)
+    degrees = poses.degrees()
+    assert degrees["azimuth_deg"] == pytest.approx([-6.0, 5.0], abs=0.5)
+    assert degrees["distance_percent"] == pytest.approx([100 / 1.06 - 100, 100 / 0.94 - 100], abs=0.5)
+    anchored = PoseCorrections(2, anchor=0)
+    with torch.no_grad():
+        anchored.delta.fill_(0.1)
+    assert torch.equal(anchored(truth).azimuth_deg[:1], truth.azimuth_deg[:1])  # the anchor view never moves
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def _config(paths, cameras_file, **overrides) -> ImageTo3DConfig:
+    values = dict(
+        images=tuple(str(p) for p in paths),
+        cameras=str(cameras_file) if cameras_file else None,
+        reference_resolution=32,
+        start_resolution=16,
+        steps=6,
+        nerf=tiny_nerf(),
+        preview_every=0,
+        checkpoint_every=0,
+    )
+    values.update(overrides)
+    return ImageTo3DConfig(**values)
+
+
+def test_reference_losses_fall_and_resume_is_exact(cube_views, tmp_path):
+    from sdtoolkit.image_to_3d.trainer import train
+
+    folder, paths, _ = cube_views
+    cams_file = tmp_path / "cams.json"
+    data = json.loads((folder / "cams.json").read_text())
+    data["approximate"] = True
+    data["views"] = [dict(v, image=str(p)) for v, p in zip(data["views"], paths)]
+    cams_file.write_text(json.dumps(data))
+    config = _config(paths, cams_file, mirror_views=True, steps=30, resolution_warmup=0.2)
+    run = train(config, tmp_path / "full", progress=False)
+    assert run.poses is not None and run.poses.free.flatten().tolist() == [0.0, 1.0]  # approximate: refined
+    first, last = run.history[0]["loss_reference"], run.history[-1]["loss_reference"]
+    assert last < 0.5 * first, (first, last)
+    short = _config(paths, cams_file, mirror_views=True, steps=30, resolution_warmup=0.2)
+    train(short, tmp_path / "split", progress=False, stop_at=17)
+    resumed = train(short, tmp_path / "split", progress=False, resume=True)
+    for a, b in zip(run.nerf.state_dict().values(), resumed.nerf.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(run.poses.delta, resumed.poses.delta) and run.poses.delta.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
+    import trimesh
+
+    from sdtoolkit.cli import main
+    from sdtoolkit.testing import tiny_sd_pipeline
+
+    folder, paths, _ = cube_views
+    prior = tmp_path / "prior"
+    tiny_sd_pipeline().save_pretrained(prior)
+    out = tmp_path / "asset"
+    base = ["image-to-3d", str(paths[0]), str(paths[1]), "--cameras", str(folder / "cams.json"), "--output", str(out)]
+    Image.open(paths[0]).convert("RGB").save(tmp_path / "rgb.png")
+    for argv, message in [
+        (["image-to-3d", str(tmp_path / "rgb.png"), "--output", str(out)], "no alpha channel and no mask"),
+        ([*base[:3], "--output", str(out)], "need a cameras file"),
+        ([*base, "--reference-resolution", "24"], "multiple of the reference resolution 24"),
+        ([*base, "--lambda-rgb", "-1"], "--lambda-rgb -1.0: must be >= 0"),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+        assert not out.exists()
+    tiny = ["--preset", "tiny", "--reference-resolution", "32", "--start-resolution", "16", "--quiet"]
+    tiny += ["--prior", str(prior), "--resolution", "32", "--mesh-resolution", "24", "--video-frames", "2"]
+    assert main([*base, *tiny, "--steps", "3", "--prompt", "a red cube", "--mirror-views"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and len(summary["reference_psnr"]) == 2 and summary["poses"] is None
+    assert trimesh.load(out / "mesh.glb", force="mesh").vertices.shape[0] > 0
+    assert (out / "references.png").is_file() and (out / "views.png").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["images"] == [str(p.absolute()) for p in paths[:2]] and config["mirror_views"] is True
+    assert main(base + tiny + ["--steps", "3"]) != 0  # a previous asset is never overwritten silently
+    capsys.readouterr()
+    assert main(["image-to-3d", "--resume", str(out), "--steps", "5", "--quiet", "--video-frames", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 5
+    assert main(["image-to-3d", "--resume", str(out), "--lambda-rgb", "5"]) == 2
