@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "distill": "sdtoolkit.cli.distill",
     "export": "sdtoolkit.cli.export",
     "text-to-3d": "sdtoolkit.cli.text_to_3d",
+    "image-to-3d": "sdtoolkit.cli.image_to_3d",
     "eval-3d": "sdtoolkit.cli.eval_3d",
     "convert-nerf": "sdtoolkit.cli.convert_nerf",
 }
