@@ -260,7 +260,8 @@ def load_references(
         elif height < resolution or height % resolution:
             lines.append(
                 f"image {name!r} is {width}x{height}: its side must be a multiple of the reference resolution "
-                f"{resolution} (e.g. {resolution} or {resolution * max(height // resolution, 1)})"
+                f"{resolution} (resize it to {resolution * max(height // resolution, 1)} px, or use a reference "
+                f"resolution that divides {height})"
             )
         elif sizes[0] != (height, width):
             lines.append(f"image {name!r} is {width}x{height} but {names[0]!r} is {sizes[0][1]}x{sizes[0][0]}")
