@@ -31,7 +31,7 @@ from sdtoolkit.cli import main
 from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.core.trigflow import TrigFlowTeacher
 from sdtoolkit.distill.method import TrainingData
-from sdtoolkit.distill.scm import LogVarianceHead
+from sdtoolkit.distill.scm import LogVarianceHead, network_time_delta
 from sdtoolkit.testing import tiny_sana_pipeline, tiny_sd_pipeline, write_tiny_assets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -219,6 +219,18 @@ def test_student_equal_to_teacher_without_guidance_and_warmup_gets_no_gradient()
         assert max(float(p.grad.abs().max()) for p in student.parameters() if p.grad is not None) > 1e-6
 
 
+def test_time_difference_is_a_fraction_of_the_networks_timestep_range():
+    """SD's UNet embeds timesteps 0..999: the default 0.02 moves it by +-19.98 timesteps; a dense-time SANA student
+    embeds t in [0, 1]; 0 is the exact JVP."""
+    from sdtoolkit.core.schedules import FlowSchedule
+
+    vp = Denoiser.from_pipeline(tiny_sd_pipeline()).schedule
+    assert network_time_delta(vp, 0.02) == pytest.approx(0.02 * 999)
+    assert network_time_delta(FlowSchedule(num_train_timesteps=1), 0.02) == pytest.approx(0.02)
+    assert network_time_delta(vp, 0.0) == 0.0
+    assert SCMConfig().time_difference is None
+
+
 def test_w_embedded_student_starts_as_the_teacher():
     torch.manual_seed(0)
     teacher = Denoiser.from_pipeline(tiny_sd_pipeline())
@@ -339,6 +351,7 @@ def test_sana_export_refuses_a_transformer_without_guidance_input(tmp_path):
         ("--sample-steps", "0", "--sample-steps 0 must lie in [1, 1000]"),
         ("--intermediate-time", "1.6", "--intermediate-time 1.6 must lie in (0, --max-time 1.5708)"),
         ("--logvar-features", "3", "--logvar-features 3 must be an even integer"),
+        ("--time-difference", "0.7", "--time-difference 0.7 must lie in [0, 0.5)"),
     ],
 )
 def test_bad_values_are_refused_in_one_line_before_anything_is_written(

@@ -11,7 +11,8 @@ One step, as `scm_step` runs it (the equations are `sdtoolkit.distill.scm`, the 
 2. the guidance w per sample from a set (SANA-Sprint {4, 4.5, 5}; diffusers' scale), and the teacher's guided
    ODE velocity dx_s/ds = sigma_d [F_u + w (F_c - F_u)] (no gradient; any VP or flow teacher in TrigFlow time);
 3. the student F_theta^-(x_s / sigma_d, s) and cos(s) sin(s) dF_theta^-/ds along the ODE in one forward-mode JVP
-   (`torch.func.jvp`, no gradient, float32, on the unwrapped student and a JVP-safe attention kernel);
+   (`torch.func.jvp`, no gradient, float32, on the unwrapped student and a JVP-safe attention kernel); for a network
+   that embeds 1000 t (SD's UNets), the time part by a +-20-timestep difference instead (`--time-difference`);
 4. the tangent g of Eq. 8-9 with the warm-up r = min(1, step / tangent_warmup_steps), normalised g / (||g|| + c);
 5. a normal forward F_theta with gradient and the learned log-variance w_phi(s); the loss of Eq. 10.
 
@@ -48,7 +49,7 @@ from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.families import family_for
 from sdtoolkit.core.sampling import S_MAX_NETWORK, scm_sample, scm_sampling_times  # noqa: F401  (re-exported)
 from sdtoolkit.core.schedules import FlowSchedule, VPSchedule
-from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher
+from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher, matched_time
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
 from sdtoolkit.distill.method import DistillationMethod, register_method
@@ -56,7 +57,9 @@ from sdtoolkit.distill.scm import (
     JVP_SAFE_ATTENTION,
     LogVarianceHead,
     check_jvp_backend,
+    network_time_delta,
     normalize_tangent,
+    ode_derivative,
     sample_time,
     scm_loss,
     tangent_target,
@@ -121,6 +124,12 @@ class SCMConfig(MethodConfig):
     """Steps of the tangent warm-up r = min(1, step / N) (SANA-Sprint: 4000; 0: r = 1 from the start)."""
     tangent_norm_c: float = 0.1
     """c of the tangent normalisation g / (||g|| + c) (sCM, SANA-Sprint: 0.1)."""
+    time_difference: float | None = None
+    """dF/ds's time part by a central difference whose half-step moves the student network's timestep input by this
+    fraction of its range (0: the exact JVP, as SANA-Sprint). A network that embeds 1000 t in sinusoids and was
+    trained at integer timesteps (SD's UNets, SD3/FLUX/SANA without dense time) wiggles between them, and its exact
+    time derivative is mostly that wiggle (`sdtoolkit.distill.scm.ode_derivative`). None: 0.02 (20 of SD's 1000
+    timesteps) for such networks, 0 for a dense-time SANA student."""
     grad_clip: float | None = 0.1
     """Gradient-norm clipping of the student update (SANA-Sprint: 0.1; None: the run's --max-grad-norm)."""
     attention: str = "jvp"
@@ -207,13 +216,15 @@ def scm_step(
     r: float,
     c: float = 0.1,
     sigma_data: float = SIGMA_DATA,
+    time_delta: float = 0.0,
 ) -> SCMStep:
     """Steps 1-5 of the module docstring for given draws: latents `x0` (teacher scale), unit noise `z`, TrigFlow
     times `s` [B], teacher guidance `w` [B] (None: the teacher's conditional prediction, no CFG), the student's
     guidance input `embed` [B] (or None).
 
     `student` runs the gradient forward (it may hold a DDP module); `jvp_student` is the same network unwrapped,
-    in float32, for the JVP."""
+    in float32, for the JVP. `time_delta` > 0: dF/ds's time part by a central difference that moves the network's
+    timestep by that much (`sdtoolkit.distill.scm.ode_derivative`); 0: the exact JVP."""
     x0_trig, z_trig = sigma_data * x0.float(), sigma_data * z.float()
     x_s = trigflow_noise(x0_trig, z_trig, s)
     # 2. dx_s/ds = sigma_d F_pre, the teacher's guided F (any schedule, seen in TrigFlow time)
@@ -228,9 +239,13 @@ def scm_step(
     def F_of(x_in: Tensor, s_: Tensor) -> Tensor:
         return trig.F(sigma_data * x_in, s_, cond, guidance_embed=embed)
 
+    def tau(s_: Tensor) -> Tensor:  # the network's timestep input at TrigFlow time s_
+        schedule = jvp_student.schedule
+        return schedule.model_timestep(matched_time(schedule, s_))
+
     v_x, v_s = trigflow_ode_tangents(x_s, s, dxds, sigma_data)
     with torch.no_grad(), _full_precision(jvp_student.base_model):
-        F_minus, cs_dF_ds = torch.func.jvp(F_of, (x_s / sigma_data, s), (v_x, v_s))
+        F_minus, cs_dF_ds = ode_derivative(F_of, x_s / sigma_data, s, v_x, v_s, tau, time_delta)
     # 4. the tangent (Eq. 8-9), warmed up and normalised
     g = tangent_target(F_minus, dxds, x_s, cs_dF_ds, s, r, sigma_data)
     g = normalize_tangent(g, c)
@@ -342,6 +357,12 @@ class SCM(DistillationMethod):
             ("--guidance-embeds-scale", config.guidance_embeds_scale, config.guidance_embeds_scale > 0, "must be > 0"),
             ("--tangent-warmup-steps", config.tangent_warmup_steps, config.tangent_warmup_steps >= 0, "must be >= 0"),
             ("--tangent-norm-c", config.tangent_norm_c, config.tangent_norm_c > 0, "must be > 0 (sCM: 0.1)"),
+            (
+                "--time-difference",
+                config.time_difference,
+                0 <= (config.time_difference or 0) < 0.5,
+                "must lie in [0, 0.5) (a fraction of the network's timestep range; 0: the exact JVP)",
+            ),
             ("--grad-clip", config.grad_clip, config.grad_clip is None or config.grad_clip > 0, "must be > 0"),
             ("--ema-decay", config.ema_decay, 0 <= config.ema_decay <= 1, "must lie in [0, 1]"),
             (
@@ -439,6 +460,14 @@ class SCM(DistillationMethod):
         if self.config.sample_steps is not None:
             return self.config.sample_steps
         return 1 if isinstance(self.teacher.schedule, VPSchedule) else 2
+
+    @property
+    def time_delta(self) -> float:
+        """The half-step of dF/ds's time difference in the student network's timestep units (0: exact JVP)."""
+        fraction = self.config.time_difference
+        if fraction is None:
+            fraction = 0.0 if self.dense_time else 0.02
+        return network_time_delta(self.jvp_student.schedule, fraction)
 
     def guidance_input(self, w: Tensor) -> Tensor | None:
         """The student's guidance input for diffusers scales `w` [B]: w - 1 (a UNet's LCM w-embedding), w times
@@ -585,6 +614,7 @@ class SCM(DistillationMethod):
             r=r,
             c=config.tangent_norm_c,
             sigma_data=config.sigma_data,
+            time_delta=self.time_delta,
         )
         logs = {
             "loss": out.loss,
