@@ -33,6 +33,7 @@ from sdtoolkit.image_to_3d.trainer import cat_cameras
 from sdtoolkit.nerf import FieldConfig, NeRF, NeRFConfig
 
 render_module = importlib.import_module("sdtoolkit.data.render")  # (the package re-exports its `render` function)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cams(azimuth, elevation, distance=2.8, fov=40.0) -> Cameras:
