@@ -14,6 +14,7 @@ rasterisation on two cores (notes in the module's measurements, `.notes/meshstag
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Bound
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound
 from sdtoolkit.data.cameras import Cameras
 from sdtoolkit.data.render import lambert
 from sdtoolkit.text_to_3d.mesh_render import _pairs
@@ -41,6 +42,7 @@ class MeshRefineConfig:
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "steps": NON_NEGATIVE,
+        "max_step_percent": FRACTION,
         "lr_vertices": POSITIVE,
         "lr_colours": POSITIVE,
         "sigma": POSITIVE,
@@ -53,6 +55,10 @@ class MeshRefineConfig:
 
     steps: int = 0
     """Optimisation steps of the mesh stage after extraction (0: off, the NeRF's mesh is exported as extracted)."""
+    max_step_percent: float | None = 0.5
+    """The guidance's diffusion times during the stage: t ~ U[the run's min_step_percent, this] (threestudio's
+    magic3d-refine: 0.02 to 0.5, a refinement needs no large-t noise). None: the run's own time schedule, restarted
+    over the stage's steps."""
     lr_vertices: float = 1e-3
     """Adam learning rate of the vertex offsets, in world units (the shapes are about one unit across)."""
     lr_colours: float = 0.02
@@ -370,17 +376,29 @@ def refine_extracted_mesh(mesh, run, progress: bool = False):
     def cameras() -> Cameras:
         return sample_training_cameras(config.cameras, config.cameras.batch_size, run.generator, run.scene_scale)
 
-    result = refine_mesh(
-        mesh.vertices,
-        mesh.faces,
-        colours,
-        refine,
-        guidance_image_loss(run),
-        cameras,
-        resolution,
-        config.background,
-        progress,
-    )
+    guidance_config = run.guidance.config
+    # the stage's own time range, uniform (no annealing)
+    if refine.max_step_percent is not None and hasattr(guidance_config, "timesteps"):
+        times = guidance_config.timesteps
+        low = min(times.min_step_percent, refine.max_step_percent)
+        stage_times = dataclasses.replace(
+            times, min_step_percent=low, max_step_percent=refine.max_step_percent, anneal="none"
+        )
+        run.guidance.config = dataclasses.replace(guidance_config, timesteps=stage_times)
+    try:
+        result = refine_mesh(
+            mesh.vertices,
+            mesh.faces,
+            colours,
+            refine,
+            guidance_image_loss(run),
+            cameras,
+            resolution,
+            config.background,
+            progress,
+        )
+    finally:
+        run.guidance.config = guidance_config
     rgba = np.concatenate([result.colours, np.ones_like(result.colours[:, :1])], axis=1)
     refined = trimesh.Trimesh(
         result.vertices, result.faces, vertex_colors=(rgba * 255).round().astype(np.uint8), process=False
