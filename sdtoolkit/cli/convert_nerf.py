@@ -30,7 +30,8 @@ class ConvertNerfCommand:
     }
 
     teacher: str | None = None
-    """The teacher: a text-to-3d or convert-nerf output folder, or the checkpoint.safetensors inside one."""
+    """The teacher: a text-to-3d or convert-nerf output folder, or the checkpoint.safetensors inside one; or a
+    nerfstudio run (nerfacto, tensorf, vanilla-nerf: its folder, config.yml or .ckpt; needs nerfstudio installed)."""
     output: str | None = None
     """Output folder of the converted asset."""
     mesh_resolution: int = 96
@@ -127,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(
             f"convert-nerf needs {', '.join(missing)} for its mesh and video export: pip install 'sdtoolkit[3d]'"
         )
-    from sdtoolkit.nerf.convert import TeacherError, check_output_folder, convert, load_nerf_asset
+    from sdtoolkit.nerf.convert import TeacherError, check_output_folder, convert, load_nerf_asset, teacher_config
 
     try:
-        load_nerf_asset(teacher)
+        teacher_config(config, load_nerf_asset(teacher)[0])
     except TeacherError as error:
         raise CLIError(str(error)) from None
     check_output_folder(config, output, resume)  # OutputFolderError: one line, nothing written

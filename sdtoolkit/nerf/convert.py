@@ -3,7 +3,9 @@
 asset (checkpoint, mesh, turntable) plus a teacher-vs-student comparison sheet and held-out PSNR.
 
 A teacher is an output folder of `text-to-3d` or of `convert-nerf` (or the `checkpoint.safetensors` inside one):
-its `config.json` holds the `NeRFConfig` under "nerf" and its checkpoint the NeRF's tensors under "nerf.".
+its `config.json` holds the `NeRFConfig` under "nerf" and its checkpoint the NeRF's tensors under "nerf.". Or a
+nerfstudio run (nerfacto, tensorf, vanilla-nerf; `sdtoolkit.nerfstudio_plugin.teacher`), whose features are not
+comparable with the student's: its conversion has no feature stage (`teacher_config`).
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
     Raises `TeacherError` (one line: what is wrong, what is valid) for anything else."""
     from safetensors import safe_open
 
+    from sdtoolkit.nerfstudio_plugin.teacher import is_nerfstudio_run
+
+    if is_nerfstudio_run(Path(path)):
+        from sdtoolkit.nerfstudio_plugin.teacher import load_nerfstudio_teacher
+
+        return load_nerfstudio_teacher(path, device, error=TeacherError)
     folder, checkpoint = _teacher_files(Path(path))
     try:
         stored = json.loads((folder / CONFIG_FILE).read_text())
@@ -121,6 +129,16 @@ def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
         raise TeacherError(f"TEACHER {str(checkpoint)!r} does not match its config.json ({first})") from None
     nerf.eval()
     return nerf, stored
+
+
+def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
+    """`config` as it applies to `teacher`: a teacher whose volume features are not comparable with the student's
+    (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0)."""
+    if getattr(teacher.field, "comparable_features", True):
+        return config
+    if config.inherit_decoder:
+        raise TeacherError("--inherit-decoder needs an sdtoolkit teacher; a nerfstudio field has no such decoder")
+    return dataclasses.replace(config, stage1_steps=0, loss_feature=0.0)
 
 
 @dataclass
@@ -277,6 +295,7 @@ def convert(
     from sdtoolkit.text_to_3d.trainer import load_checkpoint, save_checkpoint
 
     teacher, stored = load_nerf_asset(teacher_path, device)  # before the folder is claimed: nothing written
+    config = teacher_config(config, teacher)
     background = tuple(stored.get("background") or (1.0, 1.0, 1.0))
     output_dir = Path(output_dir)
     resume = resume and (output_dir / CHECKPOINT_FILE).exists()

@@ -1,0 +1,92 @@
+"""sdtoolkit inside nerfstudio (https://docs.nerf.studio), an optional dependency:
+
+- `sdtoolkit.nerfstudio_plugin.teacher`: a nerfstudio run (nerfacto, tensorf, vanilla-nerf) as the teacher of
+  `sdtoolkit convert-nerf` (PVD), so that a nerfstudio scene converts to sdtoolkit's representations;
+- `sdtoolkit.nerfstudio_plugin.method`: text-to-3D (SDS with an sdtoolkit prior on an sdtoolkit NeRF) registered as
+  the nerfstudio method `sdtoolkit-sds` through the `nerfstudio.method_configs` entry point, so that
+  `ns-train sdtoolkit-sds` trains it with nerfstudio's trainer and viewer.
+
+Nothing here imports nerfstudio at import time: sdtoolkit works without it. The install that works beside the CPU
+torch 2.13.0 wheel is `NERFSTUDIO_INSTALL` (nerfstudio's own requirements pin numpy < 2 and protobuf 3.20 and pull a
+CUDA torch). PyPI's torchvision wheels are CUDA builds whose C++ ops cannot load beside the CPU torch wheel, and
+torchvision 0.28 then fails to import at all (it registers fake kernels for `torchvision::nms` / `qnms`
+unconditionally); `allow_torchvision_without_ops` lets its Python parts (the only ones nerfstudio uses:
+`torchvision.utils`, `transforms.functional.resize`) import in that case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+NERFSTUDIO_VERSION = "1.1.5"
+"""The nerfstudio release this plugin is written and tested against."""
+NERFSTUDIO_INSTALL = (
+    f"pip install --no-deps nerfstudio=={NERFSTUDIO_VERSION} && pip install nerfacc==0.5.2 tyro matplotlib "
+    "opencv-python-headless==4.10.0.84 viser==0.2.7 tensorboard torchmetrics"
+)
+"""The install of nerfstudio's models and fields beside sdtoolkit that keeps the CPU torch 2.13.0 wheel and numpy 2
+(measured 2026-12-01; nerfstudio's trainer and viewer need torchvision besides)."""
+
+_torchvision_ops_library = None  # keeps the declared op schemas alive (a torch.library.Library is freed with them)
+
+
+def allow_torchvision_without_ops() -> bool:
+    """When torchvision is installed but its C++ extension cannot load (PyPI's CUDA build beside the CPU torch
+    wheel: `operator torchvision::nms does not exist` on `import torchvision`), declares the schemas of the two ops
+    torchvision 0.28 registers fake kernels for unconditionally, so that `import torchvision` succeeds with
+    `torchvision.extension._has_ops()` False: its Python parts work, and its C++ ops (`torchvision.ops.nms`, ...)
+    raise torchvision's own "Couldn't load custom C++ ops". Returns whether it declared them. Call it before
+    anything imports torchvision; it does nothing when torchvision is absent, already imported or loads its ops."""
+    global _torchvision_ops_library
+    import sys
+
+    if _torchvision_ops_library is not None or "torchvision" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    import torch
+
+    libraries = sorted(Path(next(iter(spec.submodule_search_locations))).glob("_C*.so"))
+    try:
+        for library in libraries[:1]:
+            torch.ops.load_library(str(library))
+        return False
+    except (OSError, RuntimeError):
+        pass
+    library = torch.library.Library("torchvision", "FRAGMENT")
+    for op in ("nms", "qnms"):
+        if not hasattr(torch.ops.torchvision, op):
+            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _torchvision_ops_library = library
+    return True
+
+
+def nerfstudio_available() -> bool:
+    """Whether nerfstudio is installed (without importing it)."""
+    return importlib.util.find_spec("nerfstudio") is not None
+
+
+def require_nerfstudio(purpose: str) -> None:
+    """Raises ImportError (one line: what needs it and how to install it) when nerfstudio is not installed;
+    otherwise prepares torchvision (`allow_torchvision_without_ops`) for nerfstudio's imports."""
+    if not nerfstudio_available():
+        raise ImportError(f"{purpose} needs nerfstudio {NERFSTUDIO_VERSION}: {NERFSTUDIO_INSTALL}")
+    allow_torchvision_without_ops()
+
+
+def ns_train() -> None:
+    """`sdtoolkit-ns-train`: nerfstudio's `ns-train`, with torchvision prepared first (see the module docstring)."""
+    require_nerfstudio("sdtoolkit-ns-train")
+    from nerfstudio.scripts.train import entrypoint
+
+    entrypoint()
+
+
+def ns_viewer() -> None:
+    """`sdtoolkit-ns-viewer`: nerfstudio's `ns-viewer`, with torchvision prepared first."""
+    require_nerfstudio("sdtoolkit-ns-viewer")
+    from nerfstudio.scripts.viewer.run_viewer import entrypoint
+
+    entrypoint()

@@ -1,0 +1,209 @@
+"""nerfstudio runs as PVD teachers (`sdtoolkit.nerfstudio_plugin.teacher`, `sdtoolkit convert-nerf`), on a tiny
+nerfacto model built in-process with nerfstudio's own classes and saved in its run layout. Skipped when nerfstudio's
+models do not import (the optional install: `sdtoolkit.nerfstudio_plugin.NERFSTUDIO_INSTALL`)."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("nerfstudio.models.nerfacto", reason="nerfstudio is optional (see NERFSTUDIO_INSTALL)")
+
+from nerfstudio.cameras.rays import Frustums, RaySamples  # noqa: E402
+from nerfstudio.data.scene_box import SceneBox  # noqa: E402
+from nerfstudio.field_components.field_heads import FieldHeadNames  # noqa: E402
+from nerfstudio.models.nerfacto import NerfactoModelConfig  # noqa: E402
+
+from sdtoolkit.nerf.convert import TeacherError, convert, load_nerf_asset  # noqa: E402
+from sdtoolkit.nerf.pvd import PVDConfig  # noqa: E402
+from sdtoolkit.nerf.representations import MLPConfig  # noqa: E402
+from sdtoolkit.nerfstudio_plugin.teacher import _no_metric_modules, read_run_config  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(
+    implementation="torch", num_levels=4, max_res=64, log2_hashmap_size=12, hidden_dim=16, hidden_dim_color=16,
+    disable_scene_contraction=True, average_init_density=1.0,
+)  # fmt: skip
+
+
+def tiny_nerfacto(seed: int = 0):
+    torch.manual_seed(seed)
+    with _no_metric_modules():
+        model = NerfactoModelConfig(**TINY).setup(
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=3, metadata={}
+        )
+    with torch.no_grad():  # a ball of matter with colour varying in space (an untrained field is near empty)
+        model.field.mlp_base.model[0].hash_table.normal_(0, 0.3)
+    return model.eval()
+
+
+def save_run(model, folder, method="nerfacto", transforms=None):
+    """The run layout ns-train writes: config.yml (nerfstudio's tagged YAML dump of its configs), nerfstudio_models/
+    step-*.ckpt ({'step', 'pipeline': the pipeline's state dict, '_model.'-prefixed, ...}), dataparser_transforms."""
+    (folder / "nerfstudio_models").mkdir(parents=True)
+    config = {"method_name": method, "experiment_name": "tiny", "pipeline": {"model": model.config}}
+    (folder / "config.yml").write_text(yaml.dump(config))
+    pipeline = {f"_model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"step": 7, "pipeline": pipeline, "optimizers": {}, "schedulers": {}, "scalers": {}},
+               folder / "nerfstudio_models" / "step-000000007.ckpt")  # fmt: skip
+    if transforms is not None:
+        (folder / "dataparser_transforms.json").write_text(json.dumps(transforms))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return save_run(tiny_nerfacto(), tmp_path_factory.mktemp("ns") / "outputs" / "tiny" / "nerfacto" / "t0")
+
+
+def direct(model, points, direction):
+    """The nerfstudio field's own density and colour at `points` seen along `direction`."""
+    n = len(points)
+    zeros = torch.zeros(n, 1)
+    samples = RaySamples(
+        frustums=Frustums(points, direction.expand(n, 3), zeros, zeros, torch.ones(n, 1)),
+        camera_indices=torch.zeros(n, 1, dtype=torch.long),
+    )
+    with torch.no_grad():
+        out = model.field(samples)
+    return out[FieldHeadNames.DENSITY].reshape(-1), out[FieldHeadNames.RGB]
+
+
+def test_config_yml_is_read_without_running_code(run_dir, tmp_path):
+    text = (run_dir / "config.yml").read_text()
+    assert "!!python/object:nerfstudio.models.nerfacto.NerfactoModelConfig" in text  # nerfstudio's tagged dump
+    config = read_run_config(run_dir / "config.yml")
+    assert config["method_name"] == "nerfacto" and config["pipeline"]["model"]["max_res"] == 64
+    marker = tmp_path / "ran"
+    evil = tmp_path / "config.yml"
+    evil.write_text(f"method_name: nerfacto\nx: !!python/object/apply:os.system ['touch {marker}']\n")
+    read_run_config(evil)
+    assert not marker.exists()
+
+
+def test_teacher_is_the_nerfstudio_field_at_the_same_points(run_dir):
+    """The wrapped teacher's density is nerfstudio's own; its colour is nerfstudio's averaged over the six axis
+    directions; a dataparser transform maps world points into the run's frame and scales the density back."""
+    model = tiny_nerfacto()
+    teacher, stored = load_nerf_asset(run_dir)
+    assert stored["nerfstudio"]["method"] == "nerfacto" and stored["nerfstudio"]["step"] == 7
+    points = torch.rand(200, 3) * 1.4 - 0.7
+    density, _ = direct(model, points, torch.tensor([1.0, 0, 0]))
+    axes = torch.cat([torch.eye(3), -torch.eye(3)])
+    colours = [direct(model, points, d)[1] for d in axes]
+    out = teacher.field(points)
+    assert density.max() > 1.0 and torch.allclose(out["density"], density, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(out["rgb"], torch.stack(colours).mean(0), atol=1e-4)
+    # the same run with its scene scaled by 0.5 and moved by t: p_ns = 0.5 (p + t), sigma = 0.5 sigma_ns
+    moved = save_run(model, run_dir.parent / "moved", transforms={
+        "transform": [[1, 0, 0, 0.2], [0, 1, 0, 0], [0, 0, 1, -0.1]], "scale": 0.5})  # fmt: skip
+    teacher, _ = load_nerf_asset(moved / "config.yml")
+    expected, _ = direct(model, 0.5 * (points + torch.tensor([0.2, 0, -0.1])), torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(teacher.field.get_density(points), 0.5 * expected, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_a_nerfacto_run_to_mlp(run_dir, tmp_path):
+    """PVD from a nerfstudio teacher: no feature stage (its features are not the student's), density and colour at
+    the teacher's points, then rendered colour; the losses fall and the result is an sdtoolkit asset."""
+    config = PVDConfig(to="mlp", steps=40, stage2_steps=20, rays_per_step=256, cameras_per_step=2, ray_resolution=16,
+                       lr=1e-2, checkpoint_every=0, mlp=MLPConfig(num_frequencies=3, width=32, depth=2))  # fmt: skip
+    out = tmp_path / "mlp"
+    summary = convert(config, run_dir, out, progress=False, mesh_resolution=16, video_frames=2, eval_views=2)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["pvd"]["stage1_steps"] == 0 and stored["pvd"]["loss_feature"] == 0.0
+    state = json.loads((out / "checkpoint.json").read_text())
+    density = [h["loss_density"] for h in state["history"] if "loss_density" in h]
+    assert "loss_feature" not in state["history"][0] and density[-1] < density[0], density
+    assert summary["psnr_median"] is not None and (out / "mesh.glb").is_file()
+    student, _ = load_nerf_asset(out)
+    assert student.config.representation == "mlp"
+
+
+def test_bad_nerfstudio_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    no_config = tmp_path / "no_config"
+    (no_config / "nerfstudio_models").mkdir(parents=True)
+    (no_config / "nerfstudio_models" / "step-000000001.ckpt").write_bytes(
+        (run_dir / "nerfstudio_models" / "step-000000007.ckpt").read_bytes()
+    )
+    splat = save_run(tiny_nerfacto(), tmp_path / "splat", method="splatfacto")
+    other = tmp_path / "other" / "nerfstudio_models"
+    other.mkdir(parents=True)
+    torch.save({"state_dict": {"unet.weight": torch.zeros(2)}}, other / "step-000000001.ckpt")
+    (other.parent / "config.yml").write_text("method_name: nerfacto\n")
+    pickled = tmp_path / "pickled" / "nerfstudio_models"
+    pickled.mkdir(parents=True)
+    torch.save({"pipeline": TeacherError("not a tensor")}, pickled / "step-000000001.ckpt")
+    (pickled.parent / "config.yml").write_text("method_name: nerfacto\n")
+    cases = [
+        (no_config / "nerfstudio_models" / "step-000000001.ckpt", "its run's config.yml is missing"),
+        (splat, "is a 'splatfacto' run; convert-nerf accepts nerfacto, tensorf, vanilla-nerf"),
+        (other.parent, "holds no nerfstudio nerfacto field"),
+        (pickled.parent, "is not a nerfstudio checkpoint"),
+    ]
+    for teacher, message in cases:
+        out = tmp_path / "out"
+        assert main(["convert-nerf", str(teacher), "--output", str(out), "--to", "mlp"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not out.exists()
+    with pytest.raises(TeacherError, match="needs an sdtoolkit teacher"):
+        convert(PVDConfig(inherit_decoder=True), run_dir, tmp_path / "x", progress=False)
+
+
+def test_sdtoolkit_sds_model_trains_an_sdtoolkit_nerf_on_nerfstudio_rays():
+    """The `sdtoolkit-sds` model: nerfstudio rays of one whole view render through the sdtoolkit NeRF, the SDS loss
+    of the prior reaches its field, nerfstudio's optimizer groups hold the field only and the prior stays out of the
+    checkpoint."""
+    from nerfstudio.cameras.rays import RayBundle as NSRayBundle
+
+    from sdtoolkit.core.denoiser import Denoiser
+    from sdtoolkit.data.cameras import Cameras
+    from sdtoolkit.nerfstudio_plugin.model import SDSModelConfig
+    from sdtoolkit.testing import tiny_sd_pipeline
+
+    denoiser = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+    box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    model = SDSModelConfig(prior="tiny", max_steps=10).setup(
+        scene_box=box, num_train_data=1, metadata={}, denoiser=denoiser
+    )
+    assert not any(k.startswith(("run.", "denoiser")) for k in model.state_dict())
+    groups = model.get_param_groups()
+    assert list(groups) == ["fields"] and len(groups["fields"]) == len(list(model.nerf.field.parameters()))
+    for callback in model.get_training_callbacks(None):
+        callback.run_callback_at_location(0, callback.where_to_run[0])
+    origins, directions = Cameras(*(torch.tensor([v]) for v in (30.0, 20.0, 2.8, 40.0))).generate_rays(16, 16)
+    rays = NSRayBundle(origins.reshape(-1, 3), directions.reshape(-1, 3), torch.ones(256, 1))
+    outputs = model(rays)
+    assert outputs["rgb"].shape == (256, 3) and outputs["accumulation"].shape == (256, 1)
+    loss = model.get_loss_dict(outputs, {"central": torch.tensor([0.5]), "vertical": torch.tensor([1.2])})
+    assert set(loss) == {"sds_loss"} and torch.isfinite(loss["sds_loss"])
+    optimizer = torch.optim.Adam(groups["fields"], lr=1e-2)
+    before = [p.detach().clone() for p in groups["fields"]]
+    loss["sds_loss"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in groups["fields"] if p.grad is not None) > 0
+    optimizer.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, groups["fields"]))
+
+
+def test_the_method_is_registered_for_nerfstudio():
+    """pyproject registers `sdtoolkit-sds` under nerfstudio's entry point group; the spec builds where nerfstudio's
+    trainer imports (it needs torchvision)."""
+    from pathlib import Path
+
+    import tomllib
+
+    from sdtoolkit.nerfstudio_plugin import allow_torchvision_without_ops
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    target = project["project"]["entry-points"]["nerfstudio.method_configs"]["sdtoolkit-sds"]
+    assert target == "sdtoolkit.nerfstudio_plugin.method:sdtoolkit_sds"
+    allow_torchvision_without_ops()
+    pytest.importorskip("nerfstudio.engine.trainer", reason="nerfstudio's trainer needs torchvision")
+    from sdtoolkit.nerfstudio_plugin.method import sdtoolkit_sds
+
+    assert sdtoolkit_sds.config.method_name == "sdtoolkit-sds"
+    assert sdtoolkit_sds.config.pipeline.model.prior == "builtin:shapes"
