@@ -20,6 +20,7 @@ from sdtoolkit.image_to_3d import (
     ImageTo3DConfig,
     InputError,
     PoseCorrections,
+    SymmetricEncoding,
     angular_errors,
     load_references,
     make_symmetric,
@@ -281,12 +282,14 @@ def test_reference_losses_fall_and_resume_is_exact(cube_views, tmp_path):
     data["approximate"] = True
     data["views"] = [dict(v, image=str(p)) for v, p in zip(data["views"], paths)]
     cams_file.write_text(json.dumps(data))
-    config = _config(paths, cams_file, mirror_views=True, steps=30, resolution_warmup=0.2)
+    options = dict(mirror_views=True, symmetric_density=True, steps=30, resolution_warmup=0.2)
+    config = _config(paths, cams_file, **options)
     run = train(config, tmp_path / "full", progress=False)
     assert run.poses is not None and run.poses.free.flatten().tolist() == [0.0, 1.0]  # approximate: refined
+    assert isinstance(run.nerf.field.encoding, SymmetricEncoding)
     first, last = run.history[0]["loss_reference"], run.history[-1]["loss_reference"]
     assert last < 0.5 * first, (first, last)
-    short = _config(paths, cams_file, mirror_views=True, steps=30, resolution_warmup=0.2)
+    short = _config(paths, cams_file, **options)
     train(short, tmp_path / "split", progress=False, stop_at=17)
     resumed = train(short, tmp_path / "split", progress=False, resume=True)
     for a, b in zip(run.nerf.state_dict().values(), resumed.nerf.state_dict().values()):
