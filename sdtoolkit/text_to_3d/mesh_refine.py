@@ -6,10 +6,11 @@ edge-length regularisers. The refined mesh is what `generate` exports.
 The renderer is a soft rasteriser written in torch (Liu et al. 2019, "Soft Rasterizer: A Differentiable Renderer
 for Image-based 3D Reasoning"), vectorised over (face, pixel) pairs like `sdtoolkit.text_to_3d.mesh_render`, with its
 cameras, projection, two-sided Lambert shading and white background: its hard limit (sigma, gamma -> 0) is that
-ray caster's image. None of the maintained libraries runs here: nvdiffrast's and kaolin's rasterisers are CUDA/OpenGL
-builds that PyPI does not ship for this CPU wheel, pytorch3d has no PyPI distribution for Linux and torch 2.13, and
-Mitsuba 3 (which does install) needs reparameterised path tracing for visibility gradients, far slower than 64 x 64
-rasterisation on two cores (notes in the module's measurements, `.notes/meshstage.md`).
+ray caster's image. None of the maintained libraries runs on this CPU from PyPI (checked 2026-12-01): nvdiffrast's
+and kaolin's rasterisers are CUDA/OpenGL builds (PyPI's `kaolin` is a placeholder), pytorch3d has no distribution
+pip can install here, and Mitsuba 3.9 / Dr.Jit 1.5 install but their LLVM backend aborts with the system's libLLVM
+14/15 ("Cannot select: fmaximum"); Mitsuba would also need reparameterised path tracing (Monte-Carlo noise) for the
+visibility gradients that a rasteriser gets exactly.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ CUTOFF = 12.0
 
 @dataclass
 class MeshRefineConfig:
-    """The mesh stage (off unless `steps` > 0). Defaults: the soft rasteriser's sigma and gamma are SoftRas' in pixel
-    units at 64 px; learning rates and regulariser weights measured on builtin:shapes (`.notes/meshstage.md`)."""
+    """The mesh stage (off unless `steps` > 0). The regulariser weights are large because the SDS surrogate loss is
+    (its value ~200 on builtin:shapes at 64 px; threestudio's magic3d-refine weighs normal consistency 10^4); the
+    learning rate and weights are the best of four settings tried on one builtin:shapes asset ('a red cube', seed 0,
+    60 steps), where the stage's gain was small."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "steps": NON_NEGATIVE,
@@ -59,7 +62,7 @@ class MeshRefineConfig:
     """The guidance's diffusion times during the stage: t ~ U[the run's min_step_percent, this] (threestudio's
     magic3d-refine: 0.02 to 0.5, a refinement needs no large-t noise). None: the run's own time schedule, restarted
     over the stage's steps."""
-    lr_vertices: float = 1e-3
+    lr_vertices: float = 3e-3
     """Adam learning rate of the vertex offsets, in world units (the shapes are about one unit across)."""
     lr_colours: float = 0.02
     """Adam learning rate of the vertex colours' logits (colour = sigmoid(logit))."""
@@ -69,11 +72,11 @@ class MeshRefineConfig:
     """Temperature of the depth softmax over the faces at a pixel (SoftRas Eq. 6); smaller is a harder z-test."""
     supersample: int = 1
     """Rendered at `supersample` x the prior's resolution, then average-pooled."""
-    lambda_laplacian: float = 1.0
+    lambda_laplacian: float = 1000.0
     """Weight of the uniform Laplacian smoothness (`laplacian_loss`)."""
-    lambda_normal: float = 1.0
+    lambda_normal: float = 1000.0
     """Weight of the normal consistency of adjacent faces (`normal_consistency_loss`; Magic3D's mesh stage has one)."""
-    lambda_edge: float = 1.0
+    lambda_edge: float = 1000.0
     """Weight of the edge-length term (`edge_length_loss`), which keeps triangles from collapsing or stretching."""
 
 
