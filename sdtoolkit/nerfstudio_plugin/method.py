@@ -13,14 +13,34 @@ from sdtoolkit.nerfstudio_plugin import require_nerfstudio
 
 require_nerfstudio("the nerfstudio method sdtoolkit-sds")
 
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from nerfstudio.configs.base_config import ViewerConfig  # noqa: E402
-from nerfstudio.data.datamanagers.random_cameras_datamanager import RandomCamerasDataManagerConfig  # noqa: E402
+from nerfstudio.data.datamanagers.random_cameras_datamanager import (  # noqa: E402
+    RandomCamerasDataManager,
+    RandomCamerasDataManagerConfig,
+)
 from nerfstudio.engine.optimizers import AdamOptimizerConfig  # noqa: E402
 from nerfstudio.engine.trainer import TrainerConfig  # noqa: E402
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig  # noqa: E402
 from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
 
 from sdtoolkit.nerfstudio_plugin.model import SDSModelConfig  # noqa: E402
+
+
+class RandomViewsDataManager(RandomCamerasDataManager):
+    """nerfstudio's random-camera data manager (no images), with a data path: `ns-viewer` saves camera paths under
+    it and fails on nerfstudio's own, which has none."""
+
+    def get_datapath(self) -> Path:
+        return Path(".")
+
+
+@dataclass
+class RandomViewsDataManagerConfig(RandomCamerasDataManagerConfig):
+    _target: type = field(default_factory=lambda: RandomViewsDataManager)
+
 
 sdtoolkit_sds = MethodSpecification(
     config=TrainerConfig(
@@ -33,7 +53,7 @@ sdtoolkit_sds = MethodSpecification(
         max_num_iterations=2000,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
-            datamanager=RandomCamerasDataManagerConfig(
+            datamanager=RandomViewsDataManagerConfig(
                 train_resolution=64,
                 eval_resolution=64,
                 radius_mean=2.8,
