@@ -187,6 +187,10 @@ def test_cli_mesh_stage_end_to_end(tiny_prior, tmp_path):
     assert not np.allclose(np.sort(before.vertices, 0), np.sort(after.vertices, 0))
     config = json.loads((tmp_path / "refined" / "config.json").read_text())
     assert config["mesh_refine"]["steps"] == 2
+    # a finished run's mesh refined without training again: --resume may change the mesh stage
+    assert main([*common, "--resume", str(tmp_path / "plain"), "--mesh_refine.steps", "1"]) == 0
+    resumed = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert resumed["steps"] == 2 and resumed["mesh_refine"]["steps"] == 1
 
 
 def test_cli_refuses_the_mesh_stage_for_layouts_before_writing(tmp_path, capsys):

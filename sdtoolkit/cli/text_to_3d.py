@@ -94,8 +94,9 @@ def add_parser(subparsers) -> None:
         "JSON config: a run's config.json (TextTo3DConfig fields, 'guidance' the method's guidance config), plus "
         "an optional 'command' object of the output/export settings below; flags override it.",
         "Continue the run in --output (or in DIR) from its checkpoint.safetensors. Flags may change only "
-        + ", ".join(config_cli.flag_of("", k) for k in TextTo3DConfig.RESUMABLE)
-        + " and the output/export settings; others that differ from the run are refused.",
+        + ", ".join(config_cli.flag_of("", k) for k in TextTo3DConfig.RESUMABLE if "." not in k)
+        + ", the mesh stage's --mesh_refine.* and the output/export settings; others that differ from the run are "
+        "refused.",
         nargs="?",
         const="",
         metavar="DIR",

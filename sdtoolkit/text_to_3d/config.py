@@ -170,9 +170,11 @@ class TextTo3DConfig:
         "max_nonfinite_steps",
         "iso_level",
         "min_component_share",
+        *(f"mesh_refine.{f.name}" for f in dataclasses.fields(MeshRefineConfig)),
     )
     """Fields a resumed run may change (`text-to-3d --resume` refuses the others): how long it runs, how often it
-    previews and checkpoints, and where it computes."""
+    previews and checkpoints, where it computes, and the mesh stage after it (so a finished run's mesh can be refined
+    without training again)."""
 
     prompt: str = ""
     """The text prompt (for semantic-sds: the optional scene description; objects come from the layout)."""
