@@ -1,6 +1,6 @@
 """Cleaner text-to-3D geometry (issue 21): orientation and normal-smoothness regularisers on density-gradient
-normals, weight schedules, coarse-to-fine hash-grid levels, floater removal at extraction, Interval Score Matching,
-and each option through the CLI at tiny size."""
+normals, depth variance, weight schedules, coarse-to-fine hash-grid levels, floater removal at extraction, Interval
+Score Matching, and each option through the CLI at tiny size."""
 
 from __future__ import annotations
 
@@ -101,6 +101,31 @@ def test_normal_smoothness_is_zero_on_a_plane_and_grows_with_curvature():
     assert 0 < losses[0] < losses[1]
 
 
+def test_depth_variance_is_zero_for_a_hard_surface_and_grows_with_fog():
+    from sdtoolkit.nerf.renderers import render_depth_variance, render_weights
+    from sdtoolkit.nerf.samplers import RaySamples
+    from sdtoolkit.text_to_3d.regularizers import depth_variance_loss
+
+    starts = torch.linspace(0, 1.9, 20).expand(3, 20)
+    samples = RaySamples(starts, starts + 0.1)
+    sigma = torch.zeros(3, 20)
+    sigma[0, 10] = 1e4  # a hard surface: all the weight in one interval
+    sigma[1, 5:15] = 2.0  # fog over a unit of depth
+    sigma[2, 2:18] = 2.0  # thinner fog over more depth
+    weights = render_weights(sigma, samples)
+    variance = render_depth_variance(weights, samples)
+    assert variance[0].item() < 1e-6 and 0 < variance[1] < variance[2]
+    mids = samples.midpoints[1]
+    depth = (weights[1] * mids).sum() / weights[1].sum()
+    torch.testing.assert_close(variance[1], (weights[1] * (mids - depth) ** 2).sum())
+    # the loss averages over the pixels more than half opaque only
+    opacity = weights.sum(-1)
+    assert opacity[0] > 0.5 and opacity[1] > 0.5
+    expected = variance[opacity > 0.5].mean()
+    torch.testing.assert_close(depth_variance_loss(variance, opacity), expected)
+    assert depth_variance_loss(variance, torch.zeros(3)).item() == 0.0
+
+
 def _tiny_nerf_config() -> NeRFConfig:
     return NeRFConfig(
         field=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16),
@@ -121,6 +146,7 @@ def test_normal_regularisers_train_the_hash_grid_through_a_render():
     config = RegularizerConfig(lambda_entropy=0.0, lambda_orient=1.0, lambda_normal_smooth=1.0)
     losses = regularizer_losses(config, out, 0.5, nerf.field, torch.Generator().manual_seed(0))
     assert set(losses) == {"loss_orient", "loss_normal_smooth"}
+    assert out["depth_variance"].shape == out["opacity"].shape
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert nerf.field.encoding.tables.grad.abs().sum() > 0
@@ -371,6 +397,7 @@ def test_cli_geometry_options_reach_the_run(tiny_prior, tmp_path):
         "--regularizers.opacity-schedule", "0", "0", "0.5", "1",
         "--regularizers.entropy-schedule", "0", "0.01", "0.1", "0.5",
         "--regularizers.orient-schedule", "0", "0", "1", "0.5",
+        "--regularizers.z-variance-schedule", "0", "1", "2", "1",
         "--start-levels", "2",
         "--levels-warmup", "0.6",
         "--min-component-share", "0.05",
@@ -380,11 +407,11 @@ def test_cli_geometry_options_reach_the_run(tiny_prior, tmp_path):
     r = config["regularizers"]
     assert r["lambda_normal_smooth"] == 0.1 and r["normal_smooth_eps"] == 0.02 and r["lambda_orient"] == 0.1
     assert r["opacity_schedule"] == [0, 0, 0.5, 1] and r["entropy_schedule"] == [0, 0.01, 0.1, 0.5]
-    assert r["orient_schedule"] == [0, 0, 1, 0.5]
+    assert r["orient_schedule"] == [0, 0, 1, 0.5] and r["z_variance_schedule"] == [0, 1, 2, 1]
     assert config["start_levels"] == 2 and config["levels_warmup"] == 0.6 and config["min_component_share"] == 0.05
     assert from_dict(config).regularizers.opacity_schedule == (0, 0, 0.5, 1)
     history = json.loads((out / "checkpoint.json").read_text())["history"]
-    assert {"loss_orient", "loss_normal_smooth", "loss_opacity", "loss_entropy"} <= set(history[-1])
+    assert {"loss_orient", "loss_normal_smooth", "loss_opacity", "loss_entropy", "loss_z_variance"} <= set(history[-1])
     mesh = trimesh.load(out / "mesh.glb", force="mesh")
     pieces = mesh.split(only_watertight=False)
     areas = np.array([p.area for p in pieces])

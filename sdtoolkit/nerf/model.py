@@ -19,6 +19,7 @@ from sdtoolkit.nerf.occupancy import OccupancyGrid
 from sdtoolkit.nerf.renderers import (
     render_accumulation,
     render_depth,
+    render_depth_variance,
     render_rgb,
     render_semantics,
     render_weights,
@@ -152,8 +153,9 @@ class NeRF(nn.Module):
         stratified: bool | None = None,
         compute_normals: bool = False,
     ) -> dict[str, Tensor]:
-        """`rgb` [R, 3], `accumulation` [R], `depth` [R], `semantics` [R, K] (with a semantic head), and the
-        differentiable samples' `weights` / `positions` / `densities` (packed) for the regularisers."""
+        """`rgb` [R, 3], `accumulation` [R], `depth` [R], `depth_variance` [R] (`render_depth_variance`),
+        `semantics` [R, K] (with a semantic head), and the differentiable samples' `weights` / `positions` /
+        `densities` (packed) for the regularisers."""
         rays = self.collider(rays)
         background = background.expand(len(rays), 3).to(rays.origins)
         num_rays = len(rays)
@@ -161,6 +163,7 @@ class NeRF(nn.Module):
         rgb = background.clone()
         accumulation = torch.zeros(num_rays, device=rays.origins.device)
         depth = rays.fars.clone() if rays.fars is not None else accumulation.clone()
+        depth_variance = torch.zeros(num_rays, device=rays.origins.device)
         semantics = torch.full((num_rays, k), 1.0 / max(k, 1), device=rays.origins.device)
         hit, sub, samples, densities, keep = self.sample_along(rays, generator, stratified)
         outputs = {"packed_weights": torch.zeros(0), "packed_positions": torch.zeros(0, 3)}
@@ -174,6 +177,7 @@ class NeRF(nn.Module):
             rgb = rgb.index_copy(0, hit, render_rgb(colours, weights, background[hit]))
             accumulation = accumulation.index_copy(0, hit, render_accumulation(weights))
             depth = depth.index_copy(0, hit, render_depth(weights, samples))
+            depth_variance = depth_variance.index_copy(0, hit, render_depth_variance(weights, samples))
             if k:
                 probabilities = self._semantic_probabilities(samples, sub, keep, out)
                 semantics = semantics.index_copy(0, hit, render_semantics(probabilities, weights))
@@ -181,7 +185,7 @@ class NeRF(nn.Module):
             if compute_normals:
                 outputs["packed_normals"] = out["normals"]
                 outputs["packed_directions"] = sub.directions[:, None, :].expand(*keep.shape, 3)[keep]
-        outputs.update(rgb=rgb, accumulation=accumulation, depth=depth)
+        outputs.update(rgb=rgb, accumulation=accumulation, depth=depth, depth_variance=depth_variance)
         if k:
             outputs["semantics"] = semantics
         return outputs
@@ -220,7 +224,8 @@ class NeRF(nn.Module):
         compute_normals: bool = False,
     ) -> dict[str, Tensor]:
         """Renders one `resolution`^2 image per camera: `rgb` [B, 3, H, W] in [0, 1], `opacity` [B, 1, H, W],
-        `depth` [B, 1, H, W], `semantics` [B, K, H, W]; plus the packed samples for regularisers.
+        `depth` [B, 1, H, W], `depth_variance` [B, 1, H, W], `semantics` [B, K, H, W]; plus the packed samples for
+        regularisers.
 
         `background` is one colour or `[B, 3]` per image. `ray_transform = (centres [B, 3], scales [B])` moves each
         camera's rays to look at `centre` from `scale` times closer (object-centric views of a layout box)."""
@@ -241,6 +246,7 @@ class NeRF(nn.Module):
             "rgb": image(out["rgb"]),
             "opacity": image(out["accumulation"][:, None]),
             "depth": image(out["depth"][:, None]),
+            "depth_variance": image(out["depth_variance"][:, None]),
         }
         if "semantics" in out:
             result["semantics"] = image(out["semantics"])

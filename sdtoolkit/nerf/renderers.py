@@ -38,6 +38,14 @@ def render_depth(weights: Float[Tensor, "R S"], samples: RaySamples) -> Float[Te
     return torch.where(accumulation > 1e-8, depth, samples.ends[:, -1])
 
 
+def render_depth_variance(weights: Float[Tensor, "R S"], samples: RaySamples) -> Float[Tensor, " R"]:
+    """Spread of the termination distance, sum_i w_i (t_i - d)^2 with d = sum_i w_i t_i / sum_i w_i (threestudio's
+    `z_variance`): zero when all the weight sits at one depth (a hard surface), large for fog spread along the ray."""
+    accumulation = weights.sum(-1, keepdim=True)
+    depth = (weights * samples.midpoints).sum(-1, keepdim=True) / accumulation.clamp_min(1e-8)
+    return (weights * (samples.midpoints - depth) ** 2).sum(-1)
+
+
 def render_semantics(probabilities: Float[Tensor, "R S K"], weights: Float[Tensor, "R S"]) -> Float[Tensor, "R K"]:
     """Semantic map: the region probabilities composited like colours, plus the ray's unweighted mean for the empty
     remainder (1 - sum w), so a background pixel still belongs to the region its ray passes through."""

@@ -84,11 +84,13 @@ class RegularizerConfig:
         "lambda_orient": NON_NEGATIVE,
         "lambda_normal_smooth": NON_NEGATIVE,
         "normal_smooth_eps": POSITIVE,
+        "lambda_z_variance": NON_NEGATIVE,
         "opacity_schedule": NON_NEGATIVE,
         "entropy_schedule": NON_NEGATIVE,
         "orient_schedule": NON_NEGATIVE,
+        "z_variance_schedule": NON_NEGATIVE,
     }
-    SCHEDULED: ClassVar[tuple[str, ...]] = ("opacity", "entropy", "orient")
+    SCHEDULED: ClassVar[tuple[str, ...]] = ("opacity", "entropy", "orient", "z_variance")
     """The regularisers that take a `*_schedule`."""
 
     lambda_opacity: float = 0.0
@@ -107,6 +109,10 @@ class RegularizerConfig:
     normal_smooth_eps: float = 0.01
     """Standard deviation (world units) of the offset to the neighbouring point of the normal-smoothness loss (the
     finest hash level's cell is 2 / max_res = 0.02)."""
+    lambda_z_variance: float = 0.0
+    """Depth variance sum_i w_i (t_i - d)^2 of the rays whose opacity exceeds 0.5, averaged (threestudio's
+    `lambda_z_variance`): the weight along a ray gathers at one depth, so the density forms a surface instead of a
+    fog that only adds up to opaque (fog meshes into fragments at any one iso-level)."""
     opacity_schedule: Schedule | None = None
     """(start, start value, end value, end) ramp of `lambda_opacity`, start and end as fractions of the steps
     (threestudio's [start_step, start_value, end_value, end_step]); None: the constant `lambda_opacity`."""
@@ -115,6 +121,8 @@ class RegularizerConfig:
     orient_schedule: Schedule | None = None
     """(start, start value, end value, end) ramp of `lambda_orient` (DreamFusion-style configs ramp it up);
     None: the constant `lambda_orient`."""
+    z_variance_schedule: Schedule | None = None
+    """(start, start value, end value, end) ramp of `lambda_z_variance`; None: the constant `lambda_z_variance`."""
 
     def __post_init__(self) -> None:
         for name in self.SCHEDULED:
@@ -126,8 +134,8 @@ class RegularizerConfig:
                 )
 
     def weight(self, name: str, progress: float) -> float:
-        """The weight of regulariser `name` ('opacity', 'entropy', 'orient', 'normal_smooth') at training progress in
-        [0, 1]: its schedule's value when it has one, else its constant `lambda_<name>`."""
+        """The weight of regulariser `name` ('opacity', 'entropy', 'orient', 'z_variance', 'normal_smooth') at
+        training progress in [0, 1]: its schedule's value when it has one, else its constant `lambda_<name>`."""
         schedule = getattr(self, f"{name}_schedule", None)
         return getattr(self, f"lambda_{name}") if schedule is None else schedule_value(schedule, progress)
 

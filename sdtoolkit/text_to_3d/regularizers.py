@@ -1,7 +1,7 @@
 """The regularisers of a text-to-3D render (threestudio's DreamFusion / Magic3D systems), as functions of the
-render's outputs: opacity sparsity and entropy on the accumulated opacity, and the orientation and normal-smoothness
-losses on the density-gradient normals of the samples that rendered it (`NeRF.render(..., compute_normals=True)`
-returns them packed: one row per contributing sample)."""
+render's outputs: opacity sparsity and entropy on the accumulated opacity, the depth variance along the rays, and the
+orientation and normal-smoothness losses on the density-gradient normals of the samples that rendered it
+(`NeRF.render(..., compute_normals=True)` returns them packed: one row per contributing sample)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def opacity_entropy(opacity: Tensor) -> Tensor:
     """Mean binary entropy -o log o - (1 - o) log(1 - o) over pixels: zero for pixels that are empty or solid."""
     o = opacity.clamp(OPACITY_EPS, 1 - OPACITY_EPS)
     return -(o * o.log() + (1 - o) * (1 - o).log()).mean()
+
+
+def depth_variance_loss(depth_variance: Tensor, opacity: Tensor) -> Tensor:
+    """Mean depth variance (`sdtoolkit.nerf.renderers.render_depth_variance`) over the pixels whose opacity exceeds
+    0.5 (threestudio's `z_variance[opacity > 0.5].mean()`); zero when no pixel is that opaque."""
+    solid = opacity > 0.5
+    return depth_variance[solid].mean() if bool(solid.any()) else depth_variance.sum() * 0
 
 
 def orientation_loss(
@@ -68,6 +75,9 @@ def regularizer_losses(
     weight = config.weight("entropy", progress)
     if weight:
         losses["loss_entropy"] = weight * opacity_entropy(opacity)
+    weight = config.weight("z_variance", progress)
+    if weight:
+        losses["loss_z_variance"] = weight * depth_variance_loss(out["depth_variance"], opacity)
     if "packed_normals" not in out:
         return losses
     normals, weights = out["packed_normals"], out["packed_weights"]
