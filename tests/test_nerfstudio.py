@@ -61,14 +61,14 @@ def run_dir(tmp_path_factory):
 def direct(model, points, direction):
     """The nerfstudio field's own density and colour at `points` seen along `direction`."""
     n = len(points)
-    zeros = torch.zeros(n, 1)
+    zeros = torch.zeros(n, 1, 1)
     samples = RaySamples(
-        frustums=Frustums(points, direction.expand(n, 3), zeros, zeros, torch.ones(n, 1)),
-        camera_indices=torch.zeros(n, 1, dtype=torch.long),
+        frustums=Frustums(points[:, None], direction.expand(n, 1, 3), zeros, zeros, torch.ones(n, 1, 1)),
+        camera_indices=torch.zeros(n, 1, 1, dtype=torch.long),
     )
     with torch.no_grad():
         out = model.field(samples)
-    return out[FieldHeadNames.DENSITY].reshape(-1), out[FieldHeadNames.RGB]
+    return out[FieldHeadNames.DENSITY].reshape(-1), out[FieldHeadNames.RGB].reshape(-1, 3)
 
 
 def test_config_yml_is_read_without_running_code(run_dir, tmp_path):
@@ -102,6 +102,26 @@ def test_teacher_is_the_nerfstudio_field_at_the_same_points(run_dir):
     teacher, _ = load_nerf_asset(moved / "config.yml")
     expected, _ = direct(model, 0.5 * (points + torch.tensor([0.2, 0, -0.1])), torch.tensor([1.0, 0, 0]))
     assert torch.allclose(teacher.field.get_density(points), 0.5 * expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tensorf_run_whose_grids_grew_is_a_teacher(tmp_path):
+    """TensoRF upsamples its grids while it trains: the checkpoint's shapes, not the config's, are loaded."""
+    from nerfstudio.models.tensorf import TensoRFModelConfig
+
+    config = TensoRFModelConfig(init_resolution=16, final_resolution=24, num_den_components=4, num_color_components=4)
+    with _no_metric_modules():
+        model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=2,
+                             metadata={}).eval()  # fmt: skip
+    model.field.density_encoding.upsample_grid(24)
+    model.field.color_encoding.upsample_grid(24)
+    with torch.no_grad():
+        for parameter in model.field.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    teacher, stored = load_nerf_asset(save_run(model, tmp_path / "tensorf", method="tensorf"))
+    points = torch.rand(100, 3) * 1.4 - 0.7
+    density, _ = direct(model, points, torch.tensor([1.0, 0, 0]))
+    assert stored["nerfstudio"]["method"] == "tensorf" and density.max() > 0
+    assert torch.allclose(teacher.field.get_density(points), density, rtol=1e-4, atol=1e-5)
 
 
 def test_convert_a_nerfacto_run_to_mlp(run_dir, tmp_path):
@@ -207,3 +227,26 @@ def test_the_method_is_registered_for_nerfstudio():
 
     assert sdtoolkit_sds.config.method_name == "sdtoolkit-sds"
     assert sdtoolkit_sds.config.pipeline.model.prior == "builtin:shapes"
+
+
+def test_ns_train_sdtoolkit_sds_runs_a_few_iterations_on_the_cpu(tmp_path):
+    """`sdtoolkit-ns-train sdtoolkit-sds` (nerfstudio's ns-train, torchvision prepared) trains 2 iterations with the
+    builtin prior and writes nerfstudio's run layout, which `convert-nerf` does not take (another method) but
+    nerfstudio's viewer loads. Needs nerfstudio's trainer (torchvision and its further requirements)."""
+    import subprocess
+    import sys
+
+    from sdtoolkit.nerfstudio_plugin import allow_torchvision_without_ops
+
+    allow_torchvision_without_ops()
+    pytest.importorskip("nerfstudio.configs.method_configs", reason="nerfstudio's trainer needs torchvision")
+    command = [sys.executable, "-c", "from sdtoolkit.nerfstudio_plugin import ns_train; ns_train()", "sdtoolkit-sds",
+               "--machine.device-type", "cpu", "--max-num-iterations", "2", "--vis", "tensorboard", "--output-dir",
+               str(tmp_path), "--steps-per-save", "2", "--steps-per-eval-image", "1000", "--pipeline.model.max-steps",
+               "2", "--pipeline.datamanager.train-resolution", "32", "--pipeline.datamanager.eval-resolution", "32",
+               "--pipeline.model.prompt", "a red cube"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = (tmp_path / "sdtoolkit-sds").iterdir()
+    assert (run / "config.yml").is_file() and list((run / "nerfstudio_models").glob("step-*.ckpt"))
+    assert read_run_config(run / "config.yml")["method_name"] == "sdtoolkit-sds"

@@ -133,10 +133,10 @@ class NerfstudioField(nn.Module):
     def _samples(self, positions: Tensor, directions: Tensor):
         from nerfstudio.cameras.rays import Frustums, RaySamples
 
-        n = len(positions)
-        zeros = positions.new_zeros(n, 1)
-        frustums = Frustums(positions, directions, zeros, zeros, positions.new_ones(n, 1))
-        return RaySamples(frustums=frustums, camera_indices=torch.zeros(n, 1, dtype=torch.long))
+        n = len(positions)  # one sample on each of n rays: the [rays, samples] layout every nerfstudio field takes
+        zeros = positions.new_zeros(n, 1, 1)
+        frustums = Frustums(positions[:, None], directions[:, None], zeros, zeros, positions.new_ones(n, 1, 1))
+        return RaySamples(frustums=frustums, camera_indices=torch.zeros(n, 1, 1, dtype=torch.long))
 
     @torch.no_grad()
     def _query(self, positions: Tensor, colour: bool = True) -> tuple[Tensor, Tensor | None]:
