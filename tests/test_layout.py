@@ -100,7 +100,10 @@ def test_no_import_cycles():
 
 def test_every_module_imports_in_a_fresh_interpreter():
     """Every module of the tree imports (no stale import of a moved module: FutureWarning is an error here)."""
-    names = sorted(m for m in _modules() if not m.endswith("__main__"))
+    # the nerfstudio method and model subclass nerfstudio's classes: they import only where nerfstudio's trainer
+    # does (README set-up command 3; tests/test_nerfstudio.py imports them there)
+    optional = ("sdtoolkit.nerfstudio_plugin.method", "sdtoolkit.nerfstudio_plugin.model")
+    names = sorted(m for m in _modules() if not m.endswith("__main__") and m not in optional)
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     result = subprocess.run(
         [sys.executable, "-W", "error::FutureWarning", "-c", code, *names], capture_output=True, text=True

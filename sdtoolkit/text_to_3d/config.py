@@ -20,10 +20,54 @@ from sdtoolkit.text_to_3d.guidance import (
     TimestepScheduleConfig,
     VSDConfig,
 )
-from sdtoolkit.text_to_3d.mesh_refine import MeshRefineConfig
 
 METHODS = {"sds": SDSConfig, "csd": CSDConfig, "vsd": VSDConfig, "ism": ISMConfig, "semantic-sds": SemanticSDSConfig}
 """CLI method name -> guidance config class (the guidance registry holds the same names)."""
+
+
+@dataclass
+class MeshRefineConfig:
+    """The mesh stage (off unless `steps` > 0). The regulariser weights are large because the SDS surrogate loss is
+    (its value ~200 on builtin:shapes at 64 px; threestudio's magic3d-refine weighs normal consistency 10^4); the
+    learning rate and weights are the best of four settings tried on one builtin:shapes asset ('a red cube', seed 0,
+    60 steps), where the stage's gain was small; on a good NeRF mesh ('a blue sphere', seed 0) every setting tried made
+    the mesh worse (SDS noise roughens the vertices, colours drift): the stage stays off by default."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "steps": NON_NEGATIVE,
+        "max_step_percent": FRACTION,
+        "lr_vertices": POSITIVE,
+        "lr_colours": POSITIVE,
+        "sigma": POSITIVE,
+        "gamma": POSITIVE,
+        "supersample": AT_LEAST_1,
+        "lambda_laplacian": NON_NEGATIVE,
+        "lambda_normal": NON_NEGATIVE,
+        "lambda_edge": NON_NEGATIVE,
+    }
+
+    steps: int = 0
+    """Optimisation steps of the mesh stage after extraction (0: off, the NeRF's mesh is exported as extracted)."""
+    max_step_percent: float | None = 0.5
+    """The guidance's diffusion times during the stage: t ~ U[the run's min_step_percent, this] (threestudio's
+    magic3d-refine: 0.02 to 0.5, a refinement needs no large-t noise). None: the run's own time schedule, restarted
+    over the stage's steps."""
+    lr_vertices: float = 3e-3
+    """Adam learning rate of the vertex offsets, in world units (the shapes are about one unit across)."""
+    lr_colours: float = 0.02
+    """Adam learning rate of the vertex colours' logits (colour = sigmoid(logit))."""
+    sigma: float = 0.5
+    """Sharpness of the soft rasteriser's coverage D = sigmoid(delta d^2 / sigma), d in pixels (SoftRas Eq. 1)."""
+    gamma: float = 0.01
+    """Temperature of the depth softmax over the faces at a pixel (SoftRas Eq. 6); smaller is a harder z-test."""
+    supersample: int = 1
+    """Rendered at `supersample` x the prior's resolution, then average-pooled."""
+    lambda_laplacian: float = 1000.0
+    """Weight of the uniform Laplacian smoothness (`laplacian_loss`)."""
+    lambda_normal: float = 1000.0
+    """Weight of the normal consistency of adjacent faces (`normal_consistency_loss`; Magic3D's mesh stage has one)."""
+    lambda_edge: float = 1000.0
+    """Weight of the edge-length term (`edge_length_loss`), which keeps triangles from collapsing or stretching."""
 
 
 @dataclass
