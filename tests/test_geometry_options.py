@@ -368,6 +368,18 @@ def test_ism_target_is_not_sds_noise(pipe_and_denoiser):
         ISMConfig(weighting="magic")
 
 
+def test_ism_defaults_per_prior():
+    """LucidDreamer's settings for a Stable Diffusion prior; SDS's builtin tuning for the builtin teacher (measured:
+    LucidDreamer's lost the blue sphere there)."""
+    from sdtoolkit.text_to_3d.config import default_guidance
+
+    hub = default_guidance("ism", "org/model")
+    assert (hub.guidance_scale, hub.weighting, hub.timesteps.anneal) == (7.5, "ism", "none")
+    assert (hub.interval, hub.inversion_stride, hub.inversion_steps) == (0.08, 0.2, 5)
+    builtin = default_guidance("ism", "builtin:shapes")
+    assert (builtin.guidance_scale, builtin.weighting, builtin.timesteps.anneal) == (20.0, "sds", "sqrt")
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 
