@@ -60,9 +60,10 @@ def test_validation_on_the_builtin_teacher_gives_every_chunk_its_own_noise(tmp_p
     assert entry["val/num_images"] == 40 and 0.0 <= entry["val/prompt_accuracy"] <= 1.0
 
 
-def test_optimizer_is_multi_tensor_on_cpu_and_takes_param_groups():
-    """AdamW runs its foreach kernel on a CPU (bitwise the same update as the per-parameter loop, faster), and an
-    OptimizerSpec may hold param-group dicts (sCM's log-variance head with its own learning rate)."""
+def test_optimizer_is_fused_on_cpu_and_takes_param_groups():
+    """AdamW runs torch's fused kernel on a CPU (the per-parameter loop's update to rounding, 3.4x faster at SD1.5's
+    tensor count), and an OptimizerSpec may hold param-group dicts (sCM's log-variance head with its own learning
+    rate)."""
     import dataclasses
 
     from torch import nn
@@ -76,6 +77,20 @@ def test_optimizer_is_multi_tensor_on_cpu_and_takes_param_groups():
         "student", [{"params": list(a.parameters())}, {"params": list(b.parameters()), "lr": 0.1}], 1e-3
     )
     optimizer = trainer._optimizer(spec)
-    assert optimizer.defaults["foreach"] is True and [g["lr"] for g in optimizer.param_groups] == [1e-3, 0.1]
+    assert optimizer.defaults["fused"] is True and [g["lr"] for g in optimizer.param_groups] == [1e-3, 0.1]
     trainer.config = dataclasses.replace(TrainConfig(), fused_optimizer=False)
-    assert trainer._optimizer(spec).defaults["foreach"] is None  # torch's default
+    plain = trainer._optimizer(spec)
+    assert plain.defaults["foreach"] is None and not plain.defaults["fused"]  # torch's default
+    # the fused update agrees with the per-parameter loop to float32 rounding
+    weights = []
+    for opt in (optimizer, plain):
+        for p, value in zip([*a.parameters(), *b.parameters()], [0.5, -0.25, 1.0, 2.0]):
+            with torch.no_grad():
+                p.fill_(value)
+        for step in range(5):
+            for p in [*a.parameters(), *b.parameters()]:
+                p.grad = torch.full_like(p, 0.1 * (step + 1))
+            opt.step()
+        weights.append([p.detach().clone() for p in [*a.parameters(), *b.parameters()]])
+    for fused, loop in zip(*weights):
+        torch.testing.assert_close(fused, loop, rtol=1e-6, atol=1e-7)

@@ -279,10 +279,8 @@ class DistributionMatchingMethod(DistillationMethod):
         config = self.config
         teacher = self.teacher
         # 1. the student: a full copy of the plain teacher backbone, made BEFORE the fake adapter is attached
+        # (its OptimizerSpec has finite_gradients: NaN/inf gradient entries become finite before clipping, SiD-LSG)
         student_unet = copy.deepcopy(teacher.base_model).requires_grad_(True).train()
-        for p in student_unet.parameters():
-            # a NaN/inf gradient entry becomes finite before clipping (SiD-LSG's nan_to_num on generator grads)
-            p.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5))
         # 2. the frozen teacher and the fake score on it
         teacher.freeze()
         fake_config = FakeScoreConfig(kind=config.fake_score, rank=config.fake_rank, **self.fake_score_overrides())
@@ -399,14 +397,14 @@ class DistributionMatchingMethod(DistillationMethod):
     def after_step(self, name: str, step: int) -> None:
         """Generator EMA update after each (synced) generator step."""
         if name == "generator" and self.ema is not None:
-            self.ema.update(self.accelerator.unwrap_model(self.models["student"]))
+            self.ema.update(self.unwrapped("student"))
 
     def checkpoint_objects(self) -> list[Any]:
         return [] if self.ema is None else [self.ema]
 
     def generator_weights(self) -> nn.Module:
         """The generator to sample and export: a copy holding the EMA weights, or the online student."""
-        model = self.accelerator.unwrap_model(self.models["student"])
+        model = self.unwrapped("student")
         if self.ema is None:
             return model
         averaged = copy.deepcopy(model)
@@ -416,6 +414,10 @@ class DistributionMatchingMethod(DistillationMethod):
     def _adam(self) -> dict[str, Any]:
         c = self.config
         return {"betas": (c.adam_beta1, c.adam_beta2), "weight_decay": c.weight_decay}
+
+    def _generator_adam(self) -> dict[str, Any]:
+        """The generator's optimizer settings: `_adam()` plus SiD-LSG's finite gradients (NaN -> 0, inf -> 1e5)."""
+        return {**self._adam(), "finite_gradients": True}
 
     # ------------------------------------------------------------------ per-step helpers
 

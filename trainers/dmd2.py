@@ -98,7 +98,7 @@ class DMD2(DistributionMatchingMethod):
                 list(self._built["student"].parameters()),
                 lr=c.learning_rate,
                 every=c.fake_updates_per_generator,
-                **self._adam(),
+                **self._generator_adam(),
             ),
             OptimizerSpec("fake_score", fake_params, lr=c.fake_learning_rate, **self._adam()),
         ]

@@ -143,7 +143,7 @@ class FlashDMD(DistributionMatchingMethod):
                 list(self._built["student"].parameters()),
                 lr=c.learning_rate,
                 every=c.fake_updates_per_generator,
-                **self._adam(),
+                **self._generator_adam(),
             ),
             OptimizerSpec("fake_score", self.scores.trainable_parameters(), lr=c.fake_learning_rate, **self._adam()),
         ]
@@ -230,8 +230,8 @@ class FlashDMD(DistributionMatchingMethod):
         decay = self.config.fake_ema_decay
         if name != "generator" or decay >= 1.0:
             return
-        student = self.accelerator.unwrap_model(self.models["student"])
-        fake = self.accelerator.unwrap_model(self.models["fake_score"])
+        student = self.unwrapped("student")
+        fake = self.unwrapped("fake_score")
         with torch.no_grad():
             for psi, theta in zip(fake.parameters(), student.parameters()):
                 psi.lerp_(theta.to(psi.dtype), 1.0 - decay)

@@ -397,9 +397,6 @@ class LCM(DistillationMethod):
         student.every, student.offset = 2, 1
         return [discriminator, student]
 
-    def _unwrapped(self, name: str) -> nn.Module:
-        return self.accelerator.unwrap_model(self.models[name])
-
     def setup(self, models: dict[str, nn.Module]) -> None:
         super().setup(models)
         teacher = self.teacher
@@ -457,7 +454,7 @@ class LCM(DistillationMethod):
 
     def after_step(self, name: str, step: int) -> None:
         if name == "student" and not self.is_lora:  # 8. f_theta^- <- EMA of f_theta, only on synced steps
-            student = self._unwrapped("student")
+            student = self.unwrapped("student")
             self.ema.update(student)
             self.ema.copy_to(self.target_unet)
 
@@ -495,7 +492,7 @@ class LCM(DistillationMethod):
             import diffusers
             from peft.utils import get_peft_model_state_dict
 
-            network = self._unwrapped("student")
+            network = self.unwrapped("student")
             state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(network).items()}
             getattr(diffusers, family.export_pipeline).save_lora_weights(
                 folder,
@@ -509,7 +506,7 @@ class LCM(DistillationMethod):
                 network = copy.deepcopy(self.target_unet).float()
                 self.ema.copy_to(network)
             else:
-                network = self._unwrapped("student")
+                network = self.unwrapped("student")
             network.save_pretrained(folder / family.component, safe_serialization=True)
         lora = ", LCM-LoRA" if self.is_lora else ""
         guided = self.sampler.guidance_input is not None  # w-embedding or a guidance input: sampled at w + 1

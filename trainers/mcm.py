@@ -367,10 +367,10 @@ class MCM(DistillationMethod):
     def after_step(self, name: str, step: int) -> None:
         if name != "student":
             return
-        self.ema.update(self.accelerator.unwrap_model(self.models["student"]))
+        self.ema.update(self.unwrapped("student"))
         self.ema.copy_to(self.target_unet)
         if "head" in self.models:
-            self.head_ema.update(self.accelerator.unwrap_model(self.models["head"]))
+            self.head_ema.update(self.unwrapped("head"))
             self.head_ema.copy_to(self.target_head)
 
     def checkpoint_objects(self) -> list[Any]:

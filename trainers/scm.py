@@ -683,7 +683,7 @@ class SCM(DistillationMethod):
     def after_step(self, name: str, step: int) -> None:
         if name != "student":
             return
-        self.ema.update(self.accelerator.unwrap_model(self.models["student"]))
+        self.ema.update(self.unwrapped("student"))
         self.ema.copy_to(self.ema_network)
 
     def checkpoint_objects(self) -> list[Any]:
@@ -712,7 +712,7 @@ class SCM(DistillationMethod):
         from sdtoolkit.pipelines.export import ExportSpec
 
         config, family = self.config, self.family
-        network = self.ema_network if config.export_ema else self.accelerator.unwrap_model(self.models["student"])
+        network = self.ema_network if config.export_ema else self.unwrapped("student")
         network.save_pretrained(Path(folder) / family.component, safe_serialization=True)
         times = self.sampling_times()[:-1].tolist()
         k = self.sample_steps

@@ -97,7 +97,7 @@ class SiD(DistributionMatchingMethod):
                 lr=c.learning_rate,
                 every=every,
                 offset=every - 1,
-                **self._adam(),
+                **self._generator_adam(),
             ),
         ]
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.core.attention import sign_processors
 from sdtoolkit.core.cfg import classifier_free_guidance, rescale_guidance
 from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families import family_for, supported_model_classes
@@ -86,6 +87,7 @@ class Denoiser(nn.Module):
         self.prediction_type = canonical_prediction_type(prediction_type)
         self.model_kind = type(unwrap_model(model)).__name__
         self.family = family_for(unwrap_model(model))
+        sign_processors(unwrap_model(model))  # diffusers' per-call `inspect.signature` becomes a lookup
         if self.prediction_type == "trigflow" and not isinstance(schedule, TrigFlowSchedule):
             raise ValueError("prediction_type='trigflow' needs a TrigFlowSchedule")
         # parts that are not trained here stay out of the module tree (and out of state_dicts and optimizers)

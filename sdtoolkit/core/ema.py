@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -92,6 +93,7 @@ class EMA:
             for name, tensor in self._tracked(model)
         }
         self._backup: dict[str, torch.Tensor] | None = None
+        self._tensor_lists: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # --- what is tracked -------------------------------------------------------------------------------------------
 
@@ -105,7 +107,15 @@ class EMA:
                     yield name, buffer
 
     def _model_tensors(self, model: torch.nn.Module) -> list[torch.Tensor]:
-        """The model's tensors in the shadow's order; a clear error when the names differ."""
+        """The model's tensors in the shadow's order; a clear error when the names differ.
+
+        Looked up by name once per model and then kept (a step's `update` and `copy_to` must not walk the module
+        tree: at Stable Diffusion's ~700 tensors that walk costs milliseconds a step). `Module.to`, `load_state_dict`
+        and the optimizers keep a model's tensor objects; code that re-registers a parameter (`module.weight =
+        nn.Parameter(...)`) after the first update must call `forget(model)`."""
+        cached = self._tensor_lists.get(model)
+        if cached is not None:
+            return cached
         tensors = dict(model.named_parameters())
         if self.include_buffers:
             tensors.update(model.named_buffers())
@@ -114,7 +124,18 @@ class EMA:
             raise KeyError(
                 f"model has no tensors named {missing[:5]} tracked by this EMA (was it built on another model?)"
             )
-        return [tensors[name] for name in self.shadow]
+        found = [tensors[name] for name in self.shadow]
+        self._tensor_lists[model] = found
+        return found
+
+    @staticmethod
+    def _same_layout(shadows: list[torch.Tensor], tensors: list[torch.Tensor]) -> bool:
+        """Whether every shadow has its model tensor's device and dtype (then one foreach call serves them all)."""
+        return all(s.device == t.device and s.dtype == t.dtype for s, t in zip(shadows, tensors))
+
+    def forget(self, model: torch.nn.Module) -> None:
+        """Drop the tensor list kept for `model` (after its parameters were re-registered)."""
+        self._tensor_lists.pop(model, None)
 
     @property
     def shadow_params(self) -> list[torch.Tensor]:
@@ -143,7 +164,12 @@ class EMA:
         """One EMA step toward `model`'s current weights; returns the decay used."""
         decay = self.current_decay(batch_size)
         shadows = self.shadow_params
-        tensors = [t.detach() for t in self._model_tensors(model)]
+        tensors = self._model_tensors(model)
+        if self._same_layout(shadows, tensors):  # the usual case: one multi-tensor lerp, no per-tensor Python
+            torch._foreach_lerp_(shadows, tensors, 1.0 - decay)
+            self.step += 1
+            self.nimg += batch_size or 0
+            return decay
         # Group by (device, dtype) so foreach works with a CPU shadow or a mixed-dtype model.
         groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
         for shadow, tensor in zip(shadows, tensors):
@@ -161,7 +187,11 @@ class EMA:
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
         """Overwrite `model`'s tracked tensors with the EMA weights."""
-        for shadow, tensor in zip(self.shadow_params, self._model_tensors(model)):
+        targets, shadows = self._model_tensors(model), self.shadow_params
+        if self._same_layout(shadows, targets):
+            torch._foreach_copy_(targets, shadows)  # one multi-tensor copy
+            return
+        for shadow, tensor in zip(shadows, targets):
             tensor.copy_(shadow)
 
     @torch.no_grad()

@@ -135,8 +135,8 @@ class TrainConfig:
     """Read the losses back from the device (a host sync) every N steps; every step's values are still logged.
     None: every step on a CPU, every 10 steps on a GPU, so the hot loop never waits on `.item()`."""
     fused_optimizer: bool = True
-    """Use PyTorch's fused AdamW kernel when all of an optimizer's parameters live on CUDA, else its multi-tensor
-    (foreach) kernel; False: torch's default (a per-parameter loop on a CPU)."""
+    """Use PyTorch's fused AdamW kernel when all of an optimizer's parameters live on one CUDA device or the CPU, else
+    its multi-tensor (foreach) kernel; False: torch's default (a per-parameter loop on a CPU, foreach on CUDA)."""
     channels_last: bool = False
     """Store the teacher's and the trainable networks' weights channels-last (faster convolutions on GPUs)."""
     compile: bool = False
@@ -195,6 +195,10 @@ class OptimizerSpec:
     """Linear learning-rate warm-up over this many of ITS OWN steps."""
     max_grad_norm: float | None = None
     """Clipping for this optimizer (None: TrainConfig.max_grad_norm)."""
+    finite_gradients: bool = False
+    """Before clipping, make non-finite gradient entries finite: NaN -> 0, +-inf -> +-1e5 (SiD-LSG's `nan_to_num` on
+    the generator's accumulated gradients). Costs one multi-tensor norm and one host read per update; the per-entry
+    pass runs only on the tensors that hold a non-finite entry."""
 
     def due(self, step: int) -> bool:
         return step % self.every == self.offset % self.every

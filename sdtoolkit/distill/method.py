@@ -135,6 +135,15 @@ class DistillationMethod(ABC):
         """Receives the prepared (possibly DDP-wrapped) modules under the names `build` gave them."""
         self.models = models
 
+    def unwrapped(self, name: str) -> nn.Module:
+        """The plain module behind `self.models[name]` (without DDP or compile wrappers), looked up once: accelerate's
+        `unwrap_model` walks the whole module tree, which a per-step EMA update should not pay for."""
+        cache = self.__dict__.setdefault("_unwrapped_models", {})
+        model = self.models[name]
+        if name not in cache or cache[name][0] is not model:
+            cache[name] = (model, self.accelerator.unwrap_model(model))
+        return cache[name][1]
+
     @abstractmethod
     def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """The loss of optimizer `name` on `batch`: `{"loss": scalar tensor, <other scalars to log>...}`."""

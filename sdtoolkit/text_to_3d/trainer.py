@@ -141,7 +141,8 @@ def setup(config: TextTo3DConfig, denoiser: Denoiser | None = None) -> TextTo3DR
     ]
     if hasattr(guidance, "trainable_parameters"):
         groups.append({"params": guidance.trainable_parameters(), "lr": guidance.config.lora_lr})
-    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    # multi-tensor Adam: bitwise the per-parameter loop's update (test), which torch picks on a CPU by default
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, foreach=True)
     return TextTo3DRun(config, denoiser, nerf, guidance, prompts, optimizer, generator, layout)
 
 
