@@ -149,9 +149,7 @@ def synthetic_trainer(
         export=False,
         log_every=10**9,
         fused_optimizer=True,  # the fused AdamW kernel on CUDA, the multi-tensor one on a CPU
-        channels_last=cuda,
-        compile="compiled" in variant,
-        **(train_overrides or {}),
+        **{"channels_last": cuda, "compile": "compiled" in variant, **(train_overrides or {})},
     )
     method_config = method_class.config_class(**method_overrides)
     trainer = Trainer(method_class, method_config, config, {}, prepare_data, pipeline=pipeline)

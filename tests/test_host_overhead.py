@@ -221,3 +221,32 @@ def test_multi_tensor_adam_is_bitwise_the_per_parameter_loop():
         results.append([p.detach().clone() for p in params])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_compiled_blocks_keep_plain_processors():
+    """Regional compilation removes the signatures (a per-processor object would make dynamo guard on each processor
+    and compile every block anew), and a Denoiser made later around the compiled model does not add them back."""
+    from sdtoolkit.core.denoiser import compile_repeated_blocks
+
+    unet = tiny_unet()
+    sign_processors(unet)
+    compile_repeated_blocks(unet)  # lazy: nothing compiles until the first call
+    processors = [m.processor for m in unet.modules() if getattr(m, "processor", None) is not None]
+    assert processors and all("__call__" not in p.__dict__ for p in processors)
+    assert sign_processors(unet) == 0
+    Denoiser(unet, VPSchedule(make_betas(1000)), "epsilon")
+    assert all("__call__" not in p.__dict__ for p in processors)
+
+
+def test_ema_target_shares_the_average_when_dtypes_match():
+    torch.manual_seed(0)
+    model, target = _Net(), _Net()
+    ema = EMA(model, decay=0.5)
+    assert ema.share_with(target)
+    assert all(torch.equal(t, s) for t, s in zip(target.parameters(), ema.shadow_params))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # no copy_to: the target is the average
+    assert all(torch.equal(t, s) for t, s in zip(target.parameters(), ema.shadow_params))
+    assert not EMA(model, decay=0.5).share_with(_Net().double())  # another dtype: keeps its own weights

@@ -410,6 +410,8 @@ class LCM(DistillationMethod):
             # the target never trains: under mixed precision it runs in the half dtype (the EMA shadow stays fp32)
             half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
             self.target_unet.to(self.accelerator.device, dtype=half)
+            # in the EMA's own dtype the target simply IS the average (no copy after each update)
+            self.target_is_ema = self.ema.share_with(self.target_unet)
             self.target = teacher.with_model(self.target_unet)
             self.sampler = self.target if self.config.export_ema else teacher.with_model(unwrapped)
             self.teacher_context = contextlib.nullcontext
@@ -454,9 +456,9 @@ class LCM(DistillationMethod):
 
     def after_step(self, name: str, step: int) -> None:
         if name == "student" and not self.is_lora:  # 8. f_theta^- <- EMA of f_theta, only on synced steps
-            student = self.unwrapped("student")
-            self.ema.update(student)
-            self.ema.copy_to(self.target_unet)
+            self.ema.update(self.unwrapped("student"))
+            if not self.target_is_ema:
+                self.ema.copy_to(self.target_unet)
 
     def checkpoint_objects(self) -> list[Any]:
         return [] if self.is_lora else [self.ema]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.core.attention import sign_processors
+from sdtoolkit.core.attention import sign_processors, unsign_processors
 from sdtoolkit.core.cfg import classifier_free_guidance, rescale_guidance
 from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families import family_for, supported_model_classes
@@ -388,6 +388,7 @@ class Denoiser(nn.Module):
         """torch.compile the network. `regional=True` compiles only the repeated blocks (the model's
         `_repeated_blocks`, or `REPEATED_BLOCKS`), which keeps compile time far below compiling the whole model."""
         if not regional:
+            unsign_processors(self.base_model)
             self.model = torch.compile(self.model, **compile_kwargs)
             return self
         compile_repeated_blocks(self.base_model, **compile_kwargs)
@@ -442,6 +443,7 @@ def compile_repeated_blocks(model: nn.Module, **compile_kwargs: Any) -> int:
     `REPEATED_BLOCKS`) in place; blocks of one class share compiled code, so compile time stays near one block's.
     Returns the number of blocks compiled; raises if the model has none."""
     names = set(getattr(model, "_repeated_blocks", None) or REPEATED_BLOCKS)
+    unsign_processors(model)  # per-processor signature objects would make every block compile its own code
     compiled = 0
     for module in model.modules():
         if type(module).__name__ in names:

@@ -133,6 +133,20 @@ class EMA:
         """Whether every shadow has its model tensor's device and dtype (then one foreach call serves them all)."""
         return all(s.device == t.device and s.dtype == t.dtype for s, t in zip(shadows, tensors))
 
+    @torch.no_grad()
+    def share_with(self, model: torch.nn.Module) -> bool:
+        """Make `model`'s tracked tensors views of the EMA's own storage (when every dtype and device match), so that
+        `update` writes the average straight into `model` and no `copy_to(model)` is needed (an EMA target that runs
+        in the EMA's dtype, e.g. LCM's f_theta^- on a CPU). `model` takes the current EMA weights. Returns whether it
+        could; without a match nothing changes and `copy_to` stays the way to refresh `model`."""
+        tensors = self._model_tensors(model)
+        shadows = self.shadow_params
+        if not self._same_layout(shadows, tensors) or any(t.shape != s.shape for t, s in zip(tensors, shadows)):
+            return False
+        for tensor, shadow in zip(tensors, shadows):
+            tensor.data = shadow
+        return True
+
     def forget(self, model: torch.nn.Module) -> None:
         """Drop the tensor list kept for `model` (after its parameters were re-registered)."""
         self._tensor_lists.pop(model, None)
