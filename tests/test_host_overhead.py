@@ -250,3 +250,80 @@ def test_ema_target_shares_the_average_when_dtypes_match():
     ema.update(model)  # no copy_to: the target is the average
     assert all(torch.equal(t, s) for t, s in zip(target.parameters(), ema.shadow_params))
     assert not EMA(model, decay=0.5).share_with(_Net().double())  # another dtype: keeps its own weights
+
+
+# ----------------------------------------------------------------------------- teacher passes without peft wrappers
+
+
+def _lora_backbone():
+    from sdtoolkit.distill.score_distillation import FakeScoreConfig, ScorePair
+
+    torch.manual_seed(0)
+    teacher = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+    scores = ScorePair(teacher, FakeScoreConfig(rank=2))
+    with torch.no_grad():  # a trained-looking adapter, so that teacher and fake score differ
+        for name, p in teacher.base_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return teacher, scores
+
+
+def test_teacher_pass_runs_the_plain_layers_and_equals_peft_disabled_path():
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from sdtoolkit.core import adapters
+
+    teacher, _ = _lora_backbone()
+    unet = teacher.base_model
+    x, t, text = _unet_inputs(unet)
+    n_layers = len(adapters.tuner_layers(unet))
+    # peft's own disabled path (no bypass) as the reference
+    for layer in adapters.tuner_layers(unet):
+        layer.enable_adapters(False)
+    with torch.no_grad():
+        expected = unet(x, t, encoder_hidden_states=text).sample
+        with adapters.adapter_state(unet, None):
+            assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())  # plain network
+            got = unet(x, t, encoder_hidden_states=text).sample
+            with adapters.adapter_state(unet, "fake_score"):  # an adapter inside a teacher pass gets its layers
+                assert sum(isinstance(m, BaseTunerLayer) for m in unet.modules()) == n_layers
+                fake = unet(x, t, encoder_hidden_states=text).sample
+            assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+        assert sum(isinstance(m, BaseTunerLayer) for m in unet.modules()) == n_layers  # all back afterwards
+        with adapters.adapter_state(unet, "fake_score"):
+            fake_alone = unet(x, t, encoder_hidden_states=text).sample
+    assert torch.equal(got, expected)
+    assert torch.equal(fake, fake_alone) and not torch.equal(fake, expected)
+
+
+def test_no_bypass_for_merged_adapters_or_compiled_models():
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from sdtoolkit.core import adapters
+
+    teacher, _ = _lora_backbone()
+    unet = teacher.base_model
+    unet._sdtoolkit_compiled = True
+    with adapters.adapter_state(unet, None):
+        assert any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+    del unet._sdtoolkit_compiled
+    layer = adapters.tuner_layers(unet)[0]
+    layer.merge(adapter_names=["fake_score"])
+    with adapters.adapter_state(unet, None):
+        assert any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+    layer.unmerge()
+    with adapters.adapter_state(unet, None):
+        assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+
+
+def test_a_failing_teacher_pass_puts_the_layers_back():
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from sdtoolkit.core import adapters
+
+    teacher, _ = _lora_backbone()
+    unet = teacher.base_model
+    with pytest.raises(RuntimeError, match="boom"):
+        with adapters.adapter_state(unet, None):
+            raise RuntimeError("boom")
+    assert any(isinstance(m, BaseTunerLayer) for m in unet.modules())

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from sdtoolkit.trainers.scm import LADDConfig, SCMConfig
+from sdtoolkit.trainers.ladd import LADDConfig
+from sdtoolkit.trainers.scm import SCMConfig
 
 from sdtoolkit.cli import main
 from sdtoolkit.core.denoiser import Denoiser

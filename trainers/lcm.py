@@ -61,6 +61,7 @@ from sdtoolkit.core.utils import append_dims
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
 from sdtoolkit.distill.method import DistillationMethod, flow_export_fields, register_method
+from sdtoolkit.distill.students import w_embedded_unet
 from sdtoolkit.models.loading import teacher_network
 
 __all__ = [
@@ -368,18 +369,10 @@ class LCM(DistillationMethod):
     def _full_student_copy(self, teacher_unet: nn.Module) -> nn.Module:
         """A trainable fp32 copy of the teacher UNet; with the w-embedding, a UNet whose config adds
         `time_cond_proj_dim` (as diffusers' LCM script), teacher weights loaded, the new `cond_proj` zero-initialised
-        so that the student starts exactly as the teacher."""
-        if not self.uses_w_embedding or teacher_unet.config.get("time_cond_proj_dim") is not None:
+        so that the student starts exactly as the teacher (`sdtoolkit.distill.students.w_embedded_unet`)."""
+        if not self.uses_w_embedding:
             return copy.deepcopy(teacher_unet).float().requires_grad_(True)
-        cls = type(teacher_unet)
-        # a keyword, not a dict entry: diffusers drops config keys listed in `_use_default_values` (a UNet built in
-        # memory without time_cond_proj_dim lists it), so a dict entry would be silently ignored
-        student = cls.from_config(teacher_unet.config, time_cond_proj_dim=self.config.time_cond_proj_dim)
-        missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
-        if unexpected or any("cond_proj" not in name for name in missing):
-            raise RuntimeError(f"student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        nn.init.zeros_(student.time_embedding.cond_proj.weight)
-        return student.float().requires_grad_(True)
+        return w_embedded_unet(teacher_unet, self.config.time_cond_proj_dim)
 
     def optimizers(self) -> list[OptimizerSpec]:
         config = self.config

@@ -35,7 +35,6 @@ time), exported like DMD2's; other flow students with the stock FlowMatch Euler 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -49,29 +48,24 @@ from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.families import family_for
 from sdtoolkit.core.sampling import S_MAX_NETWORK, scm_sample, scm_sampling_times  # noqa: F401  (re-exported)
 from sdtoolkit.core.schedules import FlowSchedule, VPSchedule
-from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher, matched_time
+from sdtoolkit.core.trigflow import SIGMA_DATA
 from sdtoolkit.distill.config import MethodConfig, OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
 from sdtoolkit.distill.method import DistillationMethod, register_method
-from sdtoolkit.distill.scm import (
+from sdtoolkit.distill.scm import (  # noqa: F401  (SCMStep, scm_step: re-exported)
     JVP_SAFE_ATTENTION,
     LogVarianceHead,
+    SCMStep,
     check_jvp_backend,
     network_time_delta,
-    normalize_tangent,
-    ode_derivative,
     sample_time,
-    scm_loss,
-    tangent_target,
+    scm_step,
     tangent_warmup,
-    trigflow_noise,
-    trigflow_ode_tangents,
 )
+from sdtoolkit.distill.students import sana_sprint_student, w_embedded_unet  # noqa: F401  (re-exported)
 from sdtoolkit.models.loading import teacher_network
 
 __all__ = [
-    "LADD",
-    "LADDConfig",
     "SCM",
     "SCMConfig",
     "SCMStep",
@@ -181,131 +175,6 @@ class SCMConfig(MethodConfig):
 
 
 # ---------------------------------------------------------------------------------------------------- the step
-
-
-@dataclass
-class SCMStep:
-    """One sCM step's loss and ingredients (tests check them against hand computations)."""
-
-    loss: Tensor
-    F: Tensor
-    """F_theta(x_s / sigma_d, s), with gradient."""
-    F_minus: Tensor
-    """F_theta^- from the JVP pass (no gradient)."""
-    g: Tensor
-    """The normalised tangent."""
-    dxds: Tensor
-    """The teacher's guided ODE velocity."""
-    s: Tensor
-    logvar: Tensor
-
-
-def scm_step(
-    *,
-    student: Denoiser,
-    jvp_student: Denoiser,
-    teacher: Denoiser,
-    logvar_head: nn.Module,
-    x0: Tensor,
-    z: Tensor,
-    s: Tensor,
-    w: Tensor,
-    embed: Tensor | None,
-    cond: Conditioning,
-    uncond: Conditioning,
-    r: float,
-    c: float = 0.1,
-    sigma_data: float = SIGMA_DATA,
-    time_delta: float = 0.0,
-) -> SCMStep:
-    """Steps 1-5 of the module docstring for given draws: latents `x0` (teacher scale), unit noise `z`, TrigFlow
-    times `s` [B], teacher guidance `w` [B] (None: the teacher's conditional prediction, no CFG), the student's
-    guidance input `embed` [B] (or None).
-
-    `student` runs the gradient forward (it may hold a DDP module); `jvp_student` is the same network unwrapped,
-    in float32, for the JVP. `time_delta` > 0: dF/ds's time part by a central difference that moves the network's
-    timestep by that much (`sdtoolkit.distill.scm.ode_derivative`); 0: the exact JVP."""
-    x0_trig, z_trig = sigma_data * x0.float(), sigma_data * z.float()
-    x_s = trigflow_noise(x0_trig, z_trig, s)
-    # 2. dx_s/ds = sigma_d F_pre, the teacher's guided F (any schedule, seen in TrigFlow time)
-    with torch.no_grad():
-        guidance = {} if w is None else {"uncond": uncond, "guidance_scale": w}
-        F_pre = TrigFlowTeacher(teacher, sigma_data).F(x_s.to(teacher.dtype), s, cond, **guidance)
-        dxds = sigma_data * F_pre.float()
-    # 3. F^- and cos(s) sin(s) dF^-/ds along the ODE: one forward-mode JVP through the unwrapped student
-    check_jvp_backend(jvp_student.attention_backend or "unset (the model's default)")
-    trig = TrigFlowTeacher(jvp_student, sigma_data)
-
-    def F_of(x_in: Tensor, s_: Tensor) -> Tensor:
-        return trig.F(sigma_data * x_in, s_, cond, guidance_embed=embed)
-
-    def tau(s_: Tensor) -> Tensor:  # the network's timestep input at TrigFlow time s_
-        schedule = jvp_student.schedule
-        return schedule.model_timestep(matched_time(schedule, s_))
-
-    v_x, v_s = trigflow_ode_tangents(x_s, s, dxds, sigma_data)
-    with torch.no_grad(), _full_precision(jvp_student.base_model):
-        F_minus, cs_dF_ds = ode_derivative(F_of, x_s / sigma_data, s, v_x, v_s, tau, time_delta)
-    # 4. the tangent (Eq. 8-9), warmed up and normalised
-    g = tangent_target(F_minus, dxds, x_s, cs_dF_ds, s, r, sigma_data)
-    g = normalize_tangent(g, c)
-    # 5. F_theta with gradient, the adaptive weight, Eq. 10
-    F = TrigFlowTeacher(student, sigma_data).F(x_s, s, cond, guidance_embed=embed).float()
-    logvar = logvar_head(s)
-    loss = scm_loss(F, F_minus.detach(), g.detach(), s, logvar, sigma_data)
-    return SCMStep(loss, F, F_minus, g, dxds, s, logvar)
-
-
-@contextlib.contextmanager
-def _full_precision(model: nn.Module):
-    """Runs `model` without accelerate's mixed-precision forward wrapper (which autocasts even the unwrapped module)
-    and without autocast: the JVP runs in float32 (a bf16 JVP fails in diffusers' Linear layers, see
-    `sdtoolkit.core.attention`)."""
-    original = model.__dict__.get("_original_forward")
-    patched = model.__dict__.get("forward")
-    if original is not None and patched is not None:
-        model.forward = original
-    device = next(model.parameters()).device.type
-    try:
-        with torch.autocast(device_type=device, enabled=False):
-            yield
-    finally:
-        if original is not None and patched is not None:
-            model.forward = patched
-
-
-# ---------------------------------------------------------------------------------------------------- students
-
-
-def sana_sprint_student(transformer: nn.Module, guidance_embeds_scale: float = 0.1) -> nn.Module:
-    """A SANA-Sprint student from a SANA teacher transformer: the same network with `guidance_embeds=True` (its
-    time embedding `SanaCombinedTimestepGuidanceEmbeddings`), the teacher's weights loaded (the timestep embedder
-    moves from `time_embed.emb.timestep_embedder` to `time_embed.timestep_embedder`), and the guidance embedder's
-    output layer zero-initialised, so that it adds nothing until trained (SANA-Sprint's diffusers port)."""
-    cls = type(transformer)
-    if transformer.config.get("guidance_embeds"):
-        return copy.deepcopy(transformer).float().requires_grad_(True)
-    student = cls.from_config(transformer.config, guidance_embeds=True, guidance_embeds_scale=guidance_embeds_scale)
-    state = {k.replace("time_embed.emb.", "time_embed."): v for k, v in transformer.state_dict().items()}
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    if unexpected or any(not name.startswith("time_embed.guidance_embedder.") for name in missing):
-        raise RuntimeError(f"SANA-Sprint student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    nn.init.zeros_(student.time_embed.guidance_embedder.linear_2.weight)
-    nn.init.zeros_(student.time_embed.guidance_embedder.linear_2.bias)
-    return student.float().requires_grad_(True)
-
-
-def w_embedded_unet(unet: nn.Module, time_cond_proj_dim: int) -> nn.Module:
-    """A UNet copy with LCM's w-embedding (`time_cond_proj_dim`), teacher weights loaded, `cond_proj` zeroed."""
-    if unet.config.get("time_cond_proj_dim") is not None:
-        return copy.deepcopy(unet).float().requires_grad_(True)
-    # a keyword, not a dict entry: diffusers drops config keys listed in `_use_default_values`
-    student = type(unet).from_config(unet.config, time_cond_proj_dim=time_cond_proj_dim)
-    missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or any("cond_proj" not in name for name in missing):
-        raise RuntimeError(f"student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    nn.init.zeros_(student.time_embedding.cond_proj.weight)
-    return student.float().requires_grad_(True)
 
 
 # ---------------------------------------------------------------------------------------------------- the method
@@ -783,35 +652,3 @@ class SCM(DistillationMethod):
         if self.teacher.base_model.config.sample_size != 32 or (height, width) != (1024, 1024):
             kwargs.update(height=height, width=width, use_resolution_binning=False)
         return kwargs
-
-
-# ---------------------------------------------------------------------------------------------------- LADD alone
-
-
-@dataclass
-class LADDConfig(SCMConfig):
-    """Latent adversarial distillation alone (LADD; SANA-Sprint's LADD-only path, `scm_loss: false`): the sCM
-    trainer with the adversarial loss on and the sCM term off; `--scm-weight 1 --adversarial-weight 0.5` is
-    `distill scm --adversarial`."""
-
-    adversarial: bool = True
-    """LADD's adversarial loss (always on for `distill ladd`)."""
-    scm_weight: float = 0.0
-    """Weight of the sCM loss (0: LADD alone, SANA-Sprint's `total_loss = adv_loss`)."""
-    adversarial_weight: float = 1.0
-    """Weight of the adversarial loss (1: SANA-Sprint's LADD-only loss is the adversarial loss itself)."""
-
-
-@register_method
-class LADD(SCM):
-    """`sdtoolkit distill ladd`: the student trained by LADD alone (sCM's trainer, sampler and export)."""
-
-    name = "ladd"
-    config_class = LADDConfig
-    description = (
-        "Latent adversarial distillation (LADD, Sauer et al. 2024; as SANA-Sprint, Chen et al. 2025): the student's "
-        "clean estimate, re-noised, is judged by heads on the frozen teacher's blocks (hinge loss; heads and "
-        "student alternate); half of the time from pure noise. The sCM trainer with --adversarial and --scm-weight "
-        "0 (--scm-weight 1 --adversarial-weight 0.5 is sCM + LADD). Needs real latents (--data); exported as scm's."
-    )
-    config: LADDConfig

@@ -191,7 +191,7 @@ def sign_processors(model: torch.nn.Module) -> int:
     """Give every attention processor of `model` a precomputed call signature (see `_CallSignature`): the same
     keyword filtering in diffusers, without the per-call introspection. Outputs are unchanged (test). A processor set
     later (`set_attn_processor`, xformers) simply goes without it. Returns how many processors were signed."""
-    if getattr(model, "_unsigned_for_compile", False):  # see `unsign_processors`
+    if getattr(model, "_sdtoolkit_compiled", False):  # see `unsign_processors`
         return 0
     signed = 0
     for module in _attention_modules(model):
@@ -211,7 +211,7 @@ def unsign_processors(model: torch.nn.Module) -> None:
     """Undo `sign_processors` (before `torch.compile`: compiled code pays no introspection, and a per-processor
     signature object would make dynamo guard on each processor, so that blocks of one class stop sharing code). The
     model is marked, so that later Denoisers wrapping it do not sign it again."""
-    model._unsigned_for_compile = True
+    model._sdtoolkit_compiled = True
     for module in _attention_modules(model):
         if isinstance(getattr(module.processor, "__dict__", {}).get("__call__"), _CallSignature):
             del module.processor.__call__

@@ -28,17 +28,22 @@ kernel (`sdtoolkit.core.attention`, backend `jvp`); `check_jvp_backend` refuses 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.core.trigflow import SIGMA_DATA
+from sdtoolkit.core.conditioning import Conditioning
+from sdtoolkit.core.denoiser import Denoiser
+from sdtoolkit.core.trigflow import SIGMA_DATA, TrigFlowTeacher, matched_time
 from sdtoolkit.core.utils import append_dims
 
 __all__ = [
     "LogVarianceHead",
     "JVP_SAFE_ATTENTION",
+    "SCMStep",
     "check_jvp_backend",
     "difference_step",
     "network_time_delta",
@@ -46,6 +51,7 @@ __all__ = [
     "ode_derivative",
     "sample_time",
     "scm_loss",
+    "scm_step",
     "tangent_target",
     "tangent_warmup",
     "trigflow_noise",
@@ -214,3 +220,97 @@ class LogVarianceHead(nn.Module):
         angles = (s.float() * (1000.0 / (math.pi / 2)))[:, None] * freqs[None]
         features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
         return self.linear(features.to(self.linear.weight.dtype)).squeeze(1)
+
+
+# ---------------------------------------------------------------------------------------------------- one step
+
+
+@dataclass
+class SCMStep:
+    """One sCM step's loss and ingredients (tests check them against hand computations)."""
+
+    loss: Tensor
+    F: Tensor
+    """F_theta(x_s / sigma_d, s), with gradient."""
+    F_minus: Tensor
+    """F_theta^- from the JVP pass (no gradient)."""
+    g: Tensor
+    """The normalised tangent."""
+    dxds: Tensor
+    """The teacher's guided ODE velocity."""
+    s: Tensor
+    logvar: Tensor
+
+
+def scm_step(
+    *,
+    student: Denoiser,
+    jvp_student: Denoiser,
+    teacher: Denoiser,
+    logvar_head: nn.Module,
+    x0: Tensor,
+    z: Tensor,
+    s: Tensor,
+    w: Tensor,
+    embed: Tensor | None,
+    cond: Conditioning,
+    uncond: Conditioning,
+    r: float,
+    c: float = 0.1,
+    sigma_data: float = SIGMA_DATA,
+    time_delta: float = 0.0,
+) -> SCMStep:
+    """Steps 1-5 of the module docstring for given draws: latents `x0` (teacher scale), unit noise `z`, TrigFlow
+    times `s` [B], teacher guidance `w` [B] (None: the teacher's conditional prediction, no CFG), the student's
+    guidance input `embed` [B] (or None).
+
+    `student` runs the gradient forward (it may hold a DDP module); `jvp_student` is the same network unwrapped,
+    in float32, for the JVP. `time_delta` > 0: dF/ds's time part by a central difference that moves the network's
+    timestep by that much (`ode_derivative`); 0: the exact JVP."""
+    x0_trig, z_trig = sigma_data * x0.float(), sigma_data * z.float()
+    x_s = trigflow_noise(x0_trig, z_trig, s)
+    # 2. dx_s/ds = sigma_d F_pre, the teacher's guided F (any schedule, seen in TrigFlow time)
+    with torch.no_grad():
+        guidance = {} if w is None else {"uncond": uncond, "guidance_scale": w}
+        F_pre = TrigFlowTeacher(teacher, sigma_data).F(x_s.to(teacher.dtype), s, cond, **guidance)
+        dxds = sigma_data * F_pre.float()
+    # 3. F^- and cos(s) sin(s) dF^-/ds along the ODE: one forward-mode JVP through the unwrapped student
+    check_jvp_backend(jvp_student.attention_backend or "unset (the model's default)")
+    trig = TrigFlowTeacher(jvp_student, sigma_data)
+
+    def F_of(x_in: Tensor, s_: Tensor) -> Tensor:
+        return trig.F(sigma_data * x_in, s_, cond, guidance_embed=embed)
+
+    def tau(s_: Tensor) -> Tensor:  # the network's timestep input at TrigFlow time s_
+        schedule = jvp_student.schedule
+        return schedule.model_timestep(matched_time(schedule, s_))
+
+    v_x, v_s = trigflow_ode_tangents(x_s, s, dxds, sigma_data)
+    with torch.no_grad(), _full_precision(jvp_student.base_model):
+        F_minus, cs_dF_ds = ode_derivative(F_of, x_s / sigma_data, s, v_x, v_s, tau, time_delta)
+    # 4. the tangent (Eq. 8-9), warmed up and normalised
+    g = tangent_target(F_minus, dxds, x_s, cs_dF_ds, s, r, sigma_data)
+    g = normalize_tangent(g, c)
+    # 5. F_theta with gradient, the adaptive weight, Eq. 10
+    F = TrigFlowTeacher(student, sigma_data).F(x_s, s, cond, guidance_embed=embed).float()
+    logvar = logvar_head(s)
+    loss = scm_loss(F, F_minus.detach(), g.detach(), s, logvar, sigma_data)
+    return SCMStep(loss, F, F_minus, g, dxds, s, logvar)
+
+
+@contextlib.contextmanager
+def _full_precision(model: nn.Module):
+    """Runs `model` without accelerate's mixed-precision forward wrapper (which autocasts even the unwrapped module)
+    and without autocast: the JVP runs in float32 (a bf16 JVP fails in diffusers' Linear layers, see
+    `sdtoolkit.core.attention`)."""
+    original = model.__dict__.get("_original_forward")
+    patched = model.__dict__.get("forward")
+    if original is not None and patched is not None:
+        model.forward = original
+    device = next(model.parameters()).device.type
+    try:
+        with torch.autocast(device_type=device, enabled=False):
+            yield
+    finally:
+        if original is not None and patched is not None:
+            model.forward = patched
