@@ -327,3 +327,52 @@ def test_a_failing_teacher_pass_puts_the_layers_back():
         with adapters.adapter_state(unet, None):
             raise RuntimeError("boom")
     assert any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+
+
+# ------------------------------------------------------------------------------------ no-grad forwards, fast path
+
+
+def test_no_grad_forwards_run_in_inference_mode_and_return_normal_tensors(monkeypatch):
+    denoiser = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([100.0, 700.0])
+    cond, _ = denoiser.encode_prompt(["a red cube", "a blue torus"])
+    seen = []
+    original = denoiser._call_network
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(denoiser, "_call_network", spy)
+    with torch.no_grad():
+        fast = denoiser.model_output(x, t, cond)
+    slow = denoiser.model_output(x, t, cond)  # grad mode: the ordinary path
+    assert seen == [True, False]
+    assert not fast.is_inference() and torch.equal(fast, slow)
+    w = torch.randn_like(fast, requires_grad=True)
+    (w * fast).sum().backward()  # the output may be saved for backward (an inference tensor could not)
+    assert torch.equal(w.grad, fast)
+
+
+def test_forward_mode_ad_keeps_the_ordinary_path(monkeypatch):
+    denoiser = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+    denoiser.set_attention("jvp")  # the math kernel: the only one with forward-mode AD
+    x = torch.randn(1, 4, 8, 8)
+    cond, _ = denoiser.encode_prompt(["a red cube"])
+    t = torch.tensor([300.0])
+    seen = []
+    original = denoiser._call_network
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(denoiser, "_call_network", spy)
+    v = torch.randn_like(x)
+    with torch.no_grad():
+        out, tangent = torch.func.jvp(lambda x_: denoiser.model_output(x_, t, cond), (x,), (v,))
+        h = 1e-3
+        plus, minus = denoiser.model_output(x + h * v, t, cond), denoiser.model_output(x - h * v, t, cond)
+    assert seen[0] is False  # inside torch.func.jvp: no inference mode (it would drop the tangent)
+    torch.testing.assert_close(tangent, (plus - minus) / (2 * h), rtol=2e-2, atol=2e-3)

@@ -214,10 +214,12 @@ class Denoiser(nn.Module):
             model_input = x_t / self.schedule.sigma_data  # F_theta(x_t / sigma_d, c_noise(t)), Lu & Song 2024 Eq. 6
         dtype = self.dtype if self.autocast_dtype is None else model_input.dtype
         model_input = model_input.to(dtype)
-        with self._attention_context(), self._autocast():
+        with self._attention_context(), self._autocast(), _no_grad_fast_path() as fast:
             output = self._call_network(model_input, timestep, cond, guidance_embed)
         if output.shape[1] == 2 * x_t.shape[1]:  # learned-variance models: keep the mean prediction
             output = output[:, : x_t.shape[1]]
+        if fast and output.dtype == x_t.dtype:
+            return output.clone()  # a normal tensor: later autograd may save it (inference tensors cannot be saved)
         return output.to(x_t.dtype)
 
     def _call_network(self, x: Tensor, timestep: Tensor, cond: Conditioning, guidance_embed: Tensor | None) -> Tensor:
@@ -463,6 +465,24 @@ def vae_moments(vae: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
         latent = getattr(encoded, "latent", None)
         return (encoded[0] if latent is None else latent), None
     return posterior.mean, posterior.std
+
+
+@contextlib.contextmanager
+def _no_grad_fast_path():
+    """A forward that records nothing for autograd (called under `torch.no_grad()`: a frozen teacher's, an EMA
+    target's, a score's) runs under `torch.inference_mode()`, which also skips the version counters and view
+    tracking of every op: 6 % off a UNet forward at the tiny and sd15-thin benchmark sizes on a CPU. Not inside
+    forward-mode AD (`torch.func.jvp`, dual levels: inference mode would drop the tangents). Yields whether it is
+    on; the caller returns a normal tensor (a copy), so the output can be used anywhere."""
+    from torch._C._functorch import maybe_current_level
+    from torch.autograd import forward_ad
+
+    fast = not torch.is_grad_enabled() and maybe_current_level() is None and forward_ad._current_level < 0
+    if not fast:
+        yield False
+        return
+    with torch.inference_mode():
+        yield True
 
 
 def _check_time(schedule: NoiseSchedule, t: Tensor) -> None:
