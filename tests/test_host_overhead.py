@@ -376,3 +376,25 @@ def test_forward_mode_ad_keeps_the_ordinary_path(monkeypatch):
         plus, minus = denoiser.model_output(x + h * v, t, cond), denoiser.model_output(x - h * v, t, cond)
     assert seen[0] is False  # inside torch.func.jvp: no inference mode (it would drop the tangent)
     torch.testing.assert_close(tangent, (plus - minus) / (2 * h), rtol=2e-2, atol=2e-3)
+
+
+def test_captured_features_and_offloaded_weights_stay_normal_tensors():
+    """Hooks take tensors out of a forward (the discriminators' features): while they do, no inference mode. The
+    teacher offload's weights stay normal tensors after an inference-mode forward (uploaded there, they are dropped
+    again by its post-hook), so a later forward with gradient may save them."""
+    from sdtoolkit.core.features import capture_outputs
+    from sdtoolkit.core.offload import FrozenOffload
+
+    denoiser = Denoiser.from_pipeline(tiny_sd_pipeline()).freeze()
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([100.0, 700.0])
+    cond, _ = denoiser.encode_prompt(["a red cube", "a blue torus"])
+    unet = denoiser.base_model
+    with torch.no_grad():
+        (mid,) = capture_outputs(lambda: denoiser.model_output(x, t, cond), [unet.mid_block], stop_after=unet.mid_block)
+    assert not mid.is_inference()
+    offload = FrozenOffload(unet, "cpu", "cpu")
+    with torch.no_grad():
+        denoiser.model_output(x, t, cond)  # the pre-hook uploads the weights inside inference mode
+    assert not any(p.is_inference() for p in unet.parameters())
+    offload.offload()

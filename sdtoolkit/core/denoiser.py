@@ -472,12 +472,17 @@ def _no_grad_fast_path():
     """A forward that records nothing for autograd (called under `torch.no_grad()`: a frozen teacher's, an EMA
     target's, a score's) runs under `torch.inference_mode()`, which also skips the version counters and view
     tracking of every op: 6 % off a UNet forward at the tiny and sd15-thin benchmark sizes on a CPU. Not inside
-    forward-mode AD (`torch.func.jvp`, dual levels: inference mode would drop the tangents). Yields whether it is
-    on; the caller returns a normal tensor (a copy), so the output can be used anywhere."""
+    forward-mode AD (`torch.func.jvp`, dual levels: inference mode would drop the tangents), and not while features
+    are captured through hooks (`sdtoolkit.core.features.capturing`: they leave the forward as inference tensors,
+    which a later backward could not save). Yields whether it is on; the caller returns a normal tensor (a copy),
+    so the output can be used anywhere."""
     from torch._C._functorch import maybe_current_level
     from torch.autograd import forward_ad
 
+    from sdtoolkit.core.features import capturing
+
     fast = not torch.is_grad_enabled() and maybe_current_level() is None and forward_ad._current_level < 0
+    fast = fast and not capturing()
     if not fast:
         yield False
         return

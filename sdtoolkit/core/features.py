@@ -20,6 +20,15 @@ class StopForward(Exception):
     is skipped. Caught by `capture_outputs` itself."""
 
 
+_CAPTURING = 0
+
+
+def capturing() -> bool:
+    """Whether a `capture_outputs` is running: tensors then leave the forward through hooks, so the Denoiser keeps
+    its no-grad forwards out of `torch.inference_mode` (an inference tensor cannot be saved for a later backward)."""
+    return _CAPTURING > 0
+
+
 def capture_outputs(
     run: Callable[[], object],
     modules: Sequence[nn.Module],
@@ -42,11 +51,14 @@ def capture_outputs(
 
     hooked = list(modules) + ([stop_after] if stop_after is not None and id(stop_after) not in keep_ids else [])
     handles = [m.register_forward_hook(hook) for m in hooked]
+    global _CAPTURING
+    _CAPTURING += 1
     try:
         run()
     except StopForward:
         pass
     finally:
+        _CAPTURING -= 1
         for handle in handles:
             handle.remove()
     return outputs
