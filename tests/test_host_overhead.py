@@ -391,7 +391,8 @@ def test_captured_features_and_offloaded_weights_stay_normal_tensors():
     cond, _ = denoiser.encode_prompt(["a red cube", "a blue torus"])
     unet = denoiser.base_model
     with torch.no_grad():
-        (mid,) = capture_outputs(lambda: denoiser.model_output(x, t, cond), [unet.mid_block], stop_after=unet.mid_block)
+        run = lambda: denoiser.model_output(x, t, cond)  # noqa: E731
+        (mid,) = capture_outputs(run, [unet.mid_block], stop_after=unet.mid_block)
     assert not mid.is_inference()
     offload = FrozenOffload(unet, "cpu", "cpu")
     with torch.no_grad():
