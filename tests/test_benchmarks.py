@@ -10,13 +10,15 @@ from benchmarks import run
 @pytest.mark.slow
 def test_tiny_benchmark_runs_every_training_workload_and_writes_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--size", "tiny", "--only", "forward,lcm,dmd2,sid", "--steps", "1", "--warmup", "1", "--json", str(out)]
-    assert run.main(argv) == 0
+    names = "forward,lcm,dmd2,sid,dmd2-lora,sid-lora"
+    argv = ["--size", "tiny", "--only", names, "--variants", "eager,full-fake", "--steps", "1", "--warmup", "1"]
+    assert run.main([*argv, "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["size"] == "tiny" and results["device"].startswith("cpu")
-    for name in ("forward", "lcm", "dmd2", "sid"):
+    for name in names.split(","):
         entry = results["workloads"][name]
-        for side in ("reference", "eager"):
+        sides = ("reference", "eager", "full-fake") if name in ("dmd2", "sid") else ("reference", "eager")
+        for side in sides:
             assert "error" not in entry[side], entry[side]
             assert entry[side]["ms_per_step"] > 0
     # sdtoolkit's forward is the same computation as the plain one: identical outputs in fp32 on a CPU
@@ -28,10 +30,10 @@ def test_tiny_benchmark_runs_every_training_workload_and_writes_ratios(tmp_path,
 @pytest.mark.slow
 def test_tiny_benchmark_runs_text_to_3d_and_sampling_workloads(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--size", "tiny", "--only", "sds,vsd,sample", "--steps", "1", "--warmup", "1", "--json", str(out)]
-    assert run.main(argv) == 0
+    argv = ["--size", "tiny", "--only", "sds,vsd,vsd-same-lora,sample", "--steps", "1", "--warmup", "1"]
+    assert run.main([*argv, "--json", str(out)]) == 0
     results = json.loads(out.read_text())
-    sides = {"sds": ["reference", "eager"], "vsd": ["reference", "eager"]}
+    sides = {"sds": ["reference", "eager"], "vsd": ["reference", "eager"], "vsd-same-lora": ["reference", "eager"]}
     sides["sample"] = ["reference", "1-step", "2-step", "4-step"]
     for name, keys in sides.items():
         entry = results["workloads"][name]
