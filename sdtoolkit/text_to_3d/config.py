@@ -221,6 +221,7 @@ class TextTo3DConfig:
         "overwrite",
         "max_nonfinite_steps",
         "iso_level",
+        "iso_mode",
         "min_component_share",
         *(f"mesh_refine.{f.name}" for f in dataclasses.fields(MeshRefineConfig)),
     )
@@ -261,9 +262,13 @@ class TextTo3DConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour (the builtin teacher's renders are on white)."""
     iso_level: float | None = None
-    """Density level of the exported mesh's surface. None: chosen from the field
-    (`sdtoolkit.text_to_3d.export.auto_iso_threshold`), one level per box for a layout so that no object is lost
-    under a denser neighbour's level."""
+    """Density level of the exported mesh's surface. None: chosen from the field (`iso_mode`), one level per box for a
+    layout so that no object is lost under a denser neighbour's level."""
+    iso_mode: str = "solid"
+    """How the automatic iso-level is chosen: 'solid' (half the typical density of the visibly solid cells,
+    `auto_iso_threshold`) or 'opacity' (the median density where the rendered opacity along each ray reaches 1/2,
+    `opacity_iso_level`: a foggy field is meshed at its visible boundary). Single-object prompts only; a layout's
+    boxes keep 'solid'."""
     min_component_share: float | None = None
     """Floater removal at extraction: connected pieces of the mesh whose surface area is below this share of the
     whole are dropped (the largest piece is always kept; a layout's boxes each keep their own largest piece). None:
@@ -303,6 +308,8 @@ class TextTo3DConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.iso_mode not in ISO_MODES:
+            raise ValueError(f"unknown iso_mode {self.iso_mode!r}; choose one of {', '.join(ISO_MODES)}")
         if self.mesh_refine.steps and self.method == "semantic-sds":
             raise ValueError("mesh_refine.steps > 0 (the mesh stage) does not support method 'semantic-sds' yet")
         if self.guidance is None:
@@ -312,6 +319,10 @@ class TextTo3DConfig:
                 f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
                 f"{self.nerf.representation!r}"
             )
+
+
+ISO_MODES = ("solid", "opacity")
+"""How the exported mesh's automatic iso-level is chosen (`TextTo3DConfig.iso_mode`)."""
 
 
 def default_guidance(method: str, prior: str) -> Any:

@@ -53,6 +53,35 @@ def auto_iso_threshold(densities: Tensor, cell_size: float) -> float:
     return level
 
 
+@torch.no_grad()
+def opacity_iso_level(
+    nerf, n_views: int = 8, resolution: int = 64, scene_scale: float = 1.0, elevation: float = 15.0
+) -> float | None:
+    """An iso-level at the surface the renders show: along every pixel ray of `n_views` turntable views whose
+    rendered opacity reaches 1/2, the point where the accumulated opacity sum_i w_i first does, and the median of the
+    field's density at those points. For a field with a sharp step this lands on the step, like
+    `auto_iso_threshold`; for a fog that is opaque only in sum (text-to-3D's lumpy default), it meshes the fog's
+    visible boundary instead of its densest patches. None when no ray reaches opacity 1/2."""
+    from sdtoolkit.data.cameras import turntable_cameras
+    from sdtoolkit.nerf.renderers import render_weights
+    from sdtoolkit.nerf.samplers import RayBundle
+
+    cameras = turntable_cameras(n_views, elevation_deg=elevation)
+    cameras.distance = cameras.distance * scene_scale
+    origins, directions = cameras.to(nerf.device).generate_rays(resolution, resolution)
+    rays = nerf.collider(RayBundle(origins.reshape(-1, 3), directions.reshape(-1, 3)))
+    _, sub, samples, densities, _ = nerf.sample_along(rays, stratified=False)
+    if samples is None:
+        return None
+    accumulated = render_weights(densities, samples).cumsum(-1)
+    opaque = accumulated[:, -1] >= 0.5
+    if not bool(opaque.any()):
+        return None
+    first = (accumulated[opaque] < 0.5).sum(-1)  # the first sample at which the opacity reaches 1/2
+    points = samples.positions(sub)[opaque].gather(1, first[:, None, None].expand(-1, 1, 3))[:, 0]
+    return float(nerf.exact_densities(points).median())
+
+
 def marching_cubes(densities: Tensor, lower: float, upper: float, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Triangle mesh of {sigma > level} from densities sampled on a regular grid whose first and last samples sit at
     `lower` and `upper` on every axis. The grid is padded with zeros so the surface closes at the border (watertight).
@@ -88,13 +117,27 @@ def remove_floaters(mesh, min_share: float):
     return cleaned
 
 
-def extract_mesh(nerf, resolution: int = 96, level: float | None = None, min_component_share: float | None = None):
+def extract_mesh(
+    nerf,
+    resolution: int = 96,
+    level: float | None = None,
+    min_component_share: float | None = None,
+    iso_mode: str = "solid",
+    scene_scale: float = 1.0,
+):
     """A `trimesh.Trimesh` of the NeRF's density at an automatic (or given) iso-level, with per-vertex colours from
     the field's albedo; with `min_component_share`, without the pieces smaller than that share of the surface
-    (`remove_floaters`). Raises `EmptyFieldError` for an empty field."""
+    (`remove_floaters`). The automatic level is `auto_iso_threshold` (`iso_mode="solid"`) or `opacity_iso_level`
+    (`"opacity"`, falling back to the solid level when no ray is half opaque). Raises `EmptyFieldError` for an empty
+    field."""
     densities, (lower, upper) = nerf.density_grid(resolution)
     lower, upper = float(lower), float(upper)
     cell = (upper - lower) / (resolution - 1)
+    if level is None and iso_mode == "opacity":
+        level = opacity_iso_level(nerf, scene_scale=scene_scale)
+        if level is not None:
+            peak = float(densities.max())
+            level = min(max(level, float(densities.min()) + 1e-6 * peak), peak * (1 - 1e-6))
     level = auto_iso_threshold(densities, cell) if level is None else level
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:

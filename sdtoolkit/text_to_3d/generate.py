@@ -74,7 +74,9 @@ def _generate(
     if run.layout is not None:  # one iso-level per box: every object of the layout reaches the mesh
         mesh = extract_layout_mesh(run.nerf, run.layout, mesh_resolution, config.iso_level, config.min_component_share)
     else:
-        mesh = extract_mesh(run.nerf, mesh_resolution, config.iso_level, config.min_component_share)
+        mesh = extract_mesh(
+            run.nerf, mesh_resolution, config.iso_level, config.min_component_share, config.iso_mode, run.scene_scale
+        )
     mesh = refine_extracted_mesh(mesh, run, progress=progress)  # the mesh stage (off while mesh_refine.steps is 0)
     paths = export_mesh(mesh, output_dir, formats=mesh_formats)
     if uv_texture:

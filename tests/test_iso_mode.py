@@ -1,0 +1,74 @@
+"""The opacity iso-level (issue 21): a mesh at the surface the renders show, on analytic density fields."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sdtoolkit.nerf import NeRF, NeRFConfig
+from sdtoolkit.text_to_3d.export import auto_iso_threshold, extract_mesh, opacity_iso_level
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _nerf_with(density_of_radius) -> NeRF:
+    """A small NeRF whose density is the analytic function of the distance from the origin (its colours are the
+    untrained field's, which extraction does not look at)."""
+    torch.manual_seed(0)
+    nerf = NeRF(NeRFConfig(num_samples=192, chunk=1 << 16))
+
+    def densities(positions):
+        return density_of_radius(positions.norm(dim=-1))
+
+    nerf._densities = densities
+    nerf.exact_densities = densities
+    return nerf
+
+
+def _solid_ball(r):
+    return 200.0 * torch.sigmoid((0.4 - r) / 0.005)
+
+
+def _fog_around_a_core(r):
+    """Fog whose density ramps from 0 at r = 0.6 to 8 at r = 0.25 (opaque only in sum), around a dense core."""
+    fog = 8.0 * ((0.6 - r) / 0.35).clamp(0, 1)
+    return fog + 200.0 * torch.sigmoid((0.25 - r) / 0.005)
+
+
+def _radius(mesh) -> float:
+    return float(np.median(np.linalg.norm(mesh.vertices, axis=1)))
+
+
+def test_a_sharp_surface_gets_the_same_mesh_either_way():
+    nerf = _nerf_with(_solid_ball)
+    solid, opacity = extract_mesh(nerf, 64), extract_mesh(nerf, 64, iso_mode="opacity")
+    densities, (lower, upper) = nerf.density_grid(64)
+    cell = float(upper - lower) / 63
+    assert abs(_radius(solid) - 0.4) < cell and abs(_radius(opacity) - 0.4) < cell
+
+
+def test_a_fog_is_meshed_at_its_visible_boundary_not_at_its_core():
+    nerf = _nerf_with(_fog_around_a_core)
+    densities, (lower, upper) = nerf.density_grid(64)
+    cell = float(upper - lower) / 63
+    assert auto_iso_threshold(densities, cell) > 50  # the solid rule sees only the core
+    level = opacity_iso_level(nerf)
+    assert 2.0 < level < 8.0  # a fog density: where the renders turn half opaque
+    solid, opacity = extract_mesh(nerf, 64), extract_mesh(nerf, 64, iso_mode="opacity")
+    assert abs(_radius(solid) - 0.25) < 2 * cell
+    # the half-opaque silhouette of this fog: rays with impact parameter b reach opacity 1/2 up to b ~ 0.47
+    assert 0.35 < _radius(opacity) < 0.5 and mesh_is_larger(opacity, solid)
+    assert math.isclose(opacity.metadata["iso_level"], level, rel_tol=1e-6)
+
+
+def mesh_is_larger(a, b) -> bool:
+    return _radius(a) > _radius(b) + 0.05
+
+
+def test_an_empty_render_falls_back_to_the_solid_level():
+    nerf = _nerf_with(lambda r: 0.05 * torch.exp(-r) + 5.0 * torch.sigmoid((0.05 - r) / 0.005))  # at most 40 % opaque
+    assert opacity_iso_level(nerf) is None  # no ray reaches opacity 1/2
+    densities, (lower, upper) = nerf.density_grid(64)
+    expected = auto_iso_threshold(densities, float(upper - lower) / 63)
+    assert extract_mesh(nerf, 64, iso_mode="opacity").metadata["iso_level"] == pytest.approx(expected)
