@@ -189,6 +189,10 @@ class RegularizerConfig:
         return self.weight("orient", progress) > 0 or self.lambda_normal_smooth > 0
 
 
+ISO_MODES = ("solid", "opacity")
+"""How the exported mesh's automatic iso-level is chosen (`TextTo3DConfig.iso_mode`)."""
+
+
 @dataclass
 class TextTo3DConfig:
     """One text-to-3D run."""
@@ -208,6 +212,7 @@ class TextTo3DConfig:
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
         "iso_level": POSITIVE,
+        "iso_mode": OneOf(*ISO_MODES),
         "start_levels": AT_LEAST_1,
         "levels_warmup": FRACTION,
         "min_component_share": FRACTION,
@@ -319,10 +324,6 @@ class TextTo3DConfig:
                 f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
                 f"{self.nerf.representation!r}"
             )
-
-
-ISO_MODES = ("solid", "opacity")
-"""How the exported mesh's automatic iso-level is chosen (`TextTo3DConfig.iso_mode`)."""
 
 
 def default_guidance(method: str, prior: str) -> Any:
