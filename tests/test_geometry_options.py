@@ -448,6 +448,7 @@ def test_cli_ism_runs_end_to_end(tiny_prior, tmp_path):
         (["--min-component-share", "1.5"], "--min-component-share"),
         (["--method", "ism", "--weighting", "magic"], "--weighting"),
         (["--method", "sds", "--guidance.interval", "0.1"], "applies to ism"),
+        (["--iso-mode", "foggy"], "unknown --iso-mode 'foggy'; choose one of solid, opacity"),
     ],
 )
 def test_cli_refuses_bad_geometry_options(tiny_prior, tmp_path, capsys, extra, message):
