@@ -10,9 +10,9 @@ of every `requires_grad` flag.
 
 With every adapter off (the teacher's passes on the shared backbone), each LoRA layer is also taken out of the tree
 for the duration: its parent's `_modules` entry points at the layer's `base_layer`, so the teacher runs as the plain
-network, without peft's per-layer wrapper (a forward through disabled LoRA layers costs ~10-20 % more at
-Stable Diffusion's module count on a CPU). Outputs are bitwise peft's disabled path (test). Not done for merged
-adapters (the base weights then hold them), or for a model marked `_sdtoolkit_compiled` (dynamo guards the tree).
+network, without peft's Python wrapper around each adapted layer. Outputs are bitwise peft's disabled path (test).
+Not done for merged adapters (the base weights then hold them), or for a model marked `_sdtoolkit_compiled` (dynamo
+guards the tree).
 """
 
 from __future__ import annotations

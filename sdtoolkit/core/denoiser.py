@@ -23,11 +23,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._C._functorch import maybe_current_level
+from torch.autograd import forward_ad
 
 from sdtoolkit.core.attention import sign_processors, unsign_processors
 from sdtoolkit.core.cfg import classifier_free_guidance, rescale_guidance
 from sdtoolkit.core.conditioning import Conditioning
 from sdtoolkit.core.families import family_for, supported_model_classes
+from sdtoolkit.core.features import capturing
 from sdtoolkit.core.prediction import Coefficients, canonical_prediction_type, from_x0_eps, to_x0_eps
 from sdtoolkit.core.schedules import FlowSchedule, NoiseSchedule, TrigFlowSchedule, schedule_from_config
 from sdtoolkit.core.utils import cast_floating
@@ -476,11 +479,6 @@ def _no_grad_fast_path():
     are captured through hooks (`sdtoolkit.core.features.capturing`: they leave the forward as inference tensors,
     which a later backward could not save). Yields whether it is on; the caller returns a normal tensor (a copy),
     so the output can be used anywhere."""
-    from torch._C._functorch import maybe_current_level
-    from torch.autograd import forward_ad
-
-    from sdtoolkit.core.features import capturing
-
     fast = not torch.is_grad_enabled() and maybe_current_level() is None and forward_ad._current_level < 0
     fast = fast and not capturing()
     if not fast:
