@@ -72,3 +72,22 @@ def test_an_empty_render_falls_back_to_the_solid_level():
     densities, (lower, upper) = nerf.density_grid(64)
     expected = auto_iso_threshold(densities, float(upper - lower) / 63)
     assert extract_mesh(nerf, 64, iso_mode="opacity").metadata["iso_level"] == pytest.approx(expected)
+
+
+def test_the_opacity_mesh_takes_its_colours_from_inside():
+    """A red core in blue fog: meshed at the fog's visible boundary, the vertices are coloured by the dense interior
+    below them (red), not by the fog's own albedo at the surface (blue); the solid mesh keeps its surface albedo."""
+    nerf = _nerf_with(_fog_around_a_core)
+    red, blue = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9])
+
+    def albedo(positions):
+        inside = (positions.norm(dim=-1) < 0.3)[:, None]
+        return torch.where(inside, red, blue)
+
+    nerf.colours_at = albedo
+    opacity, solid = extract_mesh(nerf, 64, iso_mode="opacity"), extract_mesh(nerf, 64)
+    assert _radius(opacity) > 0.35  # the surface is in the blue fog ...
+    colours = opacity.visual.vertex_colors[:, :3].astype(float) / 255
+    assert (colours[:, 0] > colours[:, 2]).mean() > 0.95  # ... and reads red
+    solid_colours = solid.visual.vertex_colors[:, :3].astype(float) / 255
+    assert (solid_colours[:, 0] > solid_colours[:, 2]).mean() > 0.95  # the core's own surface is red too

@@ -143,15 +143,47 @@ def extract_mesh(
     if len(faces) == 0:
         raise EmptyFieldError(f"marching cubes found no surface at iso-level {level:.4g}")
     mesh = _colour_mesh(nerf, vertices, faces, level)
+    if iso_mode == "opacity":  # the outer level lies in fog whose albedo is not the object's: colour from inside
+        mesh.visual.vertex_colors = _rgba(
+            inward_colours(nerf, mesh.vertices, mesh.vertex_normals, INWARD_DEPTH * (upper - lower))
+        )
     return mesh if min_component_share is None else remove_floaters(mesh, min_component_share)
+
+
+INWARD_DEPTH = 0.1
+"""How deep `inward_colours` looks below an opacity-level surface, as a fraction of the extraction grid's side."""
+
+
+@torch.no_grad()
+def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float, samples: int = 8) -> np.ndarray:
+    """Vertex colours as the renderer would see the object from just outside each vertex: the field's albedo at
+    `samples` points along the inward normal from the vertex down to `depth`, weighted by the density there
+    (sum_k sigma_k c_k / sum_k sigma_k; the vertex's own albedo where all of them are empty). On a mesh taken at
+    the opacity level, whose surface lies in the fog around the object, the dense interior decides the colour."""
+    points = (
+        torch.as_tensor(vertices, dtype=torch.float32)[:, None, :]
+        - torch.linspace(0, depth, samples)[None, :, None] * torch.as_tensor(normals, dtype=torch.float32)[:, None, :]
+    )
+    flat = points.reshape(-1, 3)
+    sigma = nerf.exact_densities(flat.to(nerf.device)).cpu().reshape(-1, samples).clamp(min=0)
+    rgb = nerf.colours_at(flat).reshape(-1, samples, 3).clamp(0, 1)
+    total = sigma.sum(1, keepdim=True)
+    colours = (sigma[..., None] * rgb).sum(1) / total.clamp(min=1e-12)
+    empty = total[:, 0] <= 0
+    colours[empty] = rgb[empty, 0]
+    return colours.numpy()
+
+
+def _rgba(colours: np.ndarray) -> np.ndarray:
+    rgba = np.concatenate([colours, np.ones_like(colours[:, :1])], axis=1)
+    return (rgba * 255).round().astype(np.uint8)
 
 
 def _colour_mesh(nerf, vertices: np.ndarray, faces: np.ndarray, level: float):
     import trimesh
 
     colours = nerf.colours_at(torch.from_numpy(vertices)).clamp(0, 1).numpy()
-    rgba = np.concatenate([colours, np.ones_like(colours[:, :1])], axis=1)
-    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=(rgba * 255).round().astype(np.uint8), process=True)
+    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=_rgba(colours), process=True)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
     mesh.metadata["iso_level"] = level
