@@ -91,3 +91,17 @@ def test_the_opacity_mesh_takes_its_colours_from_inside():
     assert (colours[:, 0] > colours[:, 2]).mean() > 0.95  # ... and reads red
     solid_colours = solid.visual.vertex_colors[:, :3].astype(float) / 255
     assert (solid_colours[:, 0] > solid_colours[:, 2]).mean() > 0.95  # the core's own surface is red too
+
+
+def test_inward_colours_stop_at_the_first_dense_matter():
+    """Below the surface the renders see, the never-seen interior may hold any albedo: the colour is the volume
+    rendering along the inward ray, so a red shell over a green interior reads red (a density-weighted mean over
+    the whole depth would read green)."""
+    from sdtoolkit.text_to_3d.export import inward_colours
+
+    nerf = _nerf_with(lambda r: 300.0 * torch.sigmoid((0.45 - r) / 0.005))
+    red, green = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.9, 0.1])
+    nerf.colours_at = lambda p: torch.where((p.norm(dim=-1) > 0.4)[:, None], red, green)
+    vertices = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    colours = inward_colours(nerf, vertices, vertices / 0.5, depth=0.3)
+    assert (colours[:, 0] > 0.8).all() and (colours[:, 1] < 0.2).all()

@@ -155,21 +155,25 @@ INWARD_DEPTH = 0.1
 
 
 @torch.no_grad()
-def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float, samples: int = 8) -> np.ndarray:
-    """Vertex colours as the renderer would see the object from just outside each vertex: the field's albedo at
-    `samples` points along the inward normal from the vertex down to `depth`, weighted by the density there
-    (sum_k sigma_k c_k / sum_k sigma_k; the vertex's own albedo where all of them are empty). On a mesh taken at
-    the opacity level, whose surface lies in the fog around the object, the dense interior decides the colour."""
+def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float, samples: int = 16) -> np.ndarray:
+    """Vertex colours as the renderer shows that spot from just outside: a ray from each vertex along its inward
+    normal, down to `depth`, volume-rendered through the field (weights w_k = T_k (1 - exp(-sigma_k delta)),
+    normalised; the vertex's own albedo where the ray meets no matter). On a mesh taken at the opacity level, whose
+    surface lies in the fog around the object, the first dense matter below decides the colour, not the fog's
+    albedo and not the never-seen interior."""
+    steps = torch.linspace(0, depth, samples)
     points = (
         torch.as_tensor(vertices, dtype=torch.float32)[:, None, :]
-        - torch.linspace(0, depth, samples)[None, :, None] * torch.as_tensor(normals, dtype=torch.float32)[:, None, :]
+        - steps[None, :, None] * torch.as_tensor(normals, dtype=torch.float32)[:, None, :]
     )
     flat = points.reshape(-1, 3)
     sigma = nerf.exact_densities(flat.to(nerf.device)).cpu().reshape(-1, samples).clamp(min=0)
     rgb = nerf.colours_at(flat).reshape(-1, samples, 3).clamp(0, 1)
-    total = sigma.sum(1, keepdim=True)
-    colours = (sigma[..., None] * rgb).sum(1) / total.clamp(min=1e-12)
-    empty = total[:, 0] <= 0
+    sigma_delta = sigma * (depth / samples)
+    weights = (1 - torch.exp(-sigma_delta)) * torch.exp(-(torch.cumsum(sigma_delta, 1) - sigma_delta))
+    total = weights.sum(1, keepdim=True)
+    colours = (weights[..., None] * rgb).sum(1) / total.clamp(min=1e-12)
+    empty = total[:, 0] <= 1e-6
     colours[empty] = rgb[empty, 0]
     return colours.numpy()
 
