@@ -161,16 +161,18 @@ def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float
     normalised; the vertex's own albedo where the ray meets no matter). On a mesh taken at the opacity level, whose
     surface lies in the fog around the object, the first dense matter below decides the colour, not the fog's
     albedo and not the never-seen interior."""
-    steps = torch.linspace(0, depth, samples)
-    points = (
-        torch.as_tensor(vertices, dtype=torch.float32)[:, None, :]
-        - steps[None, :, None] * torch.as_tensor(normals, dtype=torch.float32)[:, None, :]
-    )
-    flat = points.reshape(-1, 3)
+    from sdtoolkit.nerf.renderers import render_weights
+    from sdtoolkit.nerf.samplers import RayBundle, RaySamples
+
+    # rays from each vertex into the object, sampled at 0, ..., depth (intervals of depth / samples around them)
+    rays = RayBundle(torch.as_tensor(vertices, dtype=torch.float32), -torch.as_tensor(normals, dtype=torch.float32))
+    middles = torch.linspace(0, depth, samples).expand(len(rays), samples)
+    half = depth / samples / 2
+    ray_samples = RaySamples(middles - half, middles + half)
+    flat = ray_samples.positions(rays).reshape(-1, 3)
     sigma = nerf.exact_densities(flat.to(nerf.device)).cpu().reshape(-1, samples).clamp(min=0)
     rgb = nerf.colours_at(flat).reshape(-1, samples, 3).clamp(0, 1)
-    sigma_delta = sigma * (depth / samples)
-    weights = (1 - torch.exp(-sigma_delta)) * torch.exp(-(torch.cumsum(sigma_delta, 1) - sigma_delta))
+    weights = render_weights(sigma, ray_samples)
     total = weights.sum(1, keepdim=True)
     colours = (weights[..., None] * rgb).sum(1) / total.clamp(min=1e-12)
     empty = total[:, 0] <= 1e-6
