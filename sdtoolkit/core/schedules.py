@@ -245,10 +245,10 @@ class VPSchedule(NoiseSchedule):
         return torch.sigmoid(-self.log_snr(t)).sqrt()
 
     def d_alpha(self, t: Tensor) -> Tensor:
-        return 0.5 * self.alpha(t) * self.sigma(t) ** 2 * self._d_log_snr(t)
+        return _vp_derivatives(self.alpha(t), self.sigma(t), self._d_log_snr(t))[0]
 
     def d_sigma(self, t: Tensor) -> Tensor:
-        return -0.5 * self.sigma(t) * self.alpha(t) ** 2 * self._d_log_snr(t)
+        return _vp_derivatives(self.alpha(t), self.sigma(t), self._d_log_snr(t))[1]
 
     def snr(self, t: Tensor) -> Tensor:
         return self.log_snr(t).exp()
@@ -259,10 +259,14 @@ class VPSchedule(NoiseSchedule):
         make (every prediction asks for all four)."""
         log_snr = self.log_snr(t)
         alpha, sigma = torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
-        d_log_snr = self._d_log_snr(t)
-        d_alpha = 0.5 * alpha * sigma**2 * d_log_snr
-        d_sigma = -0.5 * sigma * alpha**2 * d_log_snr
+        d_alpha, d_sigma = _vp_derivatives(alpha, sigma, self._d_log_snr(t))
         return tuple(append_dims(v, ndim) for v in (alpha, sigma, d_alpha, d_sigma))
+
+
+def _vp_derivatives(alpha: Tensor, sigma: Tensor, d_log_snr: Tensor) -> tuple[Tensor, Tensor]:
+    """(d alpha_t / dt, d sigma_t / dt) of a VP schedule from d lambda_t / dt: with alpha^2 = sigmoid(lambda) and
+    sigma^2 = sigmoid(-lambda), d alpha / d lambda = alpha sigma^2 / 2 and d sigma / d lambda = -sigma alpha^2 / 2."""
+    return 0.5 * alpha * sigma**2 * d_log_snr, -0.5 * sigma * alpha**2 * d_log_snr
 
 
 def _rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
