@@ -430,6 +430,24 @@ def test_cli_geometry_options_reach_the_run(tiny_prior, tmp_path):
     assert len(faces := mesh.faces) > 0 and (areas >= 0.05 * areas.sum() - 1e-9).all(), len(faces)
 
 
+def test_cli_iso_mode_opacity_trains_and_re_extracts(tiny_prior, tmp_path):
+    """`--iso-mode opacity` end to end: a run with it records the mode and exports a mesh; `--resume` of a finished
+    solid run with it re-extracts without training (same step count) and records the new mode."""
+    out = tmp_path / "iso"
+    assert _run_cli(tiny_prior, out, ["--iso-mode", "opacity"]) == 0
+    assert json.loads((out / "config.json").read_text())["iso_mode"] == "opacity"
+    assert json.loads((out / "summary.json").read_text())["mesh_faces"] > 0
+    solid = tmp_path / "solid"
+    assert _run_cli(tiny_prior, solid, []) == 0
+    before = json.loads((solid / "summary.json").read_text())
+    from sdtoolkit.cli import main
+
+    assert main(["text-to-3d", "--resume", str(solid), "--iso-mode", "opacity", "--quiet"]) == 0
+    after = json.loads((solid / "summary.json").read_text())
+    assert after["steps"] == before["steps"] == 3 and after["mesh_faces"] > 0
+    assert json.loads((solid / "config.json").read_text())["iso_mode"] == "opacity"
+
+
 def test_cli_ism_runs_end_to_end(tiny_prior, tmp_path):
     out = tmp_path / "ism"
     assert _run_cli(tiny_prior, out, ["--method", "ism", "--guidance.interval", "0.1"]) == 0

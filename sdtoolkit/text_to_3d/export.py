@@ -165,7 +165,7 @@ def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float
     from sdtoolkit.nerf.samplers import RayBundle, RaySamples
 
     # rays from each vertex into the object, sampled at 0, ..., depth (intervals of depth / samples around them)
-    rays = RayBundle(torch.as_tensor(vertices, dtype=torch.float32), -torch.as_tensor(normals, dtype=torch.float32))
+    rays = RayBundle(torch.tensor(vertices, dtype=torch.float32), -torch.tensor(normals, dtype=torch.float32))
     middles = torch.linspace(0, depth, samples).expand(len(rays), samples)
     half = depth / samples / 2
     ray_samples = RaySamples(middles - half, middles + half)
