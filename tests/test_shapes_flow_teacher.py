@@ -171,3 +171,33 @@ def test_cli_refuses_flags_of_the_other_family(tmp_path, capsys):
     assert "--unet-steps: not a setting of --family sd3" in capsys.readouterr().err
     assert main(["train-teacher", "--output", str(tmp_path / "t"), "--transformer-steps", "3"]) == 2
     assert "--transformer-steps: not a setting of --family sd" in capsys.readouterr().err
+
+
+def test_compact_t5_tokens_trains_the_same_weights(tmp_path):
+    """The default exact compaction of the 256 zero tokens (sdtoolkit.core.repeated_tokens) against the literal
+    336-token call: the same weights after 4 steps to float rounding, and a saved model with stock processors."""
+    from safetensors.torch import load_file
+
+    from sdtoolkit.models.shapes_flow_teacher import train_flow_teacher
+
+    cache = str(tmp_path / "cache")
+    compact = train_flow_teacher(_tiny_config(cache_dir=cache, max_sequence_length=32), tmp_path / "compact")
+    literal = train_flow_teacher(
+        _tiny_config(cache_dir=cache, max_sequence_length=32, compact_t5_tokens=False), tmp_path / "literal"
+    )
+    for part in ("transformer/diffusion_pytorch_model", "text_encoder/model", "text_encoder_2/model"):
+        a, b = load_file(compact / f"{part}.safetensors"), load_file(literal / f"{part}.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            if k.endswith("self_attn.k_proj.bias"):
+                # CLIP's key bias shifts every logit of a query equally: its true gradient is 0, so Adam turns
+                # rounding noise into lr-sized steps in both runs alike (not a difference of the compaction)
+                continue
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5, msg=f"{part}:{k}")
+    init = train_flow_teacher(
+        _tiny_config(cache_dir=cache, max_sequence_length=32, transformer_steps=1), tmp_path / "one"
+    )
+    a = load_file(compact / "transformer/diffusion_pytorch_model.safetensors")
+    b = load_file(init / "transformer/diffusion_pytorch_model.safetensors")
+    moved = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 2e-4  # training moved the weights 10x more than the tolerance above

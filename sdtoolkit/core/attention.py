@@ -22,6 +22,7 @@ __all__ = [
     "make_setting",
     "resolve_backend",
     "sign_processors",
+    "takes_attention_bias",
     "unsign_processors",
     "uses_dispatch",
 ]
@@ -240,6 +241,17 @@ def _set_dispatch_backend(model: torch.nn.Module, diffusers_name: str) -> None:
         _AttentionBackendRegistry.set_active_backend(previous)
 
 
+_TAKES_BIAS = "_sdtoolkit_attention_takes_bias"
+
+
+def takes_attention_bias(model: torch.nn.Module) -> bool:
+    """Whether `model`'s attention may be given an additive bias: not with xformers or a flash-only SDPA setting
+    (flash kernels take no mask), and not on a regionally compiled model (swapping its processors would recompile)."""
+    if getattr(model, "_sdtoolkit_compiled", False):
+        return False
+    return model.__dict__.get(_TAKES_BIAS, True)
+
+
 @dataclass(frozen=True)
 class AttentionSetting:
     """A resolved attention backend. `apply(model)` sets what must live on the model (diffusers dispatch backend,
@@ -277,6 +289,9 @@ class AttentionSetting:
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         """Set this backend on `model` through diffusers' own mechanisms; returns `model`."""
+        # an additive attention bias (sdtoolkit.core.repeated_tokens) needs an SDPA kernel that takes a mask
+        flash_only = self.backend == "flash" and not self.fallbacks
+        model.__dict__[_TAKES_BIAS] = not (self.backend == "xformers" or flash_only)
         if self.backend == "xformers":
             model.enable_xformers_memory_efficient_attention()
             return model

@@ -21,6 +21,9 @@ class Conditioning:
         encoder_attention_mask: `[B, L]` text mask (SANA).
         class_labels: `[B]` labels for class-conditional UNet2DModel / UNet2DConditionModel.
         added_cond_kwargs: extra UNet conditioning (SDXL `text_embeds`, `time_ids`), each `[B, ...]`.
+        encoder_log_multiplicity: `[B, L]` log of how many identical tokens each row of `encoder_hidden_states`
+            stands for (0 for an ordinary token). Set by SD3's adapter, which keeps SD3-without-T5's 256 zero tokens
+            once (`sdtoolkit.core.repeated_tokens`: exact); None means every token is itself.
     """
 
     encoder_hidden_states: Tensor | None = None
@@ -28,6 +31,7 @@ class Conditioning:
     encoder_attention_mask: Tensor | None = None
     class_labels: Tensor | None = None
     added_cond_kwargs: dict[str, Tensor] = field(default_factory=dict)
+    encoder_log_multiplicity: Tensor | None = None
 
     def _tensors(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -148,7 +148,13 @@ def load_image(path: Path, resolution: int) -> Tensor:
 def conditioning_to_tensors(cond: Conditioning) -> dict[str, Tensor]:
     """Flattens a `Conditioning` into named tensors (`added_cond_kwargs.<key>` for the nested dict)."""
     out: dict[str, Tensor] = {}
-    for name in ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "class_labels"):
+    for name in (
+        "encoder_hidden_states",
+        "pooled_projections",
+        "encoder_attention_mask",
+        "class_labels",
+        "encoder_log_multiplicity",
+    ):
         value = getattr(cond, name)
         if value is not None:
             out[name] = value

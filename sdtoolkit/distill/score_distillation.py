@@ -206,7 +206,7 @@ def drop_conditioning(
         return torch.where(append_dims(drop.to(c.device), c.ndim), u.to(c.dtype), c)
 
     values = {}
-    for name in ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask"):
+    for name in ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "encoder_log_multiplicity"):
         c, u = getattr(cond, name), getattr(uncond, name)
         values[name] = pick(c, u) if c is not None and u is not None else c
     added = {k: pick(v, uncond.added_cond_kwargs[k]) for k, v in cond.added_cond_kwargs.items()}
