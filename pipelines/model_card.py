@@ -93,7 +93,7 @@ def _call(spec: Any, prompt: str = EXAMPLE_PROMPT) -> str:
 
 def _prompt_format(reference: str, training_config: dict[str, Any]) -> str:
     train = training_config.get("train", {})
-    if reference == "builtin:shapes":
+    if reference in ("builtin:shapes", "builtin:shapes-flow"):
         from sdtoolkit.data import COLOUR_NAMES, SHAPES, VIEWS
 
         return (

@@ -161,12 +161,19 @@ def compact_joint_attention(model: nn.Module, bias: Tensor) -> Iterator[None]:
     if not modules:
         raise ValueError(f"{type(model).__name__} has no joint (image + text) attention to compact")
     saved = [m.processor for m in modules]
-    processor = RepeatedKeyJointAttnProcessor()
+    processor = model.__dict__.get("_sdtoolkit_compact_processor")
+    if processor is None:  # one per model, signed once (diffusers inspects a processor's signature on every call)
+        from sdtoolkit.core.attention import _CallSignature
+
+        processor = RepeatedKeyJointAttnProcessor()
+        processor.__call__ = _CallSignature(processor)
+        model.__dict__["_sdtoolkit_compact_processor"] = processor
     processor.bias = bias
     try:
         for m in modules:
             m.processor = processor  # plain assignment: set_processor would also reset signatures and warn
         yield
     finally:
+        processor.bias = None
         for m, p in zip(modules, saved):
             m.processor = p

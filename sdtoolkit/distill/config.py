@@ -13,6 +13,9 @@ from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, Bound, ConfigError, 
 
 BUILTIN_TEACHER = "builtin:shapes"
 """The embedded teacher shipped in `assets/shapes-teacher/`; runs on it are validated with `sdtoolkit.eval`."""
+SHAPES_TEACHERS = (BUILTIN_TEACHER, "builtin:shapes-flow")
+"""The embedded teachers of the procedural shapes world (SD 1.x layout and rectified-flow SD3 layout): built-in
+images and prompts, and validation with the shapes evaluator."""
 OPTIMIZERS = ("adamw", "adamw8bit")
 """Values of `TrainConfig.optimizer`."""
 

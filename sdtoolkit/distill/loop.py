@@ -25,6 +25,7 @@ from sdtoolkit.distill.checkpoint import (  # noqa: F401  (latest_checkpoint re-
 )
 from sdtoolkit.distill.config import (  # noqa: F401  (re-exported: the public home of the loop's names)
     BUILTIN_TEACHER,
+    SHAPES_TEACHERS,
     MethodConfig,
     OptimizerSpec,
     TrainConfig,
@@ -648,7 +649,7 @@ class Trainer:
 
     def _validation_due(self, step: int, last: bool) -> bool:
         every = self.config.validate_every
-        if every < 0 or self.config.teacher != BUILTIN_TEACHER:
+        if every < 0 or self.config.teacher not in SHAPES_TEACHERS:
             return False
         return last or (every > 0 and step % every == 0)
 
