@@ -130,3 +130,14 @@ def test_families_gpu_script_runs_the_real_loop_at_tiny_size(one_thread):
     row = measure("sdxl", "dmd2", "tiny", "cpu", steps=1, warmup=1, batch_size=2)
     assert row["finite_losses"] and row["ms_per_step_median"] > 0 and row["peak_memory_gb"] is None
     assert SDXL_UNET["cross_attention_dim"] == 768 + 1280  # the two text encoders' widths, concatenated
+
+
+def test_repeated_tokens_benchmark_checks_equality_and_reports_paired_ratios(tmp_path, one_thread):
+    from benchmarks import repeated_tokens
+
+    out = tmp_path / "rt.json"
+    assert repeated_tokens.main(["--rounds", "2", "--batch-size", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["tokens"] == {"literal": 336, "compact": 81}
+    assert result["max_abs_output_difference"] < 1e-5  # the same function on both sides
+    assert result["paired_ratio_median"] > 0 and set(result["median_s"]) == {"literal", "compact"}
