@@ -201,3 +201,47 @@ def test_compact_t5_tokens_trains_the_same_weights(tmp_path):
     b = load_file(init / "transformer/diffusion_pytorch_model.safetensors")
     moved = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert moved > 2e-4  # training moved the weights 10x more than the tolerance above
+
+
+SHIPPED = """
+import json, sys, torch
+from diffusers import DiffusionPipeline
+from sdtoolkit.models.loading import resolve_model_id
+from sdtoolkit.eval import Evaluator
+folder = resolve_model_id("builtin:shapes-flow")
+config = json.load(open(folder + "/training_config.json"))
+pipe = DiffusionPipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+pipe.set_progress_bar_config(disable=True)
+prompts = ["a red cube, front view", "a green sphere, side view", "a blue cylinder, front view",
+           "a yellow cone, side view", "a purple torus, overhead view", "a cyan cube, back view"]
+images = pipe(prompts, num_inference_steps=config["sample_steps"], guidance_scale=config["guidance"],
+              generator=torch.Generator().manual_seed(0), output_type="pt").images
+scores = Evaluator.load().score(images, prompts)  # images in [0, 1], as the evaluator takes them
+print(json.dumps({"class": type(pipe).__name__, "shape": list(images.shape),
+                  "accuracy": float(scores["prompt_accuracy"])}))
+"""
+
+
+def test_shipped_builtin_flow_teacher_loads_in_a_fresh_process_and_follows_prompts():
+    """`builtin:shapes-flow` as shipped in assets/: stock StableDiffusion3Pipeline in a fresh offline process, at its
+    card's default steps and CFG, draws the shape and colour of (at least 5 of) 6 prompts, one per colour."""
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", SHIPPED], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["class"] == "StableDiffusion3Pipeline" and result["shape"] == [6, 3, 64, 64]
+    assert result["accuracy"] >= 5 / 6
+
+
+def test_distill_cli_runs_on_the_shipped_flow_teacher_with_its_builtin_data(tmp_path):
+    """`--teacher builtin:shapes-flow` gets the shapes world's renders and prompts like builtin:shapes, and its
+    student exports as the family's own stock pipeline."""
+    out = tmp_path / "lcm"
+    argv = ["distill", "lcm", "--teacher", "builtin:shapes-flow", "--output", str(out), "--max-steps", "1",
+            "--batch-size", "2", "--builtin-images", "4", "--num-threads", "1", "--sample-every", "1",
+            "--sample-prompts", "1", "--sample-seeds", "1", "--validate-every", "-1", "--w-min", "4",
+            "--w-max", "4"]  # fmt: skip
+    assert main(argv) == 0
+    index = json.loads((out / "export" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
+    assert json.loads((out / "config.json").read_text())["train"]["teacher"] == "builtin:shapes-flow"
