@@ -25,7 +25,7 @@ Usage for distillation (DMD2-style generator step, then a fake-score step)::
 Usage for 3D VSD (ProlificDreamer, Wang et al. 2023): render latents `z` (with grad) from a camera, then::
 
     scores = ScorePair(sd_teacher, FakeScoreConfig(kind="lora", rank=4, extra_cond_dim=16))
-    cam = Conditioning(cond.encoder_hidden_states, class_labels=c2w.flatten(1))    # camera-conditioned fake score
+    cam = replace(cond, class_labels=c2w.flatten(1))                  # camera-conditioned fake score
     with torch.no_grad():
         z_t = teacher.add_noise(z, eps, t)
         eps_real = scores.real(z_t, t, cond, uncond=uncond, guidance_scale=7.5).eps
