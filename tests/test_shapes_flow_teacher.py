@@ -245,3 +245,25 @@ def test_distill_cli_runs_on_the_shipped_flow_teacher_with_its_builtin_data(tmp_
     index = json.loads((out / "export" / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusion3Pipeline"
     assert json.loads((out / "config.json").read_text())["train"]["teacher"] == "builtin:shapes-flow"
+
+
+def test_shipped_assets_fit_the_60_mb_budget_and_hold_no_pickle():
+    """Issue 18: all of assets/ (both teachers, the evaluator, the motion classifier) at most 60 MB; the flow teacher
+    is safetensors only, with its card, config and metrics beside it."""
+    from pathlib import Path
+
+    import sdtoolkit.assets as assets
+
+    root = Path(assets.__file__).parent
+    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    total_mb = sum(p.stat().st_size for p in files) / 2**20
+    assert total_mb <= 60, f"assets/ is {total_mb:.1f} MB, budget 60 MB"
+    flow = root / "shapes-flow"
+    weights = sorted(str(p.relative_to(flow)) for p in flow.rglob("*.safetensors"))
+    assert weights == [
+        "text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+    ]  # fmt: skip
+    assert not [p for p in flow.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    for name in ("README.md", "training_config.json", "training_log.json", "metrics.json", "model_index.json"):
+        assert (flow / name).is_file(), name
