@@ -105,3 +105,22 @@ def test_inward_colours_stop_at_the_first_dense_matter():
     vertices = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
     colours = inward_colours(nerf, vertices, vertices / 0.5, depth=0.3)
     assert (colours[:, 0] > 0.8).all() and (colours[:, 1] < 0.2).all()
+
+
+def test_inward_colours_take_the_solid_surface_albedo_below_the_fog():
+    """With `surface_level` (the solid iso-level), a vertex in the fog takes the albedo where its inward ray first
+    reaches that density: the dense core's bright colour, not the render's mix with the darker fog above it."""
+    from sdtoolkit.text_to_3d.export import inward_colours
+
+    nerf = _nerf_with(_fog_around_a_core)
+    dark, bright = torch.tensor([0.3, 0.05, 0.4]), torch.tensor([0.7, 0.25, 0.95])
+    nerf.colours_at = lambda p: torch.where((p.norm(dim=-1) > 0.3)[:, None], dark, bright)
+    vertices = np.array([[0.45, 0.0, 0.0], [0.0, 0.0, -0.45]])
+    normals = vertices / 0.45
+    mixed = inward_colours(nerf, vertices, normals, depth=0.3, samples=48)
+    below = inward_colours(nerf, vertices, normals, depth=0.3, samples=48, surface_level=100.0)
+    assert np.allclose(below, bright.numpy(), atol=1e-6)
+    assert (mixed[:, 2] < 0.85).all() and (mixed[:, 2] > 0.45).all()  # the render mixes in the dark fog
+    # a ray that never reaches the level keeps the rendered colour
+    shallow = inward_colours(nerf, vertices, normals, depth=0.1, samples=16, surface_level=100.0)
+    assert np.allclose(shallow, inward_colours(nerf, vertices, normals, depth=0.1, samples=16))

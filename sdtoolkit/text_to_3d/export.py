@@ -138,29 +138,40 @@ def extract_mesh(
         if level is not None:
             peak = float(densities.max())
             level = min(max(level, float(densities.min()) + 1e-6 * peak), peak * (1 - 1e-6))
-    level = auto_iso_threshold(densities, cell) if level is None else level
+    solid_level = auto_iso_threshold(densities, cell)
+    level = solid_level if level is None else level
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:
         raise EmptyFieldError(f"marching cubes found no surface at iso-level {level:.4g}")
     mesh = _colour_mesh(nerf, vertices, faces, level)
     if iso_mode == "opacity":  # the outer level lies in fog whose albedo is not the object's: colour from inside
-        mesh.visual.vertex_colors = _rgba(
-            inward_colours(nerf, mesh.vertices, mesh.vertex_normals, INWARD_DEPTH * (upper - lower))
-        )
+        depth, normals = INWARD_DEPTH * (upper - lower), mesh.vertex_normals
+        rgb = inward_colours(nerf, mesh.vertices, normals, depth, INWARD_SAMPLES, surface_level=solid_level)
+        mesh.visual.vertex_colors = _rgba(rgb)
     return mesh if min_component_share is None else remove_floaters(mesh, min_component_share)
 
 
-INWARD_DEPTH = 0.1
+INWARD_DEPTH = 0.25
 """How deep `inward_colours` looks below an opacity-level surface, as a fraction of the extraction grid's side."""
+INWARD_SAMPLES = 48
+"""Samples along that depth (about 2 per grid cell at resolution 96)."""
 
 
 @torch.no_grad()
-def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float, samples: int = 16) -> np.ndarray:
+def inward_colours(
+    nerf,
+    vertices: np.ndarray,
+    normals: np.ndarray,
+    depth: float,
+    samples: int = 16,
+    surface_level: float | None = None,
+) -> np.ndarray:
     """Vertex colours as the renderer shows that spot from just outside: a ray from each vertex along its inward
     normal, down to `depth`, volume-rendered through the field (weights w_k = T_k (1 - exp(-sigma_k delta)),
     normalised; the vertex's own albedo where the ray meets no matter). On a mesh taken at the opacity level, whose
     surface lies in the fog around the object, the first dense matter below decides the colour, not the fog's
-    albedo and not the never-seen interior."""
+    albedo and not the never-seen interior. With `surface_level` (the solid iso-level), a ray that reaches that
+    density takes the albedo where it first does: the colour the solid-level mesh has at the surface below."""
     from sdtoolkit.nerf.renderers import render_weights
     from sdtoolkit.nerf.samplers import RayBundle, RaySamples
 
@@ -177,6 +188,11 @@ def inward_colours(nerf, vertices: np.ndarray, normals: np.ndarray, depth: float
     colours = (weights[..., None] * rgb).sum(1) / total.clamp(min=1e-12)
     empty = total[:, 0] <= 1e-6
     colours[empty] = rgb[empty, 0]
+    if surface_level is not None:
+        dense = sigma >= surface_level
+        reached = dense.any(1)
+        first = dense.to(torch.int8).argmax(1)  # index of the first sample at or above the level
+        colours[reached] = rgb[reached, first[reached]]
     return colours.numpy()
 
 
