@@ -92,8 +92,10 @@ def evaluate(
 
     from sdtoolkit.data import all_prompts
     from sdtoolkit.eval import evaluate_pipeline
+    from sdtoolkit.models.loading import absent_components
 
-    pipe = DiffusionPipeline.from_pretrained(folder).to(device)  # stock diffusers
+    # stock diffusers; an SD3 export without T5 is loaded as its card says (text_encoder_3=None, tokenizer_3=None)
+    pipe = DiffusionPipeline.from_pretrained(folder, **absent_components(Path(folder))).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = [p for p in all_prompts() for _ in range(seeds)]
     started = time.perf_counter()

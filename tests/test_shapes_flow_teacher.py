@@ -208,7 +208,7 @@ import json, sys, torch
 from diffusers import DiffusionPipeline
 from sdtoolkit.models.loading import resolve_model_id
 from sdtoolkit.eval import Evaluator
-folder = resolve_model_id("builtin:shapes-flow")
+folder = str(resolve_model_id("builtin:shapes-flow"))
 config = json.load(open(folder + "/training_config.json"))
 pipe = DiffusionPipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
 pipe.set_progress_bar_config(disable=True)

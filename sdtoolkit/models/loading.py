@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "absent_components",
     "BUILTIN_MODELS",
     "BUILTIN_PREFIX",
     "ModelNotAvailableError",
@@ -209,7 +210,7 @@ def load_teacher(
         if torch_dtype is not None:  # diffusers >= 0.42 and transformers >= 5 call it `dtype`
             kwargs["dtype"] = torch_dtype
         if isinstance(source, Path):
-            kwargs = {**_absent_components(source), **kwargs}
+            kwargs = {**absent_components(source), **kwargs}
         pipeline = cls.from_pretrained(source, variant=variant, revision=revision, use_safetensors=True, **kwargs)
     except (ModelNotAvailableError, UnsafeWeightsError):
         raise
@@ -222,7 +223,7 @@ def load_teacher(
     return pipeline
 
 
-def _absent_components(folder: Path) -> dict[str, None]:
+def absent_components(folder: Path) -> dict[str, None]:
     """`{name: None}` for the components a folder's model_index.json lists as absent (`[null, null]`, e.g. SD3 saved
     without its T5 encoder): stock `from_pretrained` refuses such a folder unless they are passed as None."""
     try:
