@@ -163,3 +163,31 @@ def test_collapsed_conditioning_survives_the_text_cache_and_expands_back():
     assert both.encoder_log_multiplicity.shape == (3, 6)
     full = expand_conditioning(back)
     assert torch.equal(full.encoder_hidden_states, text) and full.encoder_log_multiplicity is None
+
+
+def test_nested_compaction_restores_the_outer_bias_and_the_processors():
+    model = _tiny_sd3()
+    outer, inner = torch.zeros(1, 1, 1, 5), torch.ones(1, 1, 1, 7)
+    stock = [type(p).__name__ for p in model.attn_processors.values()]
+    with compact_joint_attention(model, outer):
+        processor = next(iter(model.attn_processors.values()))
+        with compact_joint_attention(model, inner):
+            assert processor.bias is inner
+        assert processor.bias is outer and isinstance(processor, RepeatedKeyJointAttnProcessor)
+    assert processor.bias is None and [type(p).__name__ for p in model.attn_processors.values()] == stock
+
+
+def test_attention_settings_that_take_no_bias_turn_compaction_off():
+    from sdtoolkit.core.attention import AttentionSetting, takes_attention_bias
+
+    model = _tiny_sd3()
+    assert takes_attention_bias(model)
+    AttentionSetting("flash", "flash", torch.device("cpu"), torch.float32).apply(model)
+    assert not takes_attention_bias(model)  # flash kernels take no mask
+    wrapper = torch.nn.Module()
+    wrapper.module = model  # a DDP-style wrapper sees its inner model's setting
+    assert not takes_attention_bias(wrapper)
+    AttentionSetting("auto", "flash", torch.device("cpu"), torch.float32, fallbacks=("math",)).apply(model)
+    assert takes_attention_bias(model)  # auto falls back to a kernel that takes one
+    model._sdtoolkit_compiled = True
+    assert not takes_attention_bias(model)

@@ -247,9 +247,12 @@ _TAKES_BIAS = "_sdtoolkit_attention_takes_bias"
 def takes_attention_bias(model: torch.nn.Module) -> bool:
     """Whether `model`'s attention may be given an additive bias: not with xformers or a flash-only SDPA setting
     (flash kernels take no mask), and not on a regionally compiled model (swapping its processors would recompile)."""
-    if getattr(model, "_sdtoolkit_compiled", False):
-        return False
-    return model.__dict__.get(_TAKES_BIAS, True)
+    for inner in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):  # DDP / compile wrappers
+        if inner is not None and (
+            getattr(inner, "_sdtoolkit_compiled", False) or not inner.__dict__.get(_TAKES_BIAS, True)
+        ):
+            return False
+    return True
 
 
 @dataclass(frozen=True)

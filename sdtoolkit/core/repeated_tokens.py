@@ -93,8 +93,8 @@ def expand_conditioning(cond: Conditioning) -> Conditioning:
 
 class RepeatedKeyJointAttnProcessor:
     """diffusers' `JointAttnProcessor2_0` (SD3's joint attention over [image; text] tokens) with an additive
-    per-key bias: the log-multiplicity of each key (`key_log_multiplicity`), passed as the `repeated_key_bias`
-    joint-attention kwarg by `compact_joint_attention`. Without a bias it is the stock computation."""
+    per-key bias: the log-multiplicity of each key (`key_log_multiplicity`), held in `bias` and set by
+    `compact_joint_attention` for the span of a call. Without a bias it is the stock computation."""
 
     def __init__(self) -> None:
         self.bias: Tensor | None = None
@@ -168,12 +168,12 @@ def compact_joint_attention(model: nn.Module, bias: Tensor) -> Iterator[None]:
         processor = RepeatedKeyJointAttnProcessor()
         processor.__call__ = _CallSignature(processor)
         model.__dict__["_sdtoolkit_compact_processor"] = processor
-    processor.bias = bias
+    previous, processor.bias = processor.bias, bias  # nested use (a call inside a call) restores the outer bias
     try:
         for m in modules:
             m.processor = processor  # plain assignment: set_processor would also reset signatures and warn
         yield
     finally:
-        processor.bias = None
+        processor.bias = previous
         for m, p in zip(modules, saved):
             m.processor = p
