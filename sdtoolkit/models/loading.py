@@ -91,8 +91,8 @@ def resolve_model_id(id_or_path: str | os.PathLike) -> str | Path:
         path = builtin_model_path(name)
         if not path.is_dir() and name in BUILTIN_TRAIN_COMMANDS:
             raise ModelNotAvailableError(
-                f"built-in model {id_or_path} has not been trained yet (no {path}); train it on a GPU in a few "
-                f"minutes with: {BUILTIN_TRAIN_COMMANDS[name]}"
+                f"built-in model {id_or_path} has not been trained yet (no {path}); train it (about 70 minutes on 2 "
+                f"CPU threads) with: {BUILTIN_TRAIN_COMMANDS[name]}"
             )
         if not path.is_dir():
             raise ModelNotAvailableError(
