@@ -26,6 +26,7 @@ encoder; and its `AutoencoderDC` cannot reuse `builtin:shapes`' trained `Autoenc
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -387,21 +388,6 @@ def encode_captions(
     return torch.cat([clip, t5], dim=-2), torch.cat([out_1[0], out_2[0]], dim=-1)
 
 
-class _ReusableCompaction:
-    """`compact_joint_attention(model, bias)` as a context manager that can be entered once per step."""
-
-    def __init__(self, model: torch.nn.Module, bias: torch.Tensor) -> None:
-        self.model, self.bias, self._active = model, bias, None
-
-    def __enter__(self) -> None:
-        self._active = compact_joint_attention(self.model, self.bias)
-        self._active.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self._active.__exit__(*exc)
-        self._active = None
-
-
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of `module`."""
     return sum(p.numel() for p in module.parameters())
@@ -568,13 +554,13 @@ def train_flow_teacher(config: FlowTeacherConfig, output_dir: str | Path) -> Pat
     caption_index = data.caption_index.to(device)
     latent_mean, latent_std = latent_mean.to(device), latent_std.to(device)
     joint_dim = raw[0].config.joint_attention_dim
-    t5_tokens, compaction = config.max_sequence_length, contextlib.nullcontext()
+    t5_tokens, compaction = config.max_sequence_length, contextlib.nullcontext
     if config.compact_t5_tokens and config.max_sequence_length > 1:
         # the zero tokens once, weighted by their count in attention: exact (sdtoolkit.core.repeated_tokens)
         t5_tokens = 1
         image_tokens = (latent_size // config.patch_size) ** 2
         bias = key_log_multiplicity(image_tokens, config.max_length + 1, config.max_sequence_length, device=device)
-        compaction = _ReusableCompaction(raw[0], bias)
+        compaction = functools.partial(compact_joint_attention, raw[0], bias)
     vae_cpu = _cpu_copy(vae)
     scheduler = build_scheduler(config)
     stats: dict[str, Any] = {"timings": timings, "latents": latent_stats}
@@ -618,7 +604,7 @@ def train_flow_teacher(config: FlowTeacherConfig, output_dir: str | Path) -> Pat
         # the schedule owns time: SD3's shift (Esser et al. 2024, Eq. 23) and the path x_t = (1 - t) x0 + t eps
         t = schedule.shift_time(logit_normal_times(batch, config.logit_mean, config.logit_std, generator, device))
         x_t = schedule.add_noise(x0, eps, t)
-        with accelerator.autocast(), compaction:
+        with accelerator.autocast(), compaction():
             prompt_embeds, pooled = encode_captions(text_encoder, text_encoder_2, input_ids, joint_dim, t5_tokens)
             velocity = transformer(
                 hidden_states=x_t,
