@@ -73,10 +73,11 @@ def load_prior(prior: str, device: str = "cpu") -> Denoiser:
 
 
 def prior_image_size(denoiser: Denoiser) -> int:
-    """The prior's native image side: U-Net sample size times the VAE's downsampling factor."""
+    """The prior's native image side: the network's latent sample size (else its pipeline's `default_sample_size`,
+    e.g. FLUX) times the VAE's downsampling factor."""
     pipe = denoiser.pipeline
     factor = getattr(pipe, "vae_scale_factor", None) or 2 ** (len(denoiser.vae.config.block_out_channels) - 1)
-    return int(denoiser.config.sample_size) * int(factor)
+    return int(denoiser.family.sample_size(denoiser.base_model, pipe)) * int(factor)
 
 
 def sample_training_cameras(config, n: int, generator: torch.Generator, distance_scale: float = 1.0) -> Cameras:

@@ -7,7 +7,8 @@ Camera conditioning: the camera-to-world matrix (flattened, 16 numbers) goes thr
 the time embedding as in ProlificDreamer's camera-conditioned LoRA U-Net (threestudio sets
 `unet_lora.class_embedding` to a camera MLP the same way). With probability `camera_condition_dropout` the camera is
 replaced by zeros while training the LoRA (ProlificDreamer's 10 % dropout), so the fake score also learns the
-camera-free score.
+camera-free score. Transformer priors (SD3, SANA, FLUX) have no class embedding to carry it: their fake score is
+the camera-free LoRA (ProlificDreamer's ablation without camera conditioning), and the camera input is ignored.
 """
 
 from __future__ import annotations
@@ -84,9 +85,12 @@ class VSDGuidance:
 
     def __init__(self, config: VSDConfig, denoiser: Denoiser):
         self.config, self.denoiser = config, denoiser
+        # the camera MLP enters through a UNet's class embedding (ProlificDreamer); transformer priors (SD3, SANA,
+        # FLUX) have none, so their fake score is the camera-free LoRA of VSD's ablation (the camera input is ignored)
+        camera_dim = CAMERA_DIM if hasattr(denoiser.base_model, "time_embedding") else None
         self.scores = ScorePair(
             denoiser,
-            FakeScoreConfig(kind="lora", rank=config.lora_rank, extra_cond_dim=CAMERA_DIM, adapter_name="vsd_lora"),
+            FakeScoreConfig(kind="lora", rank=config.lora_rank, extra_cond_dim=camera_dim, adapter_name="vsd_lora"),
         )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
