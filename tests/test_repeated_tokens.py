@@ -14,24 +14,11 @@ from sdtoolkit.core.repeated_tokens import (
 
 
 def _tiny_sd3(seed=0):
-    from diffusers import SD3Transformer2DModel
+    from sdtoolkit.testing import tiny_sd3_transformer
 
+    model = tiny_sd3_transformer(seed)  # 2 joint blocks: the first updates the text stream, the second reads it
     torch.manual_seed(seed)
-    model = SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=3,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        caption_projection_dim=16,
-        pooled_projection_dim=12,
-        pos_embed_max_size=4,
-    )
-    # random (not zero-initialised) output layers so every block matters
-    for p in model.parameters():
+    for p in model.parameters():  # random (not zero-initialised) output layers so every block matters
         p.data.normal_(0, 0.2)
     return model
 
@@ -39,9 +26,9 @@ def _tiny_sd3(seed=0):
 def _inputs(batch=2, clip_tokens=5, zero_tokens=40):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 4, 8, 8, generator=g)
-    clip = torch.randn(batch, clip_tokens, 16, generator=g)
-    text = torch.cat([clip, torch.zeros(batch, zero_tokens, 16)], dim=1)
-    pooled = torch.randn(batch, 12, generator=g)
+    clip = torch.randn(batch, clip_tokens, 32, generator=g)
+    text = torch.cat([clip, torch.zeros(batch, zero_tokens, 32)], dim=1)
+    pooled = torch.randn(batch, 32, generator=g)
     t = torch.tensor([250.0, 900.0][:batch])
     return x, text, pooled, t
 

@@ -567,3 +567,23 @@ def test_text_to_3d_runs_on_every_family_prior(family, method, tiny_family_prior
         pipe = DiffusionPipeline.from_pretrained(folder, **absent_components(folder))
         guidance = VSDGuidance(VSDConfig(), Denoiser.from_pipeline(pipe))
         assert (guidance.scores.extra_embedding is not None) == (family == "sdxl")
+
+
+def test_opacity_colours_benchmark_scores_a_finished_run(tiny_prior, tmp_path, capsys):
+    """`python -m benchmarks.opacity_colours RUN` re-extracts a finished run without training and prints one JSON row
+    with the solid level's colour and eval-3d's scores of the opacity mesh under both colour rules."""
+    from benchmarks import opacity_colours
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "run"
+    args = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--steps", "3", "--output", str(out),
+            "--preset", "tiny", "--mesh-resolution", "24", "--video-frames", "2", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert opacity_colours.main([str(out)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["prompt"] == "a red cube" and 0 <= row["solid_colour_accuracy"] <= 1
+    for rule in ("old", "new"):
+        assert set(row[rule]) == {"render_view_accuracy", "colour_accuracy", "volume_iou", "chamfer"}
+    assert row["old"]["volume_iou"] == row["new"]["volume_iou"]  # the same mesh; only its colours differ
+    assert opacity_colours.main([]) == 2

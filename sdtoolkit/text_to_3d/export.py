@@ -138,7 +138,8 @@ def extract_mesh(
         if level is not None:
             peak = float(densities.max())
             level = min(max(level, float(densities.min()) + 1e-6 * peak), peak * (1 - 1e-6))
-    solid_level = auto_iso_threshold(densities, cell)
+    # the solid level: the mesh's own level unless one was given, and the colour source of an opacity mesh
+    solid_level = auto_iso_threshold(densities, cell) if level is None or iso_mode == "opacity" else None
     level = solid_level if level is None else level
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:
