@@ -172,7 +172,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
 
 def check(method, method_config, train, checkpoint: Path | None) -> None:
     """Every check that needs no model: values, files, folders. Raises CLIError naming the value and the fix."""
-    from sdtoolkit.distill.config import SHAPES_TEACHERS
+    from sdtoolkit.distill.config import SHAPES_TEACHERS, shapes_world
     from sdtoolkit.distill.data import read_image_captions, read_prompt_file
 
     try:
@@ -201,17 +201,18 @@ def check(method, method_config, train, checkpoint: Path | None) -> None:
                 read_image_captions(train.data)
             except (FileNotFoundError, ValueError) as error:
                 raise CLIError(f"--data: {error}") from error
-        elif train.teacher not in SHAPES_TEACHERS:
+        elif not shapes_world(train.teacher):
             raise CLIError(
                 f"{method.name} trains on real latents: pass --data FOLDER (images with metadata.jsonl or .txt "
-                f"captions) for teacher {train.teacher!r} (only {' and '.join(SHAPES_TEACHERS)} have built-in data)"
+                f"captions) for teacher {train.teacher!r} (only {' and '.join(SHAPES_TEACHERS)} and folders exported "
+                "from them have built-in data)"
             )
     if train.prompts is not None:
         try:
             read_prompt_file(train.prompts)
         except (FileNotFoundError, ValueError) as error:
             raise CLIError(f"--prompts: {error}") from error
-    elif method.data == "prompts" and train.teacher not in SHAPES_TEACHERS:
+    elif method.data == "prompts" and not shapes_world(train.teacher):
         raise CLIError(
             f"{method.name} needs prompts: pass --prompts FILE (.txt, .jsonl or .csv) for {train.teacher!r}"
         )
@@ -281,7 +282,7 @@ def load_teacher(spec: str):
 def prepare_data(teacher, pipeline, train, method) -> tuple[Any, Any, list[str]]:
     """(dataset, text cache, prompt list) for `method.data`: cached VAE latents of an image–caption folder or of
     builtin:shapes renders, or the prompts of a prompt file / `sdtoolkit.data.all_prompts()`."""
-    from sdtoolkit.distill.config import SHAPES_TEACHERS
+    from sdtoolkit.distill.config import shapes_world
     from sdtoolkit.distill.data import (
         CachedImageDataset,
         CachedPromptDataset,
@@ -299,7 +300,7 @@ def prepare_data(teacher, pipeline, train, method) -> tuple[Any, Any, list[str]]
     extra_prompts: list[str] = []
     if train.prompts is not None:
         extra_prompts = read_prompt_file(train.prompts)
-    elif train.teacher in SHAPES_TEACHERS:
+    elif shapes_world(train.teacher):
         from sdtoolkit.data import all_prompts
 
         extra_prompts = all_prompts()

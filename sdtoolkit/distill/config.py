@@ -4,7 +4,9 @@ each method's config), `OptimizerSpec` (one optimizer of a method), and `config_
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
@@ -16,6 +18,22 @@ BUILTIN_TEACHER = "builtin:shapes"
 SHAPES_TEACHERS = (BUILTIN_TEACHER, "builtin:shapes-flow")
 """The embedded teachers of the procedural shapes world (SD 1.x layout and rectified-flow SD3 layout): built-in
 images and prompts, and validation with the shapes evaluator."""
+
+
+def shapes_world(teacher: str) -> bool:
+    """Whether `teacher` lives in the embedded shapes world: one of `SHAPES_TEACHERS`, or a folder this toolkit
+    exported from one of them (a prepared teacher, a student; its `export.json` names the built-in teacher). Such
+    teachers get the built-in renders, prompts and the evaluator's validation."""
+    if teacher in SHAPES_TEACHERS:
+        return True
+    path = Path(teacher).expanduser() / "export.json"
+    try:
+        values = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return values.get("teacher") in SHAPES_TEACHERS and values.get("teacher_source") == "builtin"
+
+
 OPTIMIZERS = ("adamw", "adamw8bit")
 """Values of `TrainConfig.optimizer`."""
 

@@ -30,6 +30,7 @@ from sdtoolkit.distill.config import (  # noqa: F401  (re-exported: the public h
     OptimizerSpec,
     TrainConfig,
     config_from_dict,
+    shapes_world,
 )
 from sdtoolkit.distill.method import (  # noqa: F401  (re-exported)
     DistillationMethod,
@@ -649,7 +650,7 @@ class Trainer:
 
     def _validation_due(self, step: int, last: bool) -> bool:
         every = self.config.validate_every
-        if every < 0 or self.config.teacher not in SHAPES_TEACHERS:
+        if every < 0 or not shapes_world(self.config.teacher):
             return False
         return last or (every > 0 and step % every == 0)
 

@@ -8,7 +8,7 @@ import copy
 
 from torch import nn
 
-__all__ = ["sana_sprint_student", "w_embedded_unet"]
+__all__ = ["QK_NORM", "qk_normed_network", "sana_sprint_student", "w_embedded_unet"]
 
 
 def sana_sprint_student(transformer: nn.Module, guidance_embeds_scale: float = 0.1) -> nn.Module:
@@ -39,4 +39,24 @@ def w_embedded_unet(unet: nn.Module, time_cond_proj_dim: int) -> nn.Module:
     if unexpected or any("cond_proj" not in name for name in missing):
         raise RuntimeError(f"student copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.float().requires_grad_(True)
+
+
+QK_NORM = {"sd3": "rms_norm", "sana": "rms_norm_across_heads"}
+"""The `qk_norm` a transformer of each family gets for sCM's teacher preparation (SD3.5's per-head RMSNorm; SANA-
+Sprint's RMSNorm across heads). FLUX's attention always normalises queries and keys."""
+
+
+def qk_normed_network(network: nn.Module, family: str) -> nn.Module:
+    """A copy of an SD3 or SANA transformer with RMS QK-normalisation in every attention (SANA-Sprint's teacher
+    preparation, Chen et al. 2025, Sec. 4.1), every other weight the teacher's. The norms' scales start at 1, so
+    the copy is a different function until fine-tuned (`sdtoolkit.trainers.teacher_prep`)."""
+    if family not in QK_NORM:
+        raise ValueError(f"no QK-normalisation to add to a {family} network (families: {', '.join(sorted(QK_NORM))})")
+    # a keyword, not a dict entry: diffusers drops config keys listed in `_use_default_values`
+    student = type(network).from_config(network.config, qk_norm=QK_NORM[family])
+    missing, unexpected = student.load_state_dict(network.state_dict(), strict=False)
+    norms = ("norm_q.", "norm_k.", "norm_added_q.", "norm_added_k.")
+    if unexpected or not missing or any(not any(n in name for n in norms) for name in missing):
+        raise RuntimeError(f"QK-norm copy mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return student.float().requires_grad_(True)
