@@ -141,3 +141,19 @@ def test_repeated_tokens_benchmark_checks_equality_and_reports_paired_ratios(tmp
     assert result["tokens"] == {"literal": 336, "compact": 81}
     assert result["max_abs_output_difference"] < 1e-5  # the same function on both sides
     assert result["paired_ratio_median"] > 0 and set(result["median_s"]) == {"literal", "compact"}
+
+
+def test_scm_step_benchmark_matches_the_plain_reference_and_reports_paired_ratios(tmp_path, one_thread):
+    """Issue 19's benchmark: the research-script-style reference and sdtoolkit's `scm_step` compute the same loss
+    and the same student gradients from the same weights and draws, then are timed in alternating rounds."""
+    from benchmarks import scm_step
+
+    out = tmp_path / "scm.json"
+    argv = ["--rounds", "2", "--batch-size", "2", "--layers", "1", "--size", "8", "--json", str(out)]
+    assert scm_step.main(argv) == 0
+    result = json.loads(out.read_text())
+    losses = result["first_step_loss"]
+    assert losses["sdtoolkit"] == pytest.approx(losses["reference"], rel=1e-4) and losses["reference"] > 0
+    assert result["first_step_max_gradient"] > 0
+    assert result["first_step_max_gradient_difference"] < 1e-4 * result["first_step_max_gradient"]
+    assert result["paired_ratio_median"] > 0 and set(result["median_s"]) == {"reference", "sdtoolkit"}
