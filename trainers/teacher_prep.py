@@ -1,19 +1,20 @@
-"""Teacher preparation for continuous-time consistency distillation, as SANA-Sprint does it (Chen et al. 2025, Sec.
-3.2 and 4.1, "stabilising continuous-time distillation"): `sdtoolkit distill prepare-teacher`.
+"""Teacher preparation for continuous-time consistency distillation, as SANA-Sprint does it (Chen et al. 2025; its
+released prepared teachers are `SANA_Sprint_*_teacher`): `sdtoolkit distill prepare-teacher`.
 
-sCM's tangent differentiates the network along the teacher's ODE (`sdtoolkit.distill.scm`). SANA-Sprint found two
-sources of instability in that derivative at scale and changes the teacher before distilling:
+sCM's tangent differentiates the network along the teacher's ODE (`sdtoolkit.distill.scm`). To keep that derivative
+tame at scale, SANA-Sprint changes the teacher in two ways before distilling (a write-up of its recipe reports
+gradient norms above 1e3 without them, and about 5k fine-tune iterations):
 
 1. **QK-normalisation**: RMS normalisation of queries and keys in every attention (SD3.5's `qk_norm="rms_norm"`,
    SANA-Sprint's `"rms_norm_across_heads"`), which bounds the attention logits and so the JVP's tangents. Its scales
    start at 1, which changes the network: the teacher must be fine-tuned after adding it.
 2. **Dense time embedding**: embed t instead of 1000 t. A SANA student takes it in the sCM trainer
-   (`distill scm --dense-time`, the default for SANA), because only SanaSprintPipeline feeds a dense time; stock SD3
-   and FLUX pipelines feed 1000 t, so their sCM students keep it and the sCM trainer smooths the time derivative by
-   a difference instead (`--time-difference`).
+   (`distill scm --dense-time`, the default for SANA), because SanaSprintPipeline feeds a dense time; stock SD3
+   and FLUX pipelines feed 1000 t and their transformers have no timestep scale, so their sCM students keep it and
+   the sCM trainer smooths the time derivative by a difference instead (`--time-difference`).
 
 This method is the fine-tune: the teacher's network with the change, trained by the teacher's own flow-matching
-loss (Liu et al. 2022; Esser et al. 2024, Eq. 1 with the logit-normal time density of Sec. 3.1)
+loss (Liu et al. 2022; Esser et al. 2024, with SD3's logit-normal time density)
 
     L = E_{t, x0, eps} || v_theta((1 - t) x0 + t eps, t, c) - (eps - x0) ||^2,  t = sigmoid(n), n ~ N(m, s^2)
 
@@ -52,8 +53,8 @@ FLOW_FAMILIES = ("sd3", "sana", "flux")
 
 
 def logit_normal_time(n: int, mean: float = 0.0, std: float = 1.0, device=None) -> Tensor:
-    """t = sigmoid(u), u ~ N(mean, std^2): SD3's logit-normal training-time density (Esser et al. 2024, Sec. 3.1,
-    Eq. 19; m = 0, s = 1 by default). `[n]` float32 in (0, 1)."""
+    """t = sigmoid(u), u ~ N(mean, std^2): SD3's logit-normal training-time density (Esser et al. 2024; m = 0,
+    s = 1 by default). `[n]` float32 in (0, 1)."""
     return torch.sigmoid(torch.randn(n, device=device) * std + mean)
 
 

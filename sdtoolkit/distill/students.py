@@ -49,7 +49,7 @@ Sprint's RMSNorm across heads). FLUX's attention always normalises queries and k
 
 def qk_normed_network(network: nn.Module, family: str) -> nn.Module:
     """A copy of an SD3 or SANA transformer with RMS QK-normalisation in every attention (SANA-Sprint's teacher
-    preparation, Chen et al. 2025, Sec. 4.1), every other weight the teacher's. The norms' scales start at 1, so
+    preparation, Chen et al. 2025), every other weight the teacher's. The norms' scales start at 1, so
     the copy is a different function until fine-tuned (`sdtoolkit.trainers.teacher_prep`)."""
     if family not in QK_NORM:
         raise ValueError(f"no QK-normalisation to add to a {family} network (families: {', '.join(sorted(QK_NORM))})")
