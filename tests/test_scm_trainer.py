@@ -438,3 +438,27 @@ def test_runs_through_the_loop_on_every_family(family, tmp_path):
     )
     if family == "sana":
         assert student.config.guidance_embeds
+
+
+def test_flow_student_samples_scms_times_through_stock_sigmas(tmp_path):
+    """A 2-step sCM student of an SD3 flow teacher samples SCMScheduler's times [1.5708, 1.3] (flow sigmas 1 and
+    sin 1.3 / (sin 1.3 + cos 1.3) = 0.7827), not the stock 2-step grid whose second sigma is 0.001; the export passes
+    them to the stock StableDiffusion3Pipeline as `sigmas`, and its call runs on exactly those sigmas."""
+    from diffusers import StableDiffusion3Pipeline
+
+    out = tmp_path / "scm"
+    argv = ["distill", "scm", "--teacher", "builtin:shapes-flow", "--output", str(out), "--max-steps", "1",
+            "--batch-size", "2", "--builtin-images", "4", "--num-threads", "1", "--sample-every", "0",
+            "--validate-every", "-1", "--log-with", "none"]  # fmt: skip
+    assert main(argv) == 0
+    spec = json.loads((out / "export" / "export.json").read_text())
+    expected = [1.0, math.sin(1.3) / (math.sin(1.3) + math.cos(1.3))]
+    assert spec["num_inference_steps"] == 2
+    assert spec["call_kwargs"]["sigmas"] == pytest.approx(expected, abs=1e-6)
+    assert spec["scheduler_config"]["stochastic_sampling"] is True
+    pipe = StableDiffusion3Pipeline.from_pretrained(out / "export", text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red cube, front view", output_type="pt", **spec["call_kwargs"], num_inference_steps=2,
+                 guidance_scale=spec["guidance_scale"]).images  # fmt: skip
+    assert torch.isfinite(image).all()
+    assert pipe.scheduler.sigmas[:-1].tolist() == pytest.approx(expected, abs=1e-6)

@@ -351,16 +351,23 @@ class SCM(DistillationMethod):
         return w - 1
 
     def sampling_times(self) -> Tensor:
-        """TrigFlow times of the sampler: SCMScheduler's for SANA (and VP, whose 1-step export starts at the
-        teacher's noisiest time); for other flow students, the stock FlowMatch Euler k-step grid mapped to s =
-        arctan(t / (1 - t)), so the stock stochastic Euler sampler runs the same steps."""
+        """TrigFlow times of the sampler, SCMScheduler's for every family: [max_time, intermediate_time, 0] for 2
+        steps (1.5708, 1.3), else linspace(max_time, 0). A VP student exports its 1-step generator (s = pi/2 is the
+        teacher's noisiest time); other flow students than SANA export these times as flow sigmas
+        t = sin s / (sin s + cos s) (`flow_times`), passed to the stock FlowMatch Euler sampler as `sigmas`: its own
+        k-step grid linspace(1, 1/T, k) puts the second of 2 steps at t = 0.001 (0.003 after SD3's shift 3), a step
+        that re-predicts an almost clean image and adds nothing (measured on builtin:shapes-flow: FD 34.1 with that
+        grid, 25.4 with t = 0.78; benchmarks/RESULTS.md, "sCM")."""
         k, c = self.sample_steps, self.config
-        schedule = self.teacher.schedule
-        if self.family.name == "sana" or not isinstance(schedule, FlowSchedule):
-            return scm_sampling_times(k, c.max_time, c.intermediate_time)
-        t = torch.tensor(schedule.student_timesteps(k), dtype=torch.float64)
-        s = torch.atan2(t, 1 - t)
-        return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
+        return scm_sampling_times(k, c.max_time, c.intermediate_time)
+
+    def flow_times(self) -> list[float]:
+        """The sampler's times as flow sigmas t = sin s / (sin s + cos s) (the TrigFlow time map of
+        `sdtoolkit.core.trigflow`), noisiest first and without the final 0; SCMScheduler's first time 1.5708 lies
+        just beyond pi/2 and maps to t = 1."""
+        s = self.sampling_times()[:-1].double()
+        t = torch.sin(s) / (torch.sin(s) + torch.cos(s))
+        return [min(1.0, float(x)) for x in t]
 
     def _student_denoiser(self, model: nn.Module) -> Denoiser:
         denoiser = self.teacher.with_model(model)
@@ -609,7 +616,7 @@ class SCM(DistillationMethod):
         if isinstance(self.teacher.schedule, FlowSchedule):
             from sdtoolkit.distill.method import flow_export_fields
 
-            flow_times = [float(t) for t in self.teacher.schedule.student_timesteps(k)]
+            flow_times = self.flow_times()
             return ExportSpec(
                 method=self.name,
                 student=family.component,
