@@ -87,7 +87,10 @@ def evaluate(
     fd_splits: int = 0,
     seed: int = 0,
     report: bool = False,
+    call_kwargs: dict | None = None,
 ) -> dict:
+    """Scores the exported `folder` through stock diffusers: every builtin prompt x `seeds` images at `steps` and
+    `guidance`, with `call_kwargs` added to each call (an export's own call arguments, e.g. its `sigmas`)."""
     from diffusers import DiffusionPipeline
 
     from sdtoolkit.data import all_prompts
@@ -110,7 +113,9 @@ def evaluate(
         progress=False,
         fd_splits=fd_splits,
         report=report,
+        call_kwargs=call_kwargs,
     )
+    scores["call_kwargs"] = dict(call_kwargs or {})
     scores["eval_seconds"] = round(time.perf_counter() - started, 1)
     scores["pipeline"] = type(pipe).__name__
     scores["scheduler"] = type(pipe.scheduler).__name__

@@ -66,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads((folder / "export.json").read_text())
         steps = spec["num_inference_steps"] if args.steps is None else args.steps
         guidance = spec["guidance_scale"] if args.guidance is None else args.guidance
+        # the export's own call arguments (e.g. `sigmas` of a flow student); a per-step grid only at its own count
+        call = dict(spec.get("call_kwargs") or {})
+        if steps != spec["num_inference_steps"]:
+            call = {k: v for k, v in call.items() if k not in ("sigmas", "timesteps")}
         scores = evaluate(
-            folder, steps, guidance, args.device, args.seeds, evaluator, args.fd_splits, args.seed, not args.no_report
-        )
+            folder, steps, guidance, args.device, args.seeds, evaluator, args.fd_splits, args.seed,
+            not args.no_report, call,
+        )  # fmt: skip
         results[str(folder)] = scores
         print(
             f"{folder}: prompt acc {scores['prompt_accuracy']:.3f} shape {scores['shape_accuracy']:.3f} "

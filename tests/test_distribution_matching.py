@@ -296,6 +296,7 @@ def test_eval_export_scores_an_exported_student(runs, tmp_path):
     assert scores["num_images"] == 120 and scores["pipeline"] == "StableDiffusionPipeline"
     assert 0.0 <= scores["prompt_accuracy"] <= 1.0 and scores["fd_shapes"] > 0
     assert (scores["steps"], scores["guidance"]) == (1, 1.0)  # from its export.json
+    assert scores["call_kwargs"] == json.loads((runs["sid"] / "export" / "export.json").read_text())["call_kwargs"]
     key = str(runs["dmd2"] / "export")  # a 2-step student, sampled here with 1 step and CFG 3
     args = [key, "--seeds", "1", "--steps", "1", "--guidance", "3", "--out", str(out)]
     assert eval_export.main(args) == 0

@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+import types
 
 import pytest
 import torch
@@ -226,6 +227,21 @@ def test_evaluate_pipeline_fd_splits_are_the_interleaved_subsets(evaluator):
     for bad in (1, -2, 4):  # 4 splits of 6 images leave a split with one image
         with pytest.raises(ValueError, match=f"fd_splits={bad}"):
             evaluate_pipeline(pipe, prompts, evaluator=evaluator, fd_splits=bad, **kwargs)
+
+
+def test_generate_images_passes_the_exports_call_arguments():
+    """An export's own call arguments (e.g. a flow student's `sigmas`) reach every pipeline call."""
+    from sdtoolkit.eval import generate_images
+
+    calls = []
+
+    def pipe(**kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(images=torch.zeros(len(kwargs["prompt"]), 3, 4, 4))
+
+    generate_images(pipe, ["a red cube"] * 3, 2, 1.0, batch_size=2, progress=False, call_kwargs={"sigmas": [1, 0.5]})
+    assert [c["sigmas"] for c in calls] == [[1, 0.5], [1, 0.5]]
+    assert all(c["num_inference_steps"] == 2 and c["output_type"] == "pt" for c in calls)
 
 
 def test_clip_score_and_fid_say_what_to_install_without_torchmetrics(monkeypatch):

@@ -12,9 +12,17 @@ from sdtoolkit.eval.metrics import REFERENCE_NUM, Evaluator
 
 @torch.no_grad()
 def generate_images(
-    pipe, prompts: list[str], steps: int, guidance: float, seed: int = 0, batch_size: int = 16, progress: bool = True
+    pipe,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+    call_kwargs: dict | None = None,
 ) -> Tensor:
-    """Images [N, 3, H, W] in [0, 1], one per prompt, from `pipe(prompt=..., output_type="pt")`.
+    """Images [N, 3, H, W] in [0, 1], one per prompt, from `pipe(prompt=..., output_type="pt", **call_kwargs)`
+    (`call_kwargs`: e.g. an export's `sigmas`).
 
     Image i uses its own CPU generator seeded `seed + i`, so an image does not depend on the batch size.
     """
@@ -29,6 +37,7 @@ def generate_images(
             guidance_scale=guidance,
             generator=generators,
             output_type="pt",
+            **(call_kwargs or {}),
         )
         images.append(out.images.float().cpu().clamp(0, 1))
     return torch.cat(images)
@@ -46,6 +55,7 @@ def evaluate_pipeline(
     progress: bool = True,
     fd_splits: int = 0,
     report: bool = False,
+    call_kwargs: dict | None = None,
 ) -> dict:
     """Generates one image per prompt with `pipe` and scores them: `Evaluator.score` plus `fd_shapes` against
     `reference_num` real renders (skipped when 0 or when fewer than 2 prompts). Prompts are checked first.
@@ -62,7 +72,9 @@ def evaluate_pipeline(
     for prompt in prompts:
         parse_caption(prompt)
     evaluator = Evaluator.load() if evaluator is None else evaluator
-    images = generate_images(pipe, prompts, steps, guidance, seed=seed, batch_size=batch_size, progress=progress)
+    images = generate_images(
+        pipe, prompts, steps, guidance, seed=seed, batch_size=batch_size, progress=progress, call_kwargs=call_kwargs
+    )
     scores = evaluator.score(images, prompts)
     if reference_num > 0 and len(prompts) >= 2:
         reference = evaluator.reference_stats(n=reference_num)
