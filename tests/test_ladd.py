@@ -316,6 +316,22 @@ def test_ladd_alone(assets):
     assert LADDConfig().adversarial and LADDConfig().scm_weight == 0 and SCMConfig().adversarial_weight == 0.5
 
 
+def test_scm_with_ladd_and_ladd_alone_on_the_sd3_flow_teacher(tmp_path):
+    """Both LADD paths on the shipped SD3-layout flow teacher through the CLI: heads on its joint blocks, finite
+    losses for heads and student, the student exported as a stock StableDiffusion3Pipeline."""
+    common = ["--teacher", "builtin:shapes-flow", "--max-steps", "2", "--batch-size", "2", "--builtin-images", "4",
+              "--num-threads", "1", "--sample-every", "0", "--validate-every", "-1", "--log-with", "none",
+              "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    for method, extra in (("scm", ["--adversarial"]), ("ladd", [])):
+        out = tmp_path / method
+        assert main(["distill", method, *common, "--output", str(out), *extra]) == 0
+        steps = losses(out)
+        assert "discriminator/loss" in steps[1] and "student/adversarial" in steps[2]
+        assert all(math.isfinite(v) for e in steps.values() for v in e.values())
+        index = json.loads((out / "export" / "model_index.json").read_text())
+        assert index["_class_name"] == "StableDiffusion3Pipeline"
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [
