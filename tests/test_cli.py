@@ -48,6 +48,23 @@ def test_subcommand_help(name, capsys):
     assert f"sdtoolkit {name}" in capsys.readouterr().out
 
 
+def test_distill_method_help(capsys):
+    """`sdtoolkit distill --help` lists every method and `distill METHOD --help` prints each one's flags: a '%' in a
+    method's description (e.g. "10% caption dropout") must not crash argparse's help formatting."""
+    from sdtoolkit.distill.loop import method_names
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--help"])
+    assert exit_info.value.code == 0
+    listing = capsys.readouterr().out
+    for name in method_names():
+        assert name in listing
+        with pytest.raises(SystemExit) as exit_info:
+            main(["distill", name, "--help"])
+        assert exit_info.value.code == 0, name
+        assert f"sdtoolkit distill {name}" in capsys.readouterr().out
+
+
 def options_without_help(parser: argparse.ArgumentParser) -> list[str]:
     """Every option of `parser` and its subparsers (recursively) whose help is missing or blank, and every
     subcommand registered without a help line."""

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
         method = get_method(name)
         sub = methods.add_parser(
             name,
-            help=_first_sentence(method.description) or name,
+            help=(_first_sentence(method.description) or name).replace("%", "%%"),
             description=method.description or None,
             argument_default=argparse.SUPPRESS,
         )
