@@ -28,8 +28,10 @@ from sdtoolkit.distill.ladd import (
     generator_time,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    interleave_order,
     ladd_discriminator_loss,
     ladd_generator_loss,
+    mixed_logits,
     r1_penalty,
     student_x0,
 )
@@ -140,6 +142,53 @@ def test_batchnorm_normalises_each_virtual_batch_of_8_on_its_own():
     changed = x.clone()
     changed[12] += 10
     torch.testing.assert_close(norm(changed)[:8], y[:8])  # the first virtual batch does not see the second
+
+
+def test_interleave_order_spreads_both_kinds_over_every_virtual_batch():
+    assert interleave_order(4, 4).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert interleave_order(4, 2).tolist() == [0, 4, 1, 2, 5, 3]  # keys a: 1/8 3/8 5/8 7/8, b: 1/4 3/4
+    order = interleave_order(32, 16)
+    assert sorted(order.tolist()) == list(range(48))
+    for group in order.split(8):  # every virtual batch of 8 holds both kinds
+        assert (group < 32).any() and (group >= 32).any()
+
+
+def test_separate_calls_cannot_see_a_shift_common_to_all_fakes_and_mixed_calls_can():
+    """Why mixed virtual batches (`mixed_logits`): the heads start with a 1x1 convolution and a per-virtual-batch
+    BatchNorm, so adding one per-channel constant to every fake's features leaves the fakes' logits exactly unchanged
+    when the fakes go through the heads alone (SANA-Sprint's two calls), and changes them when every virtual batch
+    also holds reals."""
+    torch.manual_seed(0)
+    heads = DiscriminatorHeads([16, 16], virtual_batch=8)
+    fake = [torch.randn(8, 12, 16) for _ in range(2)]  # [B, N, C] token features of two hooked blocks
+    real = [torch.randn(8, 12, 16) for _ in range(2)]
+    shift = [f + torch.linspace(-1, 1, 16) for f in fake]  # the same constant per channel for every fake token
+    with torch.no_grad():
+        torch.testing.assert_close(heads(shift), heads(fake), atol=1e-4, rtol=1e-4)
+        fake_logits, real_logits = mixed_logits(heads, fake, real)
+        shifted_logits, real_after = mixed_logits(heads, shift, real)
+        assert (shifted_logits - fake_logits).abs().max() > 0.1
+        # read-back: one virtual batch holding everything gives the logits of the concatenated call, per kind
+        wide = DiscriminatorHeads([16, 16], virtual_batch=16)
+        wide.load_state_dict(heads.state_dict())
+        both = wide([torch.cat([f, r]) for f, r in zip(fake, real)])
+        got_fake, got_real = mixed_logits(wide, fake, real)
+        torch.testing.assert_close(got_fake, both[:8], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_real, both[8:], atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_generator_loss_reaches_only_the_fakes(sana):
+    cond = sana.encode_prompt(PROMPTS)[0]
+    backbone = TeacherFeatures(sana)
+    heads = DiscriminatorHeads(backbone.channels, virtual_batch=4)
+    x0_hat = (SD * torch.randn(2, 4, 8, 8)).requires_grad_(True)
+    x0_real = (SD * torch.randn(2, 4, 8, 8)).requires_grad_(True)
+    loss = ladd_generator_loss(backbone, heads, x0_hat, cond, torch.tensor([0.6, 1.1]), x0_real=x0_real)
+    loss.backward()
+    assert torch.isfinite(loss) and x0_hat.grad.abs().max() > 0
+    assert x0_real.grad is None  # the reals' features are computed without gradient
+    out = ladd_discriminator_loss(backbone, heads, x0_hat, x0_real, cond, torch.tensor([0.6, 1.1]), mixed=True)
+    assert torch.isfinite(out["loss"]) and set(out) == {"loss", "real", "fake"}
 
 
 def test_hinge_losses_by_hand():
@@ -282,6 +331,7 @@ def test_scm_adversarial_alternates_heads_and_student_with_finite_losses(run):
     assert all(k.startswith("heads.") for k in first)  # only the heads are checkpointed, never the teacher
     assert max(float((first[k] - last[k]).abs().max()) for k in first if "original" in k) > 1e-4
     assert list((run / "samples").glob("step_*.png"))
+    assert json.loads((run / "config.json").read_text())["scm"]["mixed_batches"] is True  # the default
 
 
 def test_resume_is_exact(assets, run):

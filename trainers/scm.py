@@ -172,6 +172,10 @@ class SCMConfig(MethodConfig):
     """Weight of an R1 penalty on the heads' inputs (SANA-Sprint's optional `r1_penalty`; 0: off)."""
     virtual_batch: int = 8
     """Virtual batch of the heads' BatchNorm (StyleGAN-T, SANA-Sprint: 8)."""
+    mixed_batches: bool = True
+    """Fakes and reals share the heads' BatchNorm virtual batches, in the heads' and in the student's phase (our
+    choice, `sdtoolkit.distill.ladd.mixed_logits`: separate calls, as SANA-Sprint, erase shifts common to all fakes,
+    and the heads never learned on the shapes teachers). False: separate calls."""
 
 
 # ---------------------------------------------------------------------------------------------------- the step
@@ -527,7 +531,8 @@ class SCM(DistillationMethod):
             x0.shape[0], config.discriminator_p_mean, config.discriminator_p_std, config.sigma_data, device=x0.device
         )
         heads = self.models["discriminator"]
-        return ladd_generator_loss(self.backbone, heads, x0_hat, cond, s_D, config.sigma_data)
+        real = config.sigma_data * x0.float() if config.mixed_batches else None
+        return ladd_generator_loss(self.backbone, heads, x0_hat, cond, s_D, config.sigma_data, x0_real=real)
 
     def discriminator_loss(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         """The heads' hinge loss on the student's x0_hat (no gradient; fresh w) against the real x0, both re-noised
@@ -554,6 +559,7 @@ class SCM(DistillationMethod):
             misaligned=misaligned,
             r1_weight=config.r1_weight,
             sigma_data=sd,
+            mixed=config.mixed_batches,
         )
 
     def after_step(self, name: str, step: int) -> None:
