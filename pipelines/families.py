@@ -275,8 +275,9 @@ def flow_plan(family: FamilyExport, spec: Any, teacher: Any) -> dict[str, Any]:
     if sigmas is not None:
         call_kwargs["sigmas"] = [round(s, 8) for s in sigmas]
     notes = []
-    if candidate is not overrides:
-        teacher_shift = flow_scheduler(config, overrides).config
+    teacher_shift = flow_scheduler(config, overrides).config
+    same_shift = not teacher_shift.get("use_dynamic_shifting") and float(teacher_shift.get("shift", 1.0)) == shift
+    if candidate is not overrides and not same_shift:  # say so only where the static shift differs from the teacher's
         was = (
             "dynamic (resolution-dependent) shifting"
             if teacher_shift.get("use_dynamic_shifting")

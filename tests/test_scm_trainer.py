@@ -456,6 +456,8 @@ def test_flow_student_samples_scms_times_through_stock_sigmas(tmp_path):
     assert spec["num_inference_steps"] == 2
     assert spec["call_kwargs"]["sigmas"] == pytest.approx(expected, abs=1e-6)
     assert spec["scheduler_config"]["stochastic_sampling"] is True
+    assert "static shift" not in spec["notes"]  # the teacher's own shift (1) is kept: no note claims otherwise
+    assert "`sigmas`" in spec["notes"]
     pipe = StableDiffusion3Pipeline.from_pretrained(out / "export", text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red cube, front view", output_type="pt", **spec["call_kwargs"], num_inference_steps=2,
