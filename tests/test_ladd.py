@@ -331,7 +331,7 @@ def test_scm_adversarial_alternates_heads_and_student_with_finite_losses(run):
     assert all(k.startswith("heads.") for k in first)  # only the heads are checkpointed, never the teacher
     assert max(float((first[k] - last[k]).abs().max()) for k in first if "original" in k) > 1e-4
     assert list((run / "samples").glob("step_*.png"))
-    assert json.loads((run / "config.json").read_text())["scm"]["mixed_batches"] is True  # the default
+    assert json.loads((run / "config.json").read_text())["scm"]["mixed_batches"] is False  # SANA-Sprint's default
 
 
 def test_resume_is_exact(assets, run):
@@ -353,9 +353,9 @@ def test_resume_is_exact(assets, run):
 
 def test_ladd_alone(assets):
     out = assets / "ladd"
-    assert (
-        distill(assets, out, "--max-steps", "2", "--checkpoint-every", "2", "--sample-every", "0", method="ladd") == 0
-    )
+    extra = ("--max-steps", "2", "--checkpoint-every", "2", "--sample-every", "0", "--mixed-batches")
+    assert distill(assets, out, *extra, method="ladd") == 0  # heads and student phases on mixed virtual batches
+    assert json.loads((out / "config.json").read_text())["ladd"]["mixed_batches"] is True
     steps = losses(out)
     assert set(steps[2]) == {"step", "student/loss", "student/adversarial", "student/grad_norm", "student/lr"}
     assert steps[2]["student/loss"] == steps[2]["student/adversarial"]  # no sCM term, weight 1

@@ -172,10 +172,11 @@ class SCMConfig(MethodConfig):
     """Weight of an R1 penalty on the heads' inputs (SANA-Sprint's optional `r1_penalty`; 0: off)."""
     virtual_batch: int = 8
     """Virtual batch of the heads' BatchNorm (StyleGAN-T, SANA-Sprint: 8)."""
-    mixed_batches: bool = True
-    """Fakes and reals share the heads' BatchNorm virtual batches, in the heads' and in the student's phase (our
-    choice, `sdtoolkit.distill.ladd.mixed_logits`: separate calls, as SANA-Sprint, erase shifts common to all fakes,
-    and the heads never learned on the shapes teachers). False: separate calls."""
+    mixed_batches: bool = False
+    """Fakes and reals share the heads' BatchNorm virtual batches, in the heads' and in the student's phase
+    (`sdtoolkit.distill.ladd.mixed_logits`). False: separate calls, as SANA-Sprint; they erase shifts common to all
+    fakes, and on builtin:shapes-flow the heads then never learned (hinge 1.00). With this option they learn, but the
+    students came out worse (benchmarks/RESULTS.md, "sCM, LADD and teacher preparation")."""
 
 
 # ---------------------------------------------------------------------------------------------------- the step

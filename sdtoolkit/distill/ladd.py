@@ -28,15 +28,17 @@ replaced by s = pi/2 (pure noise, the one-step generator's input) with probabili
 in the batch, kept with their original prompts, join the fakes; `misaligned_fakes`) and an R1 penalty on the heads'
 inputs (`r1_penalty`).
 
-**Mixed virtual batches** (our option, on by default; `mixed_logits`): StyleGAN-T and SANA-Sprint call the heads on
-the fakes and on the reals separately, so every virtual batch of BatchNormLocal holds one kind only and its per-channel
-statistics erase whatever shifts all of a kind's features alike (a colour cast, a brightness or contrast change). On
-the embedded shapes teachers the heads then never separated the student's samples from real ones (hinge loss 1.00
-over 1000 steps at heads' learning rates 1e-4 and 1e-3), and in a probe they could not learn a fixed per-channel shift
-of +-0.1 between "real" and "fake" latents (loss 1.00 after 150 steps), which they learned within 50 steps (0.66) when
-every virtual batch held both kinds. With the option, the heads see fakes and reals in one call, interleaved so that
-each virtual batch holds both in proportion (`interleave_order`), in the D phase and in the student's G phase (the
-reals' features computed without gradient); the logits of each kind are read back out.
+**Mixed virtual batches** (our option, off by default; `mixed_logits`): StyleGAN-T and SANA-Sprint call the heads
+on the fakes and on the reals separately, so every virtual batch of BatchNormLocal holds one kind only and its
+per-channel statistics erase whatever shifts all of a kind's features alike (a colour cast, a brightness or contrast
+change). On builtin:shapes-flow the heads then never separated the student's samples from real ones (hinge loss 1.00
+over 1000 steps at heads' learning rates 1e-4 and 1e-3), and in a probe they could not learn a fixed per-channel
+shift of +-0.1 between "real" and "fake" latents (loss 1.00 after 150 steps), which they learned within 25 steps
+(0.80) when every virtual batch held both kinds. With the option, the heads see fakes and reals in one call,
+interleaved so that each virtual batch holds both in proportion (`interleave_order`), in the D phase and in the
+student's G phase (the reals' features computed without gradient); the logits of each kind are read back out. The
+heads then learn, but on builtin:shapes-flow the students came out worse than without (benchmarks/RESULTS.md), so
+SANA-Sprint's separate calls stay the default.
 
 A UNet teacher has no token blocks: its down blocks and mid block serve instead (the maps `[B, C, h, w]` read as
 `[B, C, h w]` in raster order, the order in which a patch transformer sees the same positions), as PCM's
