@@ -165,8 +165,8 @@ def test_separate_calls_cannot_see_a_shift_common_to_all_fakes_and_mixed_calls_c
     shift = [f + torch.linspace(-1, 1, 16) for f in fake]  # the same constant per channel for every fake token
     with torch.no_grad():
         torch.testing.assert_close(heads(shift), heads(fake), atol=1e-4, rtol=1e-4)
-        fake_logits, real_logits = mixed_logits(heads, fake, real)
-        shifted_logits, real_after = mixed_logits(heads, shift, real)
+        fake_logits, _ = mixed_logits(heads, fake, real)
+        shifted_logits, _ = mixed_logits(heads, shift, real)
         assert (shifted_logits - fake_logits).abs().max() > 0.1
         # read-back: one virtual batch holding everything gives the logits of the concatenated call, per kind
         wide = DiscriminatorHeads([16, 16], virtual_batch=16)
