@@ -103,6 +103,34 @@ def test_resume_is_exact(assets, run):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
 
 
+def test_init_from_starts_student_ema_and_logvar_head_from_another_run(assets, run, tmp_path, capsys):
+    """Two-stage training: sCM + LADD from an sCM run's checkpoint. The heads update first (step 1), so after one
+    step the student, its log-variance head and its EMA are still exactly the source checkpoint's."""
+    source = run / "checkpoints" / "step_000002"
+    out = tmp_path / "stage2"
+    extra = ["--init-from", str(source), "--adversarial", "--max-steps", "1", "--sample-every", "0", "--no-export"]
+    assert distill(assets, out, *extra) == 0
+    assert sorted(losses(out)) == [1] and "discriminator/loss" in losses(out)[1]  # a fresh run: step 1, heads
+    new = out / "checkpoints" / "step_000001"
+    for name in ("model", "model_1"):  # the student, the log-variance head
+        a, b = load_file(str(source / f"{name}.safetensors")), load_file(str(new / f"{name}.safetensors"))
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert (new / "model_2.safetensors").is_file()  # the new discriminator heads
+    old_state, new_state = load_file(str(source / "state.safetensors")), load_file(str(new / "state.safetensors"))
+    shadows = [k for k in old_state if "shadow" in k]
+    assert shadows and all(torch.equal(old_state[k], new_state[k]) for k in shadows)  # the EMA
+    # a checkpoint of another method is refused before anything is written
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in source.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    (other / "progress.json").write_text(json.dumps({"step": 2, "method": "lcm"}))
+    capsys.readouterr()
+    assert distill(assets, tmp_path / "never", "--init-from", str(other), "--max-steps", "1") == 2
+    assert "written by method 'lcm', not 'scm'" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
 SD_EXPORT_CHECK = r"""
 import glob, json, sys
 import numpy as np, torch
@@ -352,6 +380,7 @@ def test_sana_export_refuses_a_transformer_without_guidance_input(tmp_path):
         ("--intermediate-time", "1.6", "--intermediate-time 1.6 must lie in (0, --max-time 1.5708)"),
         ("--logvar-features", "3", "--logvar-features 3 must be an even integer"),
         ("--time-difference", "0.7", "--time-difference 0.7 must lie in [0, 0.5)"),
+        ("--init-from", "/nonexistent/run", "--init-from /nonexistent/run: no checkpoint there"),
     ],
 )
 def test_bad_values_are_refused_in_one_line_before_anything_is_written(

@@ -36,6 +36,7 @@ time), exported like DMD2's; other flow students with the stock FlowMatch Euler 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,11 @@ class SCMConfig(MethodConfig):
     1.3); other step counts use linspace(max_time, 0)."""
     sample_w: float | None = None
     """w used for sampling and export (None: the middle of `guidance_scales`)."""
+    init_from: str | None = None
+    """Start the student, its EMA and the log-variance head from another sCM run of the same teacher: its folder
+    (latest checkpoint) or one checkpoints/step_N. Weights only: the step count, the optimizers and the random state
+    start fresh, and discriminator heads are new. For two-stage training (sCM first, then sCM + LADD from it); set
+    --tangent-warmup-steps 0 when the first stage finished its warm-up."""
     # LADD (`sdtoolkit.distill.ladd`): discriminator heads on the frozen teacher's features, SANA-Sprint's recipe
     adversarial: bool = False
     """Add LADD's adversarial loss (SANA-Sprint's sCM + LADD): discriminator heads on the frozen teacher's blocks,
@@ -177,6 +183,47 @@ class SCMConfig(MethodConfig):
     (`sdtoolkit.distill.ladd.mixed_logits`). False: separate calls, as SANA-Sprint; they erase shifts common to all
     fakes, and on builtin:shapes-flow the heads then never learned (hinge 1.00). With this option they learn, but the
     students came out worse (benchmarks/RESULTS.md, "sCM, LADD and teacher preparation")."""
+
+
+# ---------------------------------------------------------------------------------------------------- init_from
+
+
+def init_checkpoint(path: str) -> Path:
+    """The checkpoint `--init-from PATH` names (a run folder's latest, or a checkpoints/step_N folder); raises
+    ValueError naming the path when there is none or it was written by another method."""
+    from sdtoolkit.distill.checkpoint import PROGRESS_NAME, latest_checkpoint
+
+    folder = Path(path)
+    checkpoint = latest_checkpoint(folder) if folder.is_dir() else None
+    if checkpoint is None:
+        raise ValueError(
+            f"--init-from {path}: no checkpoint there (expected an sCM run folder with checkpoints/step_N, or one "
+            "checkpoints/step_N folder)"
+        )
+    method = json.loads((checkpoint / PROGRESS_NAME).read_text()).get("method")
+    if method != "scm":
+        raise ValueError(f"--init-from {path}: {checkpoint} was written by method {method!r}, not 'scm'")
+    return checkpoint
+
+
+def load_init(checkpoint: Path, student: nn.Module, head: nn.Module, ema: Any) -> None:
+    """Loads an sCM checkpoint's student (model.safetensors), log-variance head (model_1) and EMA (the registered
+    object holding shadows) into freshly built ones; the shapes must match (same teacher and student settings)."""
+    from safetensors.torch import load_model
+
+    from sdtoolkit.distill.checkpoint import STATE_NAME, _load, refuse_pickles
+
+    refuse_pickles(checkpoint)
+    try:
+        load_model(student, str(checkpoint / "model.safetensors"), device="cpu")
+        load_model(head, str(checkpoint / "model_1.safetensors"), device="cpu")
+        saved = [o for o in _load(checkpoint, STATE_NAME)["objects"] if isinstance(o, dict) and "shadow" in o]
+        ema.load_state_dict(saved[0])  # the loop's own objects come first; the method's EMA is the one with shadows
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"--init-from {checkpoint}: its networks do not match this run's student (same teacher and student "
+            f"settings needed): {str(error).splitlines()[0]}"
+        ) from error
 
 
 # ---------------------------------------------------------------------------------------------------- the step
@@ -279,6 +326,8 @@ class SCM(DistillationMethod):
         for flag, value, ok, why in checks:
             if not ok:
                 raise ValueError(f"{flag} {value} {why or 'must be a finite number'}")
+        if config.init_from is not None:
+            init_checkpoint(config.init_from)
 
     @classmethod
     def check_teacher(cls, config: SCMConfig, train: TrainConfig, pipeline: Any) -> None:
@@ -403,6 +452,8 @@ class SCM(DistillationMethod):
         from sdtoolkit.core.ema import EMA, ema_target
 
         self.ema = EMA(student, decay=config.ema_decay)
+        if config.init_from is not None:
+            load_init(init_checkpoint(config.init_from), student, head, self.ema)
         self.ema_network = ema_target(student)
         self.built = {"student": student, "logvar": head}
         if config.adversarial:  # LADD: heads on the frozen teacher's blocks (only the heads are a module)
