@@ -162,7 +162,23 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     from sdtoolkit.cli import main
 
     teacher = tmp_path / "teacher"
-    assert main(["train-video-teacher", "--tiny", "--output", str(teacher), "--num-clips", "2", "--steps", "1"]) == 0
+    assert (
+        main(
+            [
+                "train-video-teacher",
+                "--tiny",
+                "--output",
+                str(teacher),
+                "--num-clips",
+                "2",
+                "--steps",
+                "1",
+                "--num-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = json.loads((teacher / "training_config.json").read_text())
     assert record["config"]["num_frames"] == 4 and record["command"]["teacher"]["steps"] == 1
     assert (teacher / "motion_adapter").is_dir() and (teacher / ".sdtoolkit-manifest.json").is_file()
@@ -171,6 +187,8 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-frames", "9"]) == 2
     assert "--num-frames 9" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-threads", "0"]) == 2
+    assert "--num-threads must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
     out, clips = tmp_path / "grid.png", tmp_path / "clips"
     prompts = ["a red cube, front view, turning clockwise", "a blue sphere, side view, bobbing"]

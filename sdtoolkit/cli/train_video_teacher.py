@@ -100,6 +100,8 @@ def build_config(args: argparse.Namespace):
     ):
         if value < 1:
             lines.append(f"{flag} must be at least 1, got {value}")
+    if config.num_threads is not None and config.num_threads < 1:
+        lines.append(f"--num-threads must be at least 1, got {config.num_threads}")
     if not 0 <= config.caption_dropout < 1:
         lines.append(f"--caption-dropout must be in [0, 1), got {config.caption_dropout}")
     if lines:

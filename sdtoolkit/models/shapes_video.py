@@ -55,6 +55,8 @@ class VideoTeacherConfig:
     """cpu or cuda."""
     log_every: int = 50
     """Steps between log lines."""
+    num_threads: int | None = None
+    """torch.set_num_threads for CPU runs (None: leave torch's default)."""
 
 
 def motion_adapter_for(unet: Any, config: VideoTeacherConfig) -> Any:
@@ -138,9 +140,13 @@ def encode_clips(pipeline: Any, frames: torch.Tensor) -> torch.Tensor:
 
 def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     """Trains the motion modules on procedural clips and writes the AnimateDiffPipeline folder `output`."""
+    from tqdm.auto import tqdm
+
     from sdtoolkit.models.loading import load_teacher_pipeline
 
     output = Path(output)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     image = load_teacher_pipeline(config.image_teacher)
     if config.num_frames > config.motion_max_seq_length:
@@ -162,7 +168,12 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     params.append(token_embedding)
     optimizer = torch.optim.AdamW(params, lr=config.lr)
     clips = ClipDataset(config.num_clips, config.seed, ClipConfig(config.num_frames, config.resolution))
-    latents = torch.cat([encode_clips(pipe, clips[i]["pixel_values"][None]) for i in range(len(clips))])
+    with torch.no_grad():
+        encoded = [
+            encode_clips(pipe, clips[i]["pixel_values"][None])
+            for i in tqdm(range(len(clips)), desc="render + encode", unit="clip")
+        ]
+    latents = torch.cat(encoded)
     captions = clips.captions
     unique = list(dict.fromkeys(captions))
     index = {c: i for i, c in enumerate(unique)}
@@ -182,6 +193,7 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     alphas = scheduler.alphas_cumprod.to(config.device)
     log, started = [], time.perf_counter()
     unet.train()
+    bar = tqdm(total=config.steps, desc="motion modules", unit="step", smoothing=0.05)
     for step in range(1, config.steps + 1):
         pick = torch.randint(len(rows), (config.batch_size,))
         x0 = latents[pick].to(config.device)
@@ -197,8 +209,12 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
             log.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started})
+            rate = bar.format_dict.get("rate") or 0.0  # steps/s (None before tqdm has a rate)
+            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}", clips_s=f"{config.batch_size * rate:.1f}")
+    bar.close()
     unet.eval()
     output.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu").save_pretrained(output, safe_serialization=True)
