@@ -108,7 +108,7 @@ def test_init_from_starts_student_ema_and_logvar_head_from_another_run(assets, r
     step the student, its log-variance head and its EMA are still exactly the source checkpoint's."""
     source = run / "checkpoints" / "step_000002"
     out = tmp_path / "stage2"
-    extra = ["--init-from", str(source), "--adversarial", "--max-steps", "1", "--sample-every", "0", "--no-export"]
+    extra = ["--init-from", str(source), "--adversarial", "--max-steps", "1", "--sample-every", "0"]
     assert distill(assets, out, *extra) == 0
     assert sorted(losses(out)) == [1] and "discriminator/loss" in losses(out)[1]  # a fresh run: step 1, heads
     new = out / "checkpoints" / "step_000001"
@@ -119,6 +119,8 @@ def test_init_from_starts_student_ema_and_logvar_head_from_another_run(assets, r
     old_state, new_state = load_file(str(source / "state.safetensors")), load_file(str(new / "state.safetensors"))
     shadows = [k for k in old_state if "shadow" in k]
     assert shadows and all(torch.equal(old_state[k], new_state[k]) for k in shadows)  # the EMA
+    exported = load_file(str(out / "student" / "unet" / "diffusion_pytorch_model.safetensors"))  # the loaded EMA
+    assert all(torch.equal(exported[k.split(".shadow.", 1)[1]], old_state[k]) for k in shadows)
     # a checkpoint of another method is refused before anything is written
     other = tmp_path / "other"
     other.mkdir()

@@ -219,7 +219,7 @@ def load_init(checkpoint: Path, student: nn.Module, head: nn.Module, ema: Any) -
         load_model(head, str(checkpoint / "model_1.safetensors"), device="cpu")
         saved = [o for o in _load(checkpoint, STATE_NAME)["objects"] if isinstance(o, dict) and "shadow" in o]
         ema.load_state_dict(saved[0])  # the loop's own objects come first; the method's EMA is the one with shadows
-    except (KeyError, ValueError, RuntimeError) as error:
+    except (IndexError, KeyError, ValueError, RuntimeError) as error:
         raise ValueError(
             f"--init-from {checkpoint}: its networks do not match this run's student (same teacher and student "
             f"settings needed): {str(error).splitlines()[0]}"
@@ -455,6 +455,8 @@ class SCM(DistillationMethod):
         if config.init_from is not None:
             load_init(init_checkpoint(config.init_from), student, head, self.ema)
         self.ema_network = ema_target(student)
+        if config.init_from is not None:
+            self.ema.copy_to(self.ema_network)  # the loaded EMA, not the online weights, until the first update
         self.built = {"student": student, "logvar": head}
         if config.adversarial:  # LADD: heads on the frozen teacher's blocks (only the heads are a module)
             from sdtoolkit.distill.ladd import DiscriminatorHeads, TeacherFeatures
