@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         help="score images of the procedural shapes against their prompts, or compare two scored runs",
         description=(
             "Scores a folder of images against their prompts with the shipped shapes evaluator, every figure with "
-            "its 95%% interval and image count: all-attributes accuracy (shape, colour and the view where renders "
+            "its 95% interval and image count: all-attributes accuracy (shape, colour and the view where renders "
             "can tell views apart), prompt/shape/colour/view accuracy, sharpness, noise, speckle/floaters, colour "
             "error, FD_shapes, precision/recall and per-prompt diversity against real renders (see "
             "sdtoolkit.eval.report). Prompts come from --prompts (a .txt with one prompt per line in the images' "
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
             "beyond noise. Intervals need images: use at least 20 per prompt (2400 for the 120 builtin prompts) "
             "to resolve differences of about 2 points of accuracy. --clips FOLDER scores video clips instead (one "
             "animated GIF per clip, clip captions as prompts): per-frame prompt and view accuracy, motion accuracy "
-            "(the shipped motion classifier), temporal consistency and FVD_shapes, each with its 95%% interval."
+            "(the shipped motion classifier), temporal consistency and FVD_shapes, each with its 95% interval."
         ),
         argument_default=argparse.SUPPRESS,
     )
