@@ -167,11 +167,12 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     token_embedding.register_hook(lambda grad: grad * (1 - keep))
     params.append(token_embedding)
     optimizer = torch.optim.AdamW(params, lr=config.lr)
+    print(f"rendering {config.num_clips} clips of {config.num_frames} frames at {config.resolution} px", flush=True)
     clips = ClipDataset(config.num_clips, config.seed, ClipConfig(config.num_frames, config.resolution))
     with torch.no_grad():
         encoded = [
             encode_clips(pipe, clips[i]["pixel_values"][None])
-            for i in tqdm(range(len(clips)), desc="render + encode", unit="clip")
+            for i in tqdm(range(len(clips)), desc="encode clips", unit="clip")
         ]
     latents = torch.cat(encoded)
     captions = clips.captions
