@@ -189,6 +189,10 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     assert "--num-frames 9" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-threads", "0"]) == 2
     assert "--num-threads must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # a diverging run stops without writing a teacher (lr 1e20 makes the motion modules NaN by step 2)
+    diverged = tmp_path / "diverged"
+    assert main(["train-video-teacher", "--tiny", "--output", str(diverged), "--lr", "1e20", "--steps", "3"]) == 1
+    assert "training diverged" in capsys.readouterr().err and not (diverged / "model_index.json").exists()
 
     out, clips = tmp_path / "grid.png", tmp_path / "clips"
     prompts = ["a red cube, front view, turning clockwise", "a blue sphere, side view, bobbing"]

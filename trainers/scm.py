@@ -147,7 +147,8 @@ class SCMConfig(MethodConfig):
     """Start the student, its EMA and the log-variance head from another sCM run of the same teacher: its folder
     (latest checkpoint) or one checkpoints/step_N. Weights only: the step count, the optimizers and the random state
     start fresh, and discriminator heads are new. For two-stage training (sCM first, then sCM + LADD from it); set
-    --tangent-warmup-steps 0 when the first stage finished its warm-up."""
+    --tangent-warmup-steps 0 when the first stage finished its warm-up. Resuming the second stage reads this
+    checkpoint again before its own: keep it."""
     # LADD (`sdtoolkit.distill.ladd`): discriminator heads on the frozen teacher's features, SANA-Sprint's recipe
     adversarial: bool = False
     """Add LADD's adversarial loss (SANA-Sprint's sCM + LADD): discriminator heads on the frozen teacher's blocks,
@@ -209,15 +210,13 @@ def init_checkpoint(path: str) -> Path:
 def load_init(checkpoint: Path, student: nn.Module, head: nn.Module, ema: Any) -> None:
     """Loads an sCM checkpoint's student (model.safetensors), log-variance head (model_1) and EMA (the registered
     object holding shadows) into freshly built ones; the shapes must match (same teacher and student settings)."""
-    from safetensors.torch import load_model
-
-    from sdtoolkit.distill.checkpoint import STATE_NAME, _load, refuse_pickles
+    from sdtoolkit.distill.checkpoint import load_network, refuse_pickles, saved_objects
 
     refuse_pickles(checkpoint)
     try:
-        load_model(student, str(checkpoint / "model.safetensors"), device="cpu")
-        load_model(head, str(checkpoint / "model_1.safetensors"), device="cpu")
-        saved = [o for o in _load(checkpoint, STATE_NAME)["objects"] if isinstance(o, dict) and "shadow" in o]
+        load_network(checkpoint, 0, student)
+        load_network(checkpoint, 1, head)
+        saved = [o for o in saved_objects(checkpoint) if isinstance(o, dict) and "shadow" in o]
         ema.load_state_dict(saved[0])  # the loop's own objects come first; the method's EMA is the one with shadows
     except (IndexError, KeyError, ValueError, RuntimeError) as error:
         raise ValueError(

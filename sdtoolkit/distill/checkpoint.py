@@ -154,6 +154,22 @@ def refuse_pickles(folder: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------------- save / load
 
 
+def network_file(index: int) -> str:
+    """File name of the `index`-th prepared network in a checkpoint (accelerate's names)."""
+    return "model.safetensors" if index == 0 else f"model_{index}.safetensors"
+
+
+def load_network(folder: Path, index: int, model: torch.nn.Module) -> None:
+    """Loads the `index`-th network of checkpoint `folder` into `model` (strict: same keys and shapes). The caller
+    runs `refuse_pickles(folder)` first."""
+    load_model(model, str(Path(folder) / network_file(index)), device="cpu")
+
+
+def saved_objects(folder: Path) -> list[Any]:
+    """The registered objects' states a checkpoint holds, in registration order (the loop's, then the method's)."""
+    return _load(Path(folder), STATE_NAME)["objects"]
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete `checkpoints/step_*` of a run folder, or `folder` itself when it is a checkpoint."""
     folder = Path(folder)
@@ -208,8 +224,8 @@ def save_training_state(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for i, model in enumerate(models):
-            name = "model.safetensors" if i == 0 else f"model_{i}.safetensors"
-            accelerate_save(accelerator.get_state_dict(model, unwrap=False), partial / name, safe_serialization=True)
+            state = accelerator.get_state_dict(model, unwrap=False)
+            accelerate_save(state, partial / network_file(i), safe_serialization=True)
         state = {
             "optimizers": [o.state_dict() for o in optimizers],
             "schedulers": [s.state_dict() for s in schedulers],
@@ -251,7 +267,7 @@ def load_training_state(
                 "method or configuration"
             )
     for i, model in enumerate(models):
-        load_model(model, str(folder / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")), device="cpu")
+        load_network(folder, i, model)
     for optimizer, saved in zip(optimizers, state["optimizers"]):
         optimizer.load_state_dict(saved)
     for scheduler, saved in zip(schedulers, state["schedulers"]):

@@ -216,6 +216,14 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
             rate = bar.format_dict.get("rate") or 0.0  # steps/s (None before tqdm has a rate)
             bar.set_postfix(loss=f"{log[-1]['loss']:.4f}", clips_s=f"{config.batch_size * rate:.1f}")
     bar.close()
+    bad = [name for name, p in unet.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad or not torch.isfinite(token_embedding).all():
+        from sdtoolkit.runs import RunDiverged
+
+        raise RunDiverged(
+            f"training diverged (non-finite weights in {', '.join(bad[:3]) or 'the token embeddings'}); no teacher "
+            f"was written to {output}: lower --lr and rerun"
+        )
     unet.eval()
     output.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu").save_pretrained(output, safe_serialization=True)
