@@ -68,6 +68,26 @@ def test_clip_ground_truth():
     assert centroid[2] < centroid[0] < centroid[6]
 
 
+def test_largest_turn_keeps_every_view_word_and_the_teacher_trains_on_its_clips():
+    """A turn of MAX_TURN_DEG (88) keeps every frame's view word; a larger one is refused; the video teacher's
+    --turn-deg / --bob-amplitude reach the clips it trains on."""
+    from sdtoolkit.data.clips import MAX_TURN_DEG
+    from sdtoolkit.models.shapes_video import VideoTeacherConfig, clip_config
+
+    assert MAX_TURN_DEG == 88
+    config = clip_config(VideoTeacherConfig(num_frames=8, resolution=32, turn_deg=MAX_TURN_DEG, bob_amplitude=0.3))
+    assert (config.num_frames, config.resolution, config.turn_deg, config.bob_amplitude) == (8, 32, 88, 0.3)
+    params = sample_clip_parameters(300, seed=5, config=config)
+    turning = params["motion"] < 2
+    sweep = params["yaw_deg"][:, -1] - params["yaw_deg"][:, 0]
+    torch.testing.assert_close(sweep[turning].abs(), torch.full_like(sweep[turning], 88.0))
+    assert params["lift"].abs().max() == pytest.approx(0.3, abs=0.01)
+    for i, views in enumerate(frame_views(params)):
+        assert set(views) == {VIEWS[params["view"][i]]}, (i, views)
+    with pytest.raises(ValueError, match="turn_deg 89"):
+        sample_clip_parameters(2, seed=5, config=ClipConfig(turn_deg=89.0))
+
+
 # ---------------------------------------------------------------------------------------------------- evaluator
 
 
@@ -189,6 +209,13 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     assert "--num-frames 9" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-threads", "0"]) == 2
     assert "--num-threads must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    for flag, value, line in (
+        ("--turn-deg", "0", "--turn-deg must be in (0, 88]"),
+        ("--turn-deg", "120", "got 120.0"),
+        ("--bob-amplitude", "-0.1", "--bob-amplitude must be in (0, 0.5]"),
+    ):
+        assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), flag, value]) == 2
+        assert line in capsys.readouterr().err and not (tmp_path / "x").exists()
     # a diverging run stops without writing a teacher (lr 1e20 makes the motion modules NaN by step 2)
     diverged = tmp_path / "diverged"
     assert main(["train-video-teacher", "--tiny", "--output", str(diverged), "--lr", "1e20", "--steps", "3"]) == 1

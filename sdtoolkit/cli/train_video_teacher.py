@@ -75,6 +75,7 @@ def add_parser(subparsers) -> None:
 
 def build_config(args: argparse.Namespace):
     """(VideoTeacherConfig, TrainVideoTeacherCommand) of the parsed flags, every value checked."""
+    from sdtoolkit.data.clips import MAX_TURN_DEG
     from sdtoolkit.models.shapes_video import VideoTeacherConfig
 
     names = getattr(args, "config_names", {})
@@ -102,6 +103,15 @@ def build_config(args: argparse.Namespace):
             lines.append(f"{flag} must be at least 1, got {value}")
     if config.num_threads is not None and config.num_threads < 1:
         lines.append(f"--num-threads must be at least 1, got {config.num_threads}")
+    if not 0 < config.turn_deg <= MAX_TURN_DEG:
+        lines.append(
+            f"--turn-deg must be in (0, {MAX_TURN_DEG:g}] (every frame keeps its caption's view word), "
+            f"got {config.turn_deg}"
+        )
+    if not 0 < config.bob_amplitude <= 0.5:
+        lines.append(
+            f"--bob-amplitude must be in (0, 0.5] world units (the frame is ~2 wide), got {config.bob_amplitude}"
+        )
     if not 0 <= config.caption_dropout < 1:
         lines.append(f"--caption-dropout must be in [0, 1), got {config.caption_dropout}")
     if lines:

@@ -45,6 +45,14 @@ MOTIONS: tuple[str, ...] = ("turning clockwise", "turning counter-clockwise", "b
 CLIP_VOCABULARY: list[str] = ["turning", "clockwise", "counter", "-", "bobbing"]
 """Words the motion phrases add to the image captions' vocabulary."""
 
+VIEW_MARGIN_DEG = 1.0
+"""Degrees every frame of a clip keeps from its view word's azimuth thresholds."""
+MAX_TURN_DEG = min(
+    FRONT_THRESHOLD_DEG * 2, BACK_THRESHOLD_DEG * 2, 180.0 - FRONT_THRESHOLD_DEG - BACK_THRESHOLD_DEG
+) - (2 * VIEW_MARGIN_DEG)
+"""Largest `ClipConfig.turn_deg` whose every frame keeps the caption's view word (the narrowest view interval, 90
+degrees with DreamFusion's thresholds, less the margins): 88."""
+
 _CLIP_CAPTION = re.compile(r"^(?P<image>.+?)\s*,\s*(?P<motion>turning clockwise|turning counter-clockwise|bobbing)$")
 
 
@@ -147,7 +155,11 @@ def sample_clip_parameters(num: int, seed: int, config: ClipConfig | None = None
         raise ValueError(f"num_frames {frames}: a clip needs at least 2 frames")
     shape, colour, view, motion, elevation, start = [], [], [], [], [], []
     weights = torch.tensor(config.motion_weights, dtype=torch.float64)
-    margin = 1.0  # degrees kept from the view thresholds
+    if not 0 <= config.turn_deg <= MAX_TURN_DEG:
+        raise ValueError(
+            f"turn_deg {config.turn_deg} must be in [0, {MAX_TURN_DEG:g}]: every frame keeps its caption's view word"
+        )
+    margin = VIEW_MARGIN_DEG
     for i in range(num):
         state = np.random.SeedSequence([int(seed), 7, i]).generate_state(2, dtype=np.uint32)
         g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

@@ -33,6 +33,11 @@ class VideoTeacherConfig:
     """Clip resolution in pixels (the image teacher's)."""
     num_clips: int = 4096
     """Rendered training clips."""
+    turn_deg: float = 60.0
+    """Total rotation of a turning training clip from its first to its last frame, degrees (`ClipConfig.turn_deg`;
+    at most 88, so that every frame keeps its caption's view word)."""
+    bob_amplitude: float = 0.15
+    """Amplitude of a bobbing training clip along +z, world units (`ClipConfig.bob_amplitude`; ~5 px at 64 px)."""
     motion_layers_per_block: int | None = None
     """Motion layers per block (None: the UNet's layers_per_block, which MotionAdapter must match)."""
     motion_num_attention_heads: int = 2
@@ -138,6 +143,13 @@ def encode_clips(pipeline: Any, frames: torch.Tensor) -> torch.Tensor:
     return latents.reshape(n, num_frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
 
+def clip_config(config: VideoTeacherConfig) -> ClipConfig:
+    """The `ClipConfig` of the teacher's training clips."""
+    return ClipConfig(
+        config.num_frames, config.resolution, turn_deg=config.turn_deg, bob_amplitude=config.bob_amplitude
+    )
+
+
 def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     """Trains the motion modules on procedural clips and writes the AnimateDiffPipeline folder `output`."""
     from tqdm.auto import tqdm
@@ -168,7 +180,7 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     params.append(token_embedding)
     optimizer = torch.optim.AdamW(params, lr=config.lr)
     print(f"rendering {config.num_clips} clips of {config.num_frames} frames at {config.resolution} px", flush=True)
-    clips = ClipDataset(config.num_clips, config.seed, ClipConfig(config.num_frames, config.resolution))
+    clips = ClipDataset(config.num_clips, config.seed, clip_config(config))
     with torch.no_grad():
         encoded = [
             encode_clips(pipe, clips[i]["pixel_values"][None])
