@@ -88,6 +88,52 @@ def test_largest_turn_keeps_every_view_word_and_the_teacher_trains_on_its_clips(
         sample_clip_parameters(2, seed=5, config=ClipConfig(turn_deg=89.0))
 
 
+def test_frame_difference_loss_against_hand_computation():
+    """The video teacher's motion loss is min(SNR, 1) ||D x0_hat - D x0||^2 computed from x0 (not from epsilon), is
+    zero for an error that is the same in every frame, and weights a high-noise clip's x0 error by its SNR."""
+    from sdtoolkit.models.shapes_video import frame_difference_loss, predicted_x0
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps, eps_hat = (torch.randn(3, 4, 5, 2, 2, generator=g) for _ in range(3))
+    alpha_bar = torch.tensor([0.9, 0.3, 0.02]).view(-1, 1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    torch.testing.assert_close(predicted_x0(x_t, eps, alpha_bar), x0, atol=1e-5, rtol=1e-5)
+    x0_hat = predicted_x0(x_t, eps_hat, alpha_bar)
+    hand = 0.0
+    for i, a in enumerate([0.9, 0.3, 0.02]):
+        snr = a / (1 - a)
+        d_hat = x0_hat[i, :, 1:] - x0_hat[i, :, :-1]
+        d = x0[i, :, 1:] - x0[i, :, :-1]
+        hand += min(snr, 1.0) * ((d_hat - d) ** 2).sum() / d.numel()
+    torch.testing.assert_close(frame_difference_loss(eps_hat, eps, alpha_bar), hand / 3, rtol=1e-4, atol=1e-6)
+    static_error = eps + torch.randn(3, 4, 1, 2, 2, generator=g)  # the same error in every frame
+    assert frame_difference_loss(static_error, eps, alpha_bar).abs() < 1e-10
+
+
+def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path):
+    """--motion-loss-weight and --train-cross-attention reach the training: the cross-attention key/value projections
+    move, the image UNet's other weights do not, and the log carries both loss terms and the motion probe."""
+    from sdtoolkit.cli import main
+    from sdtoolkit.models.loading import load_teacher_pipeline
+
+    teacher = tmp_path / "teacher"
+    argv = ["train-video-teacher", "--tiny", "--output", str(teacher), "--steps", "2", "--lr", "1e-2"]
+    assert main(argv + ["--motion-loss-weight", "10", "--train-cross-attention", "--probe-clips", "2"]) == 0
+    record = json.loads((teacher / "training_config.json").read_text())
+    assert record["config"]["motion_loss_weight"] == 10 and record["config"]["train_cross_attention"] is True
+    assert record["log"][0]["step"] == 0 and math.isfinite(record["log"][0]["motion_probe"])
+    last = record["log"][-1]
+    assert last["loss"] == pytest.approx(last["eps_loss"] + 10 * last["motion_loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    trained = load_file(teacher / "unet" / "diffusion_pytorch_model.safetensors")
+    image = load_teacher_pipeline("builtin:shapes").unet.state_dict()
+    moved = {k for k in image if k in trained and not torch.equal(image[k], trained[k])}
+    assert moved and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in moved), sorted(moved)[:5]
+    assert main(argv[:3] + [str(tmp_path / "x"), "--motion-loss-weight", "-1"]) == 2
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- evaluator
 
 

@@ -10,6 +10,7 @@ command wrote before with --overwrite; never someone else's files).
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,15 @@ def build_config(args: argparse.Namespace):
         lines.append(
             f"--bob-amplitude must be in (0, 0.5] world units (the frame is ~2 wide), got {config.bob_amplitude}"
         )
+    if not (math.isfinite(config.motion_loss_weight) and config.motion_loss_weight >= 0):
+        lines.append(
+            f"--motion-loss-weight must be a finite number >= 0 (0: the plain epsilon loss), got "
+            f"{config.motion_loss_weight}"
+        )
+    if config.probe_clips < 0:
+        lines.append(f"--probe-clips must be >= 0 (0: no motion probe), got {config.probe_clips}")
+    if not 0 <= config.probe_timestep < 1000:
+        lines.append(f"--probe-timestep must be in [0, 999], got {config.probe_timestep}")
     if not 0 <= config.caption_dropout < 1:
         lines.append(f"--caption-dropout must be in [0, 1), got {config.caption_dropout}")
     if lines:

@@ -54,6 +54,20 @@ class VideoTeacherConfig:
     """AdamW learning rate (AnimateDiff: 1e-4)."""
     caption_dropout: float = 0.1
     """Fraction of captions replaced by "" (for CFG)."""
+    motion_loss_weight: float = 0.0
+    """Weight lambda of the frame-difference loss added to the epsilon loss: lambda min(SNR_t, 1)
+    ||D x0_hat - D x0||^2, D the difference of consecutive frames (MCM's "diff" motion representation, applied to
+    the teacher's own x0 prediction). Motion is a small part of a clip's pixels, so the plain epsilon loss barely
+    rewards it; 0: AnimateDiff's plain epsilon loss."""
+    train_cross_attention: bool = False
+    """Also train the image UNet's cross-attention key/value projections (attn2.to_k / to_v), the path by which the
+    motion words reach the features the motion modules see (the motion modules themselves take no text). False:
+    AnimateDiff's recipe, the image UNet frozen."""
+    probe_clips: int = 32
+    """Training clips of the motion probe logged every `log_every` steps: ||D x0_hat - D x0||^2 / ||D x0||^2 at
+    t = `probe_timestep` with fixed noise (1: no better than a still clip; 0: the motion predicted exactly). 0: off."""
+    probe_timestep: int = 600
+    """Timestep of the motion probe."""
     seed: int = 0
     """Seed of the data and the initialisation."""
     device: str = "cpu"
@@ -143,6 +157,29 @@ def encode_clips(pipeline: Any, frames: torch.Tensor) -> torch.Tensor:
     return latents.reshape(n, num_frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
 
+def frame_differences(x: torch.Tensor) -> torch.Tensor:
+    """D x: differences of consecutive frames of video latents `[N, C, F, h, w]` -> `[N, C, F - 1, h, w]`."""
+    return x[:, :, 1:] - x[:, :, :-1]
+
+
+def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (DDPM, Ho et al. 2020, Eq. 4 solved for x0)."""
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+def frame_difference_loss(eps_hat: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """min(SNR_t, 1) ||D x0_hat - D x0||^2, averaged over elements and the batch.
+
+    With x0_hat - x0 = -sqrt((1 - a) / a) (eps_hat - eps) and SNR_t = a / (1 - a) this is
+    min(1, 1 / SNR_t) ||D eps_hat - D eps||^2: at high noise (SNR < 1) the x0-space frame-difference error weighted
+    by SNR as the epsilon loss weights x0 errors, at low noise (where each noisy frame shows its own motion) damped
+    by 1 / SNR (Min-SNR weighting, Hang et al. 2023, with gamma 1). `alpha_bar` broadcasts `[N, 1, 1, 1, 1]`."""
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = snr.clamp(max=1.0) / snr  # min(SNR, 1) * (1 / SNR): the x0 -> epsilon factor
+    error = frame_differences(eps_hat.float() - eps.float())
+    return (weight * error.pow(2)).mean()
+
+
 def clip_config(config: VideoTeacherConfig) -> ClipConfig:
     """The `ClipConfig` of the teacher's training clips."""
     return ClipConfig(
@@ -169,6 +206,10 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     pipe = video_pipeline(image, motion_adapter_for(image.unet, config)).to(config.device)
     unet = pipe.unet
     unet.freeze_unet2d_params()
+    if config.train_cross_attention:
+        for name, p in unet.named_parameters():
+            if ".attn2.to_k." in name or ".attn2.to_v." in name:
+                p.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad]
     # the motion words' new embedding rows train too (the rest of the text encoder stays frozen)
     pipe.text_encoder.requires_grad_(False)
@@ -204,7 +245,29 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
 
     scheduler = pipe.scheduler
     alphas = scheduler.alphas_cumprod.to(config.device)
+    probe = None
+    if config.probe_clips > 0:
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        n = min(config.probe_clips, len(rows))
+        x0 = latents[:n]
+        t = torch.full((n,), config.probe_timestep, dtype=torch.long)
+        a = alphas.cpu()[t].view(-1, 1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=generator)
+        probe = (a.sqrt() * x0 + (1 - a).sqrt() * noise, t, a, x0, [unique[int(r)] for r in rows[:n]])
+
+    @torch.no_grad()
+    def motion_probe() -> float:
+        """||D x0_hat - D x0||^2 / ||D x0||^2 of the probe clips (`VideoTeacherConfig.probe_clips`)."""
+        x_t, t, a, x0, prompts = probe
+        states = encode(prompts).repeat_interleave(x0.shape[2], dim=0)
+        eps_hat = unet(x_t.to(config.device), t.to(config.device), encoder_hidden_states=states).sample.cpu()
+        target = frame_differences(x0)
+        return float((frame_differences(predicted_x0(x_t, eps_hat, a)) - target).pow(2).sum() / target.pow(2).sum())
+
     log, started = [], time.perf_counter()
+    if probe is not None:  # the per-frame image teacher's figure (zero-initialised motion modules)
+        unet.eval()
+        log.append({"step": 0, "motion_probe": motion_probe(), "seconds": 0.0})
     unet.train()
     bar = tqdm(total=config.steps, desc="motion modules", unit="step", smoothing=0.05)
     for step in range(1, config.steps + 1):
@@ -218,15 +281,25 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         states = cond.repeat_interleave(x0.shape[2], dim=0)
         pred = unet(x_t, t, encoder_hidden_states=states).sample
-        loss = F.mse_loss(pred.float(), noise)
+        eps_loss = F.mse_loss(pred.float(), noise)
+        motion_loss = frame_difference_loss(pred, noise, a) if config.motion_loss_weight > 0 else torch.zeros(())
+        loss = eps_loss + config.motion_loss_weight * motion_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
-            log.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started})
+            entry = {"step": step, "loss": float(loss.detach()), "eps_loss": float(eps_loss.detach())}
+            entry["motion_loss"] = float(motion_loss.detach())
+            if probe is not None:
+                unet.eval()
+                entry["motion_probe"] = motion_probe()
+                unet.train()
+            entry["seconds"] = time.perf_counter() - started
+            log.append(entry)
             rate = bar.format_dict.get("rate") or 0.0  # steps/s (None before tqdm has a rate)
-            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}", clips_s=f"{config.batch_size * rate:.1f}")
+            probe_text = f"{entry['motion_probe']:.3f}" if probe is not None else "-"
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", probe=probe_text, clips_s=f"{config.batch_size * rate:.1f}")
     bar.close()
     bad = [name for name, p in unet.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad or not torch.isfinite(token_embedding).all():
