@@ -110,6 +110,20 @@ def test_frame_difference_loss_against_hand_computation():
     assert frame_difference_loss(static_error, eps, alpha_bar).abs() < 1e-10
 
 
+def test_timestep_power_draw():
+    """--timestep-power b: t = floor(T (1 - (1 - u)^b)) stays in [0, T - 1], b = 1 is uniform, and the share of
+    draws at t >= T/2 is 2^(-1/b)."""
+    from sdtoolkit.models.shapes_video import sample_timesteps
+
+    torch.manual_seed(0)
+    for power in (1.0, 2.0, 3.0):
+        t = sample_timesteps(200_000, 1000, power)
+        assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+        assert (t >= 500).float().mean().item() == pytest.approx(2 ** (-1 / power), abs=0.005)
+    counts = torch.bincount(sample_timesteps(200_000, 10, 1.0), minlength=10).float() / 200_000
+    torch.testing.assert_close(counts, torch.full((10,), 0.1), atol=0.005, rtol=0)
+
+
 def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path):
     """--motion-loss-weight and --train-cross-attention reach the training: the cross-attention key/value projections
     move, the image UNet's other weights do not, and the log carries both loss terms and the motion probe."""
@@ -130,8 +144,9 @@ def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path):
     image = load_teacher_pipeline("builtin:shapes").unet.state_dict()
     moved = {k for k in image if k in trained and not torch.equal(image[k], trained[k])}
     assert moved and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in moved), sorted(moved)[:5]
-    assert main(argv[:3] + [str(tmp_path / "x"), "--motion-loss-weight", "-1"]) == 2
-    assert not (tmp_path / "x").exists()
+    for flag, value in (("--motion-loss-weight", "-1"), ("--timestep-power", "0"), ("--probe-timestep", "1000")):
+        assert main(argv[:3] + [str(tmp_path / "x"), flag, value]) == 2
+        assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- evaluator

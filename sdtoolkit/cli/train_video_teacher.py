@@ -118,6 +118,8 @@ def build_config(args: argparse.Namespace):
             f"--motion-loss-weight must be a finite number >= 0 (0: the plain epsilon loss), got "
             f"{config.motion_loss_weight}"
         )
+    if not (math.isfinite(config.timestep_power) and config.timestep_power > 0):
+        lines.append(f"--timestep-power must be a finite number > 0 (1: uniform t), got {config.timestep_power}")
     if config.probe_clips < 0:
         lines.append(f"--probe-clips must be >= 0 (0: no motion probe), got {config.probe_clips}")
     if not 0 <= config.probe_timestep < 1000:
