@@ -124,9 +124,10 @@ def test_timestep_power_draw():
     torch.testing.assert_close(counts, torch.full((10,), 0.1), atol=0.005, rtol=0)
 
 
-def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path):
+def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path, capsys):
     """--motion-loss-weight and --train-cross-attention reach the training: the cross-attention key/value projections
-    move, the image UNet's other weights do not, and the log carries both loss terms and the motion probe."""
+    move, the image UNet's other weights do not, and the log carries both loss terms and the motion probe;
+    --init-from starts from another video teacher's weights, and refuses a folder that is not one or is --output."""
     from sdtoolkit.cli import main
     from sdtoolkit.models.loading import load_teacher_pipeline
 
@@ -144,6 +145,21 @@ def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path):
     image = load_teacher_pipeline("builtin:shapes").unet.state_dict()
     moved = {k for k in image if k in trained and not torch.equal(image[k], trained[k])}
     assert moved and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in moved), sorted(moved)[:5]
+    # --init-from: a warm start from that teacher (with --lr 0 its weights come through unchanged)
+    warm = tmp_path / "warm"
+    assert (
+        main(["train-video-teacher", "--tiny", "--output", str(warm), "--init-from", str(teacher), "--lr", "0"]) == 0
+    )
+    again = load_file(warm / "unet" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == again.keys() and all(torch.equal(trained[k], again[k]) for k in trained)
+    assert json.loads((warm / "training_config.json").read_text())["config"]["init_from"] == str(teacher)
+    for bad, line in ((tmp_path / "nothing", "not a video teacher folder"), (teacher, "is the --output folder")):
+        out = teacher if bad == teacher else tmp_path / "x"
+        assert (
+            main(["train-video-teacher", "--tiny", "--output", str(out), "--overwrite", "--init-from", str(bad)]) == 2
+        )
+        assert line in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
     for flag, value in (("--motion-loss-weight", "-1"), ("--timestep-power", "0"), ("--probe-timestep", "1000")):
         assert main(argv[:3] + [str(tmp_path / "x"), flag, value]) == 2
         assert not (tmp_path / "x").exists()

@@ -10,6 +10,7 @@ command wrote before with --overwrite; never someone else's files).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,17 @@ def build_config(args: argparse.Namespace):
         lines.append(f"--probe-timestep must be in [0, 999], got {config.probe_timestep}")
     if not 0 <= config.caption_dropout < 1:
         lines.append(f"--caption-dropout must be in [0, 1), got {config.caption_dropout}")
+    if config.init_from is not None:
+        source = Path(config.init_from)
+        index = source / "model_index.json"
+        kind = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+        if kind != "AnimateDiffPipeline":
+            lines.append(
+                f"--init-from {config.init_from}: not a video teacher folder (needs an AnimateDiffPipeline "
+                f"model_index.json; found {kind or 'none'})"
+            )
+        elif command.output is not None and source.resolve() == Path(command.output).resolve():
+            lines.append(f"--init-from {config.init_from} is the --output folder; write the new teacher elsewhere")
     if lines:
         config_cli.fail(lines)
     if config.device.startswith("cuda"):
@@ -137,8 +149,6 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from sdtoolkit.models.shapes_video import train_video_teacher
     from sdtoolkit.runs import claim_output, inspect_output
 

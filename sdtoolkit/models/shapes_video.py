@@ -27,6 +27,11 @@ class VideoTeacherConfig:
 
     image_teacher: str = "builtin:shapes"
     """The frozen image teacher (builtin:shapes or a StableDiffusionPipeline folder)."""
+    init_from: str | None = None
+    """A video teacher folder (this command's output) to start from instead of fresh motion modules: its motion
+    modules, motion-word embeddings and UNet weights are the starting point. A warm start, not an exact resume: the
+    optimizer and the data order start afresh, and the folder's own motion layout wins over the motion_* fields.
+    None: fresh, zero-initialised motion modules."""
     num_frames: int = 16
     """Frames per training clip (AnimateDiff's motion modules take up to `motion_max_seq_length`)."""
     resolution: int = 64
@@ -213,8 +218,17 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         raise ValueError(f"num_frames {config.num_frames} > motion_max_seq_length {config.motion_max_seq_length}")
     from sdtoolkit.data.clips import CLIP_VOCABULARY
 
-    new_rows = extend_vocabulary(image, CLIP_VOCABULARY)
-    pipe = video_pipeline(image, motion_adapter_for(image.unet, config)).to(config.device)
+    if config.init_from is not None:
+        from diffusers import AnimateDiffPipeline
+
+        old_vocab = image.tokenizer.get_vocab()
+        pipe = AnimateDiffPipeline.from_pretrained(config.init_from).to(config.device)
+        new_rows = [i for token, i in pipe.tokenizer.get_vocab().items() if token not in old_vocab]
+        if config.num_frames > max_frames(pipe):
+            raise ValueError(f"num_frames {config.num_frames} > {config.init_from}'s motion_max_seq_length")
+    else:
+        new_rows = extend_vocabulary(image, CLIP_VOCABULARY)
+        pipe = video_pipeline(image, motion_adapter_for(image.unet, config)).to(config.device)
     unet = pipe.unet
     unet.freeze_unet2d_params()
     if config.train_cross_attention:
