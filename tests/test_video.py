@@ -145,6 +145,17 @@ def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path, capsys):
     image = load_teacher_pipeline("builtin:shapes").unet.state_dict()
     moved = {k for k in image if k in trained and not torch.equal(image[k], trained[k])}
     assert moved and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in moved), sorted(moved)[:5]
+    # the image vocabulary's embedding rows stay exactly the image teacher's (only the motion words' rows train)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    image_pipe = load_teacher_pipeline("builtin:shapes")
+    before = image_pipe.text_encoder.get_input_embeddings().weight
+    after = CLIPTextModel.from_pretrained(teacher / "text_encoder").get_input_embeddings().weight
+    new_vocab = CLIPTokenizer.from_pretrained(teacher / "tokenizer").get_vocab()
+    old_vocab = image_pipe.tokenizer.get_vocab()
+    assert len(new_vocab) > len(old_vocab)
+    for token, i in old_vocab.items():
+        assert torch.equal(after[new_vocab[token]], before[i]), token
     # --init-from: a warm start from that teacher (with --lr 0 its weights come through unchanged)
     warm = tmp_path / "warm"
     assert (

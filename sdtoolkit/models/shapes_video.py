@@ -243,8 +243,9 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     keep = torch.ones(token_embedding.shape[0], 1, device=token_embedding.device)
     keep[new_rows] = 0.0
     token_embedding.register_hook(lambda grad: grad * (1 - keep))
-    params.append(token_embedding)
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    # no weight decay on the embedding matrix: AdamW's decoupled decay would shrink the frozen rows too
+    groups = [{"params": params}, {"params": [token_embedding], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     print(f"rendering {config.num_clips} clips of {config.num_frames} frames at {config.resolution} px", flush=True)
     clips = ClipDataset(config.num_clips, config.seed, clip_config(config))
     with torch.no_grad():
