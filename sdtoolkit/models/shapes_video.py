@@ -3,7 +3,10 @@
 
 Training (AnimateDiff's motion-module stage): the image UNet is frozen, only the motion modules train, with the
 image teacher's own epsilon loss on clip latents (each frame encoded by the image VAE) and 10 % caption dropout for
-CFG. `train_video_teacher(config, output)` writes `output/` which `AnimateDiffPipeline.from_pretrained` loads
+CFG. Options measured in benchmarks/RESULTS.md ("The shapes video teacher"): a frame-difference loss
+(`motion_loss_weight`), the cross-attention key/value projections trained too (`train_cross_attention`), more
+high-noise steps (`timestep_power`), a warm start (`init_from`). `train_video_teacher(config, output)` writes
+`output/` which `AnimateDiffPipeline.from_pretrained` loads
 (vae, text_encoder, tokenizer, unet = UNetMotionModel, motion_adapter, scheduler).
 """
 
@@ -291,7 +294,7 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         return float((frame_differences(predicted_x0(x_t, eps_hat, a)) - target).pow(2).sum() / target.pow(2).sum())
 
     log, started = [], time.perf_counter()
-    if probe is not None:  # the per-frame image teacher's figure (zero-initialised motion modules)
+    if probe is not None:  # fresh motion modules (zero-initialised): the per-frame image teacher's figure
         unet.eval()
         log.append({"step": 0, "motion_probe": motion_probe(), "seconds": 0.0})
     unet.train()
