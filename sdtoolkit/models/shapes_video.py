@@ -3,11 +3,11 @@
 
 Training (AnimateDiff's motion-module stage): the image UNet is frozen, only the motion modules train, with the
 image teacher's own epsilon loss on clip latents (each frame encoded by the image VAE) and 10 % caption dropout for
-CFG. Options measured in benchmarks/RESULTS.md ("The shapes video teacher"): a frame-difference loss
+CFG. Options, measured in benchmarks/RESULTS.md ("The shapes video teacher"): a frame-difference loss
 (`motion_loss_weight`), the cross-attention key/value projections trained too (`train_cross_attention`), more
-high-noise steps (`timestep_power`), a warm start (`init_from`). `train_video_teacher(config, output)` writes
-`output/` which `AnimateDiffPipeline.from_pretrained` loads
-(vae, text_encoder, tokenizer, unet = UNetMotionModel, motion_adapter, scheduler).
+high-noise steps (`timestep_power`); and a warm start (`init_from`, not measured yet).
+`train_video_teacher(config, output)` writes `output/` which `AnimateDiffPipeline.from_pretrained` loads (vae,
+text_encoder, tokenizer, unet = UNetMotionModel, motion_adapter, scheduler).
 """
 
 from __future__ import annotations
