@@ -91,23 +91,23 @@ def test_largest_turn_keeps_every_view_word_and_the_teacher_trains_on_its_clips(
 def test_frame_difference_loss_against_hand_computation():
     """The video teacher's motion loss is min(SNR, 1) ||D x0_hat - D x0||^2 computed from x0 (not from epsilon), is
     zero for an error that is the same in every frame, and weights a high-noise clip's x0 error by its SNR."""
-    from sdtoolkit.models.shapes_video import frame_difference_loss, predicted_x0
+    from sdtoolkit.models.shapes_video import frame_difference_loss
 
     g = torch.Generator().manual_seed(0)
     x0, eps, eps_hat = (torch.randn(3, 4, 5, 2, 2, generator=g) for _ in range(3))
     alpha_bar = torch.tensor([0.9, 0.3, 0.02]).view(-1, 1, 1, 1, 1)
     x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
-    torch.testing.assert_close(predicted_x0(x_t, eps, alpha_bar), x0, atol=1e-5, rtol=1e-5)
-    x0_hat = predicted_x0(x_t, eps_hat, alpha_bar)
+    snr_t = alpha_bar / (1 - alpha_bar)
+    x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()  # DDPM's x0 from epsilon, by hand
     hand = 0.0
     for i, a in enumerate([0.9, 0.3, 0.02]):
         snr = a / (1 - a)
         d_hat = x0_hat[i, :, 1:] - x0_hat[i, :, :-1]
         d = x0[i, :, 1:] - x0[i, :, :-1]
         hand += min(snr, 1.0) * ((d_hat - d) ** 2).sum() / d.numel()
-    torch.testing.assert_close(frame_difference_loss(eps_hat, eps, alpha_bar), hand / 3, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(frame_difference_loss(eps_hat, eps, snr_t), hand / 3, rtol=1e-4, atol=1e-6)
     static_error = eps + torch.randn(3, 4, 1, 2, 2, generator=g)  # the same error in every frame
-    assert frame_difference_loss(static_error, eps, alpha_bar).abs() < 1e-10
+    assert frame_difference_loss(static_error, eps, snr_t).abs() < 1e-10
 
 
 def test_timestep_power_draw():

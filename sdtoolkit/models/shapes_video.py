@@ -21,6 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sdtoolkit.core.prediction import Coefficients, to_x0_eps
+from sdtoolkit.core.schedules import VPSchedule
+from sdtoolkit.core.utils import append_dims
 from sdtoolkit.data.clips import ClipConfig, ClipDataset
 
 
@@ -174,19 +177,14 @@ def frame_differences(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, 1:] - x[:, :, :-1]
 
 
-def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (DDPM, Ho et al. 2020, Eq. 4 solved for x0)."""
-    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-
-
-def frame_difference_loss(eps_hat: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+def frame_difference_loss(eps_hat: torch.Tensor, eps: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
     """min(SNR_t, 1) ||D x0_hat - D x0||^2, averaged over elements and the batch.
 
-    With x0_hat - x0 = -sqrt((1 - a) / a) (eps_hat - eps) and SNR_t = a / (1 - a) this is
+    With x0_hat - x0 = -(sigma_t / alpha_t) (eps_hat - eps) = -(eps_hat - eps) / sqrt(SNR_t) this is
     min(1, 1 / SNR_t) ||D eps_hat - D eps||^2: at high noise (SNR < 1) the x0-space frame-difference error weighted
     by SNR as the epsilon loss weights x0 errors, at low noise (where each noisy frame shows its own motion) damped
-    by 1 / SNR (Min-SNR weighting, Hang et al. 2023, with gamma 1). `alpha_bar` broadcasts `[N, 1, 1, 1, 1]`."""
-    snr = alpha_bar / (1 - alpha_bar)
+    by 1 / SNR (Min-SNR weighting, Hang et al. 2023, with gamma 1). `snr` (the schedule's `snr(t)`) broadcasts
+    `[N, 1, 1, 1, 1]`."""
     weight = snr.clamp(max=1.0) / snr  # min(SNR, 1) * (1 / SNR): the x0 -> epsilon factor
     error = frame_differences(eps_hat.float() - eps.float())
     return (weight * error.pow(2)).mean()
@@ -273,25 +271,25 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         return pipe.text_encoder(ids)[0]
 
     scheduler = pipe.scheduler
-    alphas = scheduler.alphas_cumprod.to(config.device)
+    schedule = VPSchedule.from_config(scheduler.config)  # the toolkit's one VP schedule (alpha_t, sigma_t, SNR)
     probe = None
     if config.probe_clips > 0:
         generator = torch.Generator().manual_seed(config.seed + 1)
         n = min(config.probe_clips, len(rows))
         x0 = latents[:n]
         t = torch.full((n,), config.probe_timestep, dtype=torch.long)
-        a = alphas.cpu()[t].view(-1, 1, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=generator)
-        probe = (a.sqrt() * x0 + (1 - a).sqrt() * noise, t, a, x0, [unique[int(r)] for r in rows[:n]])
+        probe = (schedule.add_noise(x0, noise, t), t, x0, [unique[int(r)] for r in rows[:n]])
 
     @torch.no_grad()
     def motion_probe() -> float:
         """||D x0_hat - D x0||^2 / ||D x0||^2 of the probe clips (`VideoTeacherConfig.probe_clips`)."""
-        x_t, t, a, x0, prompts = probe
+        x_t, t, x0, prompts = probe
         states = encode(prompts).repeat_interleave(x0.shape[2], dim=0)
         eps_hat = unet(x_t.to(config.device), t.to(config.device), encoder_hidden_states=states).sample.cpu()
+        x0_hat, _ = to_x0_eps(eps_hat, x_t, "epsilon", Coefficients(*schedule.coefficients(t, x_t.ndim)))
         target = frame_differences(x0)
-        return float((frame_differences(predicted_x0(x_t, eps_hat, a)) - target).pow(2).sum() / target.pow(2).sum())
+        return float((frame_differences(x0_hat) - target).pow(2).sum() / target.pow(2).sum())
 
     log, started = [], time.perf_counter()
     if probe is not None:  # fresh motion modules (zero-initialised): the per-frame image teacher's figure
@@ -308,12 +306,13 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
             config.batch_size, scheduler.config.num_train_timesteps, config.timestep_power, config.device
         )
         noise = torch.randn_like(x0)
-        a = alphas[t].view(-1, 1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t = schedule.add_noise(x0, noise, t)
         states = cond.repeat_interleave(x0.shape[2], dim=0)
         pred = unet(x_t, t, encoder_hidden_states=states).sample
         eps_loss = F.mse_loss(pred.float(), noise)
-        motion_loss = frame_difference_loss(pred, noise, a) if config.motion_loss_weight > 0 else torch.zeros(())
+        motion_loss = torch.zeros(())
+        if config.motion_loss_weight > 0:
+            motion_loss = frame_difference_loss(pred, noise, append_dims(schedule.snr(t), x0.ndim))
         loss = eps_loss + config.motion_loss_weight * motion_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
