@@ -1,9 +1,15 @@
 """The radiance field optimised by text-to-3D: a hash-grid encoding and a small MLP giving density, albedo colour and
 (for SemanticSDS) per-region semantic logits at every point (nerfstudio's `Field`: `get_density` / `get_outputs`).
 
-Density uses threestudio's Magic3D blob initialisation (Lin et al. 2023): sigma = softplus(raw + b(x)) with
-b(x) = blob_density (1 - |x| / blob_radius), so optimisation starts from a soft ball at the origin instead of
-empty space. Colour is view-independent albedo through a sigmoid (DreamFusion's "albedo" shading mode).
+Two geometries (`FieldConfig.geometry`):
+- 'density': threestudio's Magic3D blob initialisation (Lin et al. 2023): sigma = softplus(raw + b(x)) with
+  b(x) = blob_density (1 - |x| / blob_radius), so optimisation starts from a soft ball at the origin instead of
+  empty space.
+- 'sdf': the network predicts a signed distance d(x) = raw + |x| - sdf_radius (a sphere at the start, threestudio's
+  implicit-sdf `shape_init: sphere`) and the density is VolSDF's sigma = (1 / beta) Psi_beta(-d) (Yariv et al. 2021,
+  Eq. 2-3; `volsdf_density`): matter is solid inside the zero level set and empty outside, with a transition beta
+  wide, so the field cannot settle into a fog that is opaque only in sum, and the mesh is the zero level set.
+Colour is view-independent albedo through a sigmoid (DreamFusion's "albedo" shading mode).
 """
 
 from __future__ import annotations
@@ -18,6 +24,22 @@ from torch import Tensor, nn
 
 from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.nerf.encodings import HashEncoding
+
+GEOMETRIES = ("density", "sdf")
+"""What the field's first output is (`FieldConfig.geometry`)."""
+
+
+def laplace_cdf(s: Tensor, beta: float) -> Tensor:
+    """Psi_beta(s), the CDF of the zero-mean Laplace distribution of scale beta (VolSDF, Eq. 3):
+    1/2 exp(s / beta) for s <= 0, 1 - 1/2 exp(-s / beta) for s > 0 (written with |s| so neither branch overflows)."""
+    half = 0.5 * torch.exp(-s.abs() / beta)
+    return torch.where(s <= 0, half, 1 - half)
+
+
+def volsdf_density(sdf: Tensor, beta: float) -> Tensor:
+    """sigma(x) = alpha Psi_beta(-d(x)) with alpha = 1 / beta (VolSDF, Yariv et al. 2021, Eq. 2): 1 / beta deep
+    inside (d < 0), 1 / (2 beta) on the surface d = 0, decaying as exp(-d / beta) / (2 beta) outside."""
+    return laplace_cdf(-sdf, beta) / beta
 
 
 @dataclass
@@ -36,6 +58,9 @@ class FieldConfig:
         "blob_radius": POSITIVE,
         "num_semantic": NON_NEGATIVE,
         "implementation": OneOf("auto", "torch", "tcnn"),
+        "geometry": OneOf(*GEOMETRIES),
+        "sdf_beta": POSITIVE,
+        "sdf_radius": POSITIVE,
     }
 
     bound: float = 1.0
@@ -61,6 +86,20 @@ class FieldConfig:
     """Number of semantic regions K (SemanticSDS objects); 0 disables the semantic head."""
     implementation: str = "auto"
     """Hash-grid implementation: 'torch', 'tcnn' (tiny-cuda-nn, CUDA only) or 'auto' (tcnn when importable)."""
+    geometry: str = "density"
+    """'density' (a free density, softplus, starting as the Magic3D blob) or 'sdf' (a signed distance d starting as
+    a sphere, density (1 / beta) Psi_beta(-d) as in VolSDF: solid inside, empty outside, a beta-wide transition; the
+    mesh is its zero level set; train it with `regularizers.lambda_eikonal`)."""
+    sdf_beta: float = 0.03
+    """VolSDF's beta (world units) with geometry 'sdf': the width of the surface's density transition; the density
+    inside is 1 / beta. ~1 sample spacing of the default 48 samples per ray (0.0375)."""
+    sdf_radius: float = 0.5
+    """Radius of the initial sphere with geometry 'sdf' (threestudio's `shape_init: sphere:0.5`); a layout places
+    one sphere per box, scaled to the box like the density blobs."""
+
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry={self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
 
 
 class TextTo3DField(nn.Module):
@@ -93,6 +132,8 @@ class TextTo3DField(nn.Module):
             nn.Linear(config.hidden_dim, 1 + 3 + config.num_semantic),
         )
         self.region_prior = region_prior
+        self.beta = config.sdf_beta
+        """VolSDF's beta in use (geometry 'sdf'); text-to-3D's `sdf_beta_start` anneals it to `config.sdf_beta`."""
 
     def normalize(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
         """World coordinates in [-bound, bound] -> the hash grid's unit cube."""
@@ -114,9 +155,27 @@ class TextTo3DField(nn.Module):
         """PVD's decoder: raw outputs (density logit before the blob bias, 3 albedo logits, K semantic logits)."""
         return self.mlp[2:](features)
 
+    def sdf_bias(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
+        """The initial signed distance of geometry 'sdf': |x| - sdf_radius (a sphere); a region prior with its own
+        `sdf_bias` (a layout: one sphere per box) places the spheres instead."""
+        spheres = getattr(self.region_prior, "sdf_bias", None)
+        if spheres is not None:
+            return spheres(positions, self.config.sdf_radius)
+        return positions.norm(dim=-1) - self.config.sdf_radius
+
+    def signed_distance(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
+        """d(x) of geometry 'sdf' (differentiable; the eikonal regulariser's input)."""
+        return self._raw(positions)[..., 0] + self.sdf_bias(positions)
+
     def log_density(self, raw: Tensor, positions: Tensor) -> Tensor:
         """log sigma from the raw outputs (PVD clips this, the pre-activation of its exp-activated density)."""
-        return torch.log(F.softplus(raw[..., 0] + self.density_bias(positions)).clamp_min(1e-30))
+        return torch.log(self._activation(raw, positions).clamp_min(1e-30))
+
+    def _activation(self, raw: Tensor, positions: Tensor) -> Tensor:
+        """sigma before the bound and region masks: softplus(raw + blob) or VolSDF's density of raw + sphere."""
+        if self.config.geometry == "sdf":
+            return volsdf_density(raw[..., 0] + self.sdf_bias(positions), self.beta)
+        return F.softplus(raw[..., 0] + self.density_bias(positions))
 
     def activate_density(self, raw: Tensor, positions: Tensor) -> Tensor:
         """sigma from the raw outputs at `positions` (what `forward` returns as `density`)."""
@@ -132,7 +191,7 @@ class TextTo3DField(nn.Module):
         return self.decode(self.features(positions))
 
     def _density(self, raw: Tensor, positions: Tensor) -> Tensor:
-        density = F.softplus(raw[..., 0] + self.density_bias(positions))
+        density = self._activation(raw, positions)
         inside = (positions.abs() <= self.config.bound).all(-1)
         density = density * inside
         if self.region_prior is not None:

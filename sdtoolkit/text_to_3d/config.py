@@ -129,6 +129,9 @@ class RegularizerConfig:
         "lambda_normal_smooth": NON_NEGATIVE,
         "normal_smooth_eps": POSITIVE,
         "lambda_z_variance": NON_NEGATIVE,
+        "lambda_eikonal": NON_NEGATIVE,
+        "eikonal_points": AT_LEAST_1,
+        "eikonal_step": POSITIVE,
         "opacity_schedule": NON_NEGATIVE,
         "entropy_schedule": NON_NEGATIVE,
         "orient_schedule": NON_NEGATIVE,
@@ -157,6 +160,13 @@ class RegularizerConfig:
     """Depth variance sum_i w_i (t_i - d)^2 of the rays whose opacity exceeds 0.5, averaged (threestudio's
     `lambda_z_variance`): the weight along a ray gathers at one depth, so the density forms a surface instead of a
     fog that only adds up to opaque (fog meshes into fragments at any one iso-level)."""
+    lambda_eikonal: float = 0.0
+    """Eikonal term mean (|grad d| - 1)^2 of an 'sdf' field (`nerf.field.geometry`; IGR / VolSDF / NeuS), at
+    `eikonal_points` uniform points and as many of the render's samples, gradients by central differences."""
+    eikonal_points: int = 1024
+    """Uniform points of the eikonal term per step (plus up to as many of the render's samples)."""
+    eikonal_step: float = 0.01
+    """Central-difference step h of the eikonal term's gradient (world units; the finest hash cell is 0.02)."""
     opacity_schedule: Schedule | None = None
     """(start, start value, end value, end) ramp of `lambda_opacity`, start and end as fractions of the steps
     (threestudio's [start_step, start_value, end_value, end_step]); None: the constant `lambda_opacity`."""
@@ -216,6 +226,8 @@ class TextTo3DConfig:
         "start_levels": AT_LEAST_1,
         "levels_warmup": FRACTION,
         "min_component_share": FRACTION,
+        "sdf_beta_start": POSITIVE,
+        "sdf_beta_warmup": FRACTION,
     }
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "steps",
@@ -264,6 +276,12 @@ class TextTo3DConfig:
     start. Applies to the 'hash' representation."""
     levels_warmup: float = 0.5
     """Fraction of the steps after which every hash-grid level is on (with `start_levels`)."""
+    sdf_beta_start: float | None = None
+    """Coarse-to-fine surface of an 'sdf' field (`nerf.field.geometry`): VolSDF's beta starts here and decays
+    geometrically to `nerf.field.sdf_beta` over the `sdf_beta_warmup` fraction of the steps (a wide transition lets
+    the guidance move the surface from far, a narrow one sharpens it). None: `nerf.field.sdf_beta` throughout."""
+    sdf_beta_warmup: float = 0.5
+    """Fraction of the steps over which beta decays from `sdf_beta_start` (with `sdf_beta_start`)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour (the builtin teacher's renders are on white)."""
     iso_level: float | None = None
@@ -319,6 +337,16 @@ class TextTo3DConfig:
             raise ValueError("mesh_refine.steps > 0 (the mesh stage) does not support method 'semantic-sds' yet")
         if self.guidance is None:
             self.guidance = default_guidance(self.method, self.prior)
+        if self.sdf_beta_start is not None and self.nerf.field.geometry != "sdf":
+            raise ValueError(
+                f"sdf_beta_start = {self.sdf_beta_start} needs nerf.field.geometry 'sdf', not "
+                f"{self.nerf.field.geometry!r}"
+            )
+        if self.regularizers.lambda_eikonal and self.nerf.field.geometry != "sdf":
+            raise ValueError(
+                f"regularizers.lambda_eikonal = {self.regularizers.lambda_eikonal} needs nerf.field.geometry 'sdf' "
+                f"(a signed distance), not {self.nerf.field.geometry!r}"
+            )
         if self.start_levels is not None and self.nerf.representation != "hash":
             raise ValueError(
                 f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "

@@ -82,6 +82,14 @@ def opacity_iso_level(
     return float(nerf.exact_densities(points).median())
 
 
+def zero_level(nerf) -> float | None:
+    """The density of an 'sdf' field's zero level set, 1 / (2 beta) (`sdtoolkit.nerf.fields.volsdf_density`): the
+    exact surface, used as the automatic iso-level; None for a 'density' field."""
+    field = getattr(nerf, "field", None)  # (stand-ins of a NeRF need only `density_grid` and `colours_at`)
+    is_sdf = getattr(getattr(field, "config", None), "geometry", "density") == "sdf"
+    return 0.5 / field.beta if is_sdf else None
+
+
 def marching_cubes(densities: Tensor, lower: float, upper: float, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Triangle mesh of {sigma > level} from densities sampled on a regular grid whose first and last samples sit at
     `lower` and `upper` on every axis. The grid is padded with zeros so the surface closes at the border (watertight).
@@ -128,8 +136,8 @@ def extract_mesh(
     """A `trimesh.Trimesh` of the NeRF's density at an automatic (or given) iso-level, with per-vertex colours from
     the field's albedo; with `min_component_share`, without the pieces smaller than that share of the surface
     (`remove_floaters`). The automatic level is `auto_iso_threshold` (`iso_mode="solid"`) or `opacity_iso_level`
-    (`"opacity"`, falling back to the solid level when no ray is half opaque). Raises `EmptyFieldError` for an empty
-    field."""
+    (`"opacity"`, falling back to the solid level when no ray is half opaque); an 'sdf' field's solid level is its zero
+    level set (`zero_level`). Raises `EmptyFieldError` for an empty field."""
     densities, (lower, upper) = nerf.density_grid(resolution)
     lower, upper = float(lower), float(upper)
     cell = (upper - lower) / (resolution - 1)
@@ -138,8 +146,11 @@ def extract_mesh(
         if level is not None:
             peak = float(densities.max())
             level = min(max(level, float(densities.min()) + 1e-6 * peak), peak * (1 - 1e-6))
-    # the solid level: the mesh's own level unless one was given, and the colour source of an opacity mesh
-    solid_level = auto_iso_threshold(densities, cell) if level is None or iso_mode == "opacity" else None
+    # the solid level: the mesh's own level unless one was given, and the colour source of an opacity mesh; an
+    # 'sdf' field's is its zero level set
+    solid_level = None
+    if level is None or iso_mode == "opacity":
+        solid_level = zero_level(nerf) or auto_iso_threshold(densities, cell)
     level = solid_level if level is None else level
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:
@@ -234,7 +245,7 @@ def extract_layout_mesh(
         inside = masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
         box_densities = torch.where(inside, densities, torch.zeros_like(densities))
         try:
-            box_level = auto_iso_threshold(box_densities, cell) if level is None else level
+            box_level = (zero_level(nerf) or auto_iso_threshold(box_densities, cell)) if level is None else level
             vertices, faces = marching_cubes(box_densities, lower, upper, box_level)
         except EmptyFieldError:
             box_level, faces = None, np.zeros((0, 3), dtype=np.int64)

@@ -177,6 +177,17 @@ def set_levels(nerf: NeRF, levels: int | None) -> None:
     encoding.set_active_levels(encoding.num_levels if levels is None else levels)
 
 
+def current_beta(config: TextTo3DConfig, step: int) -> float:
+    """VolSDF's beta at `step` for an 'sdf' field: `sdf_beta_start` decaying geometrically to `nerf.field.sdf_beta`
+    over the `sdf_beta_warmup` fraction of the steps, then constant (without `sdf_beta_start`: the final beta)."""
+    end = config.nerf.field.sdf_beta
+    if config.sdf_beta_start is None:
+        return end
+    warmup = config.sdf_beta_warmup * config.steps
+    a = min(step / warmup, 1.0) if warmup > 0 else 1.0
+    return config.sdf_beta_start * (end / config.sdf_beta_start) ** a
+
+
 def training_step(run: TextTo3DRun) -> dict[str, float]:
     """One optimisation step; returns its logs."""
     config, step, g = run.config, run.step, run.generator
@@ -185,6 +196,7 @@ def training_step(run: TextTo3DRun) -> dict[str, float]:
     progress = step / max(config.steps, 1)
     if config.start_levels is not None:
         set_levels(run.nerf, current_levels(config, step, run.nerf.field.encoding.num_levels))
+    run.nerf.field.beta = current_beta(config, step)
     run.nerf.update_occupancy(step, g)
     cameras = sample_training_cameras(config.cameras, config.cameras.batch_size, g, run.scene_scale)
     cameras = cameras.to(run.nerf.device)
@@ -503,6 +515,7 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
     bar.close()
     if config.start_levels is not None:
         set_levels(run.nerf, None)  # every level on for the export (a resumed run's steps set their own)
+    run.nerf.field.beta = config.nerf.field.sdf_beta  # the final surface for the export
     save_checkpoint(run, output_dir)
     timing = {"train_seconds": time.time() - start_time, "steps": run.step}
     atomic_write_text(output_dir / "timing.json", json.dumps(timing))

@@ -179,6 +179,13 @@ class LayoutPrior(nn.Module):
         distance = (positions[..., None, :] - centres).norm(dim=-1) / radii
         return (blob_density * (1 - distance)).amax(-1)
 
+    def sdf_bias(self, positions: Float[Tensor, "*bs 3"], radius: float) -> Float[Tensor, " *bs"]:
+        """The initial signed distance of an 'sdf' field: one sphere per box, min_k (|x - c_k| - radius s_k), with
+        s_k the box's largest side (as `density_bias` scales its blobs)."""
+        centres = (self.box_min + self.box_max) / 2
+        radii = radius * (self.box_max - self.box_min).amax(-1)
+        return ((positions[..., None, :] - centres).norm(dim=-1) - radii).amin(-1)
+
 
 class SingleBoxPrior(nn.Module):
     """A layout prior restricted to box `k`: density outside that box is masked out (so the object renders alone,
@@ -195,6 +202,9 @@ class SingleBoxPrior(nn.Module):
 
     def density_bias(self, positions: Tensor, blob_density: float, blob_radius: float) -> Tensor:
         return self.prior.density_bias(positions, blob_density, blob_radius)
+
+    def sdf_bias(self, positions: Tensor, radius: float) -> Tensor:
+        return self.prior.sdf_bias(positions, radius)
 
     def occupancy_mask(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
         """Applied to the NeRF's occupancy-grid densities (cached under the full layout) during this render."""
