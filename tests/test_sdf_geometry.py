@@ -34,9 +34,10 @@ def test_laplace_cdf_and_volsdf_density_against_their_definitions():
     assert torch.isfinite(volsdf_density(torch.tensor([-1e4, 1e4]), 1e-3)).all()  # no overflow in either branch
 
 
-def _sphere_nerf(radius: float = 0.4, beta: float = 0.02) -> NeRF:
+def _sphere_nerf(radius: float = 0.4, beta: float = 0.02, shading: str = "albedo") -> NeRF:
     """An 'sdf' NeRF whose network outputs zero: d(x) = |x| - radius exactly."""
-    config = NeRFConfig(field=FieldConfig(geometry="sdf", sdf_beta=beta, sdf_radius=radius), occupancy_resolution=0)
+    field = FieldConfig(geometry="sdf", sdf_beta=beta, sdf_radius=radius)
+    config = NeRFConfig(field=field, occupancy_resolution=0, shading=shading)
     nerf = NeRF(config)
     nn.init.zeros_(nerf.field.mlp[-1].weight)
     nn.init.zeros_(nerf.field.mlp[-1].bias)
@@ -171,3 +172,55 @@ def test_beta_decays_geometrically_from_its_start_to_the_field_beta():
     assert current_beta(config, 0) == 0.02
     with pytest.raises(ValueError, match="sdf_beta_start = 0.2 needs nerf.field.geometry 'sdf'"):
         TextTo3DConfig(prompt="a red cube", sdf_beta_start=0.2)
+
+
+def test_sdf_normals_of_the_initial_sphere_point_outward():
+    from sdtoolkit.nerf.fields import sdf_normals
+
+    nerf = _sphere_nerf()
+    x = (torch.randn(50, 3) * 0.4).requires_grad_(True)
+    normals = sdf_normals(nerf.field(x)["sdf"], x)
+    torch.testing.assert_close(normals, (x / x.norm(dim=-1, keepdim=True)).detach(), rtol=0, atol=1e-5)
+
+
+def _centre_pixel(nerf, azimuth: float, elevation: float):
+    from sdtoolkit.data.cameras import Cameras
+
+    cameras = Cameras(*(torch.tensor([v]) for v in (azimuth, elevation, 2.8, 40.0)))
+    with torch.no_grad():
+        out = nerf.render(cameras, 17, stratified=False)
+    return out["rgb"][0, :, 8, 8], out["opacity"][0, 0, 8, 8]
+
+
+def test_lambert_shading_uses_the_shapes_world_light_and_the_field_normals():
+    """A grey sphere (albedo 0.5, the zeroed network's sigmoid(0)) seen at its centre pixel: from the light's side the
+    surface faces the light (n . l = 1: the albedo itself), from the opposite side it is lit by the ambient term only
+    (0.35 x the albedo), both composited over white by the same opacity as the unshaded render."""
+    from sdtoolkit.data.render import AMBIENT, LIGHT_AZIMUTH_DEG, LIGHT_ELEVATION_DEG
+
+    nerf = _sphere_nerf(radius=0.4, beta=0.01, shading="lambert")
+    nerf.config.num_samples, nerf.config.transmittance_threshold = 256, 1e-5
+    lit, opacity = _centre_pixel(nerf, LIGHT_AZIMUTH_DEG, LIGHT_ELEVATION_DEG)
+    assert float(opacity) > 0.999
+    nerf.config.shading = "albedo"
+    flat, _ = _centre_pixel(nerf, LIGHT_AZIMUTH_DEG, LIGHT_ELEVATION_DEG)
+    nerf.config.shading = "lambert"
+    dark, _ = _centre_pixel(nerf, LIGHT_AZIMUTH_DEG + 180, -LIGHT_ELEVATION_DEG)
+    torch.testing.assert_close(flat, torch.full((3,), 0.5), rtol=0, atol=2e-3)
+    torch.testing.assert_close(lit, flat, rtol=0, atol=5e-3)  # n . l ~ 1 at the point facing the light
+    torch.testing.assert_close(dark, AMBIENT * flat, rtol=0, atol=5e-3)  # n . l < 0: ambient only
+
+
+def test_lambert_shading_trains_the_geometry_through_the_normals():
+    from sdtoolkit.data.cameras import Cameras
+
+    nerf = _sphere_nerf(radius=0.4, beta=0.03)
+    nerf.config.shading = "lambert"
+    nn.init.normal_(nerf.field.mlp[-1].weight, std=0.1)
+    cameras = Cameras(*(torch.tensor([v]) for v in (30.0, 20.0, 2.8, 40.0)))
+    rgb = nerf.render(cameras, 12, stratified=False)["rgb"]
+    # the colour's gradient through the normals alone reaches the network's distance output
+    (grad,) = torch.autograd.grad(rgb.sum(), nerf.field.mlp[-1].weight)
+    assert grad[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="shading='phong'; choose one of albedo, lambert"):
+        NeRFConfig(shading="phong")

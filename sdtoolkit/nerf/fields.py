@@ -209,15 +209,25 @@ class TextTo3DField(nn.Module):
         return self._density(self._raw(positions), positions)
 
     def forward(self, positions: Float[Tensor, "N 3"]) -> dict[str, Tensor]:
-        """`density` [N], `rgb` [N, 3] in [0, 1] and, with K > 0 regions, `semantic_logits` [N, K]."""
+        """`density` [N], `rgb` [N, 3] in [0, 1], with geometry 'sdf' the signed distance `sdf` [N] and, with K > 0
+        regions, `semantic_logits` [N, K]."""
         raw = self._raw(positions)
         outputs = {"density": self._density(raw, positions), "rgb": torch.sigmoid(raw[..., 1:4])}
+        if self.config.geometry == "sdf":
+            outputs["sdf"] = raw[..., 0] + self.sdf_bias(positions)
         if self.config.num_semantic > 0:
             logits = raw[..., 4:]
             if self.region_prior is not None:
                 logits = logits + self.region_prior.logits(positions)
             outputs["semantic_logits"] = logits
         return outputs
+
+
+def sdf_normals(sdf: Float[Tensor, " N"], positions: Float[Tensor, "N 3"], create_graph: bool = True) -> Tensor:
+    """Outward normals n = grad d / |grad d| of signed distances computed from `positions` (which require grad), kept
+    in the graph with `create_graph` (a loss or shading on them trains the field through a double backward)."""
+    (gradient,) = torch.autograd.grad(sdf.sum(), positions, create_graph=create_graph)
+    return gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
 def density_normals(density: Float[Tensor, " N"], positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf
 from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.render import lambert
 from sdtoolkit.nerf.colliders import COLLIDERS, RayBundle
-from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField, density_normals
+from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField, density_normals, sdf_normals
 from sdtoolkit.nerf.occupancy import OccupancyGrid
 from sdtoolkit.nerf.renderers import (
     render_accumulation,
@@ -26,6 +27,9 @@ from sdtoolkit.nerf.renderers import (
 )
 from sdtoolkit.nerf.representations import REPRESENTATIONS, MLPConfig, TensoRFConfig, VoxelConfig, build_encoding
 from sdtoolkit.nerf.samplers import PDFSampler, RaySamples, UniformSampler, contributing_samples
+
+SHADINGS = ("albedo", "lambert")
+"""How a sample's colour is formed (`NeRFConfig.shading`)."""
 
 
 @dataclass
@@ -43,6 +47,7 @@ class NeRFConfig:
         "chunk": AT_LEAST_1,
         "occupancy_resolution": NON_NEGATIVE,
         "occupancy_update_every": AT_LEAST_1,
+        "shading": OneOf(*SHADINGS),
     }
 
     field: FieldConfig = field(default_factory=FieldConfig)
@@ -74,6 +79,16 @@ class NeRFConfig:
     """Cells per axis of the occupancy grid that replaces the no-grad pass (0 = evaluate the field instead)."""
     occupancy_update_every: int = 16
     """Refresh period of the occupancy grid in optimisation steps (Instant-NGP: 16)."""
+    shading: str = "albedo"
+    """'albedo' (the field's colour as it is: DreamFusion's "albedo" mode, any shading baked in) or 'lambert' (the
+    colour is an albedo shaded by the shapes world's own light, albedo (ambient + diffuse max(0, n . l)) with the
+    field's normals, `sdtoolkit.data.render.lambert`: DreamFusion's shaded mode, whose point is that the shading
+    of a surface tells the prior its shape; the mesh then keeps the unshaded albedo as its vertex colours). Lambert
+    needs normals at every sample: a double backward per render."""
+
+    def __post_init__(self) -> None:
+        if self.shading not in SHADINGS:
+            raise ValueError(f"shading={self.shading!r}; choose one of {', '.join(SHADINGS)}")
 
 
 class NeRF(nn.Module):
@@ -169,11 +184,13 @@ class NeRF(nn.Module):
         outputs = {"packed_weights": torch.zeros(0), "packed_positions": torch.zeros(0, 3)}
         if len(hit):
             # 2. differentiable pass on the contributing samples only; the rest are empty
-            out, positions = self._field_on(samples, sub, keep, compute_normals)
+            shaded = self.config.shading == "lambert"
+            out, positions = self._field_on(samples, sub, keep, compute_normals or shaded)
             sigma = torch.zeros_like(densities).masked_scatter(keep, out["density"])
             weights = render_weights(sigma, samples)
             colours = torch.zeros(*densities.shape, 3, device=sigma.device)
-            colours = colours.masked_scatter(keep[..., None], out["rgb"])
+            sample_rgb = lambert(out["rgb"], out["normals"].T) if shaded else out["rgb"]
+            colours = colours.masked_scatter(keep[..., None], sample_rgb)
             rgb = rgb.index_copy(0, hit, render_rgb(colours, weights, background[hit]))
             accumulation = accumulation.index_copy(0, hit, render_accumulation(weights))
             depth = depth.index_copy(0, hit, render_depth(weights, samples))
@@ -196,9 +213,16 @@ class NeRF(nn.Module):
         positions = samples.positions(rays)[keep]
         if not compute_normals:
             return self.field(positions), positions
-        positions = positions.detach().requires_grad_(True)
-        out = self.field(positions)
-        out["normals"] = density_normals(out["density"], positions)
+        training = torch.is_grad_enabled()
+        with torch.enable_grad():  # (a no-grad render, e.g. a turntable, still needs the gradient in x)
+            positions = positions.detach().requires_grad_(True)
+            out = self.field(positions)
+            if "sdf" in out:
+                out["normals"] = sdf_normals(out["sdf"], positions, create_graph=training)
+            else:
+                out["normals"] = density_normals(out["density"], positions)
+        if not training:
+            out = {k: v.detach() for k, v in out.items()}
         return out, positions
 
     def _semantic_probabilities(self, samples: RaySamples, rays: RayBundle, keep: Tensor, out: dict) -> Tensor:
