@@ -224,3 +224,37 @@ def test_lambert_shading_trains_the_geometry_through_the_normals():
     assert grad[0].abs().sum() > 0
     with pytest.raises(ValueError, match="shading='phong'; choose one of albedo, lambert"):
         NeRFConfig(shading="phong")
+
+
+def test_delit_colours_undo_the_world_light_on_the_mesh_normals():
+    """A sphere coloured by the shapes world's Lambert shading of one albedo (what an 'albedo' field bakes in) gets
+    that albedo back at every vertex, lit or in shadow (to the 8-bit rounding of the colours)."""
+    import numpy as np
+    import trimesh
+
+    from sdtoolkit.data.render import lambert
+    from sdtoolkit.text_to_3d.export import _rgba, delight_colours
+
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    albedo = torch.tensor([0.95, 0.85, 0.1])
+    normals = torch.tensor(np.array(mesh.vertex_normals), dtype=torch.float32)
+    shaded = lambert(albedo.expand(len(normals), 3), normals.T)
+    mesh.visual.vertex_colors = _rgba(shaded.numpy())
+    delit = np.asarray(delight_colours(mesh).visual.vertex_colors)[:, :3] / 255.0
+    assert np.abs(delit - albedo.numpy()).max() < 3.5 / 255 / 0.35  # rounding, amplified at most 1 / ambient
+    assert float(shaded[:, 0].min()) < 0.35  # (the input did have vertices in shadow)
+
+
+def test_cli_delit_vertex_colours_through_resume_and_refusal(tiny_prior, tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "run"
+    args = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--steps", "2", "--output", str(out)]
+    args += ["--preset", "tiny", "--mesh-resolution", "24", "--video-frames", "2", "--quiet"]
+    assert main(args) == 0
+    assert main(["text-to-3d", "--resume", str(out), "--vertex-colours", "delit", "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["vertex_colours"] == "delit"
+    bad = tmp_path / "bad"
+    assert main(["text-to-3d", "a red cube", "--output", str(bad), "--vertex-colours", "albedo", "--quiet"]) == 2
+    assert "unknown --vertex-colours 'albedo'; choose one of field, delit" in capsys.readouterr().err
+    assert not bad.exists()

@@ -199,6 +199,9 @@ class RegularizerConfig:
         return self.weight("orient", progress) > 0 or self.lambda_normal_smooth > 0
 
 
+VERTEX_COLOURS = ("field", "delit")
+"""What the exported mesh's vertex colours are (`TextTo3DConfig.vertex_colours`)."""
+
 ISO_MODES = ("solid", "opacity")
 """How the exported mesh's automatic iso-level is chosen (`TextTo3DConfig.iso_mode`)."""
 
@@ -227,6 +230,7 @@ class TextTo3DConfig:
         "levels_warmup": FRACTION,
         "min_component_share": FRACTION,
         "sdf_beta_start": POSITIVE,
+        "vertex_colours": OneOf(*VERTEX_COLOURS),
         "sdf_beta_warmup": FRACTION,
     }
     RESUMABLE: ClassVar[tuple[str, ...]] = (
@@ -240,6 +244,7 @@ class TextTo3DConfig:
         "iso_level",
         "iso_mode",
         "min_component_share",
+        "vertex_colours",
         *(f"mesh_refine.{f.name}" for f in dataclasses.fields(MeshRefineConfig)),
     )
     """Fields a resumed run may change (`text-to-3d --resume` refuses the others): how long it runs, how often it
@@ -296,6 +301,10 @@ class TextTo3DConfig:
     """Floater removal at extraction: connected pieces of the mesh whose surface area is below this share of the
     whole are dropped (the largest piece is always kept; a layout's boxes each keep their own largest piece). None:
     every piece is kept."""
+    vertex_colours: str = "field"
+    """The exported mesh's vertex colours: 'field' (the field's colour at each vertex, as rendered) or 'delit' (that
+    colour divided by the shapes world's Lambert shading on the vertex normal, `delight_colours`: an albedo, for a
+    field rendered with shading 'albedo', which bakes the world's light into its colour)."""
     view_dependent_prompts: bool = True
     """Append DreamFusion's view suffix (", front view", ...) to the prompt per camera."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
@@ -331,6 +340,10 @@ class TextTo3DConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.vertex_colours not in VERTEX_COLOURS:
+            raise ValueError(
+                f"unknown vertex_colours {self.vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}"
+            )
         if self.iso_mode not in ISO_MODES:
             raise ValueError(f"unknown iso_mode {self.iso_mode!r}; choose one of {', '.join(ISO_MODES)}")
         if self.mesh_refine.steps and self.method == "semantic-sds":

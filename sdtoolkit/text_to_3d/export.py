@@ -208,6 +208,23 @@ def inward_colours(
     return colours.numpy()
 
 
+def delight_colours(mesh):
+    """`mesh` with its vertex colours divided by the shapes world's Lambert shading at each vertex normal,
+    AMBIENT + DIFFUSE max(0, n . l) (`sdtoolkit.data.render.lambert`), clipped to [0, 1]: an albedo estimate.
+
+    A field rendered as plain albedo (`NeRFConfig.shading = "albedo"`) learns the prior's shaded colours, the fixed
+    world light baked in; a renderer that shades the mesh (the evaluator's, any viewer with a light) then shades it
+    twice, and the colour of its dark side is not the prompt's. Undoing the known light with the mesh's own normals
+    is exact when the baked shading is the world's Lambert term on those normals."""
+    from sdtoolkit.data.render import AMBIENT, DIFFUSE, light_direction
+
+    normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
+    shading = AMBIENT + DIFFUSE * np.clip(normals @ light_direction(torch.float64).numpy(), 0, None)
+    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float64) / 255.0
+    mesh.visual.vertex_colors = _rgba(np.clip(rgb / shading[:, None], 0, 1))
+    return mesh
+
+
 def _rgba(colours: np.ndarray) -> np.ndarray:
     rgba = np.concatenate([colours, np.ones_like(colours[:, :1])], axis=1)
     return (rgba * 255).round().astype(np.uint8)

@@ -12,6 +12,7 @@ import numpy as np
 from sdtoolkit.runs import atomic_write_text
 from sdtoolkit.text_to_3d.config import TextTo3DConfig
 from sdtoolkit.text_to_3d.export import (
+    delight_colours,
     export_mesh,
     extract_layout_mesh,
     extract_mesh,
@@ -78,6 +79,8 @@ def _generate(
             run.nerf, mesh_resolution, config.iso_level, config.min_component_share, config.iso_mode, run.scene_scale
         )
     mesh = refine_extracted_mesh(mesh, run, progress=progress)  # the mesh stage (off while mesh_refine.steps is 0)
+    if config.vertex_colours == "delit":
+        mesh = delight_colours(mesh)
     paths = export_mesh(mesh, output_dir, formats=mesh_formats)
     if uv_texture:
         textured = uv_texture_mesh(mesh, run.nerf)
