@@ -170,6 +170,8 @@ def test_beta_decays_geometrically_from_its_start_to_the_field_beta():
     assert current_beta(config, 50) == pytest.approx(0.02) and current_beta(config, 99) == pytest.approx(0.02)
     config.sdf_beta_start = None
     assert current_beta(config, 0) == 0.02
+    with pytest.raises(ValueError, match="vertex_colours 'delit' divides out a light"):
+        TextTo3DConfig(prompt="a red cube", vertex_colours="delit", nerf=NeRFConfig(shading="lambert"))
     with pytest.raises(ValueError, match="sdf_beta_start = 0.2 needs nerf.field.geometry 'sdf'"):
         TextTo3DConfig(prompt="a red cube", sdf_beta_start=0.2)
 

@@ -304,7 +304,7 @@ class TextTo3DConfig:
     vertex_colours: str = "field"
     """The exported mesh's vertex colours: 'field' (the field's colour at each vertex, as rendered) or 'delit' (that
     colour divided by the shapes world's Lambert shading on the vertex normal, `delight_colours`: an albedo, for a
-    field rendered with shading 'albedo', which bakes the world's light into its colour)."""
+    field rendered with shading 'albedo', which bakes the world's light into its colour; refused with 'lambert')."""
     view_dependent_prompts: bool = True
     """Append DreamFusion's view suffix (", front view", ...) to the prompt per camera."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
@@ -343,6 +343,11 @@ class TextTo3DConfig:
         if self.vertex_colours not in VERTEX_COLOURS:
             raise ValueError(
                 f"unknown vertex_colours {self.vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}"
+            )
+        if self.vertex_colours == "delit" and self.nerf.shading == "lambert":
+            raise ValueError(
+                "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
+                "(its colour is already an albedo); use vertex_colours 'field'"
             )
         if self.iso_mode not in ISO_MODES:
             raise ValueError(f"unknown iso_mode {self.iso_mode!r}; choose one of {', '.join(ISO_MODES)}")
