@@ -63,7 +63,7 @@ def normal_smoothness_loss(
 
 def sdf_gradient(field, positions: Float[Tensor, "N 3"], step: float) -> Float[Tensor, "N 3"]:
     """grad d(x) by central differences, (d(x + h e_i) - d(x - h e_i)) / 2h per axis (Neuralangelo's numerical
-    gradients, Li et al. 2023, Eq. 8: one backward instead of a double backward, and smooth across hash cells)."""
+    gradients, Li et al. 2023, Sec. 3.1: one backward instead of a double backward, and smooth across hash cells)."""
     eye = torch.eye(3, dtype=positions.dtype, device=positions.device) * step
     shifted = torch.cat([positions[:, None, :] + eye, positions[:, None, :] - eye], dim=1)  # [N, 6, 3]
     d = field.signed_distance(shifted.reshape(-1, 3)).reshape(-1, 6)
