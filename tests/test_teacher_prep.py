@@ -113,3 +113,90 @@ def test_prepared_shapes_flow_teacher_exports_stock_sd3_and_feeds_scm(tmp_path):
     assert main(argv) == 0
     student = json.loads((scm / "student" / "transformer" / "config.json").read_text())
     assert student["qk_norm"] == "rms_norm"
+
+
+# ---------------------------------------------------------------------------------------------------- dense time
+
+
+def test_dense_time_schedule_feeds_t_keeps_its_teachers_grid_and_stock_feeds_t_given_sigmas():
+    """A dense-time network (num_train_timesteps = 1) receives t itself; its sampling grid is its teacher's; stock
+    FlowMatchEulerDiscreteScheduler with that setting feeds t when given sigmas, and its own grid degenerates to
+    sigma 1 (why the exports pass sigmas)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from sdtoolkit.core.schedules import FlowSchedule
+
+    dense, plain = FlowSchedule(num_train_timesteps=1, shift=3.0), FlowSchedule(shift=3.0)
+    assert dense.dense and not plain.dense
+    t = torch.tensor([0.25, 0.9], dtype=torch.float64)
+    assert torch.equal(dense.model_timestep(t), t) and torch.equal(plain.model_timestep(t), 1000 * t)
+    assert torch.equal(dense.grid(28), plain.grid(28))
+    stock = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
+    stock.set_timesteps(sigmas=[1.0, 0.6, 0.2])
+    torch.testing.assert_close(stock.timesteps, torch.tensor([1.0, 0.6, 0.2]))
+    stock.set_timesteps(4)
+    assert torch.equal(stock.sigmas[:-1], torch.ones(4))
+
+
+def test_dense_time_is_refused_for_flux_in_one_line():
+    from sdtoolkit.testing import tiny_flux_pipeline
+
+    config = PrepareTeacherConfig(dense_time=True, qk_norm=False)
+    with pytest.raises(ValueError, match=r"--dense-time: the flux .*multiplies its timestep input by 1000"):
+        PrepareTeacher.check_teacher(config, TrainConfig(), tiny_flux_pipeline())
+
+
+def test_dense_time_teacher_exports_stock_sd3_that_feeds_t_and_scm_keeps_it(tmp_path):
+    """End to end on the shipped flow teacher with --dense-time: the exported stock StableDiffusion3Pipeline's own
+    call (sigmas) feeds the transformer t in [0, 1] and gives the toolkit's Euler sampler's latents from the same
+    noise; `distill scm` from it trains a dense-time student with the exact JVP, exported the same way."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from sdtoolkit.models.loading import load_teacher
+
+    prep = tmp_path / "prep"
+    common = ["--batch-size", "2", "--builtin-images", "4", "--num-threads", "1", "--sample-every", "0",
+              "--validate-every", "-1", "--log-with", "none", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    argv = ["distill", "prepare-teacher", "--teacher", "builtin:shapes-flow", "--output", str(prep), "--dense-time",
+            "--no-qk-norm", "--max-steps", "2", "--sample-steps", "3", *common]  # fmt: skip
+    assert main(argv) == 0
+    export = prep / "export"
+    spec = json.loads((export / "export.json").read_text())
+    assert spec["scheduler_config"]["num_train_timesteps"] == 1 and "dense time" in spec["notes"]
+    pipe = StableDiffusion3Pipeline.from_pretrained(export, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    hook = lambda module, args, kwargs: seen.append(kwargs["timestep"].max().item())  # noqa: E731
+    pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    call = {**spec["call_kwargs"], "guidance_scale": spec["guidance_scale"]}
+    stock = pipe("a red cube, front view", latents=noise, output_type="latent", **call).images
+    assert len(seen) == 3 and seen == pytest.approx(spec["call_kwargs"]["sigmas"], abs=1e-6) and max(seen) <= 1.0
+
+    teacher = Denoiser.from_pipeline(load_teacher(str(export), text_encoder_3=None, tokenizer_3=None))
+    assert teacher.schedule.dense
+    method = PrepareTeacher(
+        PrepareTeacherConfig(sample_steps=3, guidance_scale=spec["guidance_scale"], qk_norm=False),
+        teacher,
+        Accelerator(cpu=True),
+        types.SimpleNamespace(latent_size=None),
+    )
+    method.sampler = teacher
+    assert method.sampling_times()[:-1] == pytest.approx(spec["timesteps"], abs=1e-4)
+    cond, uncond = teacher.encode_prompt(["a red cube, front view"])
+    generator = torch.Generator().manual_seed(0)
+    ours = method.sample(cond, uncond, generator)
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4 * float(stock.abs().max()))
+
+    from sdtoolkit.trainers.scm import SCM, SCMConfig
+
+    scm_method = SCM(SCMConfig(), teacher, Accelerator(cpu=True), types.SimpleNamespace(latent_size=None))
+    assert scm_method.dense_time  # so its time difference defaults to 0: the exact JVP
+
+    scm = tmp_path / "scm"
+    argv = ["distill", "scm", "--teacher", str(export), "--output", str(scm), "--max-steps", "1", *common]
+    assert main(argv) == 0
+    scm_spec = json.loads((scm / "export" / "export.json").read_text())
+    assert "dense flow time" in scm_spec["notes"]
+    scheduler = json.loads((scm / "export" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["num_train_timesteps"] == 1 and scheduler["stochastic_sampling"] is True

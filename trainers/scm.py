@@ -24,8 +24,9 @@ student's loss is scm_weight L_sCM + adversarial_weight L_adv (1 and 0.5). `sdto
 The student takes w through an embedding when its network has one (a UNet's LCM-style `time_cond_proj_dim`, input
 w - 1; SANA's `guidance_embeds`, input w * guidance_embeds_scale as SanaSprintPipeline feeds it), zero-initialised
 so that it starts as the teacher, or through a guidance-distilled input (FLUX.1-dev's `guidance`, input w); otherwise
-it distils one fixed w. A SANA student takes the dense flow time
-t in [0, 1] (not 1000 t; `dense_time`), which is what stock `SanaSprintPipeline` feeds it.
+it distils one fixed w. A SANA student takes the dense flow time t in [0, 1] (not 1000 t; `dense_time`), which is
+what stock `SanaSprintPipeline` feeds it; so does any student of a teacher prepared with `prepare-teacher
+--dense-time`, exported with a stock scheduler of num_train_timesteps=1 (its pipeline then feeds t as well).
 
 Sampling is sCM's multistep sampler (`SCMScheduler`): x0 = cos(s) x - sigma_d sin(s) F, re-noised to the next time
 with fresh noise. Export: SANA students as a stock `SanaSprintPipeline` + `SCMScheduler` folder
@@ -80,6 +81,13 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------- config
 
 
+DENSE_NOTE = (
+    " The transformer takes the dense flow time t in [0, 1], not 1000 t (SANA-Sprint's dense time embedding): the "
+    "scheduler's num_train_timesteps is 1, so the stock pipeline feeds it t."
+)
+"""What a flow export's notes add for a dense-time student."""
+
+
 @dataclass
 class SCMConfig(MethodConfig):
     """Continuous-time consistency distillation (sCM) in TrigFlow. Defaults follow SANA-Sprint (Chen et al. 2025,
@@ -114,7 +122,9 @@ class SCMConfig(MethodConfig):
     dense_time: bool = True
     """SANA: the student embeds the dense flow time t in [0, 1] instead of the teacher's 1000 t (SANA-Sprint's
     teacher preparation; what stock SanaSprintPipeline feeds). Its time embedding then starts away from the
-    teacher's. Other families keep their teacher's time input."""
+    teacher's. Other families keep their teacher's time input: dense for a teacher prepared with
+    `prepare-teacher --dense-time` (its scheduler's num_train_timesteps is 1), whose time embedding the student
+    starts from."""
     tangent_warmup_steps: int = 4000
     """Steps of the tangent warm-up r = min(1, step / N) (SANA-Sprint: 4000; 0: r = 1 from the start)."""
     tangent_norm_c: float = 0.1
@@ -124,7 +134,7 @@ class SCMConfig(MethodConfig):
     fraction of its range (0: the exact JVP, as SANA-Sprint). A network that embeds 1000 t in sinusoids and was
     trained at integer timesteps (SD's UNets, SD3/FLUX/SANA without dense time) wiggles between them, and its exact
     time derivative is mostly that wiggle (`sdtoolkit.distill.scm.ode_derivative`). None: 0.02 (20 of SD's 1000
-    timesteps) for such networks, 0 for a dense-time SANA student."""
+    timesteps) for such networks, 0 for a dense-time student (SANA's, or any from a dense-time teacher)."""
     grad_clip: float | None = 0.1
     """Gradient-norm clipping of the student update (SANA-Sprint: 0.1; None: the run's --max-grad-norm)."""
     attention: str = "jvp"
@@ -370,7 +380,10 @@ class SCM(DistillationMethod):
 
     @property
     def dense_time(self) -> bool:
-        return self.family.name == "sana" and self.config.dense_time
+        """Whether the student's timestep input is the flow time t (not 1000 t): a SANA student with `dense_time`, or
+        any student of a teacher already prepared with one (`prepare-teacher --dense-time`)."""
+        schedule = self.teacher.schedule
+        return (self.family.name == "sana" and self.config.dense_time) or getattr(schedule, "dense", False)
 
     @property
     def sample_w(self) -> float:
@@ -682,7 +695,7 @@ class SCM(DistillationMethod):
                 num_inference_steps=k,
                 guidance_scale=guidance,
                 notes=f"{about}. Flow times {', '.join(f'{t:.4g}' for t in flow_times)} (x0 re-noised between "
-                "steps: stochastic_sampling).",
+                f"steps: stochastic_sampling).{DENSE_NOTE if self.dense_time else ''}",
                 **flow_export_fields(self, flow_times, stochastic=k > 1),
             )
         note = ""

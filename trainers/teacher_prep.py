@@ -8,10 +8,14 @@ gradient norms above 1e3 without them, and about 5k fine-tune iterations):
 1. **QK-normalisation**: RMS normalisation of queries and keys in every attention (SD3.5's `qk_norm="rms_norm"`,
    SANA-Sprint's `"rms_norm_across_heads"`), which bounds the attention logits and so the JVP's tangents. Its scales
    start at 1, which changes the network: the teacher must be fine-tuned after adding it.
-2. **Dense time embedding**: embed t instead of 1000 t. A SANA student takes it in the sCM trainer
-   (`distill scm --dense-time`, the default for SANA), because SanaSprintPipeline feeds a dense time; stock SD3
-   and FLUX pipelines feed 1000 t and their transformers have no timestep scale, so their sCM students keep it and
-   the sCM trainer smooths the time derivative by a difference instead (`--time-difference`).
+2. **Dense time embedding**: embed t instead of 1000 t (SANA-Sprint's `timestep_norm_scale_factor`), so that the
+   time embedding's derivative is not 1000 times steeper than the ODE's. `--dense-time` fine-tunes the teacher
+   with the flow time t as its timestep input and exports it with a stock scheduler of `num_train_timesteps=1`,
+   under which stock SD3 and SANA pipelines feed t (with `sigmas` in the call: that scheduler's own grid
+   degenerates; `FlowSchedule.dense`); `distill scm` from such a teacher gives the student the same dense time and
+   the exact JVP. A SANA student of an unprepared teacher can also start dense (`distill scm --dense-time`, the
+   default for SANA, because SanaSprintPipeline feeds t). Without it, the sCM trainer smooths the time derivative
+   of a 1000 t embedding by a difference instead (`--time-difference`).
 
 This method is the fine-tune: the teacher's network with the change, trained by the teacher's own flow-matching
 loss (Liu et al. 2022; Esser et al. 2024, with SD3's logit-normal time density)
@@ -51,6 +55,10 @@ __all__ = ["PrepareTeacher", "PrepareTeacherConfig", "flow_matching_loss", "logi
 FLOW_FAMILIES = ("sd3", "sana", "flux")
 """Families whose networks are trained by flow matching (the ones this preparation fine-tunes)."""
 
+DENSE_TIME_FAMILIES = ("sd3", "sana")
+"""Families whose stock pipelines feed the scheduler's timestep (sigma * num_train_timesteps) to the network as it
+is, so that a scheduler with num_train_timesteps=1 feeds the dense time t (`--dense-time`)."""
+
 
 def logit_normal_time(n: int, mean: float = 0.0, std: float = 1.0, device=None) -> Tensor:
     """t = sigmoid(u), u ~ N(mean, std^2): SD3's logit-normal training-time density (Esser et al. 2024; m = 0,
@@ -69,6 +77,10 @@ class PrepareTeacherConfig(MethodConfig):
     """SANA-Sprint's teacher preparation of a flow-matching teacher: QK-normalisation added, then a short fine-tune
     with the teacher's own flow-matching loss."""
 
+    dense_time: bool = False
+    """Fine-tune the teacher to embed the flow time t in [0, 1] instead of 1000 t (SANA-Sprint's dense time
+    embedding); the export's scheduler then has num_train_timesteps=1 and its call passes `sigmas`. SD3 and SANA
+    (FLUX's transformer multiplies its timestep by 1000 inside)."""
     qk_norm: bool = True
     """Add RMS normalisation of queries and keys to every attention (SD3: `rms_norm` as SD3.5; SANA:
     `rms_norm_across_heads` as SANA-Sprint; FLUX already has it). False: fine-tune the network as it is (the
@@ -106,7 +118,7 @@ class PrepareTeacher(DistillationMethod):
         "SANA-Sprint's teacher preparation for sCM (Chen et al. 2025): add RMS QK-normalisation to every attention "
         "of a flow-matching teacher (SD3, SANA; FLUX has it) and fine-tune it with its own flow-matching loss "
         "(logit-normal times, 10% caption dropout). Exports the family's stock pipeline (Euler, --sample-steps, "
-        "--guidance-scale); pass it to `distill scm --teacher`. SANA's dense time is `distill scm --dense-time`."
+        "--guidance-scale); pass it to `distill scm --teacher`. --dense-time: the network embeds t, not 1000 t."
     )
     config: PrepareTeacherConfig
 
@@ -136,6 +148,12 @@ class PrepareTeacher(DistillationMethod):
                 f"{type(network).__name__} is a VP teacher: distil it with `distill scm` directly (its time "
                 "derivative is smoothed by --time-difference)"
             )
+        if config.dense_time and family.name not in DENSE_TIME_FAMILIES:
+            raise ValueError(
+                f"--dense-time: the {family.name} {type(network).__name__} multiplies its timestep input by 1000 "
+                "inside, so its stock pipeline cannot feed it a dense time "
+                f"(families: {', '.join(DENSE_TIME_FAMILIES)})"
+            )
         if config.qk_norm and family.name not in QK_NORM and not _has_qk_norm(network):
             raise ValueError(
                 f"--qk-norm: no QK-normalisation to add to the {family.name} {type(network).__name__} "
@@ -164,8 +182,15 @@ class PrepareTeacher(DistillationMethod):
 
     def setup(self, models: dict[str, nn.Module]) -> None:
         super().setup(models)
-        self.student = self.teacher.with_model(models["student"])
-        self.sampler = self.teacher.with_model(self.accelerator.unwrap_model(models["student"]))
+        self.student = self._prepared(models["student"])
+        self.sampler = self._prepared(self.accelerator.unwrap_model(models["student"]))
+
+    def _prepared(self, model: nn.Module):
+        """The prepared network as a Denoiser: the teacher's, with the timestep input t (not 1000 t) when dense."""
+        denoiser = self.teacher.with_model(model)
+        if self.config.dense_time:
+            denoiser = denoiser.replace_schedule(self.teacher.schedule.replace(num_train_timesteps=1))
+        return denoiser
 
     def _guidance_input(self, n: int, device: torch.device) -> Tensor | None:
         """FLUX.1-dev's distilled guidance input (its stock pipeline feeds guidance_scale); None elsewhere."""
@@ -191,7 +216,8 @@ class PrepareTeacher(DistillationMethod):
     # ------------------------------------------------------------------ sampling and saving
 
     def sampling_times(self) -> list[float]:
-        """The stock FlowMatch Euler grid of `sample_steps`, noisiest first, then 0."""
+        """The stock FlowMatch Euler grid of `sample_steps`, noisiest first, then 0 (the teacher's grid also for a
+        dense-time network, whose own stock grid degenerates: `FlowSchedule.dense`)."""
         return [*self.teacher.schedule.student_timesteps(self.config.sample_steps), 0.0]
 
     def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
@@ -214,15 +240,21 @@ class PrepareTeacher(DistillationMethod):
         family, config = self.teacher.family, self.config
         network = self.unwrapped("student")
         network.save_pretrained(Path(folder) / family.component, safe_serialization=True)
-        change = "QK-normalisation added" if config.qk_norm else "no architecture change"
+        changes = ["QK-normalisation added"] if config.qk_norm else []
+        if config.dense_time:
+            changes.append("a dense time input (t, not 1000 t: the scheduler's num_train_timesteps is 1)")
+        fields = flow_export_fields(self, self.sampling_times()[:-1], stochastic=False)
+        if config.dense_time:
+            fields["scheduler_config"] = {**fields["scheduler_config"], "num_train_timesteps": 1}
         return ExportSpec(
             method=self.name,
             student=family.component,
             num_inference_steps=config.sample_steps,
             guidance_scale=config.guidance_scale,
-            notes=f"A teacher prepared for sCM as SANA-Sprint (Chen et al. 2025): {change}, fine-tuned with the "
-            "flow-matching loss. Sample it like its teacher (Euler steps with classifier-free guidance).",
-            **flow_export_fields(self, self.sampling_times()[:-1], stochastic=False),
+            notes=f"A teacher prepared for sCM as SANA-Sprint (Chen et al. 2025): "
+            f"{' and '.join(changes) or 'no architecture change'}, fine-tuned with the flow-matching loss. Sample it "
+            "like its teacher (Euler steps with classifier-free guidance).",
+            **fields,
         )
 
 

@@ -300,6 +300,11 @@ FLOW_SIGMAS = ("scheduler", "inverse_steps")
 """How a stock pipeline sets a flow sampler's base sigmas before shifting (`FlowSchedule.sigmas`)."""
 
 
+DENSE_GRID_TIMESTEPS = 1000
+"""The training-timestep count whose sampling grid a dense-time flow network (num_train_timesteps = 1) keeps: the
+1000 of the SD3 / SANA / FLUX teacher it was prepared from."""
+
+
 class FlowSchedule(NoiseSchedule):
     """Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2023): x_t = (1 - t) x0 + t eps, t in [0, 1].
 
@@ -311,6 +316,11 @@ class FlowSchedule(NoiseSchedule):
 
     `sigmas` says how the stock pipeline sets the base sigmas it shifts: `scheduler` (the scheduler's default,
     linspace(1, sigma_min, N): SD3, SANA) or `inverse_steps` (linspace(1, 1/N, N): FluxPipeline).
+
+    `num_train_timesteps` = 1 is a dense-time network (`dense`): it receives t itself, not 1000 t (SANA-Sprint's
+    teacher preparation, `timestep_norm_scale_factor`). Stock `FlowMatchEulerDiscreteScheduler` with that setting
+    feeds t, but its own N-step grid degenerates to sigma 1 (its sigma_min is 1 / T = 1), so exports of such a
+    network pass `sigmas`; `grid` keeps the 1000-timestep grid of the network's teacher (`DENSE_GRID_TIMESTEPS`).
     """
 
     def __init__(
@@ -352,6 +362,11 @@ class FlowSchedule(NoiseSchedule):
             shift = config.get("flow_shift", 1.0) if config.get("use_flow_sigmas") else 1.0
         return cls(num_train_timesteps=config.get("num_train_timesteps", 1000), shift=shift, dynamic=dynamic)
 
+    @property
+    def dense(self) -> bool:
+        """Whether the network's timestep is the flow time t itself (num_train_timesteps = 1), not 1000 t."""
+        return self.num_train_timesteps == 1
+
     def replace(self, **changes: Any) -> FlowSchedule:
         """A copy with some of `num_train_timesteps`, `shift`, `dynamic`, `mu`, `sigmas` changed."""
         values = {k: getattr(self, k) for k in ("num_train_timesteps", "shift", "dynamic", "mu", "sigmas")}
@@ -381,14 +396,15 @@ class FlowSchedule(NoiseSchedule):
         `sigmas="scheduler"` (SD3, SANA): shift_time(linspace(1, sigma_min, N)) reversed, where sigma_min is the
         scheduler's smallest training sigma (already shifted once for a static shift, so diffusers shifts it twice;
         1/T with dynamic shifting). `sigmas="inverse_steps"` (FluxPipeline): shift_time(linspace(1, 1/N, N)).
-        N = 1 gives t = 1."""
+        N = 1 gives t = 1. A dense-time network (T = 1) gets the grid of T = `DENSE_GRID_TIMESTEPS`, its teacher's."""
         _check_points(num_points)
+        T = DENSE_GRID_TIMESTEPS if self.dense else self.num_train_timesteps
         if self.sigmas == "inverse_steps":
             lowest = 1.0 / num_points
         elif self.dynamic is None:
-            lowest = float(self.shift_time(torch.tensor(1.0 / self.num_train_timesteps, dtype=torch.float64)))
+            lowest = float(self.shift_time(torch.tensor(1.0 / T, dtype=torch.float64)))
         else:
-            lowest = 1.0 / self.num_train_timesteps
+            lowest = 1.0 / T
         return self.shift_time(torch.linspace(1.0, lowest, num_points, dtype=torch.float64)).flip(0)
 
     def student_timesteps(self, num_steps: int, original_steps: int | None = None) -> list[float]:
