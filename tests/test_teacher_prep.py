@@ -200,3 +200,20 @@ def test_dense_time_teacher_exports_stock_sd3_that_feeds_t_and_scm_keeps_it(tmp_
     assert "dense flow time" in scm_spec["notes"]
     scheduler = json.loads((scm / "export" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["num_train_timesteps"] == 1 and scheduler["stochastic_sampling"] is True
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("steps", [1, 4, 28])
+def test_dense_time_sigmas_give_the_1000_timestep_grid(shift, steps):
+    """The card scorer's `sigmas` for a dense-time teacher: its stock scheduler (num_train_timesteps=1) then samples
+    the same sigmas as the 1000-timestep teacher's default N-step grid, and feeds t = sigma."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from sdtoolkit.models.shapes_teacher_flow_card import dense_time_sigmas
+
+    plain = FlowMatchEulerDiscreteScheduler(shift=shift)
+    plain.set_timesteps(steps)
+    dense = FlowMatchEulerDiscreteScheduler.from_config(plain.config, num_train_timesteps=1)
+    dense.set_timesteps(sigmas=dense_time_sigmas(dense.config, steps))
+    torch.testing.assert_close(dense.sigmas, plain.sigmas)
+    torch.testing.assert_close(dense.timesteps, plain.timesteps / 1000)

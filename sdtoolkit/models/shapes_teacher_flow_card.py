@@ -13,10 +13,22 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["evaluate_flow_teacher", "write_flow_model_card"]
+__all__ = ["dense_time_sigmas", "evaluate_flow_teacher", "write_flow_model_card"]
+
+
+def dense_time_sigmas(scheduler_config: Any, steps: int) -> list[float]:
+    """The `sigmas` under which a stock FlowMatchEulerDiscreteScheduler of num_train_timesteps=1 (a dense-time
+    network's) samples the N-step grid the same config samples with 1000 train timesteps: that scheduler's unshifted
+    linspace(sigma_max, sigma_min, N), which the call shifts as usual."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    reference = FlowMatchEulerDiscreteScheduler.from_config({**dict(scheduler_config), "num_train_timesteps": 1000})
+    return [float(x) for x in np.linspace(reference.sigma_max, reference.sigma_min, steps)]
 
 
 def evaluate_flow_teacher(
@@ -29,7 +41,9 @@ def evaluate_flow_teacher(
     device: str = "cpu",
 ) -> dict:
     """Scores the teacher in `folder` at each number of Euler `steps` (stock pipeline, CFG `guidance`):
-    `num_samples` images over `sdtoolkit.data.all_prompts()` taken in turn, image i seeded `seed + i`."""
+    `num_samples` images over `sdtoolkit.data.all_prompts()` taken in turn, image i seeded `seed + i`. A dense-time
+    teacher (`prepare-teacher --dense-time`) is called with the `sigmas` of its teacher's grid
+    (`dense_time_sigmas`): its scheduler's own grid degenerates."""
     from diffusers import DiffusionPipeline
 
     from sdtoolkit.data import all_prompts
@@ -50,9 +64,13 @@ def evaluate_flow_teacher(
     }
     for num_steps in steps:
         start = time.perf_counter()
+        call = None
+        if pipeline.scheduler.config.get("num_train_timesteps") == 1:
+            call = {"sigmas": dense_time_sigmas(pipeline.scheduler.config, num_steps)}
         scores = evaluate_pipeline(
-            pipeline, prompts, num_steps, guidance, seed=seed, batch_size=batch_size, evaluator=evaluator
-        )
+            pipeline, prompts, num_steps, guidance, seed=seed, batch_size=batch_size, evaluator=evaluator,
+            call_kwargs=call,
+        )  # fmt: skip
         scores["seconds"] = round(time.perf_counter() - start, 1)
         scores["threads"] = torch.get_num_threads()
         scores["device"] = device
