@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train-evaluator": "sdtoolkit.cli.train_evaluator",
     "train-teacher": "sdtoolkit.cli.train_teacher",
     "train-video-teacher": "sdtoolkit.cli.train_video_teacher",
+    "train-novel-view-prior": "sdtoolkit.cli.train_novel_view_prior",
     "generate": "sdtoolkit.cli.generate",
     "distill": "sdtoolkit.cli.distill",
     "export": "sdtoolkit.cli.export",

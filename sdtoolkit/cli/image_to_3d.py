@@ -165,6 +165,13 @@ def _check_run(config, command: ImageTo3DCommand) -> None:
         raise CLIError(f"--device {config.device!r} is not supported; use cpu, cuda or cuda:N")
     if config.uses_text_prior:
         _check_prior(config)
+    if config.uses_novel_view_prior:
+        from sdtoolkit.models.novel_view_prior import novel_view_prior_folder
+
+        try:
+            novel_view_prior_folder(config.novel_view_prior)
+        except (OSError, ValueError) as error:
+            raise CLIError(f"--novel-view-prior {config.novel_view_prior}: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ class Conditioning:
         encoder_log_multiplicity: `[B, L]` log of how many identical tokens each row of `encoder_hidden_states`
             stands for (0 for an ordinary token). Set by SD3's adapter, which keeps SD3-without-T5's 256 zero tokens
             once (`sdtoolkit.core.repeated_tokens`: exact); None means every token is itself.
+        concat_latents: `[B, C', H, W]` latents concatenated to x_t along the channels before the network (an
+            image-conditioned UNet: Zero123's reference view, `sdtoolkit.models.novel_view_prior`).
     """
 
     encoder_hidden_states: Tensor | None = None
@@ -32,6 +34,7 @@ class Conditioning:
     class_labels: Tensor | None = None
     added_cond_kwargs: dict[str, Tensor] = field(default_factory=dict)
     encoder_log_multiplicity: Tensor | None = None
+    concat_latents: Tensor | None = None
 
     def _tensors(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -18,11 +18,19 @@ def _text_guidance() -> SDSConfig:
     return default_guidance("sds", "builtin:shapes")
 
 
+def _novel_view_guidance() -> SDSConfig:
+    """SDS of the novel-view prior: Zero123's CFG 3 (threestudio's zero123 guidance), and the text prior's sqrt time
+    schedule, so that both priors see the same t."""
+    config = SDSConfig(guidance_scale=3.0)
+    config.timesteps.anneal = "sqrt"
+    return config
+
+
 @dataclass
 class ImageTo3DConfig:
     """One image-to-3D run: reference views reconstructed by a NeRF, the unseen sides filled by score distillation
-    from a text prior (Magic123, Qian et al. 2024; DreamCar, Du et al. 2024), optionally with DreamCar's mirror
-    symmetry and pose refinement."""
+    from a text prior and/or a novel-view prior (Magic123, Qian et al. 2024; DreamCar, Du et al. 2024), optionally
+    with DreamCar's mirror symmetry and pose refinement."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "seed": NON_NEGATIVE,
@@ -38,6 +46,7 @@ class ImageTo3DConfig:
         "lambda_rgb": NON_NEGATIVE,
         "lambda_mask": NON_NEGATIVE,
         "lambda_text": NON_NEGATIVE,
+        "lambda_novel_view": NON_NEGATIVE,
         "symmetry_plane_azimuth": Range(-180, 180),
         "background": FRACTION,
         "preview_every": NON_NEGATIVE,
@@ -103,6 +112,15 @@ class ImageTo3DConfig:
     """Weight of the text prior's SDS on novel views (DreamCar `lambda_sd`: 0.1; Magic123 with SD: 0.025)."""
     guidance: SDSConfig = field(default_factory=_text_guidance)
     """The text prior's SDS (text-to-3D's defaults for the builtin prior)."""
+    novel_view_prior: str = ""
+    """A Zero123-style novel-view prior (DreamCar's class-specific prior) for SDS on novel views, conditioned on a
+    random reference view and the relative camera: `builtin:shapes-novel-view` or a folder written by `sdtoolkit
+    train-novel-view-prior`; empty: none."""
+    lambda_novel_view: float = 1.0
+    """Weight of the novel-view prior's SDS (our choice; Magic123 weighs its Zero123 term 40x its SD term)."""
+    novel_view_guidance: SDSConfig = field(default_factory=_novel_view_guidance)
+    """The novel-view prior's SDS (CFG in the diffusers convention; the unconditional input zeroes the reference
+    latent and the relative camera, as Zero123 trains it)."""
     view_dependent_prompts: bool = True
     """Append DreamFusion's view suffix (", front view", ...) to the prompt per camera."""
     mirror_views: bool = False
@@ -144,6 +162,10 @@ class ImageTo3DConfig:
     @property
     def uses_text_prior(self) -> bool:
         return bool(self.prompt) and self.lambda_text > 0
+
+    @property
+    def uses_novel_view_prior(self) -> bool:
+        return bool(self.novel_view_prior) and self.lambda_novel_view > 0
 
 
 def from_dict(data: dict) -> ImageTo3DConfig:

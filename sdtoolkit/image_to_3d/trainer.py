@@ -1,13 +1,16 @@
 """The image-to-3D loop (Magic123, Qian et al. 2024, Sec. 3; DreamCar, Du et al. 2024, Sec. 3): every step renders
 reference views and matches them (colour and mask losses, threestudio's `loss_rgb` / `loss_mask`), and renders a
-random novel view and applies a text prior's SDS to it; the reference cameras may carry learnable corrections
-(`sdtoolkit.image_to_3d.poses`) and mirrored copies (`sdtoolkit.image_to_3d.symmetry`).
+random novel view and applies a text prior's SDS and/or a Zero123-style novel-view prior's SDS to it (conditioned on
+a random reference view and the relative camera, `sdtoolkit.models.novel_view_prior`; Magic123's joint 2D + 3D
+prior); the reference cameras may carry learnable corrections (`sdtoolkit.image_to_3d.poses`) and mirrored copies
+(`sdtoolkit.image_to_3d.symmetry`).
 
 Everything else is text-to-3D's: the NeRF, the guidance, the coarse-to-fine resolution, the regularisers, the
 checkpoint format and the loop with its exact resume, non-finite guard, Ctrl-C handling and previews
 (`sdtoolkit.text_to_3d.trainer.train` runs this module's `setup` and `training_step`).
 
-    L = lambda_rgb mean(rgb - x_ref)^2 + lambda_mask mean(opacity - m_ref)^2 + lambda_text L_SDS(novel view)
+    L = lambda_rgb mean(rgb - x_ref)^2 + lambda_mask mean(opacity - m_ref)^2 + lambda_text L_SDS(novel view | text)
+        + lambda_novel_view L_SDS(novel view | x_ref, T)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.data.cameras import Cameras
 from sdtoolkit.image_to_3d.config import ImageTo3DConfig
 from sdtoolkit.image_to_3d.inputs import References, load_references
+from sdtoolkit.image_to_3d.novel_view import relative_camera
 from sdtoolkit.image_to_3d.poses import PoseCorrections
 from sdtoolkit.image_to_3d.symmetry import make_symmetric, mirror_cameras, mirror_images
 from sdtoolkit.nerf import NeRF
@@ -64,6 +68,9 @@ class ImageTo3DRun:
     generator: torch.Generator
     references: References
     poses: PoseCorrections | None = None
+    novel_view: Denoiser | None = None
+    """The novel-view prior (`config.novel_view_prior`), frozen."""
+    novel_view_guidance: object = None
     layout: object = None
     step: int = 0
     history: list[dict] = field(default_factory=list)
@@ -132,7 +139,13 @@ def setup(config: ImageTo3DConfig, denoiser: Denoiser | None = None, references:
         poses = PoseCorrections(len(references), anchor=0 if config.anchor_first_view else None).to(config.device)
         groups.append({"params": list(poses.parameters()), "lr": config.lr_pose})
     optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
-    return ImageTo3DRun(config, denoiser, nerf, guidance, prompts, optimizer, generator, references, poses)
+    run = ImageTo3DRun(config, denoiser, nerf, guidance, prompts, optimizer, generator, references, poses)
+    if config.uses_novel_view_prior:
+        from sdtoolkit.models.novel_view_prior import load_novel_view_prior
+
+        run.novel_view = load_novel_view_prior(config.novel_view_prior, config.device)
+        run.novel_view_guidance = build("sds", run.novel_view, config.novel_view_guidance)
+    return run
 
 
 def reference_losses(run: ImageTo3DRun, resolution: int, views: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -151,28 +164,52 @@ def reference_losses(run: ImageTo3DRun, resolution: int, views: torch.Tensor) ->
     return losses
 
 
-def text_prior_losses(run: ImageTo3DRun, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """lambda_text times text-to-3D's SDS on a random novel view (plus its regularisers), and its logs."""
+def novel_view_condition(run: ImageTo3DRun, cameras: Cameras, size: int):
+    """(cond, uncond) of the novel-view prior for `cameras`: one random reference view (its latent at the prior's
+    `size`, its current camera) and the relative camera T from it to each novel view (Zero123's conditioning)."""
+    from sdtoolkit.models.novel_view_prior import novel_view_conditioning, unconditional
+
+    index = int(torch.randint(len(run.references), (1,), generator=run.generator))
+    rgb, _ = run.targets(size)
+    with torch.no_grad():
+        reference = run.novel_view.encode(rgb[index : index + 1] * 2 - 1, sample=False)
+        camera = run.reference_cameras()[index : index + 1]
+        relative = relative_camera(camera, cameras).detach()
+    cond = novel_view_conditioning(reference.expand(len(cameras), -1, -1, -1), relative)
+    return cond, unconditional(cond)
+
+
+def prior_losses(run: ImageTo3DRun, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """On one batch of random novel views: lambda_text times text-to-3D's SDS and lambda_novel_view times the
+    novel-view prior's SDS (each where configured), plus text-to-3D's regularisers; and their logs."""
     config, g = run.config, run.generator
-    full = config.resolution or prior_image_size(run.denoiser)
+    full = config.resolution or prior_image_size(run.denoiser if run.denoiser is not None else run.novel_view)
     resolution = current_resolution(config, step, full)
     cameras = sample_training_cameras(config.novel_cameras, config.novel_cameras.batch_size, g).to(run.nerf.device)
     out = run.nerf.render(cameras, resolution, background=config.background, generator=g)
     rgb = out["rgb"]
     if resolution != full:
         rgb = F.interpolate(rgb, size=(full, full), mode="bilinear", align_corners=False)
-    latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
-    result = run.guidance(
-        latents, [run.prompts[0](cameras)], step / max(config.steps, 1), cameras=cameras, generator=g
-    )
-    losses = {"loss_guidance": config.lambda_text * result.loss, **regularizers(config, out)}
-    logs = {"t": float(result.t.float().mean()), "grad_norm": float(result.grad_norm), "res": resolution}
+    progress = step / max(config.steps, 1)
+    losses, logs = dict(regularizers(config, out)), {"res": resolution}
+    if config.uses_text_prior:
+        latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
+        result = run.guidance(latents, [run.prompts[0](cameras)], progress, cameras=cameras, generator=g)
+        losses["loss_guidance"] = config.lambda_text * result.loss
+        logs.update(t=float(result.t.float().mean()), grad_norm=float(result.grad_norm))
+    if config.uses_novel_view_prior:
+        latents = run.novel_view.encode(rgb * 2 - 1, sample=False)
+        conds = [novel_view_condition(run, cameras, full)]
+        result = run.novel_view_guidance(latents, conds, progress, cameras=cameras, generator=g)
+        losses["loss_novel_view"] = config.lambda_novel_view * result.loss
+        logs.update(t_novel_view=float(result.t.float().mean()), grad_norm_novel_view=float(result.grad_norm))
     return losses, logs
 
 
 def training_step(run: ImageTo3DRun) -> dict[str, float]:
-    """One step: reference losses on `reference_batch` reference views (and mirrors), the text prior's SDS on one
-    novel view, one Adam step of field and poses (skipped when a loss or gradient is not finite); returns its logs."""
+    """One step: reference losses on `reference_batch` reference views (and mirrors), the priors' SDS on one batch
+    of novel views, one Adam step of field and poses (skipped when a loss or gradient is not finite); returns its
+    logs."""
     config, step, g = run.config, run.step, run.generator
     run.nerf.update_occupancy(step, g)
     num_views = len(run.references) * (2 if config.mirror_views else 1)
@@ -180,9 +217,10 @@ def training_step(run: ImageTo3DRun) -> dict[str, float]:
     reference_resolution = current_resolution(config, step, config.reference_resolution)
     losses = reference_losses(run, reference_resolution, views)
     logs = {"t": 0.0, "grad_norm": 0.0, "res": reference_resolution}
-    if config.uses_text_prior:
-        prior_losses, logs = text_prior_losses(run, step)
-        losses.update(prior_losses)
+    if config.uses_text_prior or config.uses_novel_view_prior:
+        novel, prior_logs = prior_losses(run, step)
+        losses.update(novel)
+        logs.update(prior_logs)
     loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -266,6 +304,8 @@ __all__ = [
     "RUN_KIND",
     "check_output_folder",
     "claim_folder",
+    "novel_view_condition",
+    "prior_losses",
     "reference_losses",
     "setup",
     "train",

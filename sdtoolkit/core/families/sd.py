@@ -46,8 +46,14 @@ class StableDiffusionFamily(ModelFamily):
     def matches(cls, model: nn.Module) -> bool:
         return super().matches(model) and getattr(model.config, "addition_embed_type", None) != "text_time"
 
+    def latent_channels(self, model):
+        """The output's channels: an image-conditioned UNet (Zero123) takes more input channels than it denoises."""
+        return int(model.config.out_channels)
+
     def call(self, model, x, timestep, cond, guidance_embed):
         added = {k: cast(v, x.dtype) for k, v in cond.added_cond_kwargs.items()} or None
+        if cond.concat_latents is not None:  # the reference view of an image-conditioned UNet (Zero123)
+            x = torch.cat([x, cast(cond.concat_latents, x.dtype)], dim=1)
         return model(
             x,
             timestep,
