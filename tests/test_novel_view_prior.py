@@ -160,3 +160,22 @@ def test_image_to_3d_applies_the_novel_view_prior_conditioned_on_a_reference(tin
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "train-novel-view-prior" in lines[0] and not out.exists()
+
+
+def test_cli_end_to_end_at_tiny_size(tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "prior"
+    flags = [f"--{k.replace('_', '-')}" for k in TINY]
+    values = [[str(x) for x in v] if isinstance(v, tuple) else [str(v)] for v in TINY.values()]
+    argv = ["train-novel-view-prior", "--output", str(out), "--quiet", "--steps", "5", "--eval-pairs", "8"]
+    for flag, value in zip(flags, values):
+        if flag not in argv:
+            argv += [flag, *value]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "saved the novel-view prior" in printed and '"pairs": 8' in printed
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["config"]["block_out_channels"] == [8, 16] and meta["training"]["steps"] == 5
+    assert "--block-out-channels 8 16" in meta["command"]
+    assert load_novel_view_prior(out).model.config.in_channels == 8
