@@ -217,3 +217,35 @@ def test_dense_time_sigmas_give_the_1000_timestep_grid(shift, steps):
     dense.set_timesteps(sigmas=dense_time_sigmas(dense.config, steps))
     torch.testing.assert_close(dense.sigmas, plain.sigmas)
     torch.testing.assert_close(dense.timesteps, plain.timesteps / 1000)
+
+
+@pytest.mark.parametrize("family", ["sd3", "sana"])
+def test_dense_time_sampler_is_the_stock_pipeline_feeding_t(family):
+    """A dense-time network's Euler sampler (the prepared teacher's validation and export) against the family's stock
+    pipeline with a num_train_timesteps=1 scheduler and `dense_time_sigmas`: same latents from the same noise, and
+    the transformer is fed t in [0, 1] at the teacher's grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from sdtoolkit.models.shapes_teacher_flow_card import dense_time_sigmas
+
+    pipe = tiny_sd3_pipeline() if family == "sd3" else tiny_sana_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    teacher = Denoiser.from_pipeline(pipe)
+    config = PrepareTeacherConfig(sample_steps=3, guidance_scale=4.0, dense_time=True, qk_norm=False)
+    method = PrepareTeacher(config, teacher, Accelerator(cpu=True), types.SimpleNamespace(latent_size=(16, 16)))
+    method.sampler = method._prepared(teacher.base_model)
+    assert method.sampler.schedule.dense and not teacher.schedule.dense
+    prompts = ["a red cube", "a blue sphere"]
+    cond, uncond = teacher.encode_prompt(prompts)
+    ours = method.sample(cond, uncond, torch.Generator().manual_seed(3))
+    noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3))
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, num_train_timesteps=1)
+    seen = []
+    hook = lambda module, args, kwargs: seen.append(float(kwargs["timestep"].max()))  # noqa: E731
+    pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    size = ours.shape[-1] * pipe.vae_scale_factor
+    extra = dict(use_resolution_binning=False, height=size, width=size) if family == "sana" else {}
+    sigmas = dense_time_sigmas(pipe.scheduler.config, 3)
+    stock = pipe(prompts, latents=noise, sigmas=sigmas, guidance_scale=4.0, output_type="latent", **extra).images
+    assert seen == pytest.approx(method.sampling_times()[:-1], abs=1e-6) and max(seen) <= 1.0
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4 * float(stock.abs().max()))
