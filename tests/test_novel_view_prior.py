@@ -95,7 +95,8 @@ def test_a_tiny_prior_trains_saves_reloads_and_scores_itself(tiny_prior):
     assert set(metrics["samples"]) == {"prompt_accuracy", "shape_accuracy", "colour_accuracy", "view_accuracy"}
     assert (tiny_prior / "README.md").read_text().count("Held-out pairs") == 1
     prior = load_novel_view_prior(tiny_prior)
-    assert prior.prediction_type == "epsilon" and prior.vae is not None
+    assert prior.prediction_type == "v_prediction" and prior.vae is not None  # zero terminal SNR (Lin et al.)
+    assert abs(float(prior.schedule.alpha(torch.tensor([999.0])))) < 1e-6  # the noisiest input holds no target
     assert not any(p.requires_grad for p in prior.model.parameters())
 
 

@@ -8,7 +8,8 @@ model denoises the target view's latent:
 
     eps_theta(z_t, t; x_ref, T),  z_t = alpha_t E(x_target) + sigma_t eps,  L = E || eps_theta - eps ||^2
 
-(Zero123, Sec. 3.1-3.2). As in Zero123 the reference latent E(x_ref) is concatenated to z_t along the channels
+(Zero123, Sec. 3.1-3.2); by default on a zero-terminal-SNR schedule with v-prediction instead (Lin et al. 2024), the
+same loss in v. As in Zero123 the reference latent E(x_ref) is concatenated to z_t along the channels
 (`Conditioning.concat_latents`); Zero123 also feeds T with the reference's CLIP embedding through cross-attention,
 here T goes through the UNet's class-embedding projection instead (added to the time embedding; this world has no
 CLIP). For classifier-free guidance both conditionings are zeroed with probability `conditioning_dropout` (Zero123:
@@ -19,9 +20,10 @@ Parts (a stock diffusers folder: `unet/`, `vae/`, `scheduler/`, loaded by `load_
 
 - `UNet2DConditionModel` with `in_channels = 2 x 4` (noisy target + reference latent), `out_channels = 4`,
   `class_embed_type="projection"` over the 4 numbers of T, self-attention blocks, no cross-attention;
-- `builtin:shapes`' frozen `AutoencoderKL` (64x64 RGB <-> 4x16x16) and its DDIM scheduler (epsilon prediction).
+- `builtin:shapes`' frozen `AutoencoderKL` (64x64 RGB <-> 4x16x16) and its DDIM scheduler, rescaled to zero terminal
+  SNR with v-prediction (`zero_terminal_snr`).
 
-Data: every shape x colour of the world (5 x 8 objects), each rendered from `views_per_object` random cameras
+Data: every shape x colour of the world (5 x 6 objects), each rendered from `views_per_object` random cameras
 (azimuth uniform, elevation in `elevation_range`, distance in `distance_range`); a training pair is two views of one
 object. The objects sit in a world-fixed frame and world-fixed light, so a pair's relative camera and the reference
 image together fix the target view, as in Zero123.
@@ -121,6 +123,12 @@ class NovelViewPriorConfig:
     """DDIM steps of the held-out samples."""
     guidance_scale: float = 3.0
     """CFG scale of the held-out samples (diffusers convention; Zero123 / threestudio's zero123 guidance: 3)."""
+    zero_terminal_snr: bool = True
+    """Rescale the betas to zero terminal SNR and predict v (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", Sec. 3.1-3.2), DDIM on trailing timesteps. With SD's schedule the noisiest training
+    input still holds sqrt(alpha_bar_999) = 6.8 % of the target, from which the network learns the colour instead of
+    taking it from the reference: measured, samples from pure noise came out green for every object (RESULTS).
+    False: the VAE source's scheduler as it is (epsilon)."""
     seed: int = 0
     """Seed of the cameras, the initialisation and the training noise."""
     threads: int | None = None
@@ -186,7 +194,7 @@ def novel_view_prior_folder(path: str | Path) -> Path:
 
 def load_novel_view_prior(path: str | Path, device: str | torch.device = "cpu"):
     """The prior in `path` (`builtin:shapes-novel-view` or a folder written by `train_novel_view_prior`) as a
-    `Denoiser` (UNet, frozen VAE, the scheduler's VP schedule, epsilon prediction), eval mode, no gradients."""
+    `Denoiser` (UNet, frozen VAE, the scheduler's VP schedule and prediction type), eval mode, no gradients."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     from sdtoolkit.core.denoiser import Denoiser
@@ -303,7 +311,7 @@ def _lr_factor(step: int, config: NovelViewPriorConfig) -> float:
 
 
 def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, progress: bool = True) -> Path:
-    """Renders the views, trains the UNet with the epsilon loss on random pairs (EMA kept), scores held-out pairs
+    """Renders the views, trains the UNet with the denoising loss on random pairs (EMA kept), scores held-out pairs
     and writes the folder (unet/ = EMA weights, vae/, scheduler/, novel_view_prior.json, README.md)."""
     from diffusers import AutoencoderKL, DDIMScheduler
 
@@ -319,6 +327,10 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
     source = resolve_model_id(config.vae_source)
     vae = AutoencoderKL.from_pretrained(Path(source) / "vae").eval().requires_grad_(False)
     scheduler = DDIMScheduler.from_pretrained(Path(source) / "scheduler")
+    if config.zero_terminal_snr:
+        scheduler = DDIMScheduler.from_config(
+            scheduler.config, rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"
+        )
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
@@ -346,7 +358,8 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
         t = torch.randint(T, (config.batch_size,), generator=generator)
         x_t = denoiser.add_noise(x0, eps, t)
         prediction = denoiser.predict(x_t, t, novel_view_conditioning(reference, relative))
-        loss = F.mse_loss(prediction.eps, eps)
+        target = denoiser.convert(x0, eps, t, denoiser.prediction_type)  # eps, or v = alpha_t eps - sigma_t x0
+        loss = F.mse_loss(prediction.raw, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -460,9 +473,11 @@ def write_card(folder: Path, meta: dict[str, Any]) -> Path:
         "image-to-3d --novel-view-prior` as an SDS guidance on novel views.",
         "",
         "- Parts: `unet/` (`UNet2DConditionModel`, reference latent concatenated to the input, T through the class "
-        "projection), `vae/` (builtin:shapes' frozen VAE), `scheduler/` (DDIM, epsilon). Load with "
+        "projection), `vae/` (builtin:shapes' frozen VAE), `scheduler/` (DDIM; zero terminal SNR and v-prediction "
+        "unless trained with --no-zero-terminal-snr). Load with "
         "`sdtoolkit.models.novel_view_prior.load_novel_view_prior(folder)`.",
-        f"- Data: 40 objects x {config['views_per_object']} views, elevation {config['elevation_range']}, distance "
+        f"- Data: 30 objects (every shape x colour) x {config['views_per_object']} views, elevation "
+        f"{config['elevation_range']}, distance "
         f"{config['distance_range']}.",
         f"- Training: {training['steps']} steps of {config['batch_size']} pairs, AdamW lr {config['lr']}, EMA "
         f"{config['ema_decay']}, conditioning dropout {config['conditioning_dropout']}; rendering "
