@@ -180,3 +180,46 @@ def test_cli_end_to_end_at_tiny_size(tmp_path, capsys):
     assert meta["config"]["block_out_channels"] == [8, 16] and meta["training"]["steps"] == 5
     assert "--block-out-channels 8 16" in meta["command"]
     assert load_novel_view_prior(out).model.config.in_channels == 8
+
+
+def test_the_shipped_prior_renders_held_out_novel_views():
+    """builtin:shapes-novel-view (assets/, trained by its card's command): from a reference view and the relative
+    camera, 25 DDIM steps with CFG 3 give the true target view of 12 held-out pairs far closer than the reference
+    itself does, in the right colour (its card: 25.7 dB median on 400 pairs, against 15.4 dB for the reference)."""
+    from sdtoolkit.models.loading import BUILTIN_TRAIN_COMMANDS
+    from sdtoolkit.models.novel_view_prior import _cameras, render_object_views, sample_novel_views
+
+    prior = load_novel_view_prior("builtin:shapes-novel-view")
+    meta = json.loads((prior_folder() / META_FILE).read_text())
+    assert meta["metrics"]["samples"]["colour_accuracy"] >= 0.95 and meta["metrics"]["psnr_median"] >= 25
+    assert BUILTIN_TRAIN_COMMANDS["shapes-novel-view"].split("--output")[0] in meta["command"]
+    config = NovelViewPriorConfig(**meta["config"])
+    g = torch.Generator().manual_seed(123)
+    latents, cameras, images = render_object_views(config, prior.vae, g, 2)
+    objects, ref, tgt = torch.arange(0, 30, 5).repeat(2), torch.zeros(12, dtype=torch.long), torch.ones(12).long()
+    relative = relative_camera(_cameras(cameras, objects, ref), _cameras(cameras, objects, tgt))
+    z = sample_novel_views(prior, latents[objects, ref], relative, 25, 3.0, torch.Generator().manual_seed(0))
+    samples = ((prior.decode(z) + 1) / 2).clamp(0, 1)
+
+    def psnr(a, b):
+        return -10 * torch.log10(((a - b) ** 2).mean(dim=(1, 2, 3)))
+
+    truth = images[objects, tgt]
+    ours, baseline = psnr(samples, truth).median(), psnr(images[objects, ref], truth).median()
+    assert ours > baseline + 5 and ours > 20, (float(ours), float(baseline))
+
+
+def prior_folder():
+    from sdtoolkit.models.loading import builtin_model_path
+
+    return builtin_model_path("shapes-novel-view")
+
+
+def test_the_novel_view_prior_is_no_teacher_and_no_text_prior(tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    assert main(["distill", "lcm", "--teacher", "builtin:shapes-novel-view", "--output", str(tmp_path / "a")]) == 2
+    assert "unknown built-in teacher" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    argv = ["text-to-3d", "a red cube", "--prior", "builtin:shapes-novel-view", "--output", str(tmp_path / "b")]
+    assert main(argv) == 2
+    assert "image-to-3d --novel-view-prior" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -229,11 +229,11 @@ def check(method, method_config, train, checkpoint: Path | None) -> None:
 
 
 def _check_teacher(teacher: str) -> None:
-    from sdtoolkit.models.loading import BUILTIN_MODELS, BUILTIN_PREFIX
+    from sdtoolkit.models.loading import BUILTIN_PREFIX, BUILTIN_TEACHERS
 
     if teacher.startswith(BUILTIN_PREFIX):
-        if teacher[len(BUILTIN_PREFIX) :] not in BUILTIN_MODELS:
-            valid = ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_MODELS)
+        if teacher[len(BUILTIN_PREFIX) :] not in BUILTIN_TEACHERS:
+            valid = ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_TEACHERS)
             raise CLIError(f"--teacher {teacher}: unknown built-in teacher; valid: {valid}")
         return
     path = Path(teacher).expanduser()

@@ -275,6 +275,12 @@ def _check_prior(config) -> None:
         folder = resolve_model_id(config.prior)
     except (ValueError, ModelNotAvailableError, UnsafeWeightsError) as error:
         raise CLIError(f"--prior {config.prior!r}: {error}") from None
+    if isinstance(folder, Path) and folder.is_dir() and not (folder / "model_index.json").is_file():
+        raise CLIError(
+            f"--prior {config.prior!r}: {folder} has no model_index.json; the prior is a text-to-image diffusers "
+            "pipeline (builtin:shapes, a folder or a Hub id); a novel-view prior goes to image-to-3d "
+            "--novel-view-prior"
+        )
     factor = _vae_scale_factor(folder)
     if factor is None:
         return

@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "absent_components",
     "BUILTIN_MODELS",
+    "BUILTIN_TEACHERS",
     "BUILTIN_PREFIX",
     "ModelNotAvailableError",
     "UnsafeWeightsError",
@@ -23,13 +24,23 @@ __all__ = [
 ]
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS: dict[str, str] = {"shapes": "shapes-teacher", "shapes-flow": "shapes-flow"}
+BUILTIN_MODELS: dict[str, str] = {
+    "shapes": "shapes-teacher",
+    "shapes-flow": "shapes-flow",
+    "shapes-novel-view": "shapes-novel-view",
+}
 """`builtin:NAME` -> folder inside the installed `sdtoolkit.assets` package (a diffusers `save_pretrained` folder)."""
+BUILTIN_TEACHERS: tuple[str, ...] = ("shapes", "shapes-flow")
+"""The built-in models that are text-to-image pipelines (teachers and 2D priors); `shapes-novel-view` is the
+image-to-3D novel-view prior (`sdtoolkit.models.novel_view_prior`)."""
 BUILTIN_TRAIN_COMMANDS: dict[str, str] = {
     "shapes-flow": (
         "sdtoolkit train-teacher --family sd3 --output assets/shapes-flow --threads 2 --num-images 20000 "
         "--transformer-steps 100000 --max-minutes 70 --checkpoint-minutes 5 --eval-samples 1200"
-    )
+    ),
+    "shapes-novel-view": (
+        "sdtoolkit train-novel-view-prior --output assets/shapes-novel-view --steps 6000 --max-minutes 48 --threads 1"
+    ),
 }
 """`builtin:NAME` -> the command that trained it (the CPU recipe: 2 threads, about 70 minutes plus scoring)."""
 
