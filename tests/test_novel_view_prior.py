@@ -132,20 +132,22 @@ def test_image_to_3d_applies_the_novel_view_prior_conditioned_on_a_reference(tin
     from sdtoolkit.image_to_3d.inputs import cameras_json, save_rgba, shapes_references
     from sdtoolkit.image_to_3d.trainer import novel_view_condition, train
     from sdtoolkit.nerf import FieldConfig, NeRFConfig
+    from sdtoolkit.text_to_3d.config import RegularizerConfig
 
     cameras = Cameras(torch.tensor([0.0]), torch.tensor([10.0]), torch.tensor([2.8]), torch.tensor([40.0]))
     paths = save_rgba(shapes_references("cube", "red", cameras, 32), tmp_path)
     (tmp_path / "cams.json").write_text(json.dumps(cameras_json(cameras, paths)))
-    nerf = NeRFConfig(field=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16), num_samples=16,
-                      occupancy_resolution=16)  # fmt: skip
+    field = FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=12, hidden_dim=16, geometry="sdf")
+    nerf = NeRFConfig(field=field, num_samples=16, occupancy_resolution=16)  # the README's signed-distance field
     config = ImageTo3DConfig(
         images=tuple(str(p) for p in paths), cameras=str(tmp_path / "cams.json"), reference_resolution=32,
         start_resolution=16, resolution=32, steps=3, nerf=nerf, preview_every=0, checkpoint_every=0,
-        novel_view_prior=str(tiny_prior),
+        novel_view_prior=str(tiny_prior), regularizers=RegularizerConfig(lambda_eikonal=10.0),
     )  # fmt: skip
     run = train(config, tmp_path / "asset", progress=False)
     assert all("loss_novel_view" in h and h["loss_novel_view"] == h["loss_novel_view"] for h in run.history)
     assert all(h["loss_guidance"] == 0.0 for h in run.history)  # no text prior
+    assert all(h["loss_eikonal"] > 0 for h in run.history) and run.nerf.field.config.geometry == "sdf"
     novel = Cameras(torch.tensor([90.0, -150.0]), torch.tensor([30.0, 0.0]), torch.full((2,), 3.0),
                     torch.full((2,), 40.0))  # fmt: skip
     cond, uncond = novel_view_condition(run, novel, 64)
@@ -223,3 +225,11 @@ def test_the_novel_view_prior_is_no_teacher_and_no_text_prior(tmp_path, capsys):
     argv = ["text-to-3d", "a red cube", "--prior", "builtin:shapes-novel-view", "--output", str(tmp_path / "b")]
     assert main(argv) == 2
     assert "image-to-3d --novel-view-prior" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_image_to_3d_refuses_an_eikonal_term_without_a_signed_distance_field():
+    from sdtoolkit.image_to_3d import ImageTo3DConfig
+    from sdtoolkit.text_to_3d.config import RegularizerConfig
+
+    with pytest.raises(ValueError, match="lambda_eikonal = 10.0 needs nerf.field.geometry 'sdf'"):
+        ImageTo3DConfig(regularizers=RegularizerConfig(lambda_eikonal=10.0))

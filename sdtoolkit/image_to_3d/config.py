@@ -159,6 +159,13 @@ class ImageTo3DConfig:
     max_nonfinite_steps: int = 3
     """Non-finite guard: skip a step whose loss or gradient is NaN/inf; stop after this many in a row (0: off)."""
 
+    def __post_init__(self) -> None:
+        if self.regularizers.lambda_eikonal and self.nerf.field.geometry != "sdf":
+            raise ValueError(
+                f"regularizers.lambda_eikonal = {self.regularizers.lambda_eikonal} needs nerf.field.geometry 'sdf' "
+                f"(a signed distance), not {self.nerf.field.geometry!r}"
+            )
+
     @property
     def uses_text_prior(self) -> bool:
         return bool(self.prompt) and self.lambda_text > 0

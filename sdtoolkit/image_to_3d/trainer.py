@@ -191,7 +191,8 @@ def prior_losses(run: ImageTo3DRun, step: int) -> tuple[dict[str, torch.Tensor],
     if resolution != full:
         rgb = F.interpolate(rgb, size=(full, full), mode="bilinear", align_corners=False)
     progress = step / max(config.steps, 1)
-    losses, logs = dict(regularizers(config, out)), {"res": resolution}
+    losses = dict(regularizers(config, out, progress, field=run.nerf.field, generator=g))  # eikonal needs the field
+    logs = {"res": resolution}
     if config.uses_text_prior:
         latents = run.denoiser.encode(rgb * 2 - 1, sample=False)
         result = run.guidance(latents, [run.prompts[0](cameras)], progress, cameras=cameras, generator=g)
