@@ -115,6 +115,7 @@ def test_info_json(capsys):
     assert cpu["dtype"] == "float32" and {"sdpa", "math", "jvp"} <= set(cpu["available"])
     assert info["hub"]["offline"] is True  # tests/conftest.py sets HF_HUB_OFFLINE=1
     models = {m["id"]: m for m in info["builtin_models"]}
-    assert list(models) == ["builtin:shapes", "builtin:shapes-flow"]
+    assert list(models) == ["builtin:shapes", "builtin:shapes-flow", "builtin:shapes-novel-view"]
     assert models["builtin:shapes"]["present"] is True  # shipped; shapes-flow is listed with its training command
+    assert models["builtin:shapes-novel-view"]["present"] is True  # image-to-3d's novel-view prior
     assert info["devices"]["cpu"]["threads"] >= 1
