@@ -233,3 +233,13 @@ def test_image_to_3d_refuses_an_eikonal_term_without_a_signed_distance_field():
 
     with pytest.raises(ValueError, match="lambda_eikonal = 10.0 needs nerf.field.geometry 'sdf'"):
         ImageTo3DConfig(regularizers=RegularizerConfig(lambda_eikonal=10.0))
+
+
+def test_the_novel_view_guidance_defaults_are_zero123s_cfg_and_the_text_priors_times():
+    from sdtoolkit.image_to_3d import ImageTo3DConfig
+
+    config = ImageTo3DConfig()
+    assert not config.uses_novel_view_prior and config.lambda_novel_view == 1.0
+    assert config.novel_view_guidance.guidance_scale == 3.0 and config.novel_view_guidance.weighting == "sds"
+    assert config.novel_view_guidance.timesteps == config.guidance.timesteps  # both priors see the same t
+    assert ImageTo3DConfig(novel_view_prior="builtin:shapes-novel-view").uses_novel_view_prior
