@@ -243,3 +243,12 @@ def test_the_novel_view_guidance_defaults_are_zero123s_cfg_and_the_text_priors_t
     assert config.novel_view_guidance.guidance_scale == 3.0 and config.novel_view_guidance.weighting == "sds"
     assert config.novel_view_guidance.timesteps == config.guidance.timesteps  # both priors see the same t
     assert ImageTo3DConfig(novel_view_prior="builtin:shapes-novel-view").uses_novel_view_prior
+
+
+def test_a_non_finite_loss_stops_training_before_anything_is_written(tmp_path, monkeypatch):
+    import sdtoolkit.models.novel_view_prior as module
+
+    monkeypatch.setattr(module.F, "mse_loss", lambda a, b: (a * float("nan")).mean())
+    with pytest.raises(FloatingPointError, match="loss is nan at step 1; nothing saved"):
+        train_novel_view_prior(NovelViewPriorConfig(**TINY), tmp_path / "prior", progress=False)
+    assert not (tmp_path / "prior").exists()

@@ -170,9 +170,13 @@ def novel_view_condition(run: ImageTo3DRun, cameras: Cameras, size: int):
     from sdtoolkit.models.novel_view_prior import novel_view_conditioning, unconditional
 
     index = int(torch.randint(len(run.references), (1,), generator=run.generator))
-    rgb, _ = run.targets(size)
+    key = ("novel_view_latents", size)
+    if key not in run._targets:  # the references' latents, encoded once
+        rgb, _ = run.targets(size)
+        with torch.no_grad():
+            run._targets[key] = run.novel_view.encode(rgb[: len(run.references)] * 2 - 1, sample=False)
+    reference = run._targets[key][index : index + 1]
     with torch.no_grad():
-        reference = run.novel_view.encode(rgb[index : index + 1] * 2 - 1, sample=False)
         camera = run.reference_cameras()[index : index + 1]
         relative = relative_camera(camera, cameras).detach()
     cond = novel_view_conditioning(reference.expand(len(cameras), -1, -1, -1), relative)

@@ -108,7 +108,8 @@ class NovelViewPriorConfig:
     steps: int = 20000
     """Training steps (the time budget may end training first)."""
     lr: float = 5e-4
-    """AdamW learning rate (linear warm-up, then cosine to 10 %)."""
+    """AdamW learning rate (linear warm-up, then cosine to 10 % over the steps or the time budget, whichever ends
+    first)."""
     warmup_steps: int = 200
     """Linear learning-rate warm-up steps."""
     conditioning_dropout: float = 0.05
@@ -303,21 +304,16 @@ def sample_novel_views(
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _lr_factor(step: int, config: NovelViewPriorConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, progress: bool = True) -> Path:
     """Renders the views, trains the UNet with the denoising loss on random pairs (EMA kept), scores held-out pairs
     and writes the folder (unet/ = EMA weights, vae/, scheduler/, novel_view_prior.json, README.md)."""
     from diffusers import AutoencoderKL, DDIMScheduler
 
     from sdtoolkit.core.denoiser import Denoiser
+    from sdtoolkit.core.ema import EMA
     from sdtoolkit.core.schedules import schedule_from_config
     from sdtoolkit.models.loading import resolve_model_id
+    from sdtoolkit.models.shapes_teacher_train import Budget, _set_lr, learning_rate
 
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -337,19 +333,14 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
     latents, cameras, _ = render_object_views(config, vae, generator, config.views_per_object)
     render_s = time.perf_counter() - start
     unet = build_unet(config, latents.shape[2], latents.shape[-1])
-    ema = build_unet(config, latents.shape[2], latents.shape[-1])
-    ema.load_state_dict(unet.state_dict())
-    ema.requires_grad_(False)
+    ema = EMA(unet, decay=config.ema_decay)
     denoiser = Denoiser(unet, schedule_from_config(scheduler), scheduler.config.prediction_type)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    budget = Budget(config.steps, None if config.max_minutes is None else 60 * config.max_minutes)
     T = denoiser.schedule.num_train_timesteps
     log, losses, step = [], [], 0
-    train_start = time.perf_counter()
     bar = tqdm(total=config.steps, desc="novel-view prior", disable=not progress, unit="step")
-    while step < config.steps:
-        if config.max_minutes is not None and time.perf_counter() - train_start > 60 * config.max_minutes:
-            break
+    while not budget.done(step):
         x0, reference, relative = sample_pairs(latents, cameras, config.batch_size, generator)
         drop = torch.rand(config.batch_size, generator=generator) < config.conditioning_dropout
         reference = torch.where(drop[:, None, None, None], torch.zeros_like(reference), reference)
@@ -360,26 +351,26 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
         prediction = denoiser.predict(x_t, t, novel_view_conditioning(reference, relative))
         target = denoiser.convert(x0, eps, t, denoiser.prediction_type)  # eps, or v = alpha_t eps - sigma_t x0
         loss = F.mse_loss(prediction.raw, target)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # stop before anything is written: no NaN prior is ever saved
+            raise FloatingPointError(f"the novel-view prior's loss is {losses[-1]} at step {step + 1}; nothing saved")
+        _set_lr(optimizer, learning_rate(config.lr, step, budget.progress(step), config.warmup_steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
-        lr_schedule.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
-                e.lerp_(p, 1 - config.ema_decay)
+        ema.update(unet)
         step += 1
-        losses.append(loss.item())
         every = max(1, config.steps // 200)
         if step % every == 0 or step == config.steps:
             log.append({"step": step, "loss": sum(losses[-every:]) / len(losses[-every:])})
         bar.update(1)
-        rate = step * config.batch_size / (time.perf_counter() - train_start)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", pairs_s=f"{rate:.0f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", pairs_s=f"{step * config.batch_size / budget.elapsed():.0f}")
     bar.close()
-    train_s = time.perf_counter() - train_start
+    train_s = budget.elapsed()
     output.mkdir(parents=True, exist_ok=True)
-    ema.save_pretrained(output / "unet", safe_serialization=True)
+    ema.copy_to(unet)  # the saved weights are the EMA's
+    unet.save_pretrained(output / "unet", safe_serialization=True)
     vae.save_pretrained(output / "vae", safe_serialization=True)
     scheduler.save_pretrained(output / "scheduler")
     meta: dict[str, Any] = {
