@@ -113,6 +113,7 @@ def test_cli_refuses_bad_values_before_writing(tmp_path, capsys):
         (["--distance-range", "3", "2"], "--distance-range 3.0 2.0: the first value must not exceed the second"),
         (["--elevation-range", "-95", "10"], "elevations must lie in (-90, 90)"),
         (["--batch-size", "0"], "--batch-size 0"),
+        (["--views-per-object", "1"], "--views-per-object 1"),
     ]:
         capsys.readouterr()
         assert main(["train-novel-view-prior", "--output", str(out), *argv]) == 2, argv
@@ -251,4 +252,44 @@ def test_a_non_finite_loss_stops_training_before_anything_is_written(tmp_path, m
     monkeypatch.setattr(module.F, "mse_loss", lambda a, b: (a * float("nan")).mean())
     with pytest.raises(FloatingPointError, match="loss is nan at step 1; nothing saved"):
         train_novel_view_prior(NovelViewPriorConfig(**TINY), tmp_path / "prior", progress=False)
+    assert not (tmp_path / "prior").exists()
+
+
+def test_an_interrupted_training_resumes_exactly(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from sdtoolkit.cli import main
+
+    config = dict(TINY, steps=6, eval_pairs=0)
+    train_novel_view_prior(NovelViewPriorConfig(**config), tmp_path / "straight", progress=False)
+    stopped = train_novel_view_prior(NovelViewPriorConfig(**config, stop_after=4), tmp_path / "cut", progress=False)
+    assert {p.name for p in stopped.iterdir()} == {"checkpoint"}  # only the training state: nothing half-written
+    # another setting is refused in one line before anything is written; the checkpoint stays
+    argv = ["train-novel-view-prior", "--output", str(stopped), "--quiet"]
+    for key, value in dict(config, lr=1e-3).items():
+        values = [str(x) for x in value] if isinstance(value, tuple) else [str(value)]
+        argv += [f"--{key.replace('_', '-')}", *values]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "['lr']" in err, err
+    assert (stopped / "checkpoint").is_dir()
+    train_novel_view_prior(NovelViewPriorConfig(**config), stopped, progress=False)
+    assert not (stopped / "checkpoint").exists()
+    a = load_file(tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(stopped / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = lambda p: json.loads((p / META_FILE).read_text())["training"]  # noqa: E731
+    assert steps(stopped)["steps"] == 6 and steps(stopped)["log"] == steps(tmp_path / "straight")["log"]
+
+
+def test_the_cli_reports_a_non_finite_loss_in_one_line(tmp_path, capsys, monkeypatch):
+    import sdtoolkit.models.novel_view_prior as module
+    from sdtoolkit.cli import main
+
+    monkeypatch.setattr(module.F, "mse_loss", lambda a, b: (a * float("nan")).mean())
+    argv = ["train-novel-view-prior", "--output", str(tmp_path / "prior"), "--quiet", "--views-per-object", "2"]
+    argv += ["--block-out-channels", "8", "16", "--attention-head-dim", "4", "--batch-size", "4", "--threads", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "loss is nan at step 1; nothing saved" in err and "Traceback" not in err
     assert not (tmp_path / "prior").exists()

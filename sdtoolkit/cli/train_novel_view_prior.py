@@ -21,7 +21,8 @@ class TrainNovelViewPriorCommand:
     """What `train-novel-view-prior` adds around a `NovelViewPriorConfig`."""
 
     output: str | None = None
-    """Folder to write the prior into (required; must be empty or new)."""
+    """Folder to write the prior into (required; new, empty, or an unfinished run's folder to resume: the same
+    command continues from its checkpoint/)."""
     quiet: bool = False
     """No progress bars."""
 
@@ -82,11 +83,18 @@ def build_config(args: argparse.Namespace):
 def run(args) -> int:
     config, command = build_config(args)
     output = Path(command.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise CLIError(f"--output {command.output!r} exists and is not an empty folder; choose a new folder")
-    from sdtoolkit.models.novel_view_prior import META_FILE, train_novel_view_prior
+    from sdtoolkit.models.novel_view_prior import CHECKPOINT_DIR, META_FILE, check_output, train_novel_view_prior
 
-    train_novel_view_prior(config, output, progress=not command.quiet)
+    try:
+        check_output(output, config)  # before anything is rendered or written
+    except (FileExistsError, ValueError) as error:
+        raise CLIError(f"--output {command.output!r}: {error}") from None
+    try:
+        train_novel_view_prior(config, output, progress=not command.quiet)
+    except FloatingPointError as error:
+        raise CLIError(f"{error}; lower --lr or check the data") from None
+    if (output / CHECKPOINT_DIR).is_dir():  # stopped early (--stop-after): the state is there to resume
+        return 0
     metrics = json.loads((output / META_FILE).read_text()).get("metrics")
     if metrics:
         print(json.dumps(metrics, indent=2))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdtoolkit.core.conditioning import Conditioning
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, Range
 
 __all__ = [
     "NovelViewPriorConfig",
@@ -71,7 +72,7 @@ class NovelViewPriorConfig:
     """Training of the Zero123-style shapes prior (defaults: the CPU recipe)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        "views_per_object": AT_LEAST_1,
+        "views_per_object": Range(2),  # a pair is two different views of one object
         "batch_size": AT_LEAST_1,
         "steps": AT_LEAST_1,
         "lr": POSITIVE,
@@ -83,6 +84,8 @@ class NovelViewPriorConfig:
         "eval_steps": AT_LEAST_1,
         "guidance_scale": POSITIVE,
         "threads": AT_LEAST_1,
+        "checkpoint_steps": NON_NEGATIVE,
+        "stop_after": AT_LEAST_1,
     }
 
     vae_source: str = "builtin:shapes"
@@ -134,6 +137,43 @@ class NovelViewPriorConfig:
     """Seed of the cameras, the initialisation and the training noise."""
     threads: int | None = None
     """torch CPU threads (None: torch's choice)."""
+    checkpoint_steps: int = 500
+    """Write the training state to `OUTPUT/checkpoint` every this many steps (0: never); rerunning the same command
+    on that folder resumes exactly (same weights, optimiser, EMA and random stream)."""
+    stop_after: int | None = None
+    """Stop after this many steps of this run, leaving the checkpoint, as a preempted run would (tests)."""
+
+
+RUN_CONTROL = frozenset({"threads", "checkpoint_steps", "stop_after", "eval_pairs", "eval_steps", "guidance_scale"})
+"""Fields a resumed run may change (every other field must match the checkpoint's)."""
+CHECKPOINT_DIR = "checkpoint"
+"""The training state of an unfinished run, inside the output folder (removed when the prior is written)."""
+
+
+def check_output(output: str | Path, config: NovelViewPriorConfig) -> dict | None:
+    """The resumable state in `output` (None for a new or empty folder); refuses anything else in one line, before
+    anything is written: a folder with other files, or a checkpoint of different settings."""
+    from sdtoolkit.models.shapes_flow_teacher import _load_state
+
+    output = Path(output)
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return None
+    if not output.is_dir() or {p.name for p in output.iterdir()} != {CHECKPOINT_DIR}:
+        raise FileExistsError(
+            f"{output} exists and is not an empty folder (nor one holding only an unfinished run's {CHECKPOINT_DIR}/);"
+            " choose a new folder"
+        )
+    state = _load_state(output / CHECKPOINT_DIR)
+    if state is None:
+        raise FileExistsError(f"{output / CHECKPOINT_DIR} holds no training state; remove it or choose a new folder")
+    saved = state["config"]
+    changed = sorted(k for k, v in asdict(config).items() if k not in RUN_CONTROL and v != saved.get(k))
+    if changed:
+        raise ValueError(
+            f"cannot resume {output}: its checkpoint was trained with other {changed}; use the same settings or a new "
+            "--output"
+        )
+    return state
 
 
 def build_unet(config: NovelViewPriorConfig, latent_channels: int = 4, sample_size: int = 16):
@@ -313,11 +353,11 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
     from sdtoolkit.core.ema import EMA
     from sdtoolkit.core.schedules import schedule_from_config
     from sdtoolkit.models.loading import resolve_model_id
+    from sdtoolkit.models.shapes_flow_teacher import _save_state
     from sdtoolkit.models.shapes_teacher_train import Budget, _set_lr, learning_rate
 
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists and is not an empty folder; choose a new folder")
+    resumed = check_output(output, config)
     if config.threads:
         torch.set_num_threads(config.threads)
     source = resolve_model_id(config.vae_source)
@@ -339,7 +379,32 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
     budget = Budget(config.steps, None if config.max_minutes is None else 60 * config.max_minutes)
     T = denoiser.schedule.num_train_timesteps
     log, losses, step = [], [], 0
-    bar = tqdm(total=config.steps, desc="novel-view prior", disable=not progress, unit="step")
+    if resumed is not None:  # the rendering above drew the same numbers; the state continues from the checkpoint
+        unet.load_state_dict(resumed["unet"])
+        ema.load_state_dict(resumed["ema"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        log, losses, step = resumed["log"], resumed["losses"], resumed["step"]
+        budget.start -= resumed["seconds"]
+        print(f"[train-novel-view-prior] resumed {output / CHECKPOINT_DIR} at step {step}")
+    run_start = step
+
+    def save_checkpoint() -> None:
+        state = {
+            "config": asdict(config),
+            "step": step,
+            "seconds": budget.elapsed(),
+            "log": log,
+            "losses": losses,
+            "generator": generator.get_state(),
+            "unet": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+        (output / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        _save_state(output / CHECKPOINT_DIR, state)
+
+    bar = tqdm(total=config.steps, initial=step, desc="novel-view prior", disable=not progress, unit="step")
     while not budget.done(step):
         x0, reference, relative = sample_pairs(latents, cameras, config.batch_size, generator)
         drop = torch.rand(config.batch_size, generator=generator) < config.conditioning_dropout
@@ -365,7 +430,14 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
         if step % every == 0 or step == config.steps:
             log.append({"step": step, "loss": sum(losses[-every:]) / len(losses[-every:])})
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", pairs_s=f"{step * config.batch_size / budget.elapsed():.0f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        stopping = config.stop_after is not None and step - run_start >= config.stop_after
+        if stopping or (config.checkpoint_steps and step % config.checkpoint_steps == 0):
+            save_checkpoint()
+        if stopping:
+            bar.close()
+            print(f"[train-novel-view-prior] stopped after {step} steps; rerun the same command to resume")
+            return output
     bar.close()
     train_s = budget.elapsed()
     output.mkdir(parents=True, exist_ok=True)
@@ -387,6 +459,7 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
         meta["metrics"] = evaluate_prior(prior, config, seed=config.seed + 1)
         (output / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     write_card(output, meta)
+    shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
     return output
 
 
