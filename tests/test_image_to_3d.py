@@ -334,8 +334,15 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     assert config["images"] == [str(p.absolute()) for p in paths[:2]] and config["mirror_views"] is True
     assert main(base + tiny + ["--steps", "3"]) != 0  # a previous asset is never overwritten silently
     capsys.readouterr()
-    assert main(["image-to-3d", "--resume", str(out), "--steps", "5", "--quiet", "--video-frames", "2"]) == 0
+    resume = ["image-to-3d", "--resume", str(out), "--steps", "5", "--quiet", "--video-frames", "2"]
+    assert main([*resume, "--vertex-colours", "shaded"]) == 2
+    assert "choose one of field, delit" in capsys.readouterr().err
+    # export settings may change on resume: floater removal keeps one piece (at most one holds half the surface)
+    assert main([*resume, "--min-component-share", "0.5", "--vertex-colours", "delit"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 5
+    assert len(trimesh.load(out / "mesh.ply").split(only_watertight=False)) == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["min_component_share"] == 0.5 and config["vertex_colours"] == "delit"
     assert main(["image-to-3d", "--resume", str(out), "--lambda-rgb", "5"]) == 2
 
 

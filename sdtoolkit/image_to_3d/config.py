@@ -7,9 +7,16 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.nerf import NeRFConfig
-from sdtoolkit.text_to_3d.config import CameraConfig, RegularizerConfig, _build, default_guidance, to_dict
+from sdtoolkit.text_to_3d.config import (
+    VERTEX_COLOURS,
+    CameraConfig,
+    RegularizerConfig,
+    _build,
+    default_guidance,
+    to_dict,
+)
 from sdtoolkit.text_to_3d.guidance import SDSConfig
 
 
@@ -54,6 +61,8 @@ class ImageTo3DConfig:
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
         "iso_level": POSITIVE,
+        "min_component_share": FRACTION,
+        "vertex_colours": OneOf(*VERTEX_COLOURS),
     }
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "steps",
@@ -64,6 +73,8 @@ class ImageTo3DConfig:
         "overwrite",
         "max_nonfinite_steps",
         "iso_level",
+        "min_component_share",
+        "vertex_colours",
     )
     """Fields a resumed run may change (as text-to-3D's): how long it runs, how often it previews and checkpoints,
     and where it computes."""
@@ -140,6 +151,13 @@ class ImageTo3DConfig:
     """Background colour of renders and targets (the builtin prior's renders are on white)."""
     iso_level: float | None = None
     """Density level of the exported mesh's surface (None: chosen from the field, as text-to-3D)."""
+    min_component_share: float | None = None
+    """Floater removal at extraction (text-to-3D's): pieces of the mesh whose surface area is below this share of the
+    whole are dropped, the largest always kept. None: every piece is kept."""
+    vertex_colours: str = "field"
+    """The exported mesh's vertex colours (text-to-3D's): 'field' (the field's colour, as rendered) or 'delit' (that
+    colour divided by the shapes world's Lambert shading on the vertex normal: an albedo when the references were
+    lit by that world's light, as its rendered references are)."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
     """The radiance field and its sampling (text-to-3D's)."""
     novel_cameras: CameraConfig = field(default_factory=CameraConfig)
@@ -160,6 +178,15 @@ class ImageTo3DConfig:
     """Non-finite guard: skip a step whose loss or gradient is NaN/inf; stop after this many in a row (0: off)."""
 
     def __post_init__(self) -> None:
+        if self.vertex_colours not in VERTEX_COLOURS:
+            raise ValueError(
+                f"unknown vertex_colours {self.vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}"
+            )
+        if self.vertex_colours == "delit" and self.nerf.shading == "lambert":
+            raise ValueError(
+                "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
+                "(its colour is already an albedo); use vertex_colours 'field'"
+            )
         if self.regularizers.lambda_eikonal and self.nerf.field.geometry != "sdf":
             raise ValueError(
                 f"regularizers.lambda_eikonal = {self.regularizers.lambda_eikonal} needs nerf.field.geometry 'sdf' "

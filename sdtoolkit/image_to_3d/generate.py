@@ -14,7 +14,7 @@ import torch
 from sdtoolkit.image_to_3d.config import ImageTo3DConfig
 from sdtoolkit.image_to_3d.trainer import CHECKPOINT_FILE, ImageTo3DRun, claim_folder, train
 from sdtoolkit.runs import atomic_write_text
-from sdtoolkit.text_to_3d.export import export_mesh, extract_mesh, write_video
+from sdtoolkit.text_to_3d.export import delight_colours, export_mesh, extract_mesh, write_video
 from sdtoolkit.text_to_3d.trainer import render_turntable, save_image_grid
 
 
@@ -79,7 +79,9 @@ def generate(
         start = time.time()
         run = train(config, output_dir, denoiser, resume, progress, folder=folder, references=references)
         train_seconds = time.time() - start
-        mesh = extract_mesh(run.nerf, mesh_resolution, level=config.iso_level)
+        mesh = extract_mesh(run.nerf, mesh_resolution, config.iso_level, config.min_component_share)
+        if config.vertex_colours == "delit":
+            mesh = delight_colours(mesh)
         paths = export_mesh(mesh, output_dir, formats=mesh_formats)
         frames = render_turntable(run.nerf, video_frames, video_resolution, background=config.background)
         video = write_video(
