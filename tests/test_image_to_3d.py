@@ -297,6 +297,22 @@ def test_reference_losses_fall_and_resume_is_exact(cube_views, tmp_path):
     assert torch.equal(run.poses.delta, resumed.poses.delta) and run.poses.delta.abs().sum() > 0
 
 
+def test_coarse_to_fine_levels_switch_on_one_by_one_and_all_are_on_at_the_end(cube_views, tmp_path, monkeypatch):
+    import sdtoolkit.image_to_3d.trainer as trainer
+
+    folder, paths, _ = cube_views
+    seen = []
+    original = trainer.set_levels
+    monkeypatch.setattr(trainer, "set_levels", lambda nerf, levels: (seen.append(levels), original(nerf, levels)))
+    config = _config(paths[:1], None, steps=8, start_levels=1, levels_warmup=0.5)
+    run = trainer.train(config, tmp_path / "run", progress=False)
+    levels = run.nerf.field.encoding.num_levels
+    assert levels == 4 and seen == [1, 1, 2, 3, 4, 4, 4, 4]  # 1 at first, all from half the steps on
+    assert run.nerf.field.encoding.active_levels == levels  # the export sees every level
+    with pytest.raises(ValueError, match="start_levels .* applies to the 'hash' representation, not 'mlp'"):
+        _config(paths[:1], None, start_levels=1, nerf=NeRFConfig(representation="mlp"))
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 

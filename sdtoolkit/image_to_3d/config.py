@@ -49,6 +49,8 @@ class ImageTo3DConfig:
         "resolution": Range(8),
         "start_resolution": Range(8),
         "resolution_warmup": FRACTION,
+        "start_levels": AT_LEAST_1,
+        "levels_warmup": FRACTION,
         "reference_batch": AT_LEAST_1,
         "lambda_rgb": NON_NEGATIVE,
         "lambda_mask": NON_NEGATIVE,
@@ -78,9 +80,6 @@ class ImageTo3DConfig:
     )
     """Fields a resumed run may change (as text-to-3D's): how long it runs, how often it previews and checkpoints,
     and where it computes."""
-    start_levels: ClassVar[None] = None
-    """Text-to-3D's loop reads this (its hash-grid coarse-to-fine levels); image-to-3D has no such schedule."""
-
     images: tuple[str, ...] = ()
     """Reference images: RGBA cut-outs, or RGB with `masks` (see `sdtoolkit.image_to_3d.inputs`)."""
     masks: tuple[str, ...] = ()
@@ -108,6 +107,13 @@ class ImageTo3DConfig:
     multiple of it)."""
     resolution: int | None = None
     """Render side of the novel views fed to the prior (None: the prior's native size, 64 for builtin:shapes)."""
+    start_levels: int | None = None
+    """Coarse-to-fine hash grid (text-to-3D's; BARF, Lin et al. 2021, Sec. 3.3, for joint pose refinement: a field
+    without its fine levels is smooth, so the reference losses pull the poses along a smooth landscape): only the
+    `start_levels` coarsest levels are on at the start, one more at even intervals until all are on at the
+    `levels_warmup` fraction of the steps. None: all levels from the start ('hash' representation only)."""
+    levels_warmup: float = 0.5
+    """Fraction of the steps after which every hash-grid level is on (with `start_levels`)."""
     start_resolution: int | None = 32
     """Render side of every view during the first `resolution_warmup` of training (coarse-to-fine, as text-to-3D and
     Stable-Zero123's 64 -> 256 progressive resolution); None: no warm-up."""
@@ -186,6 +192,11 @@ class ImageTo3DConfig:
             raise ValueError(
                 "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
                 "(its colour is already an albedo); use vertex_colours 'field'"
+            )
+        if self.start_levels is not None and self.nerf.representation != "hash":
+            raise ValueError(
+                f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
+                f"{self.nerf.representation!r}"
             )
         if self.regularizers.lambda_eikonal and self.nerf.field.geometry != "sdf":
             raise ValueError(

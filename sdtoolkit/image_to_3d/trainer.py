@@ -36,11 +36,13 @@ from sdtoolkit.text_to_3d.guidance import ViewDependentPrompts, build
 from sdtoolkit.text_to_3d.trainer import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    current_levels,
     current_resolution,
     load_prior,
     prior_image_size,
     regularizers,
     sample_training_cameras,
+    set_levels,
 )
 
 RUN_KIND = "image-to-3d"
@@ -216,6 +218,8 @@ def training_step(run: ImageTo3DRun) -> dict[str, float]:
     of novel views, one Adam step of field and poses (skipped when a loss or gradient is not finite); returns its
     logs."""
     config, step, g = run.config, run.step, run.generator
+    if config.start_levels is not None:
+        set_levels(run.nerf, current_levels(config, step, run.nerf.field.encoding.num_levels))
     run.nerf.update_occupancy(step, g)
     num_views = len(run.references) * (2 if config.mirror_views else 1)
     views = torch.randint(num_views, (config.reference_batch,), generator=g)
