@@ -14,6 +14,7 @@ from sdtoolkit.text_to_3d.config import (
     CameraConfig,
     RegularizerConfig,
     _build,
+    check_vertex_colours,
     default_guidance,
     to_dict,
 )
@@ -184,15 +185,7 @@ class ImageTo3DConfig:
     """Non-finite guard: skip a step whose loss or gradient is NaN/inf; stop after this many in a row (0: off)."""
 
     def __post_init__(self) -> None:
-        if self.vertex_colours not in VERTEX_COLOURS:
-            raise ValueError(
-                f"unknown vertex_colours {self.vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}"
-            )
-        if self.vertex_colours == "delit" and self.nerf.shading == "lambert":
-            raise ValueError(
-                "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
-                "(its colour is already an albedo); use vertex_colours 'field'"
-            )
+        check_vertex_colours(self.vertex_colours, self.nerf.shading)
         if self.start_levels is not None and self.nerf.representation != "hash":
             raise ValueError(
                 f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "

@@ -202,6 +202,18 @@ class RegularizerConfig:
 VERTEX_COLOURS = ("field", "delit")
 """What the exported mesh's vertex colours are (`TextTo3DConfig.vertex_colours`)."""
 
+
+def check_vertex_colours(vertex_colours: str, shading: str) -> None:
+    """Refuses an unknown vertex-colour mode, and 'delit' on a field whose colour is already an albedo."""
+    if vertex_colours not in VERTEX_COLOURS:
+        raise ValueError(f"unknown vertex_colours {vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}")
+    if vertex_colours == "delit" and shading == "lambert":
+        raise ValueError(
+            "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
+            "(its colour is already an albedo); use vertex_colours 'field'"
+        )
+
+
 ISO_MODES = ("solid", "opacity")
 """How the exported mesh's automatic iso-level is chosen (`TextTo3DConfig.iso_mode`)."""
 
@@ -340,15 +352,7 @@ class TextTo3DConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.vertex_colours not in VERTEX_COLOURS:
-            raise ValueError(
-                f"unknown vertex_colours {self.vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}"
-            )
-        if self.vertex_colours == "delit" and self.nerf.shading == "lambert":
-            raise ValueError(
-                "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
-                "(its colour is already an albedo); use vertex_colours 'field'"
-            )
+        check_vertex_colours(self.vertex_colours, self.nerf.shading)
         if self.iso_mode not in ISO_MODES:
             raise ValueError(f"unknown iso_mode {self.iso_mode!r}; choose one of {', '.join(ISO_MODES)}")
         if self.mesh_refine.steps and self.method == "semantic-sds":
