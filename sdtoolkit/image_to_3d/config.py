@@ -14,7 +14,7 @@ from sdtoolkit.text_to_3d.config import (
     CameraConfig,
     RegularizerConfig,
     _build,
-    check_vertex_colours,
+    check_field_options,
     default_guidance,
     to_dict,
 )
@@ -185,17 +185,7 @@ class ImageTo3DConfig:
     """Non-finite guard: skip a step whose loss or gradient is NaN/inf; stop after this many in a row (0: off)."""
 
     def __post_init__(self) -> None:
-        check_vertex_colours(self.vertex_colours, self.nerf.shading)
-        if self.start_levels is not None and self.nerf.representation != "hash":
-            raise ValueError(
-                f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
-                f"{self.nerf.representation!r}"
-            )
-        if self.regularizers.lambda_eikonal and self.nerf.field.geometry != "sdf":
-            raise ValueError(
-                f"regularizers.lambda_eikonal = {self.regularizers.lambda_eikonal} needs nerf.field.geometry 'sdf' "
-                f"(a signed distance), not {self.nerf.field.geometry!r}"
-            )
+        check_field_options(self)
 
     @property
     def uses_text_prior(self) -> bool:

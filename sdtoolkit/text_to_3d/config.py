@@ -203,14 +203,28 @@ VERTEX_COLOURS = ("field", "delit")
 """What the exported mesh's vertex colours are (`TextTo3DConfig.vertex_colours`)."""
 
 
-def check_vertex_colours(vertex_colours: str, shading: str) -> None:
-    """Refuses an unknown vertex-colour mode, and 'delit' on a field whose colour is already an albedo."""
-    if vertex_colours not in VERTEX_COLOURS:
-        raise ValueError(f"unknown vertex_colours {vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}")
-    if vertex_colours == "delit" and shading == "lambert":
+def check_field_options(config) -> None:
+    """The checks text-to-3D and image-to-3D share on a config with `vertex_colours`, `start_levels`, `nerf` and
+    `regularizers`: a known vertex-colour mode and no 'delit' on a field whose colour is already an albedo, the
+    eikonal term only on a signed distance, coarse-to-fine levels only on a hash grid."""
+    if config.vertex_colours not in VERTEX_COLOURS:
+        raise ValueError(
+            f"unknown vertex_colours {config.vertex_colours!r}; choose one of {', '.join(VERTEX_COLOURS)}"
+        )
+    if config.vertex_colours == "delit" and config.nerf.shading == "lambert":
         raise ValueError(
             "vertex_colours 'delit' divides out a light that a field with nerf.shading 'lambert' does not bake in "
             "(its colour is already an albedo); use vertex_colours 'field'"
+        )
+    if config.regularizers.lambda_eikonal and config.nerf.field.geometry != "sdf":
+        raise ValueError(
+            f"regularizers.lambda_eikonal = {config.regularizers.lambda_eikonal} needs nerf.field.geometry 'sdf' "
+            f"(a signed distance), not {config.nerf.field.geometry!r}"
+        )
+    if config.start_levels is not None and config.nerf.representation != "hash":
+        raise ValueError(
+            f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
+            f"{config.nerf.representation!r}"
         )
 
 
@@ -352,7 +366,7 @@ class TextTo3DConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        check_vertex_colours(self.vertex_colours, self.nerf.shading)
+        check_field_options(self)
         if self.iso_mode not in ISO_MODES:
             raise ValueError(f"unknown iso_mode {self.iso_mode!r}; choose one of {', '.join(ISO_MODES)}")
         if self.mesh_refine.steps and self.method == "semantic-sds":
@@ -363,16 +377,6 @@ class TextTo3DConfig:
             raise ValueError(
                 f"sdf_beta_start = {self.sdf_beta_start} needs nerf.field.geometry 'sdf', not "
                 f"{self.nerf.field.geometry!r}"
-            )
-        if self.regularizers.lambda_eikonal and self.nerf.field.geometry != "sdf":
-            raise ValueError(
-                f"regularizers.lambda_eikonal = {self.regularizers.lambda_eikonal} needs nerf.field.geometry 'sdf' "
-                f"(a signed distance), not {self.nerf.field.geometry!r}"
-            )
-        if self.start_levels is not None and self.nerf.representation != "hash":
-            raise ValueError(
-                f"start_levels (coarse-to-fine hash-grid levels) applies to the 'hash' representation, not "
-                f"{self.nerf.representation!r}"
             )
 
 
