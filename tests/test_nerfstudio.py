@@ -3,6 +3,7 @@ nerfacto model built in-process with nerfstudio's own classes and saved in its r
 models do not import (the optional install: `sdtoolkit.nerfstudio_plugin.NERFSTUDIO_INSTALL`)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -250,3 +251,88 @@ def test_ns_train_sdtoolkit_sds_runs_a_few_iterations_on_the_cpu(tmp_path):
     (run,) = (tmp_path / "sdtoolkit-sds").iterdir()
     assert (run / "config.yml").is_file() and list((run / "nerfstudio_models").glob("step-*.ckpt"))
     assert read_run_config(run / "config.yml")["method_name"] == "sdtoolkit-sds"
+
+
+def test_scene_dataset_is_read_by_nerfstudio_with_sdtoolkits_rays_and_images(tmp_path):
+    """`benchmarks/ns_scenes.py` writes a Blender-format scene whose cameras, as nerfstudio's Blender dataparser reads
+    them, cast sdtoolkit's rays through every pixel centre (same frame, same convention), and whose images are the
+    shapes world's renders."""
+    import numpy as np
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+    from PIL import Image
+
+    from benchmarks.ns_scenes import SPLITS, scene_cameras, write_scene
+    from sdtoolkit.data.render import render
+    from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES
+
+    folder = write_scene(tmp_path / "scene", "cube", "blue", resolution=8, seed=1)
+    outputs = BlenderDataParserConfig(data=folder).setup().get_dataparser_outputs("test")
+    assert len(outputs.image_filenames) == SPLITS["test"] and outputs.dataparser_scale == 1.0
+    ours = scene_cameras(SPLITS["test"], 1 * 10 + 2)
+    origins, directions = ours.generate_rays(8, 8)
+    for index in (0, 7):
+        rays = outputs.cameras.generate_rays(camera_indices=index)
+        torch.testing.assert_close(rays.origins, origins[index], atol=1e-5, rtol=0)
+        torch.testing.assert_close(rays.directions, directions[index], atol=1e-5, rtol=0)
+    image = torch.from_numpy(np.asarray(Image.open(outputs.image_filenames[7]))).float() / 255
+    truth = render(torch.tensor([SHAPES.index("cube")]), torch.tensor([COLOUR_NAMES.index("blue")]), ours[7], 8)
+    torch.testing.assert_close(image, truth[0].permute(1, 2, 0), atol=1 / 255, rtol=0)
+    assert image.min() < 0.5  # the cube is in view
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_scene(folder, "cube", "blue")
+
+
+def test_ns_train_lpips_offline_scores_nan_and_warns(monkeypatch):
+    """nerfstudio's models build torchmetrics' LPIPS, which downloads AlexNet's weights: offline that was a URLError
+    before training. After `allow_lpips_offline` a failed download warns once, naming the file, and scores NaN; a
+    constructor that works is torchmetrics' own."""
+    from urllib.error import URLError
+
+    from sdtoolkit.nerfstudio_plugin import allow_lpips_offline, allow_torchvision_without_ops
+
+    allow_torchvision_without_ops()
+    lpip = pytest.importorskip("torchmetrics.image.lpip", reason="torchmetrics comes with nerfstudio's trainer")
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(kwargs)
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", offline)
+    assert allow_lpips_offline()
+    with pytest.warns(UserWarning, match="alexnet-owt-7be5be79.pth"):
+        metric = lpip.LearnedPerceptualImagePatchSimilarity(normalize=True)
+    assert calls == [{"normalize": True}] and torch.isnan(metric(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)))
+    sentinel = object()
+    monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", lambda *a, **k: sentinel)
+    assert allow_lpips_offline() and lpip.LearnedPerceptualImagePatchSimilarity() is sentinel
+
+
+def test_ns_train_nerfacto_on_a_written_scene_is_a_pvd_teacher(tmp_path):
+    """The nerfstudio teacher path end to end, offline: a scene from `benchmarks/ns_scenes.py`, `sdtoolkit-ns-train
+    nerfacto` (2 iterations, torch implementation, CPU), and its run loads as a `convert-nerf` teacher whose density
+    is finite. Needs nerfstudio's trainer (torchvision and its further requirements)."""
+    import subprocess
+    import sys
+
+    from benchmarks.ns_scenes import write_scene
+    from sdtoolkit.nerfstudio_plugin import allow_torchvision_without_ops
+
+    allow_torchvision_without_ops()
+    pytest.importorskip("nerfstudio.configs.method_configs", reason="nerfstudio's trainer needs torchvision")
+    scene = write_scene(tmp_path / "scene", "torus", "red", resolution=16)
+    command = [sys.executable, "-c", "from sdtoolkit.nerfstudio_plugin import ns_train; ns_train()", "nerfacto",
+               "--machine.device-type", "cpu", "--max-num-iterations", "2", "--vis", "tensorboard", "--output-dir",
+               str(tmp_path / "outputs"), "--steps-per-save", "2", "--pipeline.datamanager.train-num-rays-per-batch",
+               "256", "--experiment-name", "scene", "--pipeline.model.implementation", "torch",
+               "--pipeline.model.background-color", "white",
+               "--pipeline.model.disable-scene-contraction", "True", "--pipeline.model.num-levels", "4",
+               "--pipeline.model.log2-hashmap-size", "12", "blender-data", "--data", str(scene)]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "scene" / "nerfacto").iterdir()
+    teacher, description = load_nerf_asset(run)
+    assert description["nerfstudio"]["method"] == "nerfacto" and description["nerfstudio"]["step"] >= 1
+    assert torch.isfinite(teacher.field.get_density(torch.rand(64, 3) * 2 - 1)).all()

@@ -76,17 +76,62 @@ def require_nerfstudio(purpose: str) -> None:
     allow_torchvision_without_ops()
 
 
+def allow_lpips_offline() -> bool:
+    """nerfstudio's models (nerfacto, tensorf, vanilla-nerf, ...) build torchmetrics' LPIPS in `populate_modules`,
+    which downloads torchvision's AlexNet weights on first use: offline and not cached, `ns-train nerfacto` dies
+    with a URLError before training. After this call, an LPIPS whose weights cannot be fetched warns once (naming
+    the file to download) and scores NaN; training and the other metrics are unaffected. With the weights cached,
+    or online, LPIPS is torchmetrics' own. Returns whether it patched (False where torchmetrics is absent)."""
+    import importlib.util
+    import warnings
+
+    if importlib.util.find_spec("torchmetrics") is None:
+        return False
+    import torch
+    from torchmetrics.image import lpip
+
+    original = lpip.LearnedPerceptualImagePatchSimilarity
+    if getattr(original, "_sdtoolkit_offline", False):
+        return True
+
+    class NaNMetric(torch.nn.Module):
+        """LPIPS without its network: NaN for every image pair."""
+
+        def forward(self, *args, **kwargs):
+            return torch.tensor(float("nan"))
+
+    def lpips_or_nan(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except OSError as error:  # URLError (offline) is an OSError
+            warnings.warn(
+                "LPIPS is NaN in this run: its AlexNet weights are not cached and could not be downloaded "
+                f"({str(error).splitlines()[0][:120]}); put alexnet-owt-7be5be79.pth (torchvision's AlexNet "
+                f"weights) in {torch.hub.get_dir()}/checkpoints to enable it",
+                stacklevel=2,
+            )
+            return NaNMetric()
+
+    lpips_or_nan._sdtoolkit_offline = True
+    lpip.LearnedPerceptualImagePatchSimilarity = lpips_or_nan
+    return True
+
+
 def ns_train() -> None:
-    """`sdtoolkit-ns-train`: nerfstudio's `ns-train`, with torchvision prepared first (see the module docstring)."""
+    """`sdtoolkit-ns-train`: nerfstudio's `ns-train`, with torchvision prepared first (see the module docstring)
+    and LPIPS allowed to be missing offline (`allow_lpips_offline`)."""
     require_nerfstudio("sdtoolkit-ns-train")
+    allow_lpips_offline()
     from nerfstudio.scripts.train import entrypoint
 
     entrypoint()
 
 
 def ns_viewer() -> None:
-    """`sdtoolkit-ns-viewer`: nerfstudio's `ns-viewer`, with torchvision prepared first."""
+    """`sdtoolkit-ns-viewer`: nerfstudio's `ns-viewer`, with torchvision prepared first and LPIPS allowed to be
+    missing offline."""
     require_nerfstudio("sdtoolkit-ns-viewer")
+    allow_lpips_offline()
     from nerfstudio.scripts.viewer.run_viewer import entrypoint
 
     entrypoint()

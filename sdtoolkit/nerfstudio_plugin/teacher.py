@@ -4,7 +4,8 @@ TEACHER is the run's folder (`outputs/EXPERIMENT/METHOD/TIMESTAMP`, where `ns-tr
 `nerfstudio_models/step-*.ckpt` and `dataparser_transforms.json`), its `config.yml`, or one of its `.ckpt` files
 (the newest step by default). Nothing in it runs code:
 
-- the checkpoint is read with `torch.load(weights_only=True)` (tensors and plain containers only);
+- the checkpoint is read with `torch.load(weights_only=True)` (tensors and plain containers only, plus numpy's
+  scalars and dtypes: ns-train's scheduler states hold numpy floats);
 - `config.yml` is the trainer config nerfstudio dumps with Python object tags (`!!python/object:...`); it is parsed
   with a safe YAML loader that turns every tagged object into a plain mapping, and only the method name and the
   model's plain settings (numbers, strings, booleans, lists of them) are read from it. The model is rebuilt from
@@ -242,6 +243,15 @@ def _no_metric_modules():
     return context()
 
 
+def _numpy_scalar_globals() -> list:
+    """The numpy globals a real ns-train checkpoint holds (its scheduler states keep numpy float64 scalars): the
+    scalar rebuilder and dtype classes, data only, allowed beside `weights_only`'s tensors and containers."""
+    import numpy as np
+
+    names = ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")
+    return [np._core.multiarray.scalar, np.dtype, *(getattr(np.dtypes, n) for n in names if hasattr(np.dtypes, n))]
+
+
 def build_model(method_name: str, settings: dict, state: dict[str, Tensor]):
     """nerfstudio's model of `method_name` from its config class, with the run's plain `settings`, its scene box and
     number of images taken from the checkpoint's tensors; weights not loaded."""
@@ -290,7 +300,8 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
             f"{', '.join(TEACHER_METHODS)}"
         )
     try:
-        loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as bad:  # torch raises several error types for a file that is no (safe) checkpoint
         raise error(f"{str(checkpoint)!r} is not a nerfstudio checkpoint ({str(bad).splitlines()[0][:160]})") from None
     pipeline = loaded.get("pipeline") if isinstance(loaded, dict) else None
