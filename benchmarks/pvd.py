@@ -8,8 +8,8 @@
 3. Per representation: PVD (`sdtoolkit.nerf.convert`'s steps, the paper's stage ratios 2k/5k of 30k scaled to the
    step budget) and a from-scratch fit of the same representation on the teacher's renders (photometric MSE on
    random rays, its own occupancy grid, Adam at PVD's lr 1e-2 decaying to 1e-3 over the budget), each for
-   `--seconds` of wall time (evaluation excluded). PSNR (median over the 20 held-out views) is measured at 8 points
-   of each run.
+   `--seconds` of wall time (evaluation excluded). PSNR (median over the 20 held-out views) is measured at `--evals`
+   evenly spaced points of each run.
 
 Reported: final PSNRs, wall times, and the first measured time at which PVD reached the from-scratch run's final
 PSNR (and its fraction of the from-scratch wall time). Usage:
@@ -129,8 +129,11 @@ def main() -> None:
     parser.add_argument("--colour", default="red", choices=COLOUR_NAMES)
     parser.add_argument("--train-views", type=int, default=100)
     parser.add_argument("--rays-per-step", type=int, default=1024)
+    parser.add_argument("--evals", type=int, default=8, help="PSNR measurements per run, evenly spaced in time")
     parser.add_argument("--out", default="/tmp/pvd_bench")
-    parser.add_argument("--teacher", default=None, help="reuse the teacher asset of an earlier run (no fitting)")
+    parser.add_argument(
+        "--teacher", default=None, help="reuse a teacher: an earlier run's asset or a nerfstudio run (no fitting)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -190,7 +193,7 @@ def main() -> None:
         "args": vars(args),
         "runs": {},
     }
-    every = args.seconds / 8
+    every = args.seconds / args.evals
     for to in args.representations.split(","):
         pvd_curve, pvd_steps, config = run_pvd(teacher_dir, to, args.seconds, args.rays_per_step, evaluate, every)
         student_config = NeRFConfig(representation=to)

@@ -336,3 +336,39 @@ def test_ns_train_nerfacto_on_a_written_scene_is_a_pvd_teacher(tmp_path):
     teacher, description = load_nerf_asset(run)
     assert description["nerfstudio"]["method"] == "nerfacto" and description["nerfstudio"]["step"] >= 1
     assert torch.isfinite(teacher.field.get_density(torch.rand(64, 3) * 2 - 1)).all()
+
+
+def test_ns_train_viewer_opens_outside_the_scene_box(monkeypatch):
+    """viser opens a browser's camera 0.5 scene units from the origin, inside an object-centred scene (the page is
+    one flat colour); the patched viewer puts a new client's camera outside the model's scene box, looking at its
+    centre, +z up, after nerfstudio's own set-up of the client."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sdtoolkit.nerfstudio_plugin import (
+        VIEW_DIRECTION,
+        VIEW_DISTANCE,
+        allow_torchvision_without_ops,
+        open_viewer_outside_the_scene,
+    )
+
+    allow_torchvision_without_ops()
+    viewer = pytest.importorskip("nerfstudio.viewer.viewer", reason="nerfstudio's viewer needs viser and torchvision")
+    calls = []
+    monkeypatch.setattr(viewer.Viewer, "handle_new_client", lambda self, client: calls.append(client))
+    open_viewer_outside_the_scene()
+    open_viewer_outside_the_scene()  # idempotent: one wrapper
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, 0.0], [1.0, 3.0, 2.0]]))
+    state = SimpleNamespace(pipeline=SimpleNamespace(model=SimpleNamespace(scene_box=box)))
+    client = SimpleNamespace(camera=SimpleNamespace(position=(-3.0, 3.0, -3.0), look_at=(0.0, 0.0, 0.0)))
+    viewer.Viewer.handle_new_client(state, client)
+    assert calls == [client]  # nerfstudio's own handler ran once
+    scale, centre = viewer.VISER_NERFSTUDIO_SCALE_RATIO, np.array([0.0, 1.0, 1.0])
+    position = np.asarray(client.camera.position) / scale
+    np.testing.assert_allclose(np.asarray(client.camera.look_at) / scale, centre)
+    np.testing.assert_allclose(np.linalg.norm(position - centre), VIEW_DISTANCE * np.sqrt(24) / 2, rtol=1e-6)
+    assert (np.abs(position - centre) > np.array([1.0, 2.0, 1.0])).any()  # outside the box
+    direction = (position - centre) / np.linalg.norm(position - centre)
+    np.testing.assert_allclose(direction, np.asarray(VIEW_DIRECTION) / np.linalg.norm(VIEW_DIRECTION), rtol=1e-6)
+    assert tuple(client.camera.up_direction) == (0.0, 0.0, 1.0)

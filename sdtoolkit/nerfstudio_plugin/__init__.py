@@ -118,20 +118,59 @@ def allow_lpips_offline() -> bool:
 
 
 def ns_train() -> None:
-    """`sdtoolkit-ns-train`: nerfstudio's `ns-train`, with torchvision prepared first (see the module docstring)
-    and LPIPS allowed to be missing offline (`allow_lpips_offline`)."""
+    """`sdtoolkit-ns-train`: nerfstudio's `ns-train`, with torchvision prepared first (see the module docstring),
+    LPIPS allowed to be missing offline (`allow_lpips_offline`), and its viewer's cameras opened outside the scene
+    (`open_viewer_outside_the_scene`)."""
     require_nerfstudio("sdtoolkit-ns-train")
     allow_lpips_offline()
+    open_viewer_outside_the_scene()
     from nerfstudio.scripts.train import entrypoint
 
     entrypoint()
 
 
+VIEW_DIRECTION = (1.0, -1.0, 0.6)
+"""Direction from the scene box's centre to where `sdtoolkit-ns-viewer` opens a browser's camera (+z up)."""
+VIEW_DISTANCE = 1.6
+"""That camera's distance from the centre, in half diagonals of the scene box."""
+
+
+def open_viewer_outside_the_scene() -> None:
+    """viser opens every browser's camera at (-3, 3, -3) in its units, which nerfstudio divides by 10: 0.5 scene
+    units from the origin, inside an object-centred scene (sdtoolkit-sds's [-1, 1]^3, a Blender scene's
+    [-1.5, 1.5]^3), so the page shows the inside of the object: one flat colour. After this call nerfstudio's
+    viewer puts each newly connected browser's camera outside the model's scene box, looking at its centre from
+    `VIEW_DIRECTION` at `VIEW_DISTANCE` half diagonals, +z up; the user moves it as before."""
+    import numpy as np
+    from nerfstudio.viewer import viewer as ns_viewer_module
+
+    original = ns_viewer_module.Viewer.handle_new_client
+    if getattr(original, "_sdtoolkit_outside", False):
+        return
+
+    def handle_new_client(self, client) -> None:
+        original(self, client)
+        aabb = getattr(getattr(self.pipeline.model, "scene_box", None), "aabb", None)
+        if aabb is None:
+            return
+        aabb = aabb.detach().cpu().double().numpy()
+        centre, half_diagonal = aabb.mean(0), np.linalg.norm(aabb[1] - aabb[0]) / 2
+        direction = np.asarray(VIEW_DIRECTION) / np.linalg.norm(VIEW_DIRECTION)
+        scale = ns_viewer_module.VISER_NERFSTUDIO_SCALE_RATIO
+        client.camera.up_direction = (0.0, 0.0, 1.0)
+        client.camera.position = tuple(scale * (centre + VIEW_DISTANCE * half_diagonal * direction))
+        client.camera.look_at = tuple(scale * centre)
+
+    handle_new_client._sdtoolkit_outside = True
+    ns_viewer_module.Viewer.handle_new_client = handle_new_client
+
+
 def ns_viewer() -> None:
-    """`sdtoolkit-ns-viewer`: nerfstudio's `ns-viewer`, with torchvision prepared first and LPIPS allowed to be
-    missing offline."""
+    """`sdtoolkit-ns-viewer`: nerfstudio's `ns-viewer`, with torchvision prepared first, LPIPS allowed to be
+    missing offline, and each browser's camera opened outside the scene (`open_viewer_outside_the_scene`)."""
     require_nerfstudio("sdtoolkit-ns-viewer")
     allow_lpips_offline()
+    open_viewer_outside_the_scene()
     from nerfstudio.scripts.viewer.run_viewer import entrypoint
 
     entrypoint()
