@@ -105,6 +105,40 @@ def test_teacher_is_the_nerfstudio_field_at_the_same_points(run_dir):
     assert torch.allclose(teacher.field.get_density(points), 0.5 * expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_nerfacto_teacher_samples_rays_with_nerfactos_proposal_sampler(run_dir):
+    """PVD queries the student at the teacher's own samples: for nerfacto those of its proposal sampler (its field
+    is trained only there). The teacher's samples, mapped into the run's frame (scale 0.5 and a shift), are the
+    ones nerfacto's sampler draws on the same rays in that frame; its render composites nerfacto's density there."""
+    from nerfstudio.cameras.rays import RayBundle as NerfstudioRays
+
+    from sdtoolkit.nerf.colliders import RayBundle
+    from sdtoolkit.nerfstudio_plugin.teacher import ProposalSampledNeRF
+
+    model = tiny_nerfacto()
+    moved = save_run(model, run_dir.parent / "moved_proposal", transforms={
+        "transform": [[1, 0, 0, 0.2], [0, 1, 0, 0], [0, 0, 1, -0.1]], "scale": 0.5})  # fmt: skip
+    teacher, _ = load_nerf_asset(moved)
+    assert isinstance(teacher, ProposalSampledNeRF)
+    generator = torch.Generator().manual_seed(0)
+    origins = torch.nn.functional.normalize(torch.randn(16, 3, generator=generator), dim=-1) * 2.8
+    directions = torch.nn.functional.normalize(-origins + 0.2 * torch.randn(16, 3, generator=generator), dim=-1)
+    rays = teacher.collider(RayBundle(origins, directions))
+    hit, sub, samples, densities, keep = teacher.sample_along(rays)
+    assert len(hit) == 16 and samples.starts.shape == (16, model.config.num_nerf_samples_per_ray)
+    shift = torch.tensor([0.2, 0, -0.1])
+    bundle = NerfstudioRays(origins=0.5 * (sub.origins + shift), directions=sub.directions,
+                            pixel_area=torch.ones(16, 1), camera_indices=torch.zeros(16, 1, dtype=torch.long),
+                            nears=0.5 * sub.nears[:, None], fars=0.5 * sub.fars[:, None])  # fmt: skip
+    with torch.no_grad():
+        expected, _, _ = model.eval().proposal_sampler(bundle, density_fns=model.density_fns)
+    ours = 0.5 * (samples.positions(sub) + shift)
+    torch.testing.assert_close(ours, expected.frustums.get_positions(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        densities, teacher.field.get_density(samples.positions(sub).reshape(-1, 3)).reshape(16, -1)
+    )
+    assert (samples.ends[:, 1:] >= samples.starts[:, 1:]).all() and keep.any()
+
+
 def test_a_tensorf_run_whose_grids_grew_is_a_teacher(tmp_path):
     """TensoRF upsamples its grids while it trains: the checkpoint's shapes, not the config's, are loaded."""
     from nerfstudio.models.tensorf import TensoRFModelConfig

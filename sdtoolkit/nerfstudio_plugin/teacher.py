@@ -12,8 +12,9 @@ TEACHER is the run's folder (`outputs/EXPERIMENT/METHOD/TIMESTAMP`, where `ns-tr
   nerfstudio's own config class for that method (`TEACHER_METHODS`) and the run's field weights are loaded into it.
 
 The teacher's field is wrapped as an sdtoolkit field (`NerfstudioField`) inside an sdtoolkit `NeRF` (collider,
-sampler, occupancy grid), so PVD queries it at its own sample points like any other teacher. Differences from an
-sdtoolkit teacher, on purpose:
+sampler, occupancy grid), so PVD queries it at its own sample points like any other teacher. A nerfacto teacher
+samples its rays with nerfacto's own proposal sampler (`ProposalSampledNeRF`): its field is trained only where
+those samples fall. Differences from an sdtoolkit teacher, on purpose:
 
 - the features of a nerfstudio field are not the student's (another architecture and width), so there is no
   feature stage: `convert` runs PVD's stages 2 and 3 (density and colour at the points, then rendered colour);
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.nerf.colliders import RayBundle
 from sdtoolkit.nerf.fields import FieldConfig
 from sdtoolkit.nerf.model import NeRF, NeRFConfig
 
@@ -188,6 +190,51 @@ class NerfstudioField(nn.Module):
         return {"density": self.activate_density(raw, positions), "rgb": torch.sigmoid(raw[..., 1:4])}
 
 
+class ProposalSampledNeRF(NeRF):
+    """A nerfacto teacher that samples rays as nerfacto renders them: with its proposal sampler (the proposal
+    density fields of the checkpoint), not sdtoolkit's uniform samples pruned by an occupancy grid. nerfacto's field
+    is trained only where its proposal sampler puts samples; elsewhere it holds density its own renders never see,
+    which sdtoolkit's sampler would render (a nerfacto at 34-36 dB in nerfstudio's eval rendered at 23 dB that
+    way). PVD queries the student at the teacher's own samples, so these are the samples it must see."""
+
+    def __init__(self, config: NeRFConfig, model: nn.Module, transform: Tensor, scale: float):
+        super().__init__(config)
+        self.ns_model = model.eval().requires_grad_(False)
+        self.register_buffer("run_transform", transform.float(), persistent=False)  # [3, 4] world -> run frame
+        self.run_scale = float(scale)
+
+    @torch.no_grad()
+    def sample_along(self, rays: RayBundle, generator: torch.Generator | None = None, stratified: bool | None = None):
+        """`NeRF.sample_along` with nerfacto's proposal sampler between the collider's near and far (in the run's
+        frame; the samples' distances come back in world units), then the same nerfacc-style pruning."""
+        from nerfstudio.cameras.rays import RayBundle as NerfstudioRays
+
+        from sdtoolkit.nerf.samplers import RaySamples, contributing_samples
+
+        hit = rays.hit.nonzero().squeeze(1)
+        sub = RayBundle(rays.origins[hit], rays.directions[hit], rays.nears[hit], rays.fars[hit], rays.hit[hit])
+        if not len(hit):
+            return hit, sub, None, None, None
+        rotation, translation, k = self.run_transform[:, :3], self.run_transform[:, 3], self.run_scale
+        n = len(hit)
+        bundle = NerfstudioRays(
+            origins=k * (sub.origins @ rotation.T + translation),
+            directions=sub.directions @ rotation.T,
+            pixel_area=sub.origins.new_ones(n, 1),
+            camera_indices=torch.zeros(n, 1, dtype=torch.long, device=sub.origins.device),
+            nears=k * sub.nears[:, None],
+            fars=k * sub.fars[:, None],
+        )
+        ns_samples, _, _ = self.ns_model.proposal_sampler(bundle, density_fns=self.ns_model.density_fns)
+        frustums = ns_samples.frustums
+        samples = RaySamples(frustums.starts[..., 0] / k, frustums.ends[..., 0] / k)
+        densities = self.exact_densities(samples.positions(sub))
+        keep = contributing_samples(
+            densities, samples, self.config.alpha_threshold, self.config.transmittance_threshold
+        )
+        return hit, sub, samples, densities, keep
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 
@@ -334,7 +381,18 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
     if transforms_path.is_file():
         stored = json.loads(transforms_path.read_text())
         transform, scale = torch.tensor(stored["transform"], dtype=torch.float32)[:3], float(stored["scale"])
-    nerf = NeRF(NeRFConfig())
+    if method_name == "nerfacto":  # render at nerfacto's own samples (ProposalSampledNeRF)
+        proposal_state = {
+            k[len("proposal_networks.") :]: v for k, v in state.items() if k.startswith("proposal_networks.")
+        }
+        _resize_like(model.proposal_networks, proposal_state)
+        try:
+            model.proposal_networks.load_state_dict(proposal_state)
+        except RuntimeError as bad:
+            raise error(f"{str(checkpoint)!r}: its proposal networks do not match its {CONFIG_FILE} ({bad})") from None
+        nerf = ProposalSampledNeRF(NeRFConfig(), model, transform, scale)
+    else:
+        nerf = NeRF(NeRFConfig())
     nerf.field = NerfstudioField(field, transform, scale, nerf.config.field)
     nerf = nerf.to(device).eval()
     nerf.update_occupancy(0, force=True)
