@@ -389,7 +389,11 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
         try:
             model.proposal_networks.load_state_dict(proposal_state)
         except RuntimeError as bad:
-            raise error(f"{str(checkpoint)!r}: its proposal networks do not match its {CONFIG_FILE} ({bad})") from None
+            lines = str(bad).splitlines()
+            first = lines[1].strip() if len(lines) > 1 else str(bad)
+            raise error(
+                f"{str(checkpoint)!r}: its proposal networks do not match its {CONFIG_FILE} ({first[:200]})"
+            ) from None
         nerf = ProposalSampledNeRF(NeRFConfig(), model, transform, scale)
     else:
         nerf = NeRF(NeRFConfig())
