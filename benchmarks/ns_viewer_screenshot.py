@@ -54,8 +54,10 @@ def main() -> int:
     output = Path(args.output).resolve()
     if not config.is_file():
         parser.error(f"{str(config)!r} does not exist: give a nerfstudio run folder or its config.yml")
-    if output.exists():
-        parser.error(f"{str(output)!r} exists; give a new file")
+    log = output.with_suffix(".viewer.log")
+    for path in (output, log):
+        if path.exists():
+            parser.error(f"{str(path)!r} exists; give an --output whose file and .viewer.log are both new")
     chromium = next(
         (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
     )
@@ -65,7 +67,6 @@ def main() -> int:
         )
     viewer_bin = shutil.which("sdtoolkit-ns-viewer") or str(Path(sys.executable).parent / "sdtoolkit-ns-viewer")
     port = free_port()
-    log = output.with_suffix(".viewer.log")
     started = time.monotonic()
     with open(log, "w") as log_file:
         viewer = subprocess.Popen(

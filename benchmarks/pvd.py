@@ -44,6 +44,7 @@ from sdtoolkit.nerf.convert import (
     training_step,
 )
 from sdtoolkit.nerf.pvd import PVDConfig
+from sdtoolkit.nerf.representations import REPRESENTATIONS
 
 
 def random_cameras(n: int, generator: torch.Generator) -> Cameras:
@@ -139,6 +140,17 @@ def run_pvd(
     return curve, run.step, config
 
 
+def parse_stage_fractions(text: str, error) -> tuple[float, float]:
+    """`A:B`, the ends of PVD's stages 1 and 2 as fractions of the step budget, 0 <= A <= B <= 1."""
+    try:
+        first, second = (float(x) for x in text.split(":"))
+    except ValueError:
+        error(f"--stage-fractions: {text!r} is not A:B (two numbers, e.g. the paper's 0.0667:0.1667)")
+    if not 0 <= first <= second <= 1:
+        error(f"--stage-fractions: {text!r} needs 0 <= A <= B <= 1 (the ends of stages 1 and 2)")
+    return first, second
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=100.0, help="wall time of each PVD and from-scratch run")
@@ -161,6 +173,10 @@ def main() -> None:
         "--teacher", default=None, help="reuse a teacher: an earlier run's asset or a nerfstudio run (no fitting)"
     )
     args = parser.parse_args()
+    variants = [parse_stage_fractions(text, parser.error) for text in args.stage_fractions]
+    unknown = sorted(set(args.representations.split(",")) - set(REPRESENTATIONS))
+    if unknown:
+        parser.error(f"--representations: unknown {unknown}; valid: {sorted(REPRESENTATIONS)}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out = Path(args.out)
@@ -220,7 +236,6 @@ def main() -> None:
         "runs": {},
     }
     every = args.seconds / args.evals
-    variants = [tuple(float(x) for x in text.split(":")) for text in args.stage_fractions]
     for to in args.representations.split(","):
         pvd_runs = [
             run_pvd(teacher_dir, to, args.seconds, args.rays_per_step, evaluate, every, fractions)

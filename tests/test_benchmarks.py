@@ -1,6 +1,7 @@
 """Smoke test of the benchmark harness at its smallest size (not a timing gate: no number is asserted on)."""
 
 import json
+import re
 
 import pytest
 
@@ -157,3 +158,23 @@ def test_scm_step_benchmark_matches_the_plain_reference_and_reports_paired_ratio
     assert result["first_step_max_gradient"] > 0
     assert result["first_step_max_gradient_difference"] < 1e-4 * result["first_step_max_gradient"]
     assert result["paired_ratio_median"] > 0 and set(result["median_s"]) == {"reference", "sdtoolkit"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stage-fractions", "0.1"], "is not A:B"),
+        (["--stage-fractions", "0.5:0.2"], "0 <= A <= B <= 1"),
+        (["--stage-fractions", "0.1:1.5"], "0 <= A <= B <= 1"),
+        (["--representations", "mlp,nerfacto"], "unknown \\['nerfacto'\\]"),
+    ],
+)
+def test_pvd_benchmark_refuses_bad_arguments_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    """`benchmarks/pvd.py` names the bad value and the valid form before it fits a teacher or writes a file."""
+    from benchmarks import pvd
+
+    out = tmp_path / "out"
+    monkeypatch.setattr("sys.argv", ["pvd.py", *argv, "--out", str(out)])
+    with pytest.raises(SystemExit):
+        pvd.main()
+    assert re.search(message, capsys.readouterr().err) and not out.exists()

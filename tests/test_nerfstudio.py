@@ -316,10 +316,11 @@ def test_scene_dataset_is_read_by_nerfstudio_with_sdtoolkits_rays_and_images(tmp
         write_scene(folder, "cube", "blue")
 
 
-def test_ns_train_lpips_offline_scores_nan_and_warns(monkeypatch):
+def test_ns_train_lpips_offline_scores_nan_and_warns(monkeypatch, tmp_path):
     """nerfstudio's models build torchmetrics' LPIPS, which downloads AlexNet's weights: offline that was a URLError
     before training. After `allow_lpips_offline` a failed download warns once, naming the file, and scores NaN; a
-    constructor that works is torchmetrics' own."""
+    constructor that works is torchmetrics' own; with HF_HUB_OFFLINE set and the weights not cached no download is
+    tried, and with them cached the constructor is called."""
     from urllib.error import URLError
 
     from sdtoolkit.nerfstudio_plugin import allow_lpips_offline, allow_torchvision_without_ops
@@ -333,10 +334,21 @@ def test_ns_train_lpips_offline_scores_nan_and_warns(monkeypatch):
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert allow_lpips_offline()
     with pytest.warns(UserWarning, match="alexnet-owt-7be5be79.pth"):
         metric = lpip.LearnedPerceptualImagePatchSimilarity(normalize=True)
     assert calls == [{"normalize": True}] and torch.isnan(metric(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(UserWarning, match="no download was tried"):
+        metric = lpip.LearnedPerceptualImagePatchSimilarity(normalize=True)
+    assert len(calls) == 1 and torch.isnan(metric(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").touch()
+    with pytest.warns(UserWarning, match="could not be downloaded"):
+        lpip.LearnedPerceptualImagePatchSimilarity(normalize=True)
+    assert len(calls) == 2
     sentinel = object()
     monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", lambda *a, **k: sentinel)
     assert allow_lpips_offline() and lpip.LearnedPerceptualImagePatchSimilarity() is sentinel

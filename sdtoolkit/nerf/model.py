@@ -147,18 +147,27 @@ class NeRF(nn.Module):
         sub = RayBundle(rays.origins[hit], rays.directions[hit], rays.nears[hit], rays.fars[hit], rays.hit[hit])
         if not len(hit):
             return hit, sub, None, None, None
-        sampler = self.sampler
-        if stratified is not None:
-            sampler = UniformSampler(self.config.num_samples, stratified)
-        samples = sampler(sub, generator)
-        densities = self._densities(samples.positions(sub))
-        if self.pdf_sampler is not None:
-            samples = self.pdf_sampler(samples, render_weights(densities, samples), generator)
-            densities = self._densities(samples.positions(sub))
+        samples, densities = self.draw_samples(sub, generator, stratified)
         keep = contributing_samples(
             densities, samples, self.config.alpha_threshold, self.config.transmittance_threshold
         )
         return hit, sub, samples, densities, keep
+
+    def draw_samples(
+        self, rays: RayBundle, generator: torch.Generator | None = None, stratified: bool | None = None
+    ) -> tuple[RaySamples, Tensor]:
+        """The samples along rays that hit the bound, and their no-grad densities, before pruning: uniform samples
+        (through the occupancy grid when there is one), then optional importance samples. Subclasses with another
+        sampler (a nerfstudio teacher's proposal sampler) override this step only."""
+        sampler = self.sampler
+        if stratified is not None:
+            sampler = UniformSampler(self.config.num_samples, stratified)
+        samples = sampler(rays, generator)
+        densities = self._densities(samples.positions(rays))
+        if self.pdf_sampler is not None:
+            samples = self.pdf_sampler(samples, render_weights(densities, samples), generator)
+            densities = self._densities(samples.positions(rays))
+        return samples, densities
 
     def render_rays(
         self,

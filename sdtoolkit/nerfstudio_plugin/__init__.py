@@ -17,6 +17,7 @@ unconditionally); `allow_torchvision_without_ops` lets its Python parts (the onl
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 NERFSTUDIO_VERSION = "1.1.5"
@@ -76,12 +77,22 @@ def require_nerfstudio(purpose: str) -> None:
     allow_torchvision_without_ops()
 
 
+ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
+
+
+def _offline() -> bool:
+    """Whether the process was told not to touch the network (huggingface_hub's variable, which the test suite and
+    the toolkit's offline users set)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def allow_lpips_offline() -> bool:
     """nerfstudio's models (nerfacto, tensorf, vanilla-nerf, ...) build torchmetrics' LPIPS in `populate_modules`,
     which downloads torchvision's AlexNet weights on first use: offline and not cached, `ns-train nerfacto` dies
     with a URLError before training. After this call, an LPIPS whose weights cannot be fetched warns once (naming
     the file to download) and scores NaN; training and the other metrics are unaffected. With the weights cached,
-    or online, LPIPS is torchmetrics' own. Returns whether it patched (False where torchmetrics is absent)."""
+    or online, LPIPS is torchmetrics' own; with HF_HUB_OFFLINE set and the weights not cached no download is tried
+    at all. Returns whether it patched (False where torchmetrics is absent)."""
     import importlib.util
     import warnings
 
@@ -100,17 +111,23 @@ def allow_lpips_offline() -> bool:
         def forward(self, *args, **kwargs):
             return torch.tensor(float("nan"))
 
+    weights = os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_WEIGHTS)
+
+    def nan_metric(reason: str) -> NaNMetric:
+        warnings.warn(
+            f"LPIPS is NaN in this run: its AlexNet weights are not cached and {reason}; put {ALEXNET_WEIGHTS} "
+            f"(torchvision's AlexNet weights) in {os.path.dirname(weights)} to enable it",
+            stacklevel=3,
+        )
+        return NaNMetric()
+
     def lpips_or_nan(*args, **kwargs):
+        if _offline() and not os.path.exists(weights):
+            return nan_metric("this process is offline (HF_HUB_OFFLINE), so no download was tried")
         try:
             return original(*args, **kwargs)
         except OSError as error:  # URLError (offline) is an OSError
-            warnings.warn(
-                "LPIPS is NaN in this run: its AlexNet weights are not cached and could not be downloaded "
-                f"({str(error).splitlines()[0][:120]}); put alexnet-owt-7be5be79.pth (torchvision's AlexNet "
-                f"weights) in {torch.hub.get_dir()}/checkpoints to enable it",
-                stacklevel=2,
-            )
-            return NaNMetric()
+            return nan_metric(f"could not be downloaded ({str(error).splitlines()[0][:120]})")
 
     lpips_or_nan._sdtoolkit_offline = True
     lpip.LearnedPerceptualImagePatchSimilarity = lpips_or_nan

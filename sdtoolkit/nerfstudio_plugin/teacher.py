@@ -204,35 +204,27 @@ class ProposalSampledNeRF(NeRF):
         self.run_scale = float(scale)
 
     @torch.no_grad()
-    def sample_along(self, rays: RayBundle, generator: torch.Generator | None = None, stratified: bool | None = None):
-        """`NeRF.sample_along` with nerfacto's proposal sampler between the collider's near and far (in the run's
-        frame; the samples' distances come back in world units), then the same nerfacc-style pruning."""
+    def draw_samples(self, rays: RayBundle, generator: torch.Generator | None = None, stratified: bool | None = None):
+        """nerfacto's proposal sampler between the collider's near and far (in the run's frame; the samples'
+        distances come back in world units) and the exact densities there; `NeRF.sample_along` prunes them."""
         from nerfstudio.cameras.rays import RayBundle as NerfstudioRays
 
-        from sdtoolkit.nerf.samplers import RaySamples, contributing_samples
+        from sdtoolkit.nerf.samplers import RaySamples
 
-        hit = rays.hit.nonzero().squeeze(1)
-        sub = RayBundle(rays.origins[hit], rays.directions[hit], rays.nears[hit], rays.fars[hit], rays.hit[hit])
-        if not len(hit):
-            return hit, sub, None, None, None
         rotation, translation, k = self.run_transform[:, :3], self.run_transform[:, 3], self.run_scale
-        n = len(hit)
+        n = len(rays)
         bundle = NerfstudioRays(
-            origins=k * (sub.origins @ rotation.T + translation),
-            directions=sub.directions @ rotation.T,
-            pixel_area=sub.origins.new_ones(n, 1),
-            camera_indices=torch.zeros(n, 1, dtype=torch.long, device=sub.origins.device),
-            nears=k * sub.nears[:, None],
-            fars=k * sub.fars[:, None],
+            origins=k * (rays.origins @ rotation.T + translation),
+            directions=rays.directions @ rotation.T,
+            pixel_area=rays.origins.new_ones(n, 1),
+            camera_indices=torch.zeros(n, 1, dtype=torch.long, device=rays.origins.device),
+            nears=k * rays.nears[:, None],
+            fars=k * rays.fars[:, None],
         )
         ns_samples, _, _ = self.ns_model.proposal_sampler(bundle, density_fns=self.ns_model.density_fns)
         frustums = ns_samples.frustums
         samples = RaySamples(frustums.starts[..., 0] / k, frustums.ends[..., 0] / k)
-        densities = self.exact_densities(samples.positions(sub))
-        keep = contributing_samples(
-            densities, samples, self.config.alpha_threshold, self.config.transmittance_threshold
-        )
-        return hit, sub, samples, densities, keep
+        return samples, self.exact_densities(samples.positions(rays))
 
 
 # ------------------------------------------------------------------------------------------------- loading
