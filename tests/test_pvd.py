@@ -9,15 +9,18 @@ from safetensors.torch import save_file
 
 from sdtoolkit.cli.config_cli import to_dict
 from sdtoolkit.nerf import NeRF, NeRFConfig
-from sdtoolkit.nerf.convert import TeacherError, convert, load_nerf_asset, setup, training_step
+from sdtoolkit.nerf.colliders import RayBundle
+from sdtoolkit.nerf.convert import TeacherError, convert, load_nerf_asset, setup, teacher_config, training_step
 from sdtoolkit.nerf.pvd import (
     PVDConfig,
     build_student,
     clip_log_density,
+    interval_points,
     pvd_losses,
     random_rays,
     stage_of,
     teacher_points,
+    teacher_ray_colours,
 )
 from sdtoolkit.nerf.representations import REPRESENTATIONS, MLPConfig, TensoRFConfig, VoxelConfig
 
@@ -134,6 +137,99 @@ def test_student_is_queried_at_the_teachers_exact_points(teacher_dir, monkeypatc
     assert 0 < len(extra) < len(pruned) and (extra[:, None] == pruned[None]).all(-1).any(1).all()
 
 
+def test_interval_points_take_the_density_of_the_teachers_interval():
+    """A teacher renders sigma_i constant over each of its intervals and nothing between or outside them: uniform
+    points along the ray get exactly that density (hand-made intervals with a gap, against a loop per point)."""
+    from sdtoolkit.nerf.samplers import RaySamples
+
+    starts, ends = torch.tensor([[1.0, 1.5, 3.0], [0.5, 2.0, 2.5]]), torch.tensor([[1.5, 3.0, 3.5], [2.0, 2.5, 4.0]])
+    densities = torch.tensor([[2.0, 0.0, 5.0], [1.0, 7.0, 3.0]])
+    origins, directions = torch.tensor([[0.0, 0, 5], [1, 0, 0]]), torch.tensor([[0.0, 0, -1], [0, 1, 0]])
+    rays = RayBundle(origins, directions, torch.tensor([0.5, 0.5]), torch.tensor([4.0, 4.0]), torch.ones(2).bool())
+    positions, sigma = interval_points(
+        RaySamples(starts, ends), rays, densities, 500, torch.Generator().manual_seed(0)
+    )
+    assert positions.shape == (1000, 3) and sigma.shape == (1000,)
+    for index, (point, value) in enumerate(zip(positions, sigma)):
+        ray = index // 500
+        t = float((point - origins[ray]) @ directions[ray])
+        expected = next((float(d) for s, e, d in zip(starts[ray], ends[ray], densities[ray]) if s <= t < e), 0.0)
+        assert float(value) == expected, (ray, t)
+    assert set(sigma[:500].tolist()) == {0.0, 2.0, 5.0} and set(sigma[500:].tolist()) == {1.0, 7.0, 3.0}
+
+
+def test_a_teacher_whose_samples_partition_its_rays_supervises_uniform_points(teacher_dir, monkeypatch):
+    """For a teacher like nerfacto's proposal sampler (`samples_partition_rays`), the extra points are uniform along
+    each ray (round(empty_fraction x samples) per ray) with its interval densities, and the student gets no
+    occupancy grid from it."""
+    teacher, _ = load_nerf_asset(teacher_dir)
+    monkeypatch.setattr(teacher, "samples_partition_rays", True, raising=False)
+    config = teacher_config(tiny_pvd(empty_fraction=0.25), teacher)
+    assert config.inherit_occupancy is False and tiny_pvd().inherit_occupancy is True
+    generator = torch.Generator().manual_seed(3)
+    rays = random_rays(config, generator, "cpu")
+    state = generator.get_state()
+    points = teacher_points(teacher, rays, generator, config.empty_fraction)
+    generator.set_state(state)
+    _, sub, samples, densities, keep = teacher.sample_along(teacher.collider(rays), generator, stratified=True)
+    extra, sigma = interval_points(samples, sub, densities, 4, generator)  # 0.25 x 16 samples per ray
+    assert points.num_kept == int(keep.sum()) and torch.equal(points.positions[points.num_kept :], extra)
+    assert torch.equal(points.density[points.num_kept :], sigma) and (sigma > 0).any()
+    torch.testing.assert_close(points.log_density[points.num_kept :][sigma > 0], sigma[sigma > 0].log())
+    assert len(points.features) == len(points.raw) == points.num_kept  # colour and features: kept samples only
+    assert config.student_samples == "own"  # stage 3 renders the student along the whole ray (`own_render_loss`)
+    losses = pvd_losses(config, 5, build_student(config, teacher), teacher, points, torch.ones(1, 3))
+    assert set(losses) == {"loss_feature", "loss_density", "loss_colour"}
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_own_samples_render_the_student_along_the_whole_ray_against_the_teachers_render(teacher_dir):
+    """`student_samples='own'`: the target is the teacher's rendered colour of each drawn ray (its own render,
+    background for a ray that misses the bound), and the loss is the student's full render against it; it falls."""
+    teacher, _ = load_nerf_asset(teacher_dir)
+    config = tiny_pvd(stage1_steps=0, stage2_steps=0, student_samples="own", empty_fraction=0.0)
+    generator = torch.Generator().manual_seed(4)
+    rays = random_rays(config, generator, "cpu")
+    points = teacher_points(teacher, rays, generator)
+    colours = teacher_ray_colours(points, len(rays), torch.ones(1, 3))
+    rendered = teacher.render_rays(rays, torch.ones(3), stratified=False)["rgb"]
+    missed = torch.ones(len(rays), dtype=torch.bool)
+    missed[points.hit] = False
+    assert missed.any() and torch.equal(colours[missed], torch.ones(int(missed.sum()), 3))
+    assert (rendered - colours).abs().mean() < 0.02  # the same render up to the stratified draw of the samples
+    run = setup(config, teacher)
+    values = []
+    for _ in range(30):
+        logs = training_step(run)
+        values.append(logs["loss_rgb"])
+    assert "loss_rgb" in logs and values[-1] < 0.5 * values[0], values
+
+
+def test_a_teacher_cache_cycles_its_batches_and_resumes_exactly(teacher_dir, tmp_path, monkeypatch):
+    """`teacher_cache=N`: N batches drawn once before step 0, step k uses batch k mod N (the teacher is not queried
+    in the loop), and an interrupted run resumes to the same weights as one that was not."""
+    teacher, _ = load_nerf_asset(teacher_dir)
+    run = setup(tiny_pvd(teacher_cache=3), teacher)
+    assert len(run.cache) == 3
+    import sdtoolkit.nerf.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "teacher_points", lambda *a: pytest.fail("the teacher was queried"))
+    seen = []
+    monkeypatch.setattr(run.nerf.field, "features", lambda x, f=run.nerf.field.features: seen.append(x) or f(x))
+    for _ in range(4):
+        training_step(run)
+    assert seen[3] is run.cache[0][1].positions and seen[1] is run.cache[1][1].positions
+    monkeypatch.undo()
+    straight = convert(tiny_pvd(teacher_cache=3), teacher_dir, tmp_path / "a", progress=False, export_outputs=False)
+    assert straight["steps"] == 6
+    assert convert(tiny_pvd(teacher_cache=3), teacher_dir, tmp_path / "b", progress=False, stop_at=4)["stopped"]
+    convert(tiny_pvd(teacher_cache=3), teacher_dir, tmp_path / "b", progress=False, resume=True, export_outputs=False)
+    a, _ = load_nerf_asset(tmp_path / "a")
+    b, _ = load_nerf_asset(tmp_path / "b")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
 @pytest.mark.parametrize(
     "stage, term", [(1, "loss_feature"), (2, "loss_density"), (2, "loss_colour"), (3, "loss_rgb")]
 )
@@ -169,6 +265,7 @@ def test_density_is_clipped_before_it_is_compared(teacher_dir):
     losses = []
     for raw_density in (2000.0, 5000.0):  # log sigma 7.6 and 8.5
         points.raw[:, 0] = raw_density
+        points.log_density = teacher.field.log_density(points.raw, points.positions)
         losses.append(
             float(pvd_losses(config, 0, student, teacher, points, torch.ones(1, 3))["loss_density"].detach())
         )

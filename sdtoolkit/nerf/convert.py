@@ -28,10 +28,12 @@ from sdtoolkit.nerf.pvd import (
     PVDConfig,
     build_student,
     learning_rate,
+    own_render_loss,
     pvd_losses,
     random_rays,
     stage_of,
     teacher_points,
+    teacher_ray_colours,
 )
 from sdtoolkit.runs import (
     RunDiverged,
@@ -133,7 +135,10 @@ def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
 
 def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
     """`config` as it applies to `teacher`: a teacher whose volume features are not comparable with the student's
-    (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0)."""
+    (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0); a teacher
+    whose samples partition its rays (nerfacto's proposal sampler) passes no occupancy grid to the student."""
+    if getattr(teacher, "samples_partition_rays", False):
+        config = dataclasses.replace(config, inherit_occupancy=False, student_samples="own")
     if getattr(teacher.field, "comparable_features", True):
         return config
     if config.inherit_decoder:
@@ -155,6 +160,8 @@ class ConvertRun:
     guidance: object = None
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    cache: list = field(default_factory=list)
+    """`PVDConfig.teacher_cache` batches of (rays, teacher points, teacher ray colours), drawn once."""
 
 
 def setup(config: PVDConfig, teacher: NeRF, background=(1.0, 1.0, 1.0)) -> ConvertRun:
@@ -166,16 +173,37 @@ def setup(config: PVDConfig, teacher: NeRF, background=(1.0, 1.0, 1.0)) -> Conve
     student = build_student(config, teacher)
     optimizer = torch.optim.Adam(student.field.parameters(), lr=config.lr, betas=(0.9, 0.99), eps=1e-15)
     bg = torch.as_tensor(background, dtype=torch.float32, device=teacher.device)
-    return ConvertRun(config, teacher, student, optimizer, generator, bg)
+    run = ConvertRun(config, teacher, student, optimizer, generator, bg)
+    if config.teacher_cache:
+        cache_generator = torch.Generator().manual_seed(config.seed + 1)
+        run.cache = [teacher_batch(run, cache_generator) for _ in range(config.teacher_cache)]
+    return run
+
+
+def teacher_batch(run: ConvertRun, generator: torch.Generator) -> tuple:
+    """Random rays, the teacher's points on them and, when stage 3 renders the student with its own samples, the
+    teacher's ray colours."""
+    rays = random_rays(run.config, generator, run.teacher.device)
+    points = teacher_points(run.teacher, rays, generator, run.config.empty_fraction)
+    colours = None
+    if run.config.student_samples == "own":
+        colours = teacher_ray_colours(points, len(rays), run.background[None])
+    return rays, points, colours
 
 
 def training_step(run: ConvertRun) -> dict[str, float]:
     """One PVD step on fresh random rays; returns its logs."""
-    rays = random_rays(run.config, run.generator, run.teacher.device)
-    points = teacher_points(run.teacher, rays, run.generator, run.config.empty_fraction)
-    logs: dict[str, float] = {"stage": float(stage_of(run.config, run.step)), "points": float(len(points.positions))}
+    if run.cache:
+        rays, points, colours = run.cache[run.step % len(run.cache)]
+    else:
+        rays, points, colours = teacher_batch(run, run.generator)
+    stage = stage_of(run.config, run.step)
+    logs: dict[str, float] = {"stage": float(stage), "points": float(len(points.positions))}
     if points.samples is not None and len(points.positions):
         losses = pvd_losses(run.config, run.step, run.nerf, run.teacher, points, run.background[None].expand(-1, 3))
+        if stage == 3 and run.config.student_samples == "own":
+            run.nerf.update_occupancy(run.step, run.generator)
+            losses["loss_rgb"] = own_render_loss(run.config, run.nerf, rays, colours, run.background, run.generator)
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(run.config, run.step)
         run.optimizer.zero_grad(set_to_none=True)

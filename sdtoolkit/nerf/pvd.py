@@ -57,6 +57,8 @@ class PVDConfig:
         "loss_feature": NON_NEGATIVE,
         "feature_decay": FRACTION,
         "empty_fraction": FRACTION,
+        "student_samples": OneOf("teacher", "own"),
+        "teacher_cache": NON_NEGATIVE,
         "loss_density": NON_NEGATIVE,
         "loss_colour": NON_NEGATIVE,
         "loss_rgb": NON_NEGATIVE,
@@ -110,7 +112,22 @@ class PVDConfig:
     hidden behind a surface) at which the student is also queried, for the feature and density losses, so that it
     learns where the teacher is empty. The reference samples only occupied cells and renders the student with the
     teacher's grid (`inherit_occupancy`); without these points a student keeps its initial density wherever the
-    teacher's grid is empty, which shows once it renders with a grid of its own. 0: kept samples only."""
+    teacher's grid is empty, which shows once it renders with a grid of its own. 0: kept samples only. For a
+    teacher whose samples partition each ray (nerfacto's proposal sampler), the points are instead this share of
+    its samples per ray drawn uniformly along the ray, with the density of the teacher's interval that holds each
+    (`interval_points`)."""
+    student_samples: str = "teacher"
+    """Where stage 3 renders the student. 'teacher': composited at the teacher's kept samples, on the teacher's
+    intervals (PVD). 'own': along the whole ray with the student's own sampler and occupancy grid (refreshed from
+    its density every `occupancy_update_every` steps, as in text-to-3D), against the teacher's rendered colour, so
+    that everything the student would render on the ray is supervised, not only the teacher's samples. A teacher
+    whose samples partition its rays (nerfacto) gets 'own': composited at nerfacto's 32 samples per ray the student
+    keeps density between them, which its own renders show (benchmarks/RESULTS.md, PVD and nerfstudio)."""
+    teacher_cache: int = 0
+    """0: fresh teacher points every step (PVD). N > 0: N batches of rays and teacher points are drawn once, before
+    step 0 (with a generator seeded by `seed`, so a resumed run redraws the same ones), and step k uses batch k mod
+    N. For a teacher whose queries dominate the step (a nerfacto teacher: its proposal networks, then its field in
+    seven directions per sample; about 90 % of the step on the CPU) this trades fresh rays for speed."""
     inherit_occupancy: bool = True
     """The converted student renders with the teacher's occupancy grid (PVD's `inherited_params`: the student
     marches the teacher's occupied cells); False: a grid rebuilt from the student's own density."""
@@ -203,11 +220,14 @@ class TeacherPoints:
     num_kept: int
     """How many of `positions` are kept samples (the ones the renderer composites)."""
     features: Tensor
-    """Teacher volume features `[P, hidden_dim]`."""
+    """Teacher volume features `[F, hidden_dim]` at the first F of `positions` (all of them, or the kept samples
+    where the extra points come from `interval_points`)."""
     raw: Tensor
-    """Teacher decoder outputs `[P, 1 + 3 + K]`."""
+    """Teacher decoder outputs `[F, 1 + 3 + K]` at the same points."""
     density: Tensor
     """Teacher sigma `[P]` (unclipped, as it renders)."""
+    log_density: Tensor
+    """Teacher log sigma `[P]` (unclipped), the quantity PVD clips and compares."""
 
 
 @torch.no_grad()
@@ -217,13 +237,24 @@ def teacher_points(
     """Runs the teacher's collider and sampler (`NeRF.sample_along`, stratified) on `rays` and evaluates the teacher
     at the kept samples and at a random `empty_fraction` of the pruned ones."""
     rays = teacher.collider(rays)
-    hit, sub, samples, _, keep = teacher.sample_along(rays, generator, stratified=True)
+    hit, sub, samples, densities, keep = teacher.sample_along(rays, generator, stratified=True)
     if samples is None:
         empty = torch.zeros(0, 3, device=rays.origins.device)
-        return TeacherPoints(sub, hit, None, None, empty, 0, empty, empty, empty[:, 0])
+        return TeacherPoints(sub, hit, None, None, empty, 0, empty, empty, empty[:, 0], empty[:, 0])
     all_positions = samples.positions(sub)
     positions = all_positions[keep]
     num_kept = len(positions)
+    if empty_fraction > 0 and getattr(teacher, "samples_partition_rays", False):
+        count = max(1, round(empty_fraction * samples.starts.shape[1]))
+        extra, extra_density = interval_points(samples, sub, densities, count, generator)
+        features = teacher.field.features(positions)
+        raw = teacher.field.decode(features)
+        # the teacher as it renders: sigma constant over each of its intervals, zero outside them; only the density
+        # is compared at these points (features and colour: at the kept samples)
+        density = torch.cat([teacher.field.activate_density(raw, positions), extra_density])
+        log_density = torch.cat([teacher.field.log_density(raw, positions), torch.log(extra_density.clamp_min(1e-30))])
+        positions = torch.cat([positions, extra])
+        return TeacherPoints(sub, hit, samples, keep, positions, num_kept, features, raw, density, log_density)
     if empty_fraction > 0:
         pruned = all_positions[~keep]
         chosen = torch.rand(len(pruned), generator=generator).to(pruned.device) < empty_fraction
@@ -231,7 +262,28 @@ def teacher_points(
     features = teacher.field.features(positions)
     raw = teacher.field.decode(features)
     density = teacher.field.activate_density(raw, positions)
-    return TeacherPoints(sub, hit, samples, keep, positions, num_kept, features, raw, density)
+    log_density = teacher.field.log_density(raw, positions)
+    return TeacherPoints(sub, hit, samples, keep, positions, num_kept, features, raw, density, log_density)
+
+
+def interval_points(
+    samples, rays: RayBundle, densities: Tensor, count: int, generator: torch.Generator
+) -> tuple[Float[Tensor, "N 3"], Float[Tensor, " N"]]:
+    """`count` uniform random points on each ray between its near and far, and the density the teacher renders
+    there: the density sigma_i of the sample interval [t_i, t_i+1) that holds the point (volume rendering takes
+    sigma constant over each interval, Max 1995 / Mildenhall et al. 2020, Eq. 3), 0 outside every interval. For a
+    teacher whose own samples partition the ray (a proposal sampler's), this is its volume exactly as its renders
+    see it, everywhere on the ray, not only at its samples."""
+    n = len(rays)
+    u = torch.rand(n, count, generator=generator).to(rays.origins)
+    t = rays.nears[:, None] + (rays.fars - rays.nears)[:, None] * u
+    index = torch.searchsorted(samples.ends.contiguous(), t, right=True)  # first interval ending after t
+    inside = index < samples.ends.shape[1]
+    index = index.clamp_max(samples.ends.shape[1] - 1)
+    inside &= samples.starts.gather(1, index) <= t
+    sigma = torch.where(inside, densities.gather(1, index), torch.zeros_like(t))
+    positions = rays.origins[:, None, :] + rays.directions[:, None, :] * t[..., None]
+    return positions.reshape(-1, 3), sigma.reshape(-1)
 
 
 def composite(points: TeacherPoints, density: Tensor, rgb: Tensor, background: Tensor) -> Tensor:
@@ -257,24 +309,49 @@ def pvd_losses(
     losses = {}
     weight = feature_weight(config, step)
     if weight > 0 or stage == 1:
-        losses["loss_feature"] = weight * norm_l2(features, points.features)
+        losses["loss_feature"] = weight * norm_l2(features[: len(points.features)], points.features)
     if stage == 1:
         return losses
     raw = student.field.decode(features)
     student_log = clip_log_density(student.field.log_density(raw, points.positions), config.density_clip)
-    teacher_log = clip_log_density(teacher.field.log_density(points.raw, points.positions), config.density_clip)
+    teacher_log = clip_log_density(points.log_density, config.density_clip)
     losses["loss_density"] = config.loss_density * norm_l2(student_log[:, None], teacher_log[:, None])
     student_rgb = torch.sigmoid(raw[..., 1:4])
     kept = points.num_kept  # colour only where the teacher renders it (empty space has no meaningful colour)
     teacher_rgb = torch.sigmoid(points.raw[..., 1:4])
     losses["loss_colour"] = config.loss_colour * norm_l2(student_rgb[:kept], teacher_rgb[:kept])
-    if stage == 3:
+    if stage == 3 and config.student_samples == "teacher":
         density = student.field.activate_density(raw, points.positions)
         student_colour = composite(points, density, student_rgb, background)
         with torch.no_grad():
             teacher_colour = composite(points, points.density, teacher_rgb, background)
         losses["loss_rgb"] = config.loss_rgb * norm_l2(student_colour, teacher_colour)
     return losses
+
+
+@torch.no_grad()
+def teacher_ray_colours(points: TeacherPoints, num_rays: int, background: Tensor) -> Float[Tensor, "R 3"]:
+    """The teacher's rendered colour of every drawn ray (its composite at its kept samples; the background for a
+    ray that misses the scene bound)."""
+    colours = background.expand(num_rays, 3).clone()
+    if points.samples is not None:
+        rgb = torch.sigmoid(points.raw[: points.num_kept, 1:4])
+        colours[points.hit] = composite(points, points.density, rgb, background.expand(len(points.hit), 3))
+    return colours
+
+
+def own_render_loss(
+    config: PVDConfig,
+    student: NeRF,
+    rays: RayBundle,
+    teacher_colours: Tensor,
+    background: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """Stage 3 with `student_samples='own'`: the student renders the rays as it will be rendered (its collider,
+    sampler and occupancy grid, stratified), compared with the teacher's rendered colours by PVD's `normL2`."""
+    rgb = student.render_rays(rays, background, generator)["rgb"]
+    return config.loss_rgb * norm_l2(rgb, teacher_colours)
 
 
 def build_student(config: PVDConfig, teacher: NeRF) -> NeRF:

@@ -197,6 +197,12 @@ class ProposalSampledNeRF(NeRF):
     which sdtoolkit's sampler would render (a nerfacto at 34-36 dB in nerfstudio's eval rendered at 23 dB that
     way). PVD queries the student at the teacher's own samples, so these are the samples it must see."""
 
+    samples_partition_rays = True
+    """nerfacto's samples are contiguous intervals that cover the ray: between them the teacher renders nothing, and
+    inside each it renders one density. PVD supervises the student's density at uniform points along the ray
+    with those values (`sdtoolkit.nerf.pvd.interval_points`), and the student builds its own occupancy grid (the
+    teacher's, from nerfacto's density off its samples, means nothing)."""
+
     def __init__(self, config: NeRFConfig, model: nn.Module, transform: Tensor, scale: float):
         super().__init__(config)
         self.ns_model = model.eval().requires_grad_(False)
