@@ -111,16 +111,25 @@ def run_pvd(
     stage_fractions: tuple[float, float] = (2000 / 30000, 5000 / 30000),
     teacher_cache: int = 0,
     loss_points: float = 0.002,
+    occupancy_pruning: str = "exact",
 ):
     """One PVD run of `seconds` wall time, the cache's drawing included; returns (curve, steps, config)."""
     teacher, stored = load_nerf_asset(teacher_dir)
     probe_batches = min(teacher_cache, 10)
     probe_config = PVDConfig(
-        to=to, steps=10**9, stage1_steps=0, stage2_steps=0, rays_per_step=rays_per_step, teacher_cache=probe_batches
+        to=to,
+        steps=10**9,
+        stage1_steps=0,
+        stage2_steps=0,
+        rays_per_step=rays_per_step,
+        teacher_cache=probe_batches,
+        occupancy_pruning=occupancy_pruning,
     )
     start = time.perf_counter()
     probe = setup(teacher_config(probe_config, teacher), teacher)
     cache_seconds = (time.perf_counter() - start) * teacher_cache / max(probe_batches, 1) if teacher_cache else 0.0
+    for _ in range(10):  # a fresh student renders more samples than a fitted one: its first steps are not timed
+        training_step(probe)
     start = time.perf_counter()
     for _ in range(10):  # calibrate the step time in stage 3 (the most expensive), to place the stages
         training_step(probe)
@@ -135,6 +144,7 @@ def run_pvd(
         teacher_cache=teacher_cache,
         loss_density=loss_points,
         loss_colour=loss_points,
+        occupancy_pruning=occupancy_pruning,
     )
     config = teacher_config(config, teacher)  # a nerfstudio teacher: no feature loss, no feature-only stage
     start = time.perf_counter()
@@ -192,6 +202,12 @@ def main() -> None:
         type=float,
         default=0.002,
         help="PVDConfig.loss_density and loss_colour, the weights of the per-point losses (PVD: 0.002)",
+    )
+    parser.add_argument(
+        "--occupancy-pruning",
+        default="exact",
+        choices=["exact", "cached"],
+        help="NeRFConfig.occupancy_pruning of the PVD students and the from-scratch fits alike",
     )
     parser.add_argument("--evals", type=int, default=8, help="PSNR measurements per run, evenly spaced in time")
     parser.add_argument("--out", default="/tmp/pvd_bench")
@@ -274,10 +290,11 @@ def main() -> None:
                 fractions,
                 args.teacher_cache,
                 args.loss_points,
+                args.occupancy_pruning,
             )
             for fractions in variants
         ]
-        student_config = NeRFConfig(representation=to)
+        student_config = NeRFConfig(representation=to, occupancy_pruning=args.occupancy_pruning)
         torch.manual_seed(0)
         scratch = NeRF(student_config)
         scratch_curve, scratch_steps = fit_photometric(

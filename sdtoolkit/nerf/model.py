@@ -47,6 +47,8 @@ class NeRFConfig:
         "chunk": AT_LEAST_1,
         "occupancy_resolution": NON_NEGATIVE,
         "occupancy_update_every": AT_LEAST_1,
+        "occupancy_pruning": OneOf("cached", "exact"),
+        "occupancy_threshold": NON_NEGATIVE,
         "shading": OneOf(*SHADINGS),
     }
 
@@ -79,6 +81,17 @@ class NeRFConfig:
     """Cells per axis of the occupancy grid that replaces the no-grad pass (0 = evaluate the field instead)."""
     occupancy_update_every: int = 16
     """Refresh period of the occupancy grid in optimisation steps (Instant-NGP: 16)."""
+    occupancy_pruning: str = "cached"
+    """What the no-grad pass prunes with. 'cached': the grid's cached density (a decayed maximum over each cell)
+    stands for the field's density at every sample, for both the opacity and the transmittance tests. 'exact':
+    the grid only skips samples in cells whose cached density is at most `occupancy_threshold`, and the field's own
+    density (no gradient) at the other samples decides the pruning, as nerfacc's `OccGridEstimator.sampling` does
+    with a `sigma_fn`. The cached maximum overstates a sharp surface across its whole cell, so 'cached' prunes the
+    samples behind a cell's front face although the surface may lie deeper; photometric and PVD fits of the mlp,
+    tensorf and voxel fronts then lose the surface and diverge (benchmarks/RESULTS.md, PVD and nerfstudio, third
+    round). 'exact' costs one no-grad field pass over the occupied cells' samples."""
+    occupancy_threshold: float = 0.01
+    """Density at or below which a cell counts as empty for 'exact' pruning (nerfacc's `occ_thre`: 0.01)."""
     shading: str = "albedo"
     """'albedo' (the field's colour as it is: DreamFusion's "albedo" mode, any shading baked in) or 'lambert' (the
     colour is an albedo shaded by the shapes world's own light, albedo (ambient + diffuse max(0, n . l)) with the
@@ -122,6 +135,10 @@ class NeRF(nn.Module):
             if not bool(self.occupancy.initialised):
                 self.update_occupancy(0, force=True)
             densities = self.occupancy.query(positions)
+            if self.config.occupancy_pruning == "exact":
+                occupied = densities > self.config.occupancy_threshold
+                densities = torch.zeros_like(densities)
+                densities[occupied] = self.exact_densities(positions[occupied])
             # the grid caches the density under the region prior it was updated with (a layout's union of boxes);
             # a prior that removes more for this render (one box alone) must remove it from the cached values too,
             # or matter it hides would still prune the samples behind it
