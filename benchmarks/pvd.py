@@ -44,7 +44,7 @@ from sdtoolkit.nerf.convert import (
     teacher_config,
     training_step,
 )
-from sdtoolkit.nerf.pvd import PVDConfig
+from sdtoolkit.nerf.pvd import PVDConfig, stage_of
 from sdtoolkit.nerf.representations import REPRESENTATIONS
 
 
@@ -150,16 +150,22 @@ def run_pvd(
     start = time.perf_counter()
     run = setup(config, teacher)  # draws the teacher cache: part of the conversion's time
     curve, elapsed, next_eval = [], time.perf_counter() - start, eval_every
-    while elapsed < seconds and run.step < steps:
+    cache_elapsed = elapsed
+    while elapsed < seconds and run.step < config.steps:
         start = time.perf_counter()
         training_step(run)
         elapsed += time.perf_counter() - start
-        if elapsed >= next_eval or elapsed >= seconds or run.step == steps:
+        if elapsed >= next_eval or elapsed >= seconds or run.step == config.steps:
             from sdtoolkit.nerf.convert import refresh_occupancy
 
             refresh_occupancy(run.nerf, teacher=teacher if config.inherit_occupancy else None)
             curve.append((round(elapsed, 1), evaluate(run.nerf)))
             next_eval += eval_every
+            if stage_of(config, run.step) == 3 and elapsed < seconds:
+                # re-plan the step budget from the measured step time, so that the run fills its wall time (a
+                # fresh student's steps are slower than a fitted one's: the calibration overestimates them)
+                per_step = (elapsed - cache_elapsed) / run.step
+                config.steps = max(run.step + 1, run.step + int((seconds - elapsed) / per_step))
     return curve, run.step, config
 
 
