@@ -316,6 +316,8 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
         "2",
         "--eval-views",
         "2",
+        "--teacher-cache",
+        "2",
         "--quiet",
     ]
     assert main(args) == 0
@@ -323,9 +325,10 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
     assert summary["to"] == "mlp" and summary["steps"] == 6 and len(summary["psnr_views"]) == 2
     for name in ("checkpoint.safetensors", "config.json", "summary.json", "comparison.png", "mesh.glb"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "config.json").read_text())["pvd"]["to"] == "mlp"
+    resolved = json.loads((out / "config.json").read_text())["pvd"]
+    assert resolved["to"] == "mlp" and resolved["teacher_cache"] == 2 and resolved["occupancy_pruning"] == "exact"
     student, _ = load_nerf_asset(out)  # the converted asset is itself a teacher
-    assert student.config.representation == "mlp"
+    assert student.config.representation == "mlp" and student.config.occupancy_pruning == "exact"
     assert main(args) == 2  # a second run does not clobber the first
     assert "already holds a convert-nerf run" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
