@@ -111,7 +111,7 @@ def run_pvd(
     stage_fractions: tuple[float, float] = (2000 / 30000, 5000 / 30000),
     teacher_cache: int = 0,
     loss_points: float = 0.002,
-    occupancy_pruning: str = "exact",
+    occupancy_pruning: str = "auto",
 ):
     """One PVD run of `seconds` wall time, the cache's drawing included; returns (curve, steps, config)."""
     teacher, stored = load_nerf_asset(teacher_dir)
@@ -211,9 +211,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--occupancy-pruning",
+        default="auto",
+        choices=["auto", "exact", "cached"],
+        help="PVDConfig.occupancy_pruning of the PVD students ('auto': as they are trained)",
+    )
+    parser.add_argument(
+        "--scratch-pruning",
         default="exact",
         choices=["exact", "cached"],
-        help="NeRFConfig.occupancy_pruning of the PVD students and the from-scratch fits alike",
+        help="NeRFConfig.occupancy_pruning of the from-scratch fits ('cached' made mlp/tensorf/voxel fits collapse)",
     )
     parser.add_argument("--evals", type=int, default=8, help="PSNR measurements per run, evenly spaced in time")
     parser.add_argument("--out", default="/tmp/pvd_bench")
@@ -300,7 +306,7 @@ def main() -> None:
             )
             for fractions in variants
         ]
-        student_config = NeRFConfig(representation=to, occupancy_pruning=args.occupancy_pruning)
+        student_config = NeRFConfig(representation=to, occupancy_pruning=args.scratch_pruning)
         torch.manual_seed(0)
         scratch = NeRF(student_config)
         scratch_curve, scratch_steps = fit_photometric(

@@ -178,6 +178,9 @@ def test_a_teacher_whose_samples_partition_its_rays_supervises_uniform_points(te
     torch.testing.assert_close(points.log_density[points.num_kept :][sigma > 0], sigma[sigma > 0].log())
     assert len(points.features) == len(points.raw) == points.num_kept  # colour and features: kept samples only
     assert config.student_samples == "own"  # stage 3 renders the student along the whole ray (`own_render_loss`)
+    assert build_student(config, teacher).config.occupancy_pruning == "exact"  # its own samples, its own density
+    assert build_student(tiny_pvd(), teacher).config.occupancy_pruning == teacher.config.occupancy_pruning
+    assert build_student(tiny_pvd(occupancy_pruning="exact"), teacher).config.occupancy_pruning == "exact"
     losses = pvd_losses(config, 5, build_student(config, teacher), teacher, points, torch.ones(1, 3))
     assert set(losses) == {"loss_feature", "loss_density", "loss_colour"}
     assert all(torch.isfinite(v) for v in losses.values())
@@ -326,9 +329,10 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
     for name in ("checkpoint.safetensors", "config.json", "summary.json", "comparison.png", "mesh.glb"):
         assert (out / name).is_file(), name
     resolved = json.loads((out / "config.json").read_text())["pvd"]
-    assert resolved["to"] == "mlp" and resolved["teacher_cache"] == 2 and resolved["occupancy_pruning"] == "exact"
+    assert resolved["to"] == "mlp" and resolved["teacher_cache"] == 2 and resolved["occupancy_pruning"] == "auto"
     student, _ = load_nerf_asset(out)  # the converted asset is itself a teacher
-    assert student.config.representation == "mlp" and student.config.occupancy_pruning == "exact"
+    # taught at the teacher's samples, it renders with the teacher's grid and its pruning
+    assert student.config.representation == "mlp" and student.config.occupancy_pruning == "cached"
     assert main(args) == 2  # a second run does not clobber the first
     assert "already holds a convert-nerf run" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0

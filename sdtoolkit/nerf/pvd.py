@@ -59,7 +59,7 @@ class PVDConfig:
         "empty_fraction": FRACTION,
         "student_samples": OneOf("teacher", "own"),
         "teacher_cache": NON_NEGATIVE,
-        "occupancy_pruning": OneOf("cached", "exact"),
+        "occupancy_pruning": OneOf("auto", "cached", "exact"),
         "loss_density": NON_NEGATIVE,
         "loss_colour": NON_NEGATIVE,
         "loss_rgb": NON_NEGATIVE,
@@ -129,13 +129,15 @@ class PVDConfig:
     step 0 (with a generator seeded by `seed`, so a resumed run redraws the same ones), and step k uses batch k mod
     N. For a teacher whose queries dominate the step (a nerfacto teacher: its proposal networks, then its field in
     seven directions per sample; about 90 % of the step on the CPU) this trades fresh rays for speed."""
-    occupancy_pruning: str = "exact"
+    occupancy_pruning: str = "auto"
     """The student's `NeRFConfig.occupancy_pruning`, how its occupancy grid prunes samples when it renders (in
-    stage 3 with `student_samples='own'`, in the evaluation and in the exported asset): 'exact' (the grid skips empty
-    cells, the field's own density prunes the rest) or 'cached' (the grid's cell maximum stands for the density;
-    the teacher's setting before). With 'cached', photometric and PVD fits of the mlp and tensorf fronts reached
-    about 34 dB and then fell to 17-28 dB; with 'exact' they did not (benchmarks/RESULTS.md, PVD and nerfstudio,
-    third round)."""
+    stage 3 with `student_samples='own'`, in the evaluation and in the exported asset). 'auto': as it was trained.
+    With `student_samples='teacher'` the student learns the teacher's values at the teacher's samples and renders
+    with the teacher's grid, so it keeps the teacher's setting and renders at the samples it was taught (with
+    'exact' instead, from a hash teacher: mlp 38.5 and tensorf 39.0 dB against 43.9 and 50.6). With 'own' it
+    renders its own samples, and 'exact' (the grid skips empty cells, the field's own density prunes the rest)
+    keeps its fit from collapsing: with 'cached', mlp and tensorf fits reached about 34 dB and fell to 17-28 dB
+    (benchmarks/RESULTS.md, PVD and nerfstudio, third round)."""
     inherit_occupancy: bool = True
     """The converted student renders with the teacher's occupancy grid (PVD's `inherited_params`: the student
     marches the teacher's occupied cells); False: a grid rebuilt from the student's own density."""
@@ -362,6 +364,13 @@ def own_render_loss(
     return config.loss_rgb * norm_l2(rgb, teacher_colours)
 
 
+def student_pruning(config: PVDConfig, teacher: NeRF) -> str:
+    """The student's occupancy pruning: `config.occupancy_pruning`, 'auto' resolved (see there)."""
+    if config.occupancy_pruning != "auto":
+        return config.occupancy_pruning
+    return "exact" if config.student_samples == "own" else teacher.config.occupancy_pruning
+
+
 def build_student(config: PVDConfig, teacher: NeRF) -> NeRF:
     """A fresh student of representation `config.to` with the teacher's field settings (bound, density blob,
     decoder width: the features must have the teacher's width), collider and sampling."""
@@ -369,7 +378,7 @@ def build_student(config: PVDConfig, teacher: NeRF) -> NeRF:
 
     nerf_config = copy.deepcopy(teacher.config)
     nerf_config.representation = config.to
-    nerf_config.occupancy_pruning = config.occupancy_pruning
+    nerf_config.occupancy_pruning = student_pruning(config, teacher)
     nerf_config.mlp, nerf_config.tensorf, nerf_config.voxel = (
         copy.deepcopy(config.mlp),
         copy.deepcopy(config.tensorf),
