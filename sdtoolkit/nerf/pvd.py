@@ -134,7 +134,7 @@ class PVDConfig:
     stage 3 with `student_samples='own'`, in the evaluation and in the exported asset). 'auto': as it was trained.
     With `student_samples='teacher'` the student learns the teacher's values at the teacher's samples and renders
     with the teacher's grid, so it keeps the teacher's setting and renders at the samples it was taught (with
-    'exact' instead, from a hash teacher: mlp 38.5 and tensorf 39.0 dB against 43.9 and 50.6). With 'own' it
+    'exact' instead, from a hash teacher: mlp 38.5 and tensorf 39.0 dB against 44.3 and 50.5). With 'own' it
     renders its own samples, and 'exact' (the grid skips empty cells, the field's own density prunes the rest)
     keeps its fit from collapsing: with 'cached', mlp and tensorf fits reached about 34 dB and fell to 17-28 dB
     (benchmarks/RESULTS.md, PVD and nerfstudio, third round)."""

@@ -111,17 +111,16 @@ def allow_lpips_offline() -> bool:
         def forward(self, *args, **kwargs):
             return torch.tensor(float("nan"))
 
-    weights = os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_WEIGHTS)
-
     def nan_metric(reason: str) -> NaNMetric:
         warnings.warn(
             f"LPIPS is NaN in this run: its AlexNet weights are not cached and {reason}; put {ALEXNET_WEIGHTS} "
-            f"(torchvision's AlexNet weights) in {os.path.dirname(weights)} to enable it",
+            f"(torchvision's AlexNet weights) in {os.path.join(torch.hub.get_dir(), 'checkpoints')} to enable it",
             stacklevel=3,
         )
         return NaNMetric()
 
     def lpips_or_nan(*args, **kwargs):
+        weights = os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_WEIGHTS)  # where torchvision looks now
         if _offline() and not os.path.exists(weights):
             return nan_metric("this process is offline (HF_HUB_OFFLINE), so no download was tried")
         try:
