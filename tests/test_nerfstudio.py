@@ -105,6 +105,35 @@ def test_teacher_is_the_nerfstudio_field_at_the_same_points(run_dir):
     assert torch.allclose(teacher.field.get_density(points), 0.5 * expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_nerfstudio_teacher_renders_and_teaches_the_colour_along_each_ray(run_dir):
+    """nerfacto's colour depends on the view. Along a ray the teacher gives nerfacto's colour for that ray's
+    direction (`forward_along`), in its renders and in PVD's points, so that PVD's rendered-colour target is the
+    teacher's own render."""
+    from sdtoolkit.nerf.colliders import RayBundle
+    from sdtoolkit.nerf.pvd import teacher_points, teacher_ray_colours
+
+    model = tiny_nerfacto()
+    teacher, _ = load_nerf_asset(run_dir)
+    points = torch.rand(50, 3) * 1.4 - 0.7
+    seen = []
+    for direction in (torch.tensor([1.0, 0, 0]), torch.tensor([0, 0.6, -0.8])):
+        _, rgb = direct(model, points, direction)
+        torch.testing.assert_close(teacher.field.forward_along(points, direction.expand(50, 3))["rgb"], rgb)
+        seen.append(rgb)
+    assert (seen[0] - seen[1]).abs().max() > 1e-3  # the colour does depend on the view
+    generator = torch.Generator().manual_seed(1)
+    origins = torch.nn.functional.normalize(torch.randn(12, 3, generator=generator), dim=-1) * 2.8
+    rays = RayBundle(origins, torch.nn.functional.normalize(-origins, dim=-1))
+    points = teacher_points(teacher, rays, generator)
+    kept = points.positions[: points.num_kept]
+    directions = points.rays.directions[:, None, :].expand(*points.keep.shape, 3)[points.keep]
+    expected = teacher.field.forward_along(kept, directions)["rgb"]
+    torch.testing.assert_close(torch.sigmoid(points.raw[:, 1:4]), expected, atol=2e-4, rtol=0)
+    rendered = teacher.render_rays(rays, torch.ones(3), stratified=False)["rgb"]
+    torch.testing.assert_close(teacher_ray_colours(points, 12, torch.ones(1, 3)), rendered, atol=2e-4, rtol=0)
+    assert (rendered < 0.99).any()  # the rays see matter
+
+
 def test_a_nerfacto_teacher_samples_rays_with_nerfactos_proposal_sampler(run_dir):
     """PVD queries the student at the teacher's own samples: for nerfacto those of its proposal sampler (its field
     is trained only there). The teacher's samples, mapped into the run's frame (scale 0.5 and a shift), are the

@@ -238,6 +238,9 @@ class NeRF(nn.Module):
     ) -> tuple[dict[str, Tensor], Tensor]:
         positions = samples.positions(rays)[keep]
         if not compute_normals:
+            along = getattr(self.field, "forward_along", None)  # a view-dependent field (a nerfstudio teacher's)
+            if along is not None:
+                return along(positions, rays.directions[:, None, :].expand(*keep.shape, 3)[keep]), positions
             return self.field(positions), positions
         training = torch.is_grad_enabled()
         with torch.enable_grad():  # (a no-grad render, e.g. a turntable, still needs the gradient in x)

@@ -252,12 +252,13 @@ def teacher_points(
         empty = torch.zeros(0, 3, device=rays.origins.device)
         return TeacherPoints(sub, hit, None, None, empty, 0, empty, empty, empty[:, 0], empty[:, 0])
     all_positions = samples.positions(sub)
-    positions = all_positions[keep]
+    all_directions = sub.directions[:, None, :].expand_as(all_positions)
+    positions, directions = all_positions[keep], all_directions[keep]
     num_kept = len(positions)
     if empty_fraction > 0 and getattr(teacher, "samples_partition_rays", False):
         count = max(1, round(empty_fraction * samples.starts.shape[1]))
         extra, extra_density = interval_points(samples, sub, densities, count, generator)
-        features = teacher.field.features(positions)
+        features = _teacher_features(teacher, positions, directions)
         raw = teacher.field.decode(features)
         # the teacher as it renders: sigma constant over each of its intervals, zero outside them; only the density
         # is compared at these points (features and colour: at the kept samples)
@@ -269,11 +270,19 @@ def teacher_points(
         pruned = all_positions[~keep]
         chosen = torch.rand(len(pruned), generator=generator).to(pruned.device) < empty_fraction
         positions = torch.cat([positions, pruned[chosen]])
-    features = teacher.field.features(positions)
+        directions = torch.cat([directions, all_directions[~keep][chosen]])
+    features = _teacher_features(teacher, positions, directions)
     raw = teacher.field.decode(features)
     density = teacher.field.activate_density(raw, positions)
     log_density = teacher.field.log_density(raw, positions)
     return TeacherPoints(sub, hit, samples, keep, positions, num_kept, features, raw, density, log_density)
+
+
+def _teacher_features(teacher: NeRF, positions: Tensor, directions: Tensor) -> Tensor:
+    """The teacher's volume features at points of rays; a view-dependent field (a nerfstudio teacher's) gives its
+    colour as seen along each point's ray (`features_along`), as its renders show it."""
+    along = getattr(teacher.field, "features_along", None)
+    return teacher.field.features(positions) if along is None else along(positions, directions)
 
 
 def interval_points(

@@ -18,8 +18,10 @@ those samples fall. Differences from an sdtoolkit teacher, on purpose:
 
 - the features of a nerfstudio field are not the student's (another architecture and width), so there is no
   feature stage: `convert` runs PVD's stages 2 and 3 (density and colour at the points, then rendered colour);
-- sdtoolkit fields are view-independent (albedo); the teacher's colour at a point is its mean over the six axis
-  view directions (`VIEW_DIRECTIONS`), the view-independent colour a student can match;
+- sdtoolkit fields are view-independent (albedo); along a ray (its renders, PVD's points) the teacher's colour is
+  nerfstudio's for that ray's direction (`NerfstudioField.features_along`), so a student fitted over many rays
+  learns the mean over the directions they saw; at a bare point (mesh vertex colours) it is the mean over the six
+  axis view directions (`VIEW_DIRECTIONS`);
 - world points map to the run's frame through `dataparser_transforms.json` (p_ns = scale (R p + t)), densities back
   by the scale (sigma = scale sigma_ns); without that file the frames are the same. sdtoolkit's frame has the object
   at the origin inside the cube [-1, 1]^3 (+z up), as the renders of `sdtoolkit.data.render` have it.
@@ -142,32 +144,50 @@ class NerfstudioField(nn.Module):
         return RaySamples(frustums=frustums, camera_indices=torch.zeros(n, 1, 1, dtype=torch.long))
 
     @torch.no_grad()
-    def _query(self, positions: Tensor, colour: bool = True) -> tuple[Tensor, Tensor | None]:
-        """(sigma in world units [N], view-averaged colour [N, 3] or None) at world points."""
+    def _query(
+        self, positions: Tensor, colour: bool = True, directions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(sigma in world units [N], colour [N, 3] or None) at world points: the colour seen along `directions`
+        ([N, 3], world frame), or without them its mean over the six axis directions."""
         from nerfstudio.field_components.field_heads import FieldHeadNames
 
         rotation, translation = self.transform[:, :3], self.transform[:, 3]
         points = self.scale * (positions @ rotation.T + translation)
-        directions = torch.nn.functional.normalize(VIEW_DIRECTIONS.to(points) @ rotation.T, dim=-1)
-        out = self.ns_field.get_density(self._samples(points, directions[:1].expand(len(points), 3)))
+        if directions is None:
+            axes = torch.nn.functional.normalize(VIEW_DIRECTIONS.to(points) @ rotation.T, dim=-1)
+            views = [axis.expand(len(points), 3) for axis in axes]
+        else:
+            views = [torch.nn.functional.normalize(directions.to(points) @ rotation.T, dim=-1)]
+        out = self.ns_field.get_density(self._samples(points, views[0]))
         density, embedding = out if isinstance(out, tuple) else (out, None)
         sigma = density.reshape(-1) * self.scale
         if not colour:
             return sigma, None
         colours = []
-        for direction in directions:
-            samples = self._samples(points, direction.expand(len(points), 3))
-            rgb = self.ns_field.get_outputs(samples, density_embedding=embedding)
+        for view in views:
+            rgb = self.ns_field.get_outputs(self._samples(points, view), density_embedding=embedding)
             colours.append(rgb[FieldHeadNames.RGB] if isinstance(rgb, dict) else rgb)
         return sigma, torch.stack(colours).mean(0).reshape(-1, 3)
 
-    def features(self, positions: Tensor) -> Tensor:
-        """[log sigma (world units), 3 colour logits] at world points: `[N, 4]`."""
+    def features(self, positions: Tensor, directions: Tensor | None = None) -> Tensor:
+        """[log sigma (world units), 3 colour logits] at world points: `[N, 4]`; the colour along `directions` (a
+        ray's, `features_along`) or averaged over the six axis directions."""
         if not len(positions):
             return positions.new_zeros(0, 4)
-        sigma, rgb = self._query(positions)
+        sigma, rgb = self._query(positions, directions=directions)
         logits = torch.logit(rgb.clamp(1e-4, 1 - 1e-4))
         return torch.cat([torch.log(sigma.clamp_min(1e-30))[:, None], logits], dim=-1)
+
+    def features_along(self, positions: Tensor, directions: Tensor) -> Tensor:
+        """`features` with the colour seen along each point's ray: what the teacher's own renders show. PVD and
+        `NeRF.render_rays` call this for a view-dependent field; a view-independent student fitted to it learns the
+        mean over the directions the rays saw, where the six-axis mean also counted directions from behind a
+        surface, never trained (a blue cube's side faces came out too bright that way)."""
+        return self.features(positions, directions)
+
+    def forward_along(self, positions: Tensor, directions: Tensor) -> dict[str, Tensor]:
+        raw = self.features_along(positions, directions)
+        return {"density": self.activate_density(raw, positions), "rgb": torch.sigmoid(raw[..., 1:4])}
 
     def decode(self, features: Tensor) -> Tensor:
         return features
