@@ -185,8 +185,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=100.0, help="wall time of each PVD and from-scratch run")
     parser.add_argument("--teacher-steps", type=int, default=600, help="steps of the teacher's fit")
     parser.add_argument("--representations", default="mlp,tensorf,voxel,hash")
-    parser.add_argument("--shape", default="torus", choices=SHAPES)
-    parser.add_argument("--colour", default="red", choices=COLOUR_NAMES)
+    parser.add_argument(
+        "--shape", default="torus", choices=SHAPES, help="the true scene (fitted, or with --teacher: compared with)"
+    )
+    parser.add_argument("--colour", default="red", choices=COLOUR_NAMES, help="the true scene's colour (as --shape)")
     parser.add_argument("--train-views", type=int, default=100)
     parser.add_argument("--rays-per-step", type=int, default=1024)
     parser.add_argument(

@@ -181,8 +181,8 @@ class NerfstudioField(nn.Module):
     def features_along(self, positions: Tensor, directions: Tensor) -> Tensor:
         """`features` with the colour seen along each point's ray: what the teacher's own renders show. PVD and
         `NeRF.render_rays` call this for a view-dependent field; a view-independent student fitted to it learns the
-        mean over the directions the rays saw, where the six-axis mean also counted directions from behind a
-        surface, never trained (a blue cube's side faces came out too bright that way)."""
+        mean over the directions the rays saw (the six-axis mean also counts directions from behind a surface, which
+        no training ray saw)."""
         return self.features(positions, directions)
 
     def forward_along(self, positions: Tensor, directions: Tensor) -> dict[str, Tensor]:
