@@ -417,7 +417,8 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
         nerf = NeRF(NeRFConfig())
     nerf.field = NerfstudioField(field, transform, scale, nerf.config.field)
     nerf = nerf.to(device).eval()
-    nerf.update_occupancy(0, force=True)
+    if not isinstance(nerf, ProposalSampledNeRF):  # nerfacto samples without the grid, and passes it to no student
+        nerf.update_occupancy(0, force=True)
     description = {
         "nerfstudio": {
             "method": method_name,
