@@ -110,6 +110,84 @@ def test_frame_difference_loss_against_hand_computation():
     assert frame_difference_loss(static_error, eps, snr_t).abs() < 1e-10
 
 
+def test_direction_swap_gain_and_spread_rows():
+    """swap_direction reverses a turning caption and keeps a bobbing one; the direction gain is 0 when the swap changes
+    nothing and 2 when it exactly reverses an exact turn; "spread" motion-word rows have the image rows' spread."""
+    from sdtoolkit.data.clips import swap_direction
+    from sdtoolkit.models.shapes_video import direction_gain, spread_rows
+
+    assert (
+        swap_direction("a red cube, front view, turning clockwise")
+        == "a red cube, front view, turning counter-clockwise"
+    )
+    assert (
+        swap_direction("A red cube, side view, turning counter-clockwise.")
+        == "a red cube, side view, turning clockwise"
+    )
+    assert swap_direction("a red cube, bobbing") == "a red cube, bobbing"
+    target = torch.randn(2, 4, 3, 5, 5)
+    assert direction_gain(target, target, target) == 0.0
+    assert direction_gain(target, -target, target) == pytest.approx(2.0)
+    assert direction_gain(target, torch.zeros_like(target), target) == pytest.approx(1.0)
+    weight = torch.randn(5000, 8) * torch.linspace(0.5, 2, 8) + 3
+    before = weight.clone()
+    spread_rows(weight, [0, 1, 2], list(range(3, 5000)), seed=0)
+    assert torch.equal(weight[3:], before[3:]) and len({tuple(r.tolist()) for r in weight[:3]}) == 3
+    spread_rows(weight, list(range(2500)), list(range(2500, 5000)), seed=1)  # many rows: their statistics match
+    torch.testing.assert_close(weight[:2500].std(0), before[2500:].std(0), rtol=0.1, atol=0)
+    torch.testing.assert_close(weight[:2500].mean(0), before[2500:].mean(0), rtol=0, atol=0.15)
+
+
+def test_motion_heads_reach_the_motion_words_and_leave_no_hooks():
+    """The auxiliary motion classifier has a head per spatial transformer, its loss is the mean of their
+    cross-entropies over the kept clips, its gradient reaches the caption's token embeddings, and removing it leaves
+    the UNet's output unchanged."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from sdtoolkit.models.shapes_video import MotionHeads
+
+    torch.manual_seed(0)
+    image = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    adapter = MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=1, motion_norm_num_groups=4)
+    unet = UNetMotionModel.from_unet2d(image, adapter)
+    heads = MotionHeads(unet, 3)
+    n_attn = sum(len(getattr(b, "attentions", [])) for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks))
+    assert len(heads.heads) == n_attn > 0
+    frames = 3
+    tokens = torch.randn(2, 5, 8, requires_grad=True)
+    x = torch.randn(2, 4, frames, 8, 8)
+    out = unet(x, torch.tensor([10, 10]), encoder_hidden_states=tokens.repeat_interleave(frames, 0)).sample
+    motion, keep = torch.tensor([0, 2]), torch.tensor([True, False])
+    captured = list(heads.outputs)
+    loss = heads.loss(motion, frames, keep)
+    expected = (
+        sum(
+            torch.nn.functional.cross_entropy(h(o.mean(dim=(2, 3)).reshape(2, frames, -1).mean(1))[:1], motion[:1])
+            for h, o in zip(heads.heads, captured)
+        )
+        / n_attn
+    )
+    torch.testing.assert_close(loss, expected)
+    assert heads.outputs == []
+    loss.backward()
+    assert tokens.grad[0].abs().sum() > 0 and tokens.grad[1].abs().sum() == 0  # the dropped clip adds nothing
+    heads.remove()
+    again = unet(x, torch.tensor([10, 10]), encoder_hidden_states=tokens.repeat_interleave(frames, 0)).sample
+    torch.testing.assert_close(again, out)
+    assert heads.outputs == []
+
+
 def test_timestep_power_draw():
     """--timestep-power b: t = floor(T (1 - (1 - u)^b)) stays in [0, T - 1], b = 1 is uniform, and the share of
     draws at t >= T/2 is 2^(-1/b)."""
@@ -174,6 +252,54 @@ def test_video_teacher_motion_loss_and_cross_attention_flags(tmp_path, capsys):
     for flag, value in (("--motion-loss-weight", "-1"), ("--timestep-power", "0"), ("--probe-timestep", "1000")):
         assert main(argv[:3] + [str(tmp_path / "x"), flag, value]) == 2
         assert not (tmp_path / "x").exists()
+
+
+def test_video_teacher_motion_aux_and_spread_words(tmp_path, capsys):
+    """--motion-aux-weight, --motion-word-init spread and --embedding-lr reach the training: the log carries the
+    auxiliary loss (inside the total) and the direction gain, the motion words start distinct, the exported UNet has
+    the same weights' names as a plain run (the heads are training-only); bad values are one line each, nothing
+    written."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from sdtoolkit.cli import main
+
+    teacher = tmp_path / "teacher"
+    argv = ["train-video-teacher", "--tiny", "--output", str(teacher), "--probe-clips", "2", "--lr", "1e-2"]
+    extra = [
+        "--motion-aux-weight",
+        "0.5",
+        "--motion-word-init",
+        "spread",
+        "--embedding-lr",
+        "0.1",
+        "--caption-dropout",
+        "0",
+    ]
+    assert main(argv + extra) == 0
+    record = json.loads((teacher / "training_config.json").read_text())
+    first, last = record["log"][0], record["log"][-1]
+    assert math.isfinite(first["direction_gain"]) and math.isfinite(last["direction_gain"])  # both probe clips turn
+    assert last["aux_loss"] > 0 and last["loss"] == pytest.approx(last["eps_loss"] + 0.5 * last["aux_loss"], rel=1e-5)
+    vocab = CLIPTokenizer.from_pretrained(teacher / "tokenizer").get_vocab()
+    rows = CLIPTextModel.from_pretrained(teacher / "text_encoder").get_input_embeddings().weight
+    clockwise, counter = rows[vocab["clockwise</w>"]], rows[vocab["counter</w>"]]
+    assert (clockwise - counter).norm() > 0.1 * clockwise.norm()
+    from safetensors.torch import load_file
+
+    plain = tmp_path / "plain"
+    assert main(["train-video-teacher", "--tiny", "--output", str(plain)]) == 0
+    keys = load_file(teacher / "unet" / "diffusion_pytorch_model.safetensors").keys()
+    assert keys == load_file(plain / "unet" / "diffusion_pytorch_model.safetensors").keys()
+    for flag, value, line in (
+        ("--motion-word-init", "random", "valid: mean, spread"),
+        ("--embedding-lr", "-1", "--embedding-lr must be"),
+        ("--motion-aux-weight", "-0.5", "--motion-aux-weight must be"),
+    ):
+        assert main(argv[:3] + [str(tmp_path / "x"), flag, value]) == 2
+        assert line in capsys.readouterr().err and not (tmp_path / "x").exists()
+    spread_warm = ["--init-from", str(teacher), "--motion-word-init", "spread"]
+    assert main(argv[:3] + [str(tmp_path / "x")] + spread_warm) == 2
+    assert "come from that folder" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- evaluator

@@ -121,6 +121,14 @@ def build_config(args: argparse.Namespace):
         )
     if not (math.isfinite(config.timestep_power) and config.timestep_power > 0):
         lines.append(f"--timestep-power must be a finite number > 0 (1: uniform t), got {config.timestep_power}")
+    if config.motion_word_init not in ("mean", "spread"):
+        lines.append(f"--motion-word-init {config.motion_word_init!r}: valid: mean, spread")
+    elif config.motion_word_init != "mean" and config.init_from is not None:
+        lines.append("--motion-word-init spread with --init-from: the motion words' rows come from that folder")
+    if config.embedding_lr is not None and not (math.isfinite(config.embedding_lr) and config.embedding_lr >= 0):
+        lines.append(f"--embedding-lr must be a finite number >= 0, got {config.embedding_lr}")
+    if not (math.isfinite(config.motion_aux_weight) and config.motion_aux_weight >= 0):
+        lines.append(f"--motion-aux-weight must be a finite number >= 0 (0: off), got {config.motion_aux_weight}")
     if config.probe_clips < 0:
         lines.append(f"--probe-clips must be >= 0 (0: no motion probe), got {config.probe_clips}")
     if not 0 <= config.probe_timestep < 1000:

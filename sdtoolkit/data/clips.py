@@ -93,6 +93,14 @@ def parse_clip_caption(text: str) -> tuple[str, str, str | None, str]:
     return shape, colour, view, match["motion"]
 
 
+def swap_direction(text: str) -> str:
+    """The clip caption with its turning direction reversed ("... turning clockwise" <-> "... turning
+    counter-clockwise"); a bobbing caption comes back unchanged. What the video teacher's direction probe feeds it."""
+    shape, colour, view, motion = parse_clip_caption(text)
+    swapped = {MOTIONS[0]: MOTIONS[1], MOTIONS[1]: MOTIONS[0]}.get(motion, motion)
+    return f"{caption(shape, colour, view)}, {swapped}"
+
+
 def all_clip_prompts() -> list[str]:
     """Every clip caption: shape x colour x view x motion."""
     return [clip_caption(s, c, v, m) for s in SHAPES for c in COLOUR_NAMES for v in VIEWS for m in MOTIONS]

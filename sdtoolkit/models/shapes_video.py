@@ -5,7 +5,11 @@ Training (AnimateDiff's motion-module stage): the image UNet is frozen, only the
 image teacher's own epsilon loss on clip latents (each frame encoded by the image VAE) and 10 % caption dropout for
 CFG. Options, measured in benchmarks/RESULTS.md ("The shapes video teacher"): a frame-difference loss
 (`motion_loss_weight`), the cross-attention key/value projections trained too (`train_cross_attention`), more
-high-noise steps (`timestep_power`); and a warm start (`init_from`, not measured yet).
+high-noise steps (`timestep_power`), a warm start (`init_from`); and for the text path of the turning direction
+(the motion modules take no text, so the direction word reaches them only through the image UNet's cross-attention)
+distinct starting rows for the motion words (`motion_word_init`), their own learning rate (`embedding_lr`) and an
+auxiliary motion classifier on the spatial features (`motion_aux_weight`). The log's direction gain says whether
+the teacher reads the direction word at all.
 `train_video_teacher(config, output)` writes `output/` which `AnimateDiffPipeline.from_pretrained` loads (vae,
 text_encoder, tokenizer, unet = UNetMotionModel, motion_adapter, scheduler).
 """
@@ -78,9 +82,24 @@ class VideoTeacherConfig:
     """Training timesteps t = floor(T (1 - (1 - u)^b)), u uniform, b this power: 1 is AnimateDiff's uniform t; b > 1
     draws high noise more often, where a clip's motion is decided (Blattmann et al. 2023, SVD, shift their video
     training to more noise for the same reason); a share 2^(-1/b) of the steps is at t >= T/2 (b = 2: 71 %)."""
+    motion_word_init: str = "mean"
+    """Start of the motion words' new embedding rows: "mean" (every new row the mean of the image vocabulary's
+    rows, so "clockwise", "counter" and "-" start identical) or "spread" (the mean plus Gaussian noise with the
+    image rows' per-dimension spread, so the two directions' captions differ from the first step)."""
+    embedding_lr: float | None = None
+    """Learning rate of the motion words' embedding rows (None: `lr`)."""
+    motion_aux_weight: float = 0.0
+    """Weight of an auxiliary motion classifier: one linear head per spatial transformer of the image UNet reads its
+    output (mean over pixels and frames) and predicts the clip's motion id (cross-entropy; captions dropped for CFG
+    are left out). Its gradient reaches the motion words' rows (and the cross-attention when trained), so the
+    features the motion modules see carry the caption's motion; the heads are training-only and not exported.
+    0: off (AnimateDiff's recipe)."""
     probe_clips: int = 32
     """Training clips of the motion probe logged every `log_every` steps: ||D x0_hat - D x0||^2 / ||D x0||^2 at
-    t = `probe_timestep` with fixed noise (1: no better than a still clip; 0: the motion predicted exactly). 0: off."""
+    t = `probe_timestep` with fixed noise (1: no better than a still clip; 0: the motion predicted exactly); and,
+    over the turning clips among them, the direction gain <D x0_hat(c) - D x0_hat(c'), D x0> / ||D x0||^2 with c'
+    the caption with its direction swapped (0: the direction word is not read; 2: the turn predicted exactly and
+    reversed by the swap). 0: off."""
     probe_timestep: int = 600
     """Timestep of the motion probe."""
     seed: int = 0
@@ -190,6 +209,53 @@ def frame_difference_loss(eps_hat: torch.Tensor, eps: torch.Tensor, snr: torch.T
     return (weight * error.pow(2)).mean()
 
 
+def direction_gain(change: torch.Tensor, swapped: torch.Tensor, target: torch.Tensor) -> float:
+    """<D x0_hat(c) - D x0_hat(c'), D x0> / ||D x0||^2: how far swapping the caption's turning direction (c -> c')
+    moves the predicted frame changes `change` -> `swapped` against the true ones `target` (all `[N, C, F - 1, h, w]`).
+    0: the direction word is not read; 2: the turn predicted exactly and exactly reversed by the swap."""
+    return float(((change - swapped) * target).sum() / target.pow(2).sum())
+
+
+def spread_rows(weight: torch.Tensor, rows: list[int], old_rows: list[int], seed: int) -> None:
+    """`VideoTeacherConfig.motion_word_init` "spread": each of `rows` becomes the mean of `old_rows` plus Gaussian
+    noise with their per-dimension standard deviation (in place)."""
+    old = weight[old_rows]
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(rows), weight.shape[1], generator=generator).to(weight)
+    weight[rows] = old.mean(0) + noise * old.std(0)
+
+
+class MotionHeads(torch.nn.Module):
+    """`VideoTeacherConfig.motion_aux_weight`'s training-only classifier: a linear head per spatial transformer of a
+    `UNetMotionModel` reads that block's output, averaged over pixels and frames, and predicts the clip's motion
+    (an index into `sdtoolkit.data.clips.MOTIONS`). Forward hooks collect the outputs during the UNet's call."""
+
+    def __init__(self, unet: Any, num_classes: int):
+        super().__init__()
+        blocks = [
+            a for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) for a in getattr(b, "attentions", [])
+        ]
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(b.config.in_channels, num_classes) for b in blocks)
+        self.outputs: list[torch.Tensor] = []
+        self.hooks = [b.register_forward_hook(self._keep) for b in blocks]
+
+    def _keep(self, module, inputs, output) -> None:
+        self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+
+    def loss(self, motion: torch.Tensor, num_frames: int, keep: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of every head on the clips where `keep` (the outputs of the last UNet call; cleared)."""
+        outputs, self.outputs = self.outputs, []
+        total = torch.zeros((), device=motion.device)
+        for head, out in zip(self.heads, outputs):
+            pooled = out.float().mean(dim=(2, 3)).reshape(len(motion), num_frames, -1).mean(1)
+            total = total + F.cross_entropy(head(pooled)[keep], motion[keep])
+        return total / len(self.heads)
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
 def sample_timesteps(n: int, num_train_timesteps: int, power: float, device: Any = "cpu") -> torch.Tensor:
     """`VideoTeacherConfig.timestep_power`'s draw: t = floor(T (1 - (1 - u)^b)) in [0, T - 1], u ~ U[0, 1)."""
     u = torch.rand(n, device=device)
@@ -217,7 +283,7 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     image = load_teacher_pipeline(config.image_teacher)
     if config.num_frames > config.motion_max_seq_length:
         raise ValueError(f"num_frames {config.num_frames} > motion_max_seq_length {config.motion_max_seq_length}")
-    from sdtoolkit.data.clips import CLIP_VOCABULARY
+    from sdtoolkit.data.clips import CLIP_VOCABULARY, MOTIONS, swap_direction
 
     if config.init_from is not None:
         from diffusers import AnimateDiffPipeline
@@ -229,6 +295,12 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
             raise ValueError(f"num_frames {config.num_frames} > {config.init_from}'s motion_max_seq_length")
     else:
         new_rows = extend_vocabulary(image, CLIP_VOCABULARY)
+        if config.motion_word_init == "spread":
+            old_rows = sorted(set(image.tokenizer.get_vocab().values()) - set(new_rows))
+            with torch.no_grad():
+                spread_rows(image.text_encoder.get_input_embeddings().weight, new_rows, old_rows, config.seed)
+        elif config.motion_word_init != "mean":
+            raise ValueError(f"motion_word_init {config.motion_word_init!r}: valid: mean, spread")
         pipe = video_pipeline(image, motion_adapter_for(image.unet, config)).to(config.device)
     unet = pipe.unet
     unet.freeze_unet2d_params()
@@ -237,6 +309,10 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
             if ".attn2.to_k." in name or ".attn2.to_v." in name:
                 p.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad]
+    heads = None
+    if config.motion_aux_weight > 0:
+        heads = MotionHeads(unet, len(MOTIONS)).to(config.device)
+        params += list(heads.parameters())
     # the motion words' new embedding rows train too (the rest of the text encoder stays frozen)
     pipe.text_encoder.requires_grad_(False)
     token_embedding = pipe.text_encoder.get_input_embeddings().weight
@@ -245,7 +321,8 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     keep[new_rows] = 0.0
     token_embedding.register_hook(lambda grad: grad * (1 - keep))
     # no weight decay on the embedding matrix: AdamW's decoupled decay would shrink the frozen rows too
-    groups = [{"params": params}, {"params": [token_embedding], "weight_decay": 0.0}]
+    embedding_lr = config.lr if config.embedding_lr is None else config.embedding_lr
+    groups = [{"params": params}, {"params": [token_embedding], "weight_decay": 0.0, "lr": embedding_lr}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
     print(f"rendering {config.num_clips} clips of {config.num_frames} frames at {config.resolution} px", flush=True)
     clips = ClipDataset(config.num_clips, config.seed, clip_config(config))
@@ -259,6 +336,7 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     unique = list(dict.fromkeys(captions))
     index = {c: i for i, c in enumerate(unique)}
     rows = torch.tensor([index[c] for c in captions])
+    motions = clips.params["motion"].long()
 
     def encode(prompts: list[str]) -> torch.Tensor:
         ids = pipe.tokenizer(
@@ -282,19 +360,29 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         probe = (schedule.add_noise(x0, noise, t), t, x0, [unique[int(r)] for r in rows[:n]])
 
     @torch.no_grad()
-    def motion_probe() -> float:
-        """||D x0_hat - D x0||^2 / ||D x0||^2 of the probe clips (`VideoTeacherConfig.probe_clips`)."""
+    def motion_probe() -> dict:
+        """The probe clips' motion probe and direction gain (`VideoTeacherConfig.probe_clips`)."""
         x_t, t, x0, prompts = probe
-        states = encode(prompts).repeat_interleave(x0.shape[2], dim=0)
-        eps_hat = unet(x_t.to(config.device), t.to(config.device), encoder_hidden_states=states).sample.cpu()
-        x0_hat, _ = to_x0_eps(eps_hat, x_t, "epsilon", Coefficients(*schedule.coefficients(t, x_t.ndim)))
+
+        def frame_change(captions: list[str]) -> torch.Tensor:
+            states = encode(captions).repeat_interleave(x0.shape[2], dim=0)
+            eps_hat = unet(x_t.to(config.device), t.to(config.device), encoder_hidden_states=states).sample.cpu()
+            return frame_differences(to_x0_eps(eps_hat, x_t, "epsilon", Coefficients(*schedule.coefficients(t, 5)))[0])
+
         target = frame_differences(x0)
-        return float((frame_differences(x0_hat) - target).pow(2).sum() / target.pow(2).sum())
+        change = frame_change(prompts)
+        entry = {"motion_probe": float((change - target).pow(2).sum() / target.pow(2).sum())}
+        turning = [i for i, c in enumerate(prompts) if swap_direction(c) != c]
+        if turning:
+            swapped = frame_change([swap_direction(c) for c in prompts])[turning]
+            aim = target[turning]
+            entry["direction_gain"] = direction_gain(change[turning], swapped, aim)
+        return entry
 
     log, started = [], time.perf_counter()
     if probe is not None:  # fresh motion modules (zero-initialised): the per-frame image teacher's figure
         unet.eval()
-        log.append({"step": 0, "motion_probe": motion_probe(), "seconds": 0.0})
+        log.append({"step": 0, **motion_probe(), "seconds": 0.0})
     unet.train()
     bar = tqdm(total=config.steps, desc="motion modules", unit="step", smoothing=0.05)
     for step in range(1, config.steps + 1):
@@ -308,12 +396,16 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         noise = torch.randn_like(x0)
         x_t = schedule.add_noise(x0, noise, t)
         states = cond.repeat_interleave(x0.shape[2], dim=0)
+        if heads is not None:
+            heads.outputs.clear()
         pred = unet(x_t, t, encoder_hidden_states=states).sample
         eps_loss = F.mse_loss(pred.float(), noise)
-        motion_loss = torch.zeros(())
+        motion_loss, aux_loss = torch.zeros(()), torch.zeros(())
         if config.motion_loss_weight > 0:
             motion_loss = frame_difference_loss(pred, noise, append_dims(schedule.snr(t), x0.ndim))
-        loss = eps_loss + config.motion_loss_weight * motion_loss
+        if heads is not None and not drop.all():
+            aux_loss = heads.loss(motions[pick].to(config.device), x0.shape[2], ~drop.to(config.device))
+        loss = eps_loss + config.motion_loss_weight * motion_loss + config.motion_aux_weight * aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -321,16 +413,23 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         if step % config.log_every == 0 or step == config.steps:
             entry = {"step": step, "loss": float(loss.detach()), "eps_loss": float(eps_loss.detach())}
             entry["motion_loss"] = float(motion_loss.detach())
+            if heads is not None:
+                entry["aux_loss"] = float(aux_loss.detach())
             if probe is not None:
                 unet.eval()
-                entry["motion_probe"] = motion_probe()
+                entry.update(motion_probe())
                 unet.train()
             entry["seconds"] = time.perf_counter() - started
             log.append(entry)
             rate = bar.format_dict.get("rate") or 0.0  # steps/s (None before tqdm has a rate)
             probe_text = f"{entry['motion_probe']:.3f}" if probe is not None else "-"
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", probe=probe_text, clips_s=f"{config.batch_size * rate:.1f}")
+            gain = f"{entry['direction_gain']:.3f}" if "direction_gain" in entry else "-"
+            bar.set_postfix(
+                loss=f"{entry['loss']:.4f}", probe=probe_text, gain=gain, clips_s=f"{config.batch_size * rate:.1f}"
+            )
     bar.close()
+    if heads is not None:
+        heads.remove()  # training-only: the exported UNet carries no hooks
     bad = [name for name, p in unet.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad or not torch.isfinite(token_embedding).all():
         from sdtoolkit.runs import RunDiverged
