@@ -51,6 +51,17 @@ def test_bootstrap_interval_narrows_as_n_grows():
     }  # fmt: skip
 
 
+def test_bootstrap_pools_strata_of_one_value():
+    """One clip per prompt (every stratum a single value) is the plain bootstrap, not a zero-width interval; strata
+    with several values keep being resampled within themselves."""
+    values = (torch.arange(120) % 4 == 0).double()
+    alone = bootstrap_interval(values, strata=[f"prompt {i}" for i in range(120)], num_resamples=500)
+    assert alone.to_dict() == bootstrap_interval(values, num_resamples=500).to_dict()
+    assert alone.low < 0.25 < alone.high
+    mixed = bootstrap_interval(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0]), strata=[0, 0, 1, 2, 3], num_resamples=500)
+    assert mixed.low < mixed.value < mixed.high  # the three singletons pooled; stratum 0 stays constant
+
+
 def test_split_interval_is_a_t_interval():
     interval = split_interval(10.0, [9.0, 11.0, 10.0, 10.0], n=400)
     half = t_quantile(3) * torch.tensor([9.0, 11.0, 10.0, 10.0]).std().item() / 2

@@ -74,7 +74,7 @@ def bootstrap_means(
     values: Tensor, strata: list | None = None, num_resamples: int = NUM_RESAMPLES, seed: int = 0
 ) -> Tensor:
     """Means of `num_resamples` bootstrap resamples of `values` (NaN entries dropped first), each stratum
-    resampled with replacement to its own size."""
+    resampled with replacement to its own size; strata of a single value are pooled into one."""
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     keep = ~values.isnan()
     strata = None if strata is None else [s for s, k in zip(strata, keep.tolist()) if k]
@@ -83,7 +83,13 @@ def bootstrap_means(
         return torch.full((num_resamples,), math.nan, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros(num_resamples, dtype=torch.float64)
-    for group in strata_indices(strata, values.numel()):
+    groups = strata_indices(strata, values.numel())
+    # a stratum of one value resamples to itself (no spread: one clip per prompt gave a zero-width interval); the
+    # singletons are pooled into one stratum, so that all-singleton strata are the plain bootstrap
+    singles = [g for g in groups if g.numel() == 1]
+    if len(singles) > 1:
+        groups = [g for g in groups if g.numel() > 1] + [torch.cat(singles).sort().values]
+    for group in groups:
         picks = group[torch.randint(group.numel(), (num_resamples, group.numel()), generator=generator)]
         total += values[picks].sum(1)
     return total / values.numel()
