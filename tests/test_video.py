@@ -182,6 +182,9 @@ def test_motion_heads_reach_the_motion_words_and_leave_no_hooks():
     assert heads.outputs == []
     loss.backward()
     assert tokens.grad[0].abs().sum() > 0 and tokens.grad[1].abs().sum() == 0  # the dropped clip adds nothing
+    with torch.no_grad():  # sampling and the probe are not collected
+        unet(x, torch.tensor([10, 10]), encoder_hidden_states=tokens.repeat_interleave(frames, 0))
+    assert heads.outputs == []
     heads.remove()
     again = unet(x, torch.tensor([10, 10]), encoder_hidden_states=tokens.repeat_interleave(frames, 0)).sample
     torch.testing.assert_close(again, out)

@@ -228,7 +228,8 @@ def spread_rows(weight: torch.Tensor, rows: list[int], old_rows: list[int], seed
 class MotionHeads(torch.nn.Module):
     """`VideoTeacherConfig.motion_aux_weight`'s training-only classifier: a linear head per spatial transformer of a
     `UNetMotionModel` reads that block's output, averaged over pixels and frames, and predicts the clip's motion
-    (an index into `sdtoolkit.data.clips.MOTIONS`). Forward hooks collect the outputs during the UNet's call."""
+    (an index into `sdtoolkit.data.clips.MOTIONS`). Forward hooks collect the outputs of the UNet's calls made with
+    autograd on."""
 
     def __init__(self, unet: Any, num_classes: int):
         super().__init__()
@@ -240,7 +241,8 @@ class MotionHeads(torch.nn.Module):
         self.hooks = [b.register_forward_hook(self._keep) for b in blocks]
 
     def _keep(self, module, inputs, output) -> None:
-        self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+        if torch.is_grad_enabled():  # training calls only (not the no-grad probe or sampling)
+            self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
 
     def loss(self, motion: torch.Tensor, num_frames: int, keep: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of every head on the clips where `keep` (the outputs of the last UNet call; cleared)."""
@@ -367,7 +369,8 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         def frame_change(captions: list[str]) -> torch.Tensor:
             states = encode(captions).repeat_interleave(x0.shape[2], dim=0)
             eps_hat = unet(x_t.to(config.device), t.to(config.device), encoder_hidden_states=states).sample.cpu()
-            return frame_differences(to_x0_eps(eps_hat, x_t, "epsilon", Coefficients(*schedule.coefficients(t, 5)))[0])
+            coefficients = Coefficients(*schedule.coefficients(t, x_t.ndim))
+            return frame_differences(to_x0_eps(eps_hat, x_t, "epsilon", coefficients)[0])
 
         target = frame_differences(x0)
         change = frame_change(prompts)
