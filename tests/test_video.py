@@ -300,6 +300,15 @@ def test_video_teacher_motion_aux_and_spread_words(tmp_path, capsys):
     ):
         assert main(argv[:3] + [str(tmp_path / "x"), flag, value]) == 2
         assert line in capsys.readouterr().err and not (tmp_path / "x").exists()
+    from sdtoolkit.models.shapes_video import VideoTeacherConfig, train_video_teacher
+
+    for bad in (
+        VideoTeacherConfig(motion_word_init="random"),
+        VideoTeacherConfig(motion_word_init="spread", init_from="."),
+    ):
+        with pytest.raises(ValueError, match="motion_word_init"):  # the library refuses too, before loading anything
+            train_video_teacher(bad, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
     spread_warm = ["--init-from", str(teacher), "--motion-word-init", "spread"]
     assert main(argv[:3] + [str(tmp_path / "x")] + spread_warm) == 2
     assert "come from that folder" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -282,6 +282,10 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
+    if config.motion_word_init not in ("mean", "spread"):
+        raise ValueError(f"motion_word_init {config.motion_word_init!r}: valid: mean, spread")
+    if config.motion_word_init == "spread" and config.init_from is not None:
+        raise ValueError("motion_word_init 'spread' with init_from: the motion words' rows come from that folder")
     image = load_teacher_pipeline(config.image_teacher)
     if config.num_frames > config.motion_max_seq_length:
         raise ValueError(f"num_frames {config.num_frames} > motion_max_seq_length {config.motion_max_seq_length}")
@@ -301,8 +305,6 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
             old_rows = sorted(set(image.tokenizer.get_vocab().values()) - set(new_rows))
             with torch.no_grad():
                 spread_rows(image.text_encoder.get_input_embeddings().weight, new_rows, old_rows, config.seed)
-        elif config.motion_word_init != "mean":
-            raise ValueError(f"motion_word_init {config.motion_word_init!r}: valid: mean, spread")
         pipe = video_pipeline(image, motion_adapter_for(image.unet, config)).to(config.device)
     unet = pipe.unet
     unet.freeze_unet2d_params()
