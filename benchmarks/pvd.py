@@ -9,12 +9,17 @@
 3. Per representation: PVD (`sdtoolkit.nerf.convert`'s steps, the paper's stage ratios 2k/5k of 30k scaled to the
    step budget, or the variants of `--stage-fractions`) and a from-scratch fit of the same representation on the
    teacher's renders (photometric MSE on random rays, its own occupancy grid, Adam at PVD's lr 1e-2 decaying to
-   1e-3 over the budget), each for `--seconds` of wall time (evaluation excluded). PSNR (median over the 20 held-out
-   views) is measured at `--evals` evenly spaced points of each run. With `--teacher-cache N`, PVD draws N batches
+   1e-3 over the budget), PVD for `--seconds` and the from-scratch fit for `--scratch-seconds` (default: the same)
+   of wall time (evaluation excluded). PSNR (median over the 20 held-out views) is measured at `--evals` evenly
+   spaced points of each run. With `--teacher-cache N`, PVD draws N batches
    of teacher points first and cycles them; that drawing counts in PVD's wall time.
 
 Reported: final PSNRs, wall times, and the first measured time at which PVD reached the from-scratch run's best
-PSNR (its final one unless it diverged late), and its fraction of the from-scratch wall time. Usage:
+PSNR (its final one unless it diverged late), and its fraction of the from-scratch wall time; beside them the
+from-scratch PSNR at PVD's wall time and at PVD's step count. With `--scratch-seconds` = 5 x `--seconds`, issue
+23's bar (PVD reaches the from-scratch result in at most 1/5 of its time) is met exactly when PVD's run reaches the
+longer fit's best PSNR. Stricter, the fraction of the time the from-scratch fit took to come within `NEAR_DB` of
+its best (its convergence), so that a plateaued fit's later seconds do not shrink the fraction. Usage:
 
     OMP_NUM_THREADS=1 python benchmarks/pvd.py --seconds 100 --teacher-steps 600 --out /tmp/pvd_bench
 """
@@ -47,6 +52,9 @@ from sdtoolkit.nerf.convert import (
 from sdtoolkit.nerf.pvd import PVDConfig, stage_of
 from sdtoolkit.nerf.representations import REPRESENTATIONS
 
+NEAR_DB = 0.5
+"""A from-scratch fit has converged, for the stricter time ratio, once it is within this many dB of its best."""
+
 
 def random_cameras(n: int, generator: torch.Generator) -> Cameras:
     u = torch.rand(3, n, generator=generator)
@@ -75,7 +83,7 @@ def fit_photometric(
     """Fits `nerf` to pixel colours for `seconds` of wall time (evaluation excluded) or `max_steps`: random rays per
     step, MSE of the rendered colour, the NeRF's own occupancy grid refreshed every 16 steps, the learning rate
     decaying exponentially to `final_lr_ratio` x `lr` at the end of the budget (at a constant 1e-2 the hash grid's
-    fit spikes after ~800 steps). Returns ([(seconds, psnr)], steps)."""
+    fit spikes after ~800 steps). Returns ([(seconds, psnr, step)], steps)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(nerf.field.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
     background = torch.ones(3)
@@ -96,7 +104,7 @@ def fit_photometric(
         step += 1
         elapsed += time.perf_counter() - start
         if evaluate is not None and (elapsed >= next_eval or elapsed >= seconds):
-            curve.append((round(elapsed, 1), evaluate(nerf)))
+            curve.append((round(elapsed, 1), evaluate(nerf), step))
             next_eval += eval_every
     return curve, step
 
@@ -112,6 +120,7 @@ def run_pvd(
     teacher_cache: int = 0,
     loss_points: float = 0.002,
     occupancy_pruning: str = "auto",
+    inherit_decoder: bool | None = None,
 ):
     """One PVD run of `seconds` wall time, the cache's drawing included; returns (curve, steps, config)."""
     teacher, stored = load_nerf_asset(teacher_dir)
@@ -145,6 +154,7 @@ def run_pvd(
         loss_density=loss_points,
         loss_colour=loss_points,
         occupancy_pruning=occupancy_pruning,
+        inherit_decoder=inherit_decoder,
     )
     config = teacher_config(config, teacher)  # a nerfstudio teacher: no feature loss, no feature-only stage
     start = time.perf_counter()
@@ -159,7 +169,7 @@ def run_pvd(
             from sdtoolkit.nerf.convert import refresh_occupancy
 
             refresh_occupancy(run.nerf, teacher=teacher if config.inherit_occupancy else None)
-            curve.append((round(elapsed, 1), evaluate(run.nerf)))
+            curve.append((round(elapsed, 1), evaluate(run.nerf), run.step))
             next_eval += eval_every
             if stage_of(config, run.step) == 3 and elapsed < seconds:
                 # re-plan the step budget from the measured step time, so that the run fills its wall time (a
@@ -183,6 +193,13 @@ def parse_stage_fractions(text: str, error) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=100.0, help="wall time of each PVD and from-scratch run")
+    parser.add_argument(
+        "--scratch-seconds",
+        type=float,
+        default=None,
+        help="wall time of each from-scratch run (default: --seconds); e.g. 5 x --seconds: PVD meets the 1/5 bar "
+        "when its run of --seconds reaches the best PSNR of a from-scratch run five times as long",
+    )
     parser.add_argument("--teacher-steps", type=int, default=600, help="steps of the teacher's fit")
     parser.add_argument("--representations", default="mlp,tensorf,voxel,hash")
     parser.add_argument(
@@ -223,16 +240,28 @@ def main() -> None:
         choices=["exact", "cached"],
         help="NeRFConfig.occupancy_pruning of the from-scratch fits ('cached' made mlp/tensorf/voxel fits collapse)",
     )
+    parser.add_argument(
+        "--inherit-decoder",
+        default="auto",
+        choices=["auto", "off", "on", "both"],
+        help="PVDConfig.inherit_decoder: the students start with a copy of the teacher's decoder ('auto', the "
+        "default: when the teacher has one, as convert-nerf; 'off': PVD's own); 'both': each --stage-fractions "
+        "variant runs without and with it",
+    )
     parser.add_argument("--evals", type=int, default=8, help="PSNR measurements per run, evenly spaced in time")
     parser.add_argument("--out", default="/tmp/pvd_bench")
     parser.add_argument(
         "--teacher", default=None, help="reuse a teacher: an earlier run's asset or a nerfstudio run (no fitting)"
     )
     args = parser.parse_args()
-    variants = [parse_stage_fractions(text, parser.error) for text in args.stage_fractions]
+    inherit = {"auto": [None], "off": [False], "on": [True], "both": [False, True]}[args.inherit_decoder]
+    variants = [(parse_stage_fractions(text, parser.error), i) for text in args.stage_fractions for i in inherit]
     unknown = sorted(set(args.representations.split(",")) - set(REPRESENTATIONS))
     if unknown:
         parser.error(f"--representations: unknown {unknown}; valid: {sorted(REPRESENTATIONS)}")
+    for flag, value in (("--seconds", args.seconds), ("--scratch-seconds", args.scratch_seconds)):
+        if value is not None and not value > 0:
+            parser.error(f"{flag}: {value} is not a positive number of seconds")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out = Path(args.out)
@@ -292,6 +321,7 @@ def main() -> None:
         "runs": {},
     }
     every = args.seconds / args.evals
+    scratch_seconds = args.scratch_seconds or args.seconds
     for to in args.representations.split(","):
         pvd_runs = [
             run_pvd(
@@ -305,8 +335,9 @@ def main() -> None:
                 args.teacher_cache,
                 args.loss_points,
                 args.occupancy_pruning,
+                inherit_decoder,
             )
-            for fractions in variants
+            for fractions, inherit_decoder in variants
         ]
         student_config = NeRFConfig(representation=to, occupancy_pruning=args.scratch_pruning)
         torch.manual_seed(0)
@@ -315,33 +346,44 @@ def main() -> None:
             scratch,
             train_rays,
             train_colours,
-            args.seconds,
+            scratch_seconds,
             args.rays_per_step,
             1e-2,
             seed=3,
             evaluate=evaluate,
-            eval_every=every,
+            eval_every=scratch_seconds / args.evals,
         )
-        target = max(p for _, p in scratch_curve)  # its best: a scratch fit that diverges late is not a low bar
+        target = max(p for _, p, _ in scratch_curve)  # its best: a scratch fit that diverges late is not a low bar
+        # the stricter denominator: when the scratch fit first came within NEAR_DB of its best (a plateaued fit's
+        # later seconds would otherwise shrink the fraction for free)
+        near = next(t for t, p, _ in scratch_curve if p >= target - NEAR_DB)
         results["runs"][to] = {
             "scratch_psnr": scratch_curve[-1][1],
             "scratch_best_psnr": target,
             "scratch_seconds": scratch_curve[-1][0],
             "scratch_steps": scratch_steps,
+            "scratch_seconds_to_near_best": near,
             "scratch_curve": scratch_curve,
             "pvd": [],
         }
-        for fractions, (pvd_curve, pvd_steps, config) in zip(variants, pvd_runs):
-            reached = next((t for t, p in pvd_curve if p >= target), None)
+        for (fractions, _), (pvd_curve, pvd_steps, config) in zip(variants, pvd_runs):
+            reached = next((t for t, p, _ in pvd_curve if p >= target), None)
+            # side by side: the scratch fit's PSNR at PVD's wall time and at PVD's step count (last eval before)
+            at_time = [p for t, p, _ in scratch_curve if t <= pvd_curve[-1][0] + 1e-6]
+            at_steps = [p for _, p, k in scratch_curve if k <= pvd_steps]
             results["runs"][to]["pvd"].append(
                 {
                     "stage_fractions": list(fractions),
+                    "inherit_decoder": config.inherit_decoder,
                     "pvd_psnr": pvd_curve[-1][1],
                     "pvd_seconds": pvd_curve[-1][0],
                     "pvd_steps": pvd_steps,
                     "pvd_stages": [config.stage1_steps, config.stage2_steps, config.steps],
                     "pvd_seconds_to_scratch_best": reached,
+                    "scratch_psnr_at_pvd_seconds": at_time[-1] if at_time else None,
+                    "scratch_psnr_at_pvd_steps": at_steps[-1] if at_steps else None,
                     "fraction_of_scratch_time": None if reached is None else round(reached / scratch_curve[-1][0], 3),
+                    "fraction_of_scratch_time_to_near_best": None if reached is None else round(reached / near, 3),
                     "pvd_curve": pvd_curve,
                 }
             )

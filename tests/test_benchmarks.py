@@ -167,6 +167,8 @@ def test_scm_step_benchmark_matches_the_plain_reference_and_reports_paired_ratio
         (["--stage-fractions", "0.5:0.2"], "0 <= A <= B <= 1"),
         (["--stage-fractions", "0.1:1.5"], "0 <= A <= B <= 1"),
         (["--representations", "mlp,nerfacto"], "unknown \\['nerfacto'\\]"),
+        (["--scratch-seconds", "0"], "--scratch-seconds: 0.0 is not a positive"),
+        (["--inherit-decoder", "yes"], "invalid choice: 'yes'"),
     ],
 )
 def test_pvd_benchmark_refuses_bad_arguments_before_any_work(argv, message, tmp_path, monkeypatch, capsys):

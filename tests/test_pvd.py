@@ -494,3 +494,18 @@ def test_a_nan_teacher_is_named_and_nothing_is_exported(teacher_dir, tmp_path, c
     err = capsys.readouterr().err
     assert "the teacher's own outputs are not finite" in err and "no checkpoint was written yet" in err, err
     assert not (out / "mesh.glb").exists() and not (out / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("to", ["mlp", "tensorf"])
+def test_the_student_starts_with_the_teachers_decoder_by_default(teacher_dir, to):
+    """`inherit_decoder` None (the default) resolves to a copy of an sdtoolkit teacher's decoder (the layers after
+    the front), in the resolved config too; False keeps the student's own initialisation (PVD's)."""
+    teacher, _ = load_nerf_asset(teacher_dir)
+    resolved = teacher_config(tiny_pvd(to=to), teacher)
+    assert PVDConfig().inherit_decoder is None and resolved.inherit_decoder is True
+    copied = build_student(resolved, teacher).field.mlp[2:].state_dict()
+    own = build_student(tiny_pvd(to=to, inherit_decoder=False), teacher).field.mlp[2:].state_dict()
+    for name, value in teacher.field.mlp[2:].state_dict().items():
+        assert torch.equal(copied[name], value)
+        assert not torch.equal(own[name], value)
+    assert teacher_config(tiny_pvd(to=to, inherit_decoder=False), teacher).inherit_decoder is False

@@ -136,14 +136,15 @@ def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
 def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
     """`config` as it applies to `teacher`: a teacher whose volume features are not comparable with the student's
     (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0); a teacher
-    whose samples partition its rays (nerfacto's proposal sampler) passes no occupancy grid to the student."""
+    whose samples partition its rays (nerfacto's proposal sampler) passes no occupancy grid to the student.
+    `inherit_decoder` None is resolved: on for an sdtoolkit teacher, off for a nerfstudio field."""
     if getattr(teacher, "samples_partition_rays", False):
         config = dataclasses.replace(config, inherit_occupancy=False, student_samples="own")
     if getattr(teacher.field, "comparable_features", True):
-        return config
+        return dataclasses.replace(config, inherit_decoder=config.inherit_decoder is not False)
     if config.inherit_decoder:
         raise TeacherError("--inherit-decoder needs an sdtoolkit teacher; a nerfstudio field has no such decoder")
-    return dataclasses.replace(config, stage1_steps=0, loss_feature=0.0)
+    return dataclasses.replace(config, stage1_steps=0, loss_feature=0.0, inherit_decoder=False)
 
 
 @dataclass

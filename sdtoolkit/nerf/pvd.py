@@ -141,9 +141,13 @@ class PVDConfig:
     inherit_occupancy: bool = True
     """The converted student renders with the teacher's occupancy grid (PVD's `inherited_params`: the student
     marches the teacher's occupied cells); False: a grid rebuilt from the student's own density."""
-    inherit_decoder: bool = False
+    inherit_decoder: bool | None = None
     """Start the student's decoder as a copy of the teacher's (the features it decodes are fitted in stage 1). Off
-    in PVD."""
+    in PVD; here every representation is a front and one shared decoder, so the copy fits. None: on for a teacher
+    whose features are comparable (an sdtoolkit teacher), off for a nerfstudio field (no such decoder; True is
+    refused for it). Measured from a hash teacher (benchmarks/RESULTS.md, PVD fourth round): PVD reached the
+    from-scratch fits' best in 45 / 10 / 10 / 10 s (mlp / tensorf / voxel / hash) with it, 55 / 25 / 25 / 20 s
+    without."""
     elevation_range: tuple[float, float] = (-10.0, 85.0)
     """Elevation range in degrees of the random cameras (the teacher's training views and some overhead ones)."""
     distance_range: tuple[float, float] = (2.5, 3.0)
@@ -396,6 +400,13 @@ def build_student(config: PVDConfig, teacher: NeRF) -> NeRF:
     student = NeRF(nerf_config).to(teacher.device)
     if config.inherit_occupancy and student.occupancy is not None and teacher.occupancy is not None:
         student.occupancy.load_state_dict(teacher.occupancy.state_dict())
-    if config.inherit_decoder:
+    if inherits_decoder(config, teacher):
         student.field.mlp[2:].load_state_dict(teacher.field.mlp[2:].state_dict())
     return student
+
+
+def inherits_decoder(config: PVDConfig, teacher: NeRF) -> bool:
+    """`config.inherit_decoder`, None resolved: whether the teacher has a decoder the student can copy."""
+    if config.inherit_decoder is None:
+        return bool(getattr(teacher.field, "comparable_features", True))
+    return config.inherit_decoder
