@@ -41,6 +41,7 @@ from sdtoolkit.data.render import render
 from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES
 from sdtoolkit.nerf import NeRF, NeRFConfig, RayBundle
 from sdtoolkit.nerf.convert import (
+    TeacherError,
     heldout_cameras,
     load_nerf_asset,
     psnr,
@@ -262,6 +263,13 @@ def main() -> None:
     for flag, value in (("--seconds", args.seconds), ("--scratch-seconds", args.scratch_seconds)):
         if value is not None and not value > 0:
             parser.error(f"{flag}: {value} is not a positive number of seconds")
+    if args.teacher:  # a teacher that cannot be loaded, or cannot take a variant, is refused before any work
+        try:
+            given, _ = load_nerf_asset(args.teacher)
+            for inherit_decoder in inherit:
+                teacher_config(PVDConfig(inherit_decoder=inherit_decoder), given)
+        except TeacherError as error:
+            parser.error(f"--teacher {args.teacher!r}, --inherit-decoder {args.inherit_decoder}: {error}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out = Path(args.out)

@@ -238,6 +238,22 @@ def test_bad_nerfstudio_inputs_are_one_line_and_write_nothing(run_dir, tmp_path,
         convert(PVDConfig(inherit_decoder=True), run_dir, tmp_path / "x", progress=False)
 
 
+@pytest.mark.parametrize("variant", ["on", "both"])
+def test_pvd_benchmark_refuses_the_decoder_copy_from_a_nerfstudio_teacher_before_any_work(
+    variant, run_dir, tmp_path, monkeypatch, capsys
+):
+    """`benchmarks/pvd.py --inherit-decoder on|both --teacher NERFSTUDIO_RUN` stops with the reason before it renders
+    the teacher's views or writes its output folder."""
+    from benchmarks import pvd
+
+    out = tmp_path / "out"
+    argv = ["pvd.py", "--teacher", str(run_dir), "--inherit-decoder", variant, "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit):
+        pvd.main()
+    assert "needs an sdtoolkit teacher" in capsys.readouterr().err and not out.exists()
+
+
 def test_sdtoolkit_sds_model_trains_an_sdtoolkit_nerf_on_nerfstudio_rays():
     """The `sdtoolkit-sds` model: nerfstudio rays of one whole view render through the sdtoolkit NeRF, the SDS loss
     of the prior reaches its field, nerfstudio's optimizer groups hold the field only and the prior stays out of the
