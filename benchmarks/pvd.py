@@ -119,7 +119,7 @@ def run_pvd(
     eval_every: float,
     stage_fractions: tuple[float, float] = (2000 / 30000, 5000 / 30000),
     teacher_cache: int = 0,
-    loss_points: float = 0.002,
+    loss_points: float | None = None,
     occupancy_pruning: str = "auto",
     inherit_decoder: bool | None = None,
 ):
@@ -152,8 +152,7 @@ def run_pvd(
         stage2_steps=round(steps * stage_fractions[1]),
         rays_per_step=rays_per_step,
         teacher_cache=teacher_cache,
-        loss_density=loss_points,
-        loss_colour=loss_points,
+        **({} if loss_points is None else {"loss_density": loss_points, "loss_colour": loss_points}),
         occupancy_pruning=occupancy_pruning,
         inherit_decoder=inherit_decoder,
     )
@@ -226,8 +225,8 @@ def main() -> None:
     parser.add_argument(
         "--loss-points",
         type=float,
-        default=0.002,
-        help="PVDConfig.loss_density and loss_colour, the weights of the per-point losses (PVD: 0.002)",
+        default=None,
+        help="PVDConfig.loss_density and loss_colour, the weights of the per-point losses (default: PVDConfig's)",
     )
     parser.add_argument(
         "--occupancy-pruning",
@@ -383,6 +382,7 @@ def main() -> None:
                 {
                     "stage_fractions": list(fractions),
                     "inherit_decoder": config.inherit_decoder,
+                    "loss_weights": {k: getattr(config, k) for k in ("loss_feature", "loss_density", "loss_colour")},
                     "pvd_psnr": pvd_curve[-1][1],
                     "pvd_seconds": pvd_curve[-1][0],
                     "pvd_steps": pvd_steps,

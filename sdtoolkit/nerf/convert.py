@@ -29,6 +29,7 @@ from sdtoolkit.nerf.pvd import (
     build_student,
     learning_rate,
     own_render_loss,
+    point_weights,
     pvd_losses,
     random_rays,
     stage_of,
@@ -137,7 +138,10 @@ def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
     """`config` as it applies to `teacher`: a teacher whose volume features are not comparable with the student's
     (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0); a teacher
     whose samples partition its rays (nerfacto's proposal sampler) passes no occupancy grid to the student.
-    `inherit_decoder` None is resolved: on for an sdtoolkit teacher, off for a nerfstudio field."""
+    `inherit_decoder` None is resolved: on for an sdtoolkit teacher, off for a nerfstudio field; so are the
+    per-point loss weights (`pvd.point_weights`)."""
+    density, colour = point_weights(config, teacher)
+    config = dataclasses.replace(config, loss_density=density, loss_colour=colour)
     if getattr(teacher, "samples_partition_rays", False):
         config = dataclasses.replace(config, inherit_occupancy=False, student_samples="own")
     if getattr(teacher.field, "comparable_features", True):

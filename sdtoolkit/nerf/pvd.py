@@ -8,17 +8,19 @@ and student at exactly those points: the samples the teacher renders with, plus 
 pruned (`empty_fraction`), so that the student also learns where the teacher is empty. The converted student
 renders with the teacher's occupancy grid, as PVD's student inherits it (`inherit_occupancy`).
 
-The losses come in three stages (PVD Sec. 3.2-3.3, the reference code's
-`stage_iters`): first the volume features alone (the output of each model's front, `TextTo3DField.features`), then
-also the density and colour at the points, then also the colour rendered along the rays. All are PVD's `normL2`
-(here the mean squared L2 distance per point or ray). The density is compared after clipping its pre-activation,
-log sigma, to [-2, 7] (PVD's `sigma_clip_min/max`: the reference's density is exp-activated, so the clip is of log
+The losses come in three stages (PVD Sec. 3.2-3.3, the reference code's `stage_iters`): first the volume features
+alone (the output of each model's front, `TextTo3DField.features`), then also the density and colour at the points,
+then also the colour rendered along the rays. All are PVD's `normL2` (the reference's `torch.norm` of the whole
+difference over the batch: `norm_l2`). The density is compared after clipping its pre-activation, log sigma, to
+[-2, 7] (PVD's `sigma_clip_min/max`: the reference's density is exp-activated, so the clip is of log
 sigma; ours is softplus-activated and we clip log softplus(.), the same quantity), so empty space far below and
 solid interiors far above the visible range cost nothing.
 
-Deviation, on purpose: the reference also renders with the clipped density. Our teachers' renders (the reference
-of every PSNR) use the unclipped density, and a floor of sigma = e^-2 everywhere would fog our renders (2 units of
-empty space at e^-2 absorb 24 %), so stage 3 renders teacher and student with their own unclipped densities.
+Deviations, on purpose: the per-point density and colour losses weigh 100x the reference's 0.002 for an sdtoolkit
+teacher (measured: `PVDConfig.loss_density`). And the reference also renders with the clipped density. Our
+teachers' renders (the reference of every PSNR) use the unclipped density, and a floor of sigma = e^-2 everywhere
+would fog our renders (2 units of empty space at e^-2 absorb 24 %), so stage 3 renders teacher and student with
+their own unclipped densities.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from sdtoolkit.nerf.representations import REPRESENTATIONS, MLPConfig, TensoRFCo
 
 @dataclass
 class PVDConfig:
-    """One PVD conversion. Schedule and loss weights default to the reference code's (`main_distill_mutual.py`:
-    30k iterations, `stage_iters` {'stage1': 2000, 'stage2': 5000}, lr 1e-2, `normL2` losses)."""
+    """One PVD conversion. Schedule, losses and weights default to the reference code's (`main_distill_mutual.py`:
+    30k iterations, `stage_iters` {'stage1': 2000, 'stage2': 5000}, lr 1e-2, `normL2` losses), but for the weights of
+    the per-point density and colour losses (see there)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "to": OneOf(*REPRESENTATIONS.names()),
@@ -98,12 +101,15 @@ class PVDConfig:
     loss_feature: float = 0.002
     """Weight of the volume-feature loss (PVD `loss_rate_fea_sc`)."""
     feature_decay: float = 0.995
-    """The feature weight is multiplied by this every step after stage 1 (PVD decays it by 0.995; the unit of the
-    decay is our reading: per step)."""
-    loss_density: float = 0.002
-    """Weight of the clipped log-density loss from stage 2 (PVD: 0.002)."""
-    loss_colour: float = 0.002
-    """Weight of the per-point colour loss from stage 2 (PVD: 0.002)."""
+    """The feature weight is multiplied by this at every step from the first (the reference's
+    `update_loss_rate(loss_rate_fea_sc, 0.995)` in every training step, stage 1 included)."""
+    loss_density: float | None = None
+    """Weight of the clipped log-density loss from stage 2. None: `POINT_WEIGHT` (0.2) for an sdtoolkit teacher,
+    PVD's 0.002 for a nerfstudio field (whose conversions were measured with it). 100x PVD's weight was measured on
+    text-to-3D teachers (benchmarks/RESULTS.md, PVD fifth round: 50 s of PVD from the red cube's asset, teacher
+    cache 100): tensorf 51.7 dB against 48.0 dB with 0.002, mlp 43.9 against 41.8 dB (1.0: 43.9 dB)."""
+    loss_colour: float | None = None
+    """Weight of the per-point colour loss from stage 2 (None: as `loss_density`)."""
     loss_rgb: float = 1.0
     """Weight of the rendered-colour loss in stage 3 (PVD: 1)."""
     density_clip: tuple[float, float] = (-2.0, 7.0)
@@ -172,6 +178,21 @@ class PVDConfig:
     the last good checkpoint kept). 0 turns the guard off."""
 
 
+POINT_WEIGHT = 0.2
+"""The per-point loss weight (density and colour) for an sdtoolkit teacher (`PVDConfig.loss_density`)."""
+PVD_POINT_WEIGHT = 0.002
+"""PVD's own per-point loss weight (`loss_rate_sigma`, `loss_rate_color`), the default for a nerfstudio field."""
+
+
+def point_weights(config: PVDConfig, teacher: NeRF | None = None) -> tuple[float, float]:
+    """(density, colour) loss weights, None resolved: `POINT_WEIGHT` for an sdtoolkit teacher (or none given),
+    `PVD_POINT_WEIGHT` for a teacher whose features are not comparable (a nerfstudio field)."""
+    comparable = teacher is None or getattr(teacher.field, "comparable_features", True)
+    default = POINT_WEIGHT if comparable else PVD_POINT_WEIGHT
+    density = default if config.loss_density is None else config.loss_density
+    return density, density if config.loss_colour is None else config.loss_colour
+
+
 def stage_of(config: PVDConfig, step: int) -> int:
     """1, 2 or 3: the PVD stage of step `step` (0-based)."""
     if step < config.stage1_steps:
@@ -185,15 +206,18 @@ def learning_rate(config: PVDConfig, step: int) -> float:
 
 
 def feature_weight(config: PVDConfig, step: int) -> float:
-    """The feature loss weight: `loss_feature` in stage 1, then decayed by `feature_decay` per step."""
-    return config.loss_feature * config.feature_decay ** max(0, step - config.stage1_steps)
+    """The feature loss weight at step `step`: `loss_feature` x `feature_decay`^step (the reference multiplies its
+    `loss_rate_fea_sc` by 0.995 at every training step from the first, stage 1 included)."""
+    return config.loss_feature * config.feature_decay**step
 
 
 def norm_l2(student: Tensor, teacher: Tensor) -> Tensor:
     """PVD's `normL2` between student and teacher values (Fang et al. 2023, Sec. 3.3: every term of the objective is
-    an L2 distance): mean over points (or rays) of the squared Euclidean norm of the difference."""
-    difference = (student - teacher).reshape(student.shape[0], -1)
-    return difference.square().sum(-1).mean() if len(difference) else student.sum() * 0
+    an L2 distance; the reference's `get_loss` with `loss_type='normL2'`, `torch.norm(pred - gt)`): the Euclidean
+    norm of the whole difference, ||s - t||_2 = sqrt(sum_i ||s_i - t_i||^2) over every point (or ray) of the batch;
+    not squared and not averaged, so its gradient (s - t) / ||s - t|| has unit norm at any size of the error."""
+    difference = student - teacher
+    return torch.linalg.vector_norm(difference) if difference.numel() else student.sum() * 0
 
 
 def clip_log_density(log_sigma: Tensor, clip: tuple[float, float]) -> Tensor:
@@ -338,11 +362,12 @@ def pvd_losses(
     raw = student.field.decode(features)
     student_log = clip_log_density(student.field.log_density(raw, points.positions), config.density_clip)
     teacher_log = clip_log_density(points.log_density, config.density_clip)
-    losses["loss_density"] = config.loss_density * norm_l2(student_log[:, None], teacher_log[:, None])
+    density_weight, colour_weight = point_weights(config)  # resolved for the teacher by `convert.teacher_config`
+    losses["loss_density"] = density_weight * norm_l2(student_log[:, None], teacher_log[:, None])
     student_rgb = torch.sigmoid(raw[..., 1:4])
     kept = points.num_kept  # colour only where the teacher renders it (empty space has no meaningful colour)
     teacher_rgb = torch.sigmoid(points.raw[..., 1:4])
-    losses["loss_colour"] = config.loss_colour * norm_l2(student_rgb[:kept], teacher_rgb[:kept])
+    losses["loss_colour"] = colour_weight * norm_l2(student_rgb[:kept], teacher_rgb[:kept])
     if stage == 3 and config.student_samples == "teacher":
         density = student.field.activate_density(raw, points.positions)
         student_colour = composite(points, density, student_rgb, background)
