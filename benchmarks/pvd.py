@@ -165,17 +165,20 @@ def run_pvd(
         start = time.perf_counter()
         training_step(run)
         elapsed += time.perf_counter() - start
-        if elapsed >= next_eval or elapsed >= seconds or run.step == config.steps:
+        evaluate_now = elapsed >= next_eval or elapsed >= seconds
+        if stage_of(config, run.step) == 3 and elapsed < seconds and (evaluate_now or run.step == config.steps):
+            # re-plan the step budget from the measured step time, so that the run fills its wall time (a fresh
+            # student's steps are slower than a fitted one's: the calibration overestimates them); a budget that
+            # runs out early is extended without an evaluation, so the end of a run is measured once, not at every
+            # extension (repeated evaluations of a noisy curve would favour reaching a target)
+            per_step = (elapsed - cache_elapsed) / run.step
+            config.steps = max(run.step + 1, run.step + int((seconds - elapsed) / per_step))
+        if evaluate_now or run.step == config.steps:
             from sdtoolkit.nerf.convert import refresh_occupancy
 
             refresh_occupancy(run.nerf, teacher=teacher if config.inherit_occupancy else None)
             curve.append((round(elapsed, 1), evaluate(run.nerf), run.step))
             next_eval += eval_every
-            if stage_of(config, run.step) == 3 and elapsed < seconds:
-                # re-plan the step budget from the measured step time, so that the run fills its wall time (a
-                # fresh student's steps are slower than a fitted one's: the calibration overestimates them)
-                per_step = (elapsed - cache_elapsed) / run.step
-                config.steps = max(run.step + 1, run.step + int((seconds - elapsed) / per_step))
     return curve, run.step, config
 
 
