@@ -12,7 +12,6 @@ from sdtoolkit.nerf import NeRF, NeRFConfig
 from sdtoolkit.nerf.colliders import RayBundle
 from sdtoolkit.nerf.convert import TeacherError, convert, load_nerf_asset, setup, teacher_config, training_step
 from sdtoolkit.nerf.pvd import (
-    POINT_WEIGHT,
     PVDConfig,
     build_student,
     clip_log_density,
@@ -302,13 +301,13 @@ def test_each_loss_is_the_references_norm_l2_by_hand(teacher_dir):
     assert losses["loss_rgb"] > 0 and losses["loss_density"] > 0
 
 
-def test_point_loss_weights_default_by_teacher(teacher_dir):
-    """None resolves to `POINT_WEIGHT` for an sdtoolkit teacher; a given weight is kept, and the colour weight
-    follows the density weight unless given (the nerfstudio side: tests/test_nerfstudio.py)."""
+def test_point_loss_weights_default_and_colour_follows_density(teacher_dir):
+    """The per-point weights default to 0.2 (100x PVD's 0.002); a given weight is kept, and the colour weight
+    follows the density weight unless given (a nerfstudio teacher gets the same: tests/test_nerfstudio.py)."""
     teacher, _ = load_nerf_asset(teacher_dir)
     resolved = teacher_config(PVDConfig(), teacher)
-    assert (resolved.loss_density, resolved.loss_colour) == (POINT_WEIGHT, POINT_WEIGHT) == (0.2, 0.2)
-    assert point_weights(PVDConfig()) == (0.2, 0.2)  # no teacher given: the sdtoolkit default
+    assert (resolved.loss_density, resolved.loss_colour) == (0.2, 0.2)
+    assert point_weights(PVDConfig()) == (0.2, 0.2)
     given = teacher_config(PVDConfig(loss_density=0.01), teacher)
     assert (given.loss_density, given.loss_colour) == (0.01, 0.01)
     both = teacher_config(PVDConfig(loss_density=0.01, loss_colour=0.3), teacher)

@@ -27,6 +27,7 @@ from sdtoolkit.nerf.model import NeRF, NeRFConfig
 from sdtoolkit.nerf.pvd import (
     PVDConfig,
     build_student,
+    inherits_decoder,
     learning_rate,
     own_render_loss,
     point_weights,
@@ -138,14 +139,13 @@ def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
     """`config` as it applies to `teacher`: a teacher whose volume features are not comparable with the student's
     (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0); a teacher
     whose samples partition its rays (nerfacto's proposal sampler) passes no occupancy grid to the student.
-    `inherit_decoder` None is resolved: on for an sdtoolkit teacher, off for a nerfstudio field; so are the
-    per-point loss weights (`pvd.point_weights`)."""
-    density, colour = point_weights(config, teacher)
+    `inherit_decoder` None is resolved (`pvd.inherits_decoder`), and so is the colour weight (`pvd.point_weights`)."""
+    density, colour = point_weights(config)
     config = dataclasses.replace(config, loss_density=density, loss_colour=colour)
     if getattr(teacher, "samples_partition_rays", False):
         config = dataclasses.replace(config, inherit_occupancy=False, student_samples="own")
     if getattr(teacher.field, "comparable_features", True):
-        return dataclasses.replace(config, inherit_decoder=config.inherit_decoder is not False)
+        return dataclasses.replace(config, inherit_decoder=inherits_decoder(config, teacher))
     if config.inherit_decoder:
         raise TeacherError("--inherit-decoder needs an sdtoolkit teacher; a nerfstudio field has no such decoder")
     return dataclasses.replace(config, stage1_steps=0, loss_feature=0.0, inherit_decoder=False)

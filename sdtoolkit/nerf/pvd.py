@@ -16,11 +16,11 @@ difference over the batch: `norm_l2`). The density is compared after clipping it
 sigma; ours is softplus-activated and we clip log softplus(.), the same quantity), so empty space far below and
 solid interiors far above the visible range cost nothing.
 
-Deviations, on purpose: the per-point density and colour losses weigh 100x the reference's 0.002 for an sdtoolkit
-teacher (measured: `PVDConfig.loss_density`). And the reference also renders with the clipped density. Our
-teachers' renders (the reference of every PSNR) use the unclipped density, and a floor of sigma = e^-2 everywhere
-would fog our renders (2 units of empty space at e^-2 absorb 24 %), so stage 3 renders teacher and student with
-their own unclipped densities.
+Deviations, on purpose: the per-point density and colour losses weigh 100x the reference's 0.002 (measured on
+sdtoolkit and nerfacto teachers: `PVDConfig.loss_density`). And the reference also renders with the clipped
+density. Our teachers' renders (the reference of every PSNR) use the unclipped density, and a floor of sigma = e^-2
+everywhere would fog our renders (2 units of empty space at e^-2 absorb 24 %), so stage 3 renders teacher and
+student with their own unclipped densities.
 """
 
 from __future__ import annotations
@@ -103,11 +103,12 @@ class PVDConfig:
     feature_decay: float = 0.995
     """The feature weight is multiplied by this at every step from the first (the reference's
     `update_loss_rate(loss_rate_fea_sc, 0.995)` in every training step, stage 1 included)."""
-    loss_density: float | None = None
-    """Weight of the clipped log-density loss from stage 2. None: `POINT_WEIGHT` (0.2) for an sdtoolkit teacher,
-    PVD's 0.002 for a nerfstudio field (whose conversions were measured with it). 100x PVD's weight was measured on
-    text-to-3D teachers (benchmarks/RESULTS.md, PVD fifth round: 50 s of PVD from the red cube's asset, teacher
-    cache 100): tensorf 51.7 dB against 48.0 dB with 0.002, mlp 43.9 against 41.8 dB (1.0: 43.9 dB)."""
+    loss_density: float = 0.2
+    """Weight of the clipped log-density loss from stage 2: 100x PVD's 0.002 (`loss_rate_sigma`), measured
+    (benchmarks/RESULTS.md, teacher cache 100): from a text-to-3D asset (fifth round, 50 s of PVD) tensorf 51.7 dB
+    against 48.0 with 0.002, mlp 43.9 against 41.8 (1.0: 43.9); from three nerfacto teachers (sixth round, 100 s)
+    +1.8 to +4.1 dB on four of six conversions, the blue cube's two within 0.25 dB. 2.0 lowered the cube's
+    tensorf (35.3 against 36.6 dB with 0.002 after 900 steps)."""
     loss_colour: float | None = None
     """Weight of the per-point colour loss from stage 2 (None: as `loss_density`)."""
     loss_rgb: float = 1.0
@@ -178,18 +179,9 @@ class PVDConfig:
     the last good checkpoint kept). 0 turns the guard off."""
 
 
-POINT_WEIGHT = 0.2
-"""The per-point loss weight (density and colour) for an sdtoolkit teacher (`PVDConfig.loss_density`)."""
-PVD_POINT_WEIGHT = 0.002
-"""PVD's own per-point loss weight (`loss_rate_sigma`, `loss_rate_color`), the default for a nerfstudio field."""
-
-
-def point_weights(config: PVDConfig, teacher: NeRF | None = None) -> tuple[float, float]:
-    """(density, colour) loss weights, None resolved: `POINT_WEIGHT` for an sdtoolkit teacher (or none given),
-    `PVD_POINT_WEIGHT` for a teacher whose features are not comparable (a nerfstudio field)."""
-    comparable = teacher is None or getattr(teacher.field, "comparable_features", True)
-    default = POINT_WEIGHT if comparable else PVD_POINT_WEIGHT
-    density = default if config.loss_density is None else config.loss_density
+def point_weights(config: PVDConfig) -> tuple[float, float]:
+    """(density, colour) loss weights, the colour weight None resolved to the density weight."""
+    density = config.loss_density
     return density, density if config.loss_colour is None else config.loss_colour
 
 
@@ -362,7 +354,7 @@ def pvd_losses(
     raw = student.field.decode(features)
     student_log = clip_log_density(student.field.log_density(raw, points.positions), config.density_clip)
     teacher_log = clip_log_density(points.log_density, config.density_clip)
-    density_weight, colour_weight = point_weights(config)  # resolved for the teacher by `convert.teacher_config`
+    density_weight, colour_weight = point_weights(config)
     losses["loss_density"] = density_weight * norm_l2(student_log[:, None], teacher_log[:, None])
     student_rgb = torch.sigmoid(raw[..., 1:4])
     kept = points.num_kept  # colour only where the teacher renders it (empty space has no meaningful colour)
