@@ -11,8 +11,8 @@
    teacher's renders (photometric MSE on random rays, its own occupancy grid, Adam at PVD's lr 1e-2 decaying to
    1e-3 over the budget), PVD for `--seconds` and the from-scratch fit for `--scratch-seconds` (default: the same)
    of wall time (evaluation excluded). PSNR (median over the 20 held-out views) is measured at `--evals` evenly
-   spaced points of each run. With `--teacher-cache N`, PVD draws N batches
-   of teacher points first and cycles them; that drawing counts in PVD's wall time.
+   spaced points of each run. With `--teacher-cache N`, PVD draws N batches of teacher points first and cycles
+   them (`--cache-refresh K`: redrawing one every K steps); that drawing counts in PVD's wall time.
 
 Reported: final PSNRs, wall times, and the first measured time at which PVD reached the from-scratch run's best
 PSNR (its final one unless it diverged late), and its fraction of the from-scratch wall time; beside them the
@@ -122,6 +122,7 @@ def run_pvd(
     loss_points: float | None = None,
     occupancy_pruning: str = "auto",
     inherit_decoder: bool | None = None,
+    cache_refresh: int = 0,
 ):
     """One PVD run of `seconds` wall time, the cache's drawing included; returns (curve, steps, config)."""
     teacher, stored = load_nerf_asset(teacher_dir)
@@ -152,6 +153,7 @@ def run_pvd(
         stage2_steps=round(steps * stage_fractions[1]),
         rays_per_step=rays_per_step,
         teacher_cache=teacher_cache,
+        cache_refresh=cache_refresh,
         **({} if loss_points is None else {"loss_density": loss_points, "loss_colour": loss_points}),
         occupancy_pruning=occupancy_pruning,
         inherit_decoder=inherit_decoder,
@@ -224,6 +226,13 @@ def main() -> None:
         default=0,
         help="PVDConfig.teacher_cache: batches of teacher points drawn once and cycled (their drawing counts in "
         "PVD's time); 0: fresh points every step",
+    )
+    parser.add_argument(
+        "--cache-refresh",
+        type=int,
+        default=0,
+        help="PVDConfig.cache_refresh: with --teacher-cache, every this many steps the batch about to be used is "
+        "redrawn (inside PVD's time); 0: never",
     )
     parser.add_argument(
         "--loss-points",
@@ -346,6 +355,7 @@ def main() -> None:
                 args.loss_points,
                 args.occupancy_pruning,
                 inherit_decoder,
+                args.cache_refresh,
             )
             for fractions, inherit_decoder in variants
         ]
@@ -386,6 +396,7 @@ def main() -> None:
                     "stage_fractions": list(fractions),
                     "inherit_decoder": config.inherit_decoder,
                     "loss_weights": {k: getattr(config, k) for k in ("loss_feature", "loss_density", "loss_colour")},
+                    "teacher_cache": [config.teacher_cache, config.cache_refresh],
                     "pvd_psnr": pvd_curve[-1][1],
                     "pvd_seconds": pvd_curve[-1][0],
                     "pvd_steps": pvd_steps,

@@ -234,6 +234,29 @@ def test_a_teacher_cache_cycles_its_batches_and_resumes_exactly(teacher_dir, tmp
         assert torch.equal(x, y), name
 
 
+def test_a_refreshed_cache_redraws_the_next_batch_and_resumes_exactly(teacher_dir, tmp_path):
+    """`cache_refresh=k`: before every k-th step the batch that step uses is redrawn (the other slots stay), and a
+    run interrupted after refreshes resumes to the same weights as one that was not."""
+    teacher, _ = load_nerf_asset(teacher_dir)
+    run = setup(tiny_pvd(teacher_cache=3, cache_refresh=2), teacher)
+    first = [batch[1].positions for batch in run.cache]
+    training_step(run)  # step 0: no refresh
+    assert all(batch[1].positions is x for batch, x in zip(run.cache, first))
+    training_step(run)  # step 1: none either
+    training_step(run)  # step 2: slot 2 redrawn (refresh 1), slots 0 and 1 kept
+    assert run.cache[0][1].positions is first[0] and run.cache[1][1].positions is first[1]
+    assert not torch.equal(run.cache[2][0].origins, setup(tiny_pvd(teacher_cache=3), teacher).cache[2][0].origins)
+    config = tiny_pvd(teacher_cache=3, cache_refresh=2)
+    straight = convert(config, teacher_dir, tmp_path / "a", progress=False, export_outputs=False)
+    assert straight["steps"] == 6
+    assert convert(config, teacher_dir, tmp_path / "b", progress=False, stop_at=5)["stopped"]  # after refreshes 1, 2
+    convert(config, teacher_dir, tmp_path / "b", progress=False, resume=True, export_outputs=False)
+    a, _ = load_nerf_asset(tmp_path / "a")
+    b, _ = load_nerf_asset(tmp_path / "b")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
 @pytest.mark.parametrize(
     "stage, term", [(1, "loss_feature"), (2, "loss_density"), (2, "loss_colour"), (3, "loss_rgb")]
 )
@@ -412,6 +435,7 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
         ("no-nerf", [], "holds no NeRF ('nerf.*' tensors): a checkpoint of another kind"),
         ("missing", [], "no such file or folder"),
         (None, ["--steps", "0"], "--steps 0: must be >= 1"),
+        (None, ["--cache-refresh", "2"], "--cache-refresh 2 needs --teacher-cache N > 0"),
     ],
 )
 def test_bad_inputs_fail_before_writing(teacher_dir, tmp_path, capsys, setup_teacher, extra, message):

@@ -116,6 +116,8 @@ def resolve(args: argparse.Namespace):
             f"--stage1-steps {config.stage1_steps} > --stage2-steps {config.stage2_steps}: stage 2 ends at "
             "--stage2-steps, counted from step 0"
         )
+    if config.cache_refresh and not config.teacher_cache:
+        raise CLIError(f"--cache-refresh {config.cache_refresh} needs --teacher-cache N > 0 (it refreshes that cache)")
     return config, command, Path(teacher), output, resume is not None
 
 

@@ -196,9 +196,33 @@ def teacher_batch(run: ConvertRun, generator: torch.Generator) -> tuple:
     return rays, points, colours
 
 
+def refresh_number(config: PVDConfig, step: int) -> int:
+    """The number r >= 1 of the cache refresh made just before step `step` (`PVDConfig.cache_refresh`), 0: none."""
+    every = config.cache_refresh
+    return step // every if config.teacher_cache and every and step and step % every == 0 else 0
+
+
+def refreshed_batch(run: ConvertRun, number: int) -> tuple:
+    """Refresh `number`'s batch, from its own seeded generator (a resumed run redraws it identically)."""
+    return teacher_batch(run, torch.Generator().manual_seed((run.config.seed + 1) * 1_000_003 + number))
+
+
+def restore_refreshes(run: ConvertRun) -> None:
+    """After a resume at `run.step`: the cache as the refreshes before that step left it (per slot, the last)."""
+    last = {}
+    for step in range(1, run.step):
+        if refresh_number(run.config, step):
+            last[step % len(run.cache)] = refresh_number(run.config, step)
+    for slot, number in last.items():
+        run.cache[slot] = refreshed_batch(run, number)
+
+
 def training_step(run: ConvertRun) -> dict[str, float]:
     """One PVD step on fresh random rays; returns its logs."""
     if run.cache:
+        number = refresh_number(run.config, run.step)
+        if number:
+            run.cache[run.step % len(run.cache)] = refreshed_batch(run, number)
         rays, points, colours = run.cache[run.step % len(run.cache)]
     else:
         rays, points, colours = teacher_batch(run, run.generator)
@@ -336,6 +360,8 @@ def convert(
         run = setup(config, teacher, background)
         if resume:
             load_checkpoint(run, output_dir)
+            if run.cache:
+                restore_refreshes(run)
         atomic_write_text(
             output_dir / CONFIG_FILE,
             json.dumps(resolved_config(config, teacher_path, run.nerf, command, background), indent=2),

@@ -62,6 +62,7 @@ class PVDConfig:
         "empty_fraction": FRACTION,
         "student_samples": OneOf("teacher", "own"),
         "teacher_cache": NON_NEGATIVE,
+        "cache_refresh": NON_NEGATIVE,
         "occupancy_pruning": OneOf("auto", "cached", "exact"),
         "loss_density": NON_NEGATIVE,
         "loss_colour": NON_NEGATIVE,
@@ -134,8 +135,12 @@ class PVDConfig:
     teacher_cache: int = 0
     """0: fresh teacher points every step (PVD). N > 0: N batches of rays and teacher points are drawn once, before
     step 0 (with a generator seeded by `seed`, so a resumed run redraws the same ones), and step k uses batch k mod
-    N. For a teacher whose queries dominate the step (a nerfacto teacher: its proposal networks, then its field in
-    seven directions per sample; about 90 % of the step on the CPU) this trades fresh rays for speed."""
+    N. For a teacher whose queries dominate the step (a nerfacto teacher: its proposal sampler, then its field at
+    every sample; about 90 % of the step on the CPU) this trades fresh rays for speed."""
+    cache_refresh: int = 0
+    """With `teacher_cache`: every this many steps, the cached batch the step is about to use is replaced by a
+    freshly drawn one (refresh r from a generator seeded by `seed` and r, so a resumed run redraws the same), so the
+    student keeps meeting new rays instead of overfitting N batches. 0: the cache never changes."""
     occupancy_pruning: str = "auto"
     """The student's `NeRFConfig.occupancy_pruning`, how its occupancy grid prunes samples when it renders (in
     stage 3 with `student_samples='own'`, in the evaluation and in the exported asset). 'auto': as it was trained.
