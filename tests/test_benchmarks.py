@@ -181,3 +181,44 @@ def test_pvd_benchmark_refuses_bad_arguments_before_any_work(argv, message, tmp_
     with pytest.raises(SystemExit):
         pvd.main()
     assert re.search(message, capsys.readouterr().err) and not out.exists()
+
+
+def test_pvd_benchmark_times_the_from_scratch_renders_and_reports_both_fractions(tmp_path, monkeypatch):
+    """A tiny end-to-end run of `benchmarks/pvd.py` on a saved teacher: the teacher's renders of the from-scratch
+    data are timed, and the fraction of the from-scratch time with them counted is PVD's time to the from-scratch
+    best over (the from-scratch fit's seconds + the render seconds)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from benchmarks import pvd
+    from sdtoolkit.cli.config_cli import to_dict
+    from sdtoolkit.nerf import NeRF, NeRFConfig
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    torch.manual_seed(0)
+    config = NeRFConfig(num_samples=16, occupancy_resolution=16)
+    config.field.num_levels, config.field.max_res, config.field.log2_hashmap_size = 4, 32, 12
+    config.field.hidden_dim = 16
+    nerf = NeRF(config)
+    with torch.no_grad():
+        nerf.field.encoding.tables.normal_(0, 0.5)
+    nerf.update_occupancy(0, force=True)
+    tensors = {f"nerf.{k}": v.contiguous() for k, v in nerf.state_dict().items()}
+    save_file(tensors, str(teacher / "checkpoint.safetensors"))
+    asset = {"prompt": "a red cube", "nerf": to_dict(config), "background": [1, 1, 1]}
+    (teacher / "config.json").write_text(json.dumps(asset))
+    out = tmp_path / "out"
+    argv = ["--teacher", str(teacher), "--representations", "voxel", "--seconds", "3", "--scratch-seconds", "0.05"]
+    argv += ["--evals", "2", "--train-views", "2", "--rays-per-step", "128", "--stage-fractions", "0:0", "--out"]
+    monkeypatch.setattr("sys.argv", ["pvd.py", *argv, str(out)])
+    pvd.main()
+    result = json.loads((out / "results.json").read_text())
+    assert result["scratch_render_seconds"] > 0
+    run = result["runs"]["voxel"]
+    reached = run["pvd"][0]["pvd_seconds_to_scratch_best"]
+    assert reached is not None, run  # a 0.05 s fit from scratch is a low bar for 3 s of PVD
+    counted = run["scratch_seconds"] + result["scratch_render_seconds"]
+    fractions = run["pvd"][0]
+    assert fractions["fraction_of_scratch_time_with_renders"] == pytest.approx(reached / counted, rel=0.01)  # rounded
+    assert fractions["fraction_of_scratch_time_with_renders"] < fractions["fraction_of_scratch_time"]

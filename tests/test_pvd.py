@@ -191,7 +191,10 @@ def test_own_samples_render_the_student_along_the_whole_ray_against_the_teachers
     """`student_samples='own'`: the target is the teacher's rendered colour of each drawn ray (its own render,
     background for a ray that misses the bound), and the loss is the student's full render against it; it falls."""
     teacher, _ = load_nerf_asset(teacher_dir)
-    config = tiny_pvd(stage1_steps=0, stage2_steps=0, student_samples="own", empty_fraction=0.0)
+    # its grid refreshed every 16 steps (text-to-3D's period) in these 30 steps: the render follows the density
+    config = tiny_pvd(
+        stage1_steps=0, stage2_steps=0, student_samples="own", empty_fraction=0.0, student_occupancy_every=16
+    )
     generator = torch.Generator().manual_seed(4)
     rays = random_rays(config, generator, "cpu")
     points = teacher_points(teacher, rays, generator)
@@ -207,6 +210,31 @@ def test_own_samples_render_the_student_along_the_whole_ray_against_the_teachers
         logs = training_step(run)
         values.append(logs["loss_rgb"])
     assert "loss_rgb" in logs and values[-1] < 0.5**0.5 * values[0], values  # a norm: its square at least halved
+
+
+def test_a_student_rendering_its_own_samples_refreshes_its_grid_every_student_occupancy_every_steps(
+    teacher_dir, monkeypatch
+):
+    """`student_occupancy_every` is the refresh period of the grid the student renders its own samples with (the
+    student's `occupancy_update_every`); with the teacher's samples the student keeps the teacher's setting."""
+    teacher, _ = load_nerf_asset(teacher_dir)
+    config = tiny_pvd(stage1_steps=0, stage2_steps=0, student_samples="own", student_occupancy_every=3)
+    run = setup(config, teacher)
+    assert run.nerf.config.occupancy_update_every == 3 and run.nerf.occupancy.update_every == 3
+    refreshed = []
+    update = type(run.nerf.occupancy).update
+
+    def spy(grid, density_fn, step, *args, **kwargs):
+        done = update(grid, density_fn, step, *args, **kwargs)
+        refreshed.extend([step] if done else [])
+        return done
+
+    monkeypatch.setattr(type(run.nerf.occupancy), "update", spy)
+    for _ in range(7):
+        training_step(run)
+    assert refreshed == [0, 3, 6], refreshed
+    kept = build_student(tiny_pvd(student_occupancy_every=3), teacher)  # 'teacher' samples: the teacher's grid
+    assert kept.config.occupancy_update_every == teacher.config.occupancy_update_every
 
 
 def test_a_teacher_cache_cycles_its_batches_and_resumes_exactly(teacher_dir, tmp_path, monkeypatch):
