@@ -455,6 +455,25 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["steps"] == 8
 
 
+def test_a_run_saved_before_a_field_existed_is_not_resumed_with_its_new_default(teacher_dir, tmp_path, capsys):
+    """A conversion whose config.json lacks fields added since (an older sdtoolkit's run) is refused on resume,
+    naming them, instead of continuing with today's defaults for settings it may have run without; nothing of it
+    is changed."""
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "old"
+    convert(tiny_pvd(teacher_cache=2), teacher_dir, out, progress=False, export_outputs=False)
+    stored = json.loads((out / "config.json").read_text())
+    for name in ("cache_refresh", "student_occupancy_every"):
+        del stored["pvd"][name]
+    (out / "config.json").write_text(json.dumps(stored))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["convert-nerf", "--resume", str(out), "--steps", "8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "saved by an older sdtoolkit" in err and "--cache-refresh, --student-occupancy-every" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 @pytest.mark.parametrize(
     "setup_teacher, extra, message",
     [

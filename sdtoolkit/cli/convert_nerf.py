@@ -101,6 +101,13 @@ def resolve(args: argparse.Namespace):
             stored_pvd, stored_teacher = stored["pvd"], stored["teacher"]
         except (OSError, ValueError, KeyError, TypeError):
             raise CLIError(f"--resume: no convert-nerf run in {str(output)!r}; run without --resume first") from None
+        unrecorded = sorted({f.name for f in dataclasses.fields(PVDConfig)} - set(stored_pvd))
+        if unrecorded:  # a run saved before these fields existed: their current defaults may not be what it ran with
+            raise CLIError(
+                f"--resume: the run in {str(output)!r} was saved by an older sdtoolkit and does not record "
+                f"{', '.join(config_cli.flag_of('', k) for k in unrecorded)}; it cannot be resumed exactly: start a "
+                "new run (its files are left as they are)"
+            )
         if teacher is not None and Path(teacher).resolve() != Path(stored_teacher).resolve():
             raise CLIError(f"--resume: TEACHER {teacher!r} is not the run's teacher {stored_teacher!r}")
         teacher = stored_teacher
