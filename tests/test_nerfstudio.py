@@ -188,6 +188,78 @@ def test_a_tensorf_run_whose_grids_grew_is_a_teacher(tmp_path):
     assert torch.allclose(teacher.field.get_density(points), density, rtol=1e-4, atol=1e-5)
 
 
+def tiny_instant_ngp():
+    from nerfstudio.models.instant_ngp import InstantNGPModelConfig
+
+    config = InstantNGPModelConfig(max_res=64, log2_hashmap_size=12, disable_scene_contraction=True,
+                                   grid_resolution=8, grid_levels=1)  # fmt: skip
+    with _no_metric_modules():
+        return config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=2,
+                            metadata={}).eval()  # fmt: skip
+
+
+def test_grid_occupied_reads_nerfaccs_own_occupancy_grid():
+    """`grid_occupied` against nerfacc's `OccGridEstimator` updated by nerfacc itself (its pure-torch `_update`)
+    from an occupancy that is 1 in a box with faces on cell edges of both levels: the grid's cells are exactly that
+    box's, so the lookup must agree with the box at every point (axis order, level choice, the outer level)."""
+    from nerfacc import OccGridEstimator
+
+    from sdtoolkit.nerfstudio_plugin.teacher import grid_occupied
+
+    def inside_box(x):
+        return ((x[:, 0] > 0.5) & (x[:, 1] < 0) & (x[:, 2] > -1.5)).float()
+
+    grid = OccGridEstimator(roi_aabb=[-1.0] * 3 + [1.0] * 3, resolution=8, levels=2)  # level 1: [-2, 2]^3
+    grid._update(step=0, occ_eval_fn=inside_box)
+    assert 0 < grid.binaries.sum() < grid.binaries.numel()
+    points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) * 4.4 - 2.2
+    expected = inside_box(points).bool() & (points.abs() < 2).all(-1)  # outside every level's box: empty
+    assert torch.equal(grid_occupied(grid.binaries, grid.aabbs, points), expected)
+
+
+@pytest.mark.parametrize("method", ["instant-ngp", "vanilla-nerf"])
+def test_instant_ngp_and_vanilla_nerf_runs_are_teachers(method, tmp_path):
+    """An instant-ngp run's teacher is its field where the run's own occupancy grid marks a cell and empty
+    elsewhere (instant-ngp renders nothing else); a vanilla-nerf run's is its fine field. Both convert by PVD."""
+    from nerfstudio.models.vanilla_nerf import VanillaModelConfig
+
+    torch.manual_seed(0)
+    if method == "instant-ngp":
+        model = tiny_instant_ngp()
+    else:
+        config = VanillaModelConfig(num_coarse_samples=8, num_importance_samples=8)
+        with _no_metric_modules():
+            model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=2,
+                                 metadata={}).eval()  # fmt: skip
+    field = model.field if method == "instant-ngp" else model.field_fine
+    with torch.no_grad():
+        for parameter in field.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+        if method == "instant-ngp":  # its grid: the half x > 0 occupied (cells of [-1, 1]^3, 8 per axis)
+            model.occupancy_grid.binaries[0, 4:] = True
+    teacher, stored = load_nerf_asset(save_run(model, tmp_path / method, method=method))
+    assert stored["nerfstudio"]["method"] == method
+    points = torch.rand(400, 3) * 1.6 - 0.8
+    density, _ = direct(model, points, torch.tensor([1.0, 0, 0])) if method == "instant-ngp" else (None, None)
+    if method == "vanilla-nerf":
+        n = len(points)
+        zeros = torch.zeros(n, 1, 1)
+        samples = RaySamples(frustums=Frustums(points[:, None], torch.tensor([1.0, 0, 0]).expand(n, 1, 3), zeros,
+                                               zeros, torch.ones(n, 1, 1)))  # fmt: skip
+        with torch.no_grad():
+            density = field(samples)[FieldHeadNames.DENSITY].reshape(-1)
+    else:
+        density = density * (points[:, 0] > 0)
+    got = teacher.field.get_density(points)
+    assert density.max() > 0 and torch.allclose(got, density, rtol=1e-4, atol=1e-5)
+    if method == "instant-ngp":
+        assert (got[points[:, 0] < 0] == 0).all() and (got[points[:, 0] > 0] > 0).any()
+    config = PVDConfig(to="tensorf", steps=4, stage2_steps=2, rays_per_step=64, cameras_per_step=2, ray_resolution=8,
+                       checkpoint_every=0)  # fmt: skip
+    summary = convert(config, tmp_path / method, tmp_path / f"{method}-tensorf", progress=False, export_outputs=False)
+    assert summary["steps"] == 4
+
+
 def test_convert_a_nerfacto_run_to_mlp(run_dir, tmp_path):
     """PVD from a nerfstudio teacher: no feature stage (its features are not the student's), density and colour at
     the teacher's points, then rendered colour; the losses fall and the result is an sdtoolkit asset."""
@@ -224,9 +296,27 @@ def test_bad_nerfstudio_inputs_are_one_line_and_write_nothing(run_dir, tmp_path,
     pickled.mkdir(parents=True)
     torch.save({"pipeline": TeacherError("not a tensor")}, pickled / "step-000000001.ckpt")
     (pickled.parent / "config.yml").write_text("method_name: nerfacto\n")
+    # weights laid out by tiny-cuda-nn (one flat 'params' tensor per fused module) instead of the torch modules'
+    tcnn = {}
+    for name, model in (("nerfacto", tiny_nerfacto()), ("instant-ngp", tiny_instant_ngp())):
+        run = save_run(model, tmp_path / f"tcnn-{name}", method=name)
+        checkpoint = run / "nerfstudio_models" / "step-000000007.ckpt"
+        stored = torch.load(checkpoint, weights_only=True)
+        stored["pipeline"] = {k: v for k, v in stored["pipeline"].items() if ".mlp_base." not in k}
+        stored["pipeline"]["_model.field.mlp_base.params"] = torch.zeros(4096)
+        torch.save(stored, checkpoint)
+        tcnn[name] = run
+    gridless = save_run(tiny_instant_ngp(), tmp_path / "gridless", method="instant-ngp")
+    checkpoint = gridless / "nerfstudio_models" / "step-000000007.ckpt"
+    stored = torch.load(checkpoint, weights_only=True)
+    stored["pipeline"] = {k: v for k, v in stored["pipeline"].items() if "occupancy_grid" not in k}
+    torch.save(stored, checkpoint)
     cases = [
         (no_config / "nerfstudio_models" / "step-000000001.ckpt", "its run's config.yml is missing"),
-        (splat, "is a 'splatfacto' run; convert-nerf accepts nerfacto, tensorf, vanilla-nerf"),
+        (tcnn["nerfacto"], "has another weight layout: retrain with --pipeline.model.implementation torch"),
+        (tcnn["instant-ngp"], "has another weight layout: retrain it where tiny-cuda-nn is not installed"),
+        (gridless, "an instant-ngp checkpoint without its occupancy grid"),
+        (splat, "is a 'splatfacto' run; convert-nerf accepts nerfacto, tensorf, vanilla-nerf, instant-ngp"),
         (other.parent, "holds no nerfstudio nerfacto field"),
         (pickled.parent, "is not a nerfstudio checkpoint"),
     ]

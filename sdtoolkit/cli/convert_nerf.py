@@ -31,7 +31,8 @@ class ConvertNerfCommand:
 
     teacher: str | None = None
     """The teacher: a text-to-3d or convert-nerf output folder, or the checkpoint.safetensors inside one; or a
-    nerfstudio run (nerfacto, tensorf, vanilla-nerf: its folder, config.yml or .ckpt; needs nerfstudio installed)."""
+    nerfstudio run (nerfacto, tensorf, vanilla-nerf, instant-ngp: its folder, config.yml or .ckpt; needs nerfstudio
+    installed)."""
     output: str | None = None
     """Output folder of the converted asset."""
     mesh_resolution: int = 96

@@ -4,8 +4,8 @@ asset (checkpoint, mesh, turntable) plus a teacher-vs-student comparison sheet a
 
 A teacher is an output folder of `text-to-3d` or of `convert-nerf` (or the `checkpoint.safetensors` inside one):
 its `config.json` holds the `NeRFConfig` under "nerf" and its checkpoint the NeRF's tensors under "nerf.". Or a
-nerfstudio run (nerfacto, tensorf, vanilla-nerf; `sdtoolkit.nerfstudio_plugin.teacher`), whose features are not
-comparable with the student's: its conversion has no feature stage (`teacher_config`).
+nerfstudio run (nerfacto, tensorf, vanilla-nerf, instant-ngp; `sdtoolkit.nerfstudio_plugin.teacher`), whose features
+are not comparable with the student's: its conversion has no feature stage (`teacher_config`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """sdtoolkit inside nerfstudio (https://docs.nerf.studio), an optional dependency:
 
-- `sdtoolkit.nerfstudio_plugin.teacher`: a nerfstudio run (nerfacto, tensorf, vanilla-nerf) as the teacher of
-  `sdtoolkit convert-nerf` (PVD), so that a nerfstudio scene converts to sdtoolkit's representations;
+- `sdtoolkit.nerfstudio_plugin.teacher`: a nerfstudio run (nerfacto, tensorf, vanilla-nerf, instant-ngp) as the
+  teacher of `sdtoolkit convert-nerf` (PVD), so that a nerfstudio scene converts to sdtoolkit's representations;
 - `sdtoolkit.nerfstudio_plugin.method`: text-to-3D (SDS with an sdtoolkit prior on an sdtoolkit NeRF) registered as
   the nerfstudio method `sdtoolkit-sds` through the `nerfstudio.method_configs` entry point, so that
   `ns-train sdtoolkit-sds` trains it with nerfstudio's trainer and viewer.

@@ -22,6 +22,10 @@ those samples fall. Differences from an sdtoolkit teacher, on purpose:
   nerfstudio's for that ray's direction (`NerfstudioField.features_along`), so a student fitted over many rays
   learns the mean over the directions they saw; at a bare point (mesh vertex colours) it is the mean over the six
   axis view directions (`VIEW_DIRECTIONS`);
+- an instant-ngp run renders only the cells its nerfacc occupancy grid marks (checkpointed with the model); its
+  field elsewhere holds density no render of it shows, so the teacher's density is zero outside those cells
+  (`grid_occupied`). Its weights are read in nerfstudio's torch layout, as a run trained where tiny-cuda-nn is not
+  installed saves them; a tiny-cuda-nn run's fused weights are another layout and are refused;
 - world points map to the run's frame through `dataparser_transforms.json` (p_ns = scale (R p + t)), densities back
   by the scale (sigma = scale sigma_ns); without that file the frames are the same. sdtoolkit's frame has the object
   at the origin inside the cube [-1, 1]^3 (+z up), as the renders of `sdtoolkit.data.render` have it.
@@ -61,6 +65,7 @@ TEACHER_METHODS = {
     "nerfacto": TeacherMethod("nerfstudio.models.nerfacto", "NerfactoModelConfig", "field"),
     "tensorf": TeacherMethod("nerfstudio.models.tensorf", "TensoRFModelConfig", "field"),
     "vanilla-nerf": TeacherMethod("nerfstudio.models.vanilla_nerf", "VanillaModelConfig", "field_fine"),
+    "instant-ngp": TeacherMethod("nerfstudio.models.instant_ngp", "InstantNGPModelConfig", "field"),
 }
 """nerfstudio methods `convert-nerf` accepts as teachers (`method_name` in the run's config.yml)."""
 
@@ -127,13 +132,25 @@ class NerfstudioField(nn.Module):
 
     comparable_features = False
 
-    def __init__(self, field: nn.Module, transform: Tensor, scale: float, config: FieldConfig | None = None):
+    def __init__(
+        self,
+        field: nn.Module,
+        transform: Tensor,
+        scale: float,
+        config: FieldConfig | None = None,
+        occupancy: tuple[Tensor, Tensor] | None = None,
+    ):
         super().__init__()
         self.ns_field = field.eval().requires_grad_(False)
         self.config = config or FieldConfig()
         self.region_prior = None
         self.register_buffer("transform", transform.float(), persistent=False)  # [3, 4] world -> run frame
         self.scale = float(scale)
+        self.ns_occupancy = None
+        """The run's own nerfacc occupancy grid (binaries [L, X, Y, Z], level boxes [L, 6], run frame), for a
+        method that renders through one (instant-ngp): its density counts only in the cells that grid marks."""
+        if occupancy is not None:
+            self.ns_occupancy = (occupancy[0].bool(), occupancy[1].float())
 
     def _samples(self, positions: Tensor, directions: Tensor):
         from nerfstudio.cameras.rays import Frustums, RaySamples
@@ -161,6 +178,8 @@ class NerfstudioField(nn.Module):
         out = self.ns_field.get_density(self._samples(points, views[0]))
         density, embedding = out if isinstance(out, tuple) else (out, None)
         sigma = density.reshape(-1) * self.scale
+        if self.ns_occupancy is not None:
+            sigma = sigma * grid_occupied(*self.ns_occupancy, points)
         if not colour:
             return sigma, None
         colours = []
@@ -208,6 +227,23 @@ class NerfstudioField(nn.Module):
     def forward(self, positions: Tensor) -> dict[str, Tensor]:
         raw = self.features(positions)
         return {"density": self.activate_density(raw, positions), "rgb": torch.sigmoid(raw[..., 1:4])}
+
+
+def grid_occupied(binaries: Tensor, aabbs: Tensor, points: Tensor) -> Tensor:
+    """Whether nerfacc's occupancy grid (`OccGridEstimator`: `binaries` [L, X, Y, Z], cell (x, y, z) of level l
+    spanning its share of the box `aabbs[l]` = [min xyz, max xyz], each level's box twice the last's) marks the cell
+    holding each point occupied. The finest level whose box holds a point decides, as nerfacc's ray marching reads
+    the grid; a point outside every box is empty. `[N]` bool."""
+    resolution = torch.tensor(binaries.shape[1:], device=points.device)
+    occupied = torch.zeros(len(points), dtype=torch.bool, device=points.device)
+    decided = torch.zeros_like(occupied)
+    for level, box in enumerate(aabbs.to(points)):
+        u = (points - box[:3]) / (box[3:] - box[:3])  # [0, 1)^3 inside the level's box
+        inside = ((u >= 0) & (u < 1)).all(-1) & ~decided
+        cell = torch.minimum((u.clamp(0, 1) * resolution).long(), resolution - 1)
+        occupied |= inside & binaries[level][cell[:, 0], cell[:, 1], cell[:, 2]]
+        decided |= inside
+    return occupied
 
 
 class ProposalSampledNeRF(NeRF):
@@ -389,10 +425,14 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
         field.load_state_dict(field_state)
     except RuntimeError as bad:
         first = str(bad).splitlines()[1].strip() if len(str(bad).splitlines()) > 1 else str(bad)
+        retrain = (
+            "retrain it where tiny-cuda-nn is not installed (nerfstudio's instant-ngp has no implementation option)"
+            if method_name == "instant-ngp"
+            else "retrain with --pipeline.model.implementation torch"
+        )
         raise error(
             f"{str(checkpoint)!r} does not match the {method_name} model of its {CONFIG_FILE} ({first[:200]}); a run "
-            "trained with tiny-cuda-nn (implementation 'tcnn') has another weight layout: retrain with "
-            "--pipeline.model.implementation torch"
+            f"trained with tiny-cuda-nn (implementation 'tcnn') has another weight layout: {retrain}"
         ) from None
     transform, scale = torch.eye(3, 4), 1.0
     transforms_path = config_path.parent / TRANSFORMS_FILE
@@ -415,7 +455,15 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
         nerf = ProposalSampledNeRF(NeRFConfig(), model, transform, scale)
     else:
         nerf = NeRF(NeRFConfig())
-    nerf.field = NerfstudioField(field, transform, scale, nerf.config.field)
+    occupancy = None
+    if method_name == "instant-ngp":  # it renders only the cells its own occupancy grid marks: the teacher too
+        occupancy = state.get("occupancy_grid.binaries"), state.get("occupancy_grid.aabbs")
+        if occupancy[0] is None or occupancy[1] is None or occupancy[0].dim() != 4:
+            raise error(
+                f"{str(checkpoint)!r}: an instant-ngp checkpoint without its occupancy grid "
+                "('_model.occupancy_grid.binaries' and '.aabbs'), which decides where it renders"
+            )
+    nerf.field = NerfstudioField(field, transform, scale, nerf.config.field, occupancy)
     nerf = nerf.to(device).eval()
     if not isinstance(nerf, ProposalSampledNeRF):  # nerfacto samples without the grid, and passes it to no student
         nerf.update_occupancy(0, force=True)
