@@ -146,11 +146,11 @@ class NerfstudioField(nn.Module):
         self.region_prior = None
         self.register_buffer("transform", transform.float(), persistent=False)  # [3, 4] world -> run frame
         self.scale = float(scale)
-        self.ns_occupancy = None
-        """The run's own nerfacc occupancy grid (binaries [L, X, Y, Z], level boxes [L, 6], run frame), for a
-        method that renders through one (instant-ngp): its density counts only in the cells that grid marks."""
-        if occupancy is not None:
-            self.ns_occupancy = (occupancy[0].bool(), occupancy[1].float())
+        # the run's own nerfacc occupancy grid (binaries [L, X, Y, Z], level boxes [L, 6], run frame), for a method
+        # that renders through one (instant-ngp): its density counts only in the cells that grid marks
+        cells, boxes = (None, None) if occupancy is None else (occupancy[0].bool(), occupancy[1].float())
+        self.register_buffer("ns_cells", cells, persistent=False)
+        self.register_buffer("ns_boxes", boxes, persistent=False)
 
     def _samples(self, positions: Tensor, directions: Tensor):
         from nerfstudio.cameras.rays import Frustums, RaySamples
@@ -178,8 +178,8 @@ class NerfstudioField(nn.Module):
         out = self.ns_field.get_density(self._samples(points, views[0]))
         density, embedding = out if isinstance(out, tuple) else (out, None)
         sigma = density.reshape(-1) * self.scale
-        if self.ns_occupancy is not None:
-            sigma = sigma * grid_occupied(*self.ns_occupancy, points)
+        if self.ns_cells is not None:
+            sigma = sigma * grid_occupied(self.ns_cells, self.ns_boxes, points)
         if not colour:
             return sigma, None
         colours = []
