@@ -12,7 +12,9 @@
    1e-3 over the budget), PVD for `--seconds` and the from-scratch fit for `--scratch-seconds` (default: the same)
    of wall time (evaluation excluded). PSNR (median over the 20 held-out views) is measured at `--evals` evenly
    spaced points of each run. With `--teacher-cache N`, PVD draws N batches of teacher points first and cycles
-   them (`--cache-refresh K`: redrawing one every K steps); that drawing counts in PVD's wall time.
+   them (`--cache-refresh K`: redrawing one every K steps); that drawing counts in PVD's wall time. With
+   `--compile-teacher` (a nerfstudio teacher) its hash encodings are compiled, with a fresh code cache: every PVD
+   run's time starts with that compilation's, the from-scratch renders are timed after it.
 
 Reported: final PSNRs, wall times, and the first measured time at which PVD reached the from-scratch run's best
 PSNR (its final one unless it diverged late), and its fraction of the from-scratch wall time; beside them the
@@ -30,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES
 from sdtoolkit.nerf import NeRF, NeRFConfig, RayBundle
 from sdtoolkit.nerf.convert import (
     TeacherError,
+    compile_teacher,
     heldout_cameras,
     load_nerf_asset,
     psnr,
@@ -125,9 +130,16 @@ def run_pvd(
     occupancy_pruning: str = "auto",
     inherit_decoder: bool | None = None,
     cache_refresh: int = 0,
+    compile_seconds: float | None = None,
 ):
-    """One PVD run of `seconds` wall time, the cache's drawing included; returns (curve, steps, config)."""
+    """One PVD run of `seconds` wall time, the cache's drawing included; returns (curve, steps, config). With
+    `compile_seconds` the teacher's hash encodings are compiled and that many seconds (the compilation measured in
+    `main`: in one process only the first teacher compiles, later ones reuse its code) start PVD's clock."""
     teacher, stored = load_nerf_asset(teacher_dir)
+    compile = compile_seconds is not None
+    if compile:
+        compile_teacher(teacher)
+    compile_seconds = compile_seconds or 0.0
     probe_batches = min(teacher_cache, 10)
     probe_config = PVDConfig(
         to=to,
@@ -147,7 +159,7 @@ def run_pvd(
     for _ in range(10):  # calibrate the step time in stage 3 (the most expensive), to place the stages
         training_step(probe)
     per_step = (time.perf_counter() - start) / 10
-    steps = max(30, int((seconds - cache_seconds) / per_step))
+    steps = max(30, int((seconds - compile_seconds - cache_seconds) / per_step))
     config = PVDConfig(
         to=to,
         steps=steps,
@@ -159,11 +171,12 @@ def run_pvd(
         **({} if loss_points is None else {"loss_density": loss_points, "loss_colour": loss_points}),
         occupancy_pruning=occupancy_pruning,
         inherit_decoder=inherit_decoder,
+        compile_teacher=compile,
     )
     config = teacher_config(config, teacher)  # a nerfstudio teacher: no feature loss, no feature-only stage
     start = time.perf_counter()
     run = setup(config, teacher)  # draws the teacher cache: part of the conversion's time
-    curve, elapsed, next_eval = [], time.perf_counter() - start, eval_every
+    curve, elapsed, next_eval = [], compile_seconds + time.perf_counter() - start, eval_every
     cache_elapsed = elapsed
     while elapsed < seconds and run.step < config.steps:
         start = time.perf_counter()
@@ -262,6 +275,12 @@ def main() -> None:
         "default: when the teacher has one, as convert-nerf; 'off': PVD's own); 'both': each --stage-fractions "
         "variant runs without and with it",
     )
+    parser.add_argument(
+        "--compile-teacher",
+        action="store_true",
+        help="PVDConfig.compile_teacher (a nerfstudio teacher): its hash encodings compiled, for PVD (the compile "
+        "counted in PVD's time) and for the from-scratch fit's renders (compiled before they are timed)",
+    )
     parser.add_argument("--evals", type=int, default=8, help="PSNR measurements per run, evenly spaced in time")
     parser.add_argument("--out", default="/tmp/pvd_bench")
     parser.add_argument(
@@ -276,15 +295,19 @@ def main() -> None:
     for flag, value in (("--seconds", args.seconds), ("--scratch-seconds", args.scratch_seconds)):
         if value is not None and not value > 0:
             parser.error(f"{flag}: {value} is not a positive number of seconds")
+    if args.compile_teacher and not args.teacher:
+        parser.error("--compile-teacher compiles a nerfstudio teacher's hash encodings: give --teacher RUN")
     if args.teacher:  # a teacher that cannot be loaded, or cannot take a variant, is refused before any work
         try:
             given, _ = load_nerf_asset(args.teacher)
             for inherit_decoder in inherit:
-                teacher_config(PVDConfig(inherit_decoder=inherit_decoder), given)
+                teacher_config(PVDConfig(inherit_decoder=inherit_decoder, compile_teacher=args.compile_teacher), given)
         except TeacherError as error:
             parser.error(f"--teacher {args.teacher!r}, --inherit-decoder {args.inherit_decoder}: {error}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.compile_teacher:  # a cold compilation, as a first conversion on a machine pays it: a fresh code cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="pvd_bench_inductor_")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -313,6 +336,12 @@ def main() -> None:
         asset = {"prompt": prompt, "nerf": to_dict(fit_config), "background": [1.0, 1.0, 1.0]}
         (teacher_dir / "config.json").write_text(json.dumps(asset))
     teacher, _ = load_nerf_asset(teacher_dir)
+    compile_seconds = None
+    if args.compile_teacher:  # compiled before the from-scratch renders are timed; PVD's runs start with its time
+        start = time.perf_counter()
+        compile_teacher(teacher)
+        render_views(teacher, heldout_cameras(1), resolution=8)  # the first calls compile
+        compile_seconds = time.perf_counter() - start
     held = heldout_cameras(20)
     reference = render_views(teacher, held)
     scene_psnr = float(
@@ -341,6 +370,7 @@ def main() -> None:
         "teacher_vs_scene_psnr": round(scene_psnr, 2),
         "setup_seconds": round(setup_seconds, 1),
         "scratch_render_seconds": round(render_seconds, 3),
+        "compile_seconds": None if compile_seconds is None else round(compile_seconds, 1),
         "args": vars(args),
         "runs": {},
     }
@@ -361,6 +391,7 @@ def main() -> None:
                 args.occupancy_pruning,
                 inherit_decoder,
                 args.cache_refresh,
+                compile_seconds,
             )
             for fractions, inherit_decoder in variants
         ]

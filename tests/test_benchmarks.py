@@ -170,6 +170,7 @@ def test_scm_step_benchmark_matches_the_plain_reference_and_reports_paired_ratio
         (["--scratch-seconds", "0"], "--scratch-seconds: 0.0 is not a positive"),
         (["--inherit-decoder", "yes"], "invalid choice: 'yes'"),
         (["--teacher", "no/such/run"], "TEACHER 'no/such/run': no such file or folder"),
+        (["--compile-teacher"], "--compile-teacher compiles a nerfstudio teacher's hash encodings: give --teacher"),
     ],
 )
 def test_pvd_benchmark_refuses_bad_arguments_before_any_work(argv, message, tmp_path, monkeypatch, capsys):

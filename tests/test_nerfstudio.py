@@ -330,6 +330,44 @@ def test_bad_nerfstudio_inputs_are_one_line_and_write_nothing(run_dir, tmp_path,
         convert(PVDConfig(inherit_decoder=True), run_dir, tmp_path / "x", progress=False)
 
 
+def test_a_compiled_nerfacto_teacher_renders_the_same_and_a_teacher_it_cannot_compile_is_refused(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    """`--compile-teacher`: torch.compile of the teacher's hash encodings (its field's and both proposal
+    networks') changes no value of its renders; on by default where it can run; asked for, it is refused before
+    anything is written for an sdtoolkit teacher (nothing of it would be compiled) and where the CPU has no C++
+    compiler; a resumed run may switch it."""
+    import torch._inductor.config as inductor_config
+
+    from sdtoolkit.cli import main
+    from sdtoolkit.nerf import NeRF, NeRFConfig
+    from sdtoolkit.nerf.convert import compile_teacher, heldout_cameras, render_views, teacher_config
+
+    teacher, _ = load_nerf_asset(run_dir)
+    cameras = heldout_cameras(2)
+    eager = render_views(teacher, cameras, resolution=12)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # an earlier conversion in this process compiled the same code: compile it anew here
+    graphs = counters["stats"]["unique_graphs"]
+    assert compile_teacher(teacher) == 3
+    torch.testing.assert_close(render_views(teacher, cameras, resolution=12), eager, atol=1e-6, rtol=0)
+    assert counters["stats"]["unique_graphs"] > graphs  # compiled, not run eagerly
+    assert "compile_teacher" in PVDConfig.RESUMABLE
+    with pytest.raises(TeacherError, match="TEACHER is none"):
+        teacher_config(PVDConfig(compile_teacher=True), NeRF(NeRFConfig()))
+    # the default: on for a nerfstudio teacher where torch.compile can run, off for an sdtoolkit teacher
+    assert teacher_config(PVDConfig(), teacher).compile_teacher is True
+    assert teacher_config(PVDConfig(), NeRF(NeRFConfig())).compile_teacher is False
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("sdtoolkit-no-such-cxx",))
+    assert teacher_config(PVDConfig(), teacher).compile_teacher is False  # no compiler: the default is off
+    out = tmp_path / "out"
+    assert main(["convert-nerf", str(run_dir), "--output", str(out), "--to", "mlp", "--compile-teacher"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compile-teacher: torch.compile on the CPU needs a C++ compiler" in err[0], err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("variant", ["on", "both"])
 def test_pvd_benchmark_refuses_the_decoder_copy_from_a_nerfstudio_teacher_before_any_work(
     variant, run_dir, tmp_path, monkeypatch, capsys

@@ -472,6 +472,13 @@ def test_a_run_saved_before_a_field_existed_is_not_resumed_with_its_new_default(
     err = capsys.readouterr().err
     assert "saved by an older sdtoolkit" in err and "--cache-refresh, --student-occupancy-every" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a field a resume may change anyway (it changes no result) does not block the resume when it is unrecorded
+    stored = json.loads((out / "config.json").read_text())
+    stored["pvd"].update(cache_refresh=0, student_occupancy_every=64)
+    del stored["pvd"]["compile_teacher"]
+    (out / "config.json").write_text(json.dumps(stored))
+    assert main(["convert-nerf", "--resume", str(out), "--steps", "8", "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["pvd"]["compile_teacher"] is False
 
 
 @pytest.mark.parametrize(

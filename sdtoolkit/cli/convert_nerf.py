@@ -102,8 +102,11 @@ def resolve(args: argparse.Namespace):
             stored_pvd, stored_teacher = stored["pvd"], stored["teacher"]
         except (OSError, ValueError, KeyError, TypeError):
             raise CLIError(f"--resume: no convert-nerf run in {str(output)!r}; run without --resume first") from None
-        unrecorded = sorted({f.name for f in dataclasses.fields(PVDConfig)} - set(stored_pvd))
-        if unrecorded:  # a run saved before these fields existed: their current defaults may not be what it ran with
+        # a run saved before these fields existed: their current defaults may not be what it ran with (a field a
+        # resume may change anyway, e.g. --compile-teacher, changes no result and takes the request or its default)
+        recorded = set(stored_pvd) | set(PVDConfig.RESUMABLE)
+        unrecorded = sorted({f.name for f in dataclasses.fields(PVDConfig)} - recorded)
+        if unrecorded:
             raise CLIError(
                 f"--resume: the run in {str(output)!r} was saved by an older sdtoolkit and does not record "
                 f"{', '.join(config_cli.flag_of('', k) for k in unrecorded)}; it cannot be resumed exactly: start a "
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from sdtoolkit.nerf.convert import TeacherError, check_output_folder, convert, load_nerf_asset, teacher_config
 
     try:
-        teacher_config(config, load_nerf_asset(teacher)[0])
+        teacher_config(config, load_nerf_asset(teacher)[0])  # --compile-teacher where it cannot run is refused
     except TeacherError as error:
         raise CLIError(str(error)) from None
     check_output_folder(config, output, resume)  # OutputFolderError: one line, nothing written

@@ -139,16 +139,49 @@ def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
     """`config` as it applies to `teacher`: a teacher whose volume features are not comparable with the student's
     (a nerfstudio field) gets no feature loss and no feature-only stage (stages 2 and 3 from step 0); a teacher
     whose samples partition its rays (nerfacto's proposal sampler) passes no occupancy grid to the student.
-    `inherit_decoder` None is resolved (`pvd.inherits_decoder`), and so is the colour weight (`pvd.point_weights`)."""
+    `inherit_decoder` None is resolved (`pvd.inherits_decoder`), and so are the colour weight (`pvd.point_weights`)
+    and `compile_teacher` (a nerfstudio teacher where torch.compile can run)."""
     density, colour = point_weights(config)
     config = dataclasses.replace(config, loss_density=density, loss_colour=colour)
     if getattr(teacher, "samples_partition_rays", False):
         config = dataclasses.replace(config, inherit_occupancy=False, student_samples="own")
     if getattr(teacher.field, "comparable_features", True):
-        return dataclasses.replace(config, inherit_decoder=inherits_decoder(config, teacher))
+        if config.compile_teacher:
+            raise TeacherError("--compile-teacher compiles a nerfstudio teacher's hash encodings; TEACHER is none")
+        return dataclasses.replace(config, inherit_decoder=inherits_decoder(config, teacher), compile_teacher=False)
     if config.inherit_decoder:
         raise TeacherError("--inherit-decoder needs an sdtoolkit teacher; a nerfstudio field has no such decoder")
-    return dataclasses.replace(config, stage1_steps=0, loss_feature=0.0, inherit_decoder=False)
+    device = str(teacher.device)
+    if config.compile_teacher:
+        check_compile(device)
+    compiled = compile_possible(device) if config.compile_teacher is None else config.compile_teacher
+    return dataclasses.replace(
+        config, stage1_steps=0, loss_feature=0.0, inherit_decoder=False, compile_teacher=compiled
+    )
+
+
+def check_compile(device: str = "cpu") -> None:
+    """Raises `TeacherError` where `PVDConfig.compile_teacher` cannot run (the CPU without a C++ compiler)."""
+    from sdtoolkit.nerfstudio_plugin.teacher import compile_unavailable
+
+    why = compile_unavailable(device)
+    if why:
+        raise TeacherError(f"--compile-teacher: {why}; install one (e.g. g++) or leave the flag off")
+
+
+def compile_possible(device: str = "cpu") -> bool:
+    """Whether torch.compile can run on `device` (`PVDConfig.compile_teacher` None resolves to this)."""
+    from sdtoolkit.nerfstudio_plugin.teacher import compile_unavailable
+
+    return compile_unavailable(device) is None
+
+
+def compile_teacher(teacher: NeRF, device: str = "cpu") -> int:
+    """`PVDConfig.compile_teacher`: compiles a nerfstudio teacher's hash encodings; returns how many."""
+    from sdtoolkit.nerfstudio_plugin.teacher import compile_hash_encodings
+
+    check_compile(device)
+    return compile_hash_encodings(teacher)
 
 
 @dataclass
@@ -353,6 +386,8 @@ def convert(
 
     teacher, stored = load_nerf_asset(teacher_path, device)  # before the folder is claimed: nothing written
     config = teacher_config(config, teacher)
+    if config.compile_teacher:
+        compile_teacher(teacher, device)
     background = tuple(stored.get("background") or (1.0, 1.0, 1.0))
     output_dir = Path(output_dir)
     resume = resume and (output_dir / CHECKPOINT_FILE).exists()

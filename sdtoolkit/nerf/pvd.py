@@ -75,7 +75,9 @@ class PVDConfig:
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
     }
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "threads", "overwrite", "max_nonfinite_steps")
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "steps", "checkpoint_every", "threads", "overwrite", "max_nonfinite_steps", "compile_teacher",
+    )  # fmt: skip
     """Fields a resumed conversion may change (`convert-nerf --resume` refuses the others)."""
 
     to: str = "mlp"
@@ -182,6 +184,13 @@ class PVDConfig:
     """The student's front when `to` is 'voxel'."""
     checkpoint_every: int = 1000
     """Save a resumable checkpoint every this many steps (0 = only at the end)."""
+    compile_teacher: bool | None = None
+    """torch.compile a nerfstudio teacher's hash-grid encodings (its field's and its proposal networks'): the same
+    values, a nerfacto teacher's queries 4-6x faster on the CPU (benchmarks/RESULTS.md, PVD eighth round), after a
+    one-time compilation of about 20 s (`sdtoolkit.nerfstudio_plugin.teacher.compile_hash_encodings`). None: on for
+    a nerfstudio teacher where torch.compile can run (on the CPU it needs a C++ compiler), off otherwise; True:
+    required (refused where it cannot run, and for an sdtoolkit teacher: nothing of it would be compiled). It changes
+    no result, so a resumed conversion may switch it."""
     threads: int | None = 1
     """torch CPU threads (None: torch's default)."""
     overwrite: bool = False
