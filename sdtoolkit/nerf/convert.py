@@ -166,7 +166,7 @@ def check_compile(device: str = "cpu") -> None:
 
     why = compile_unavailable(device)
     if why:
-        raise TeacherError(f"--compile-teacher: {why}; install one (e.g. g++) or leave the flag off")
+        raise TeacherError(f"--compile-teacher: {why}; or leave the flag off")
 
 
 def compile_possible(device: str = "cpu") -> bool:

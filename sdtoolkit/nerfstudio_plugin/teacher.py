@@ -310,7 +310,11 @@ def compile_hash_encodings(module: nn.Module) -> int:
 
 def compile_unavailable(device: str) -> str | None:
     """Why `compile_hash_encodings` cannot work on `device` (None: it can): torch.compile's CPU backend compiles
-    C++ and needs a compiler (inductor's own search: `CXX`, else g++)."""
+    C++ and needs a compiler (inductor's own search: `CXX`, else g++); its CUDA backend needs triton."""
+    if torch.device(device).type == "cuda":
+        import importlib.util
+
+        return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton: pip install triton"
     if torch.device(device).type != "cpu":
         return None
     from torch._inductor.cpp_builder import get_cpp_compiler
@@ -318,7 +322,7 @@ def compile_unavailable(device: str) -> str | None:
     try:
         get_cpp_compiler()
     except Exception as missing:  # inductor raises InvalidCxxCompiler (a RuntimeError subclass in some versions)
-        return f"torch.compile on the CPU needs a C++ compiler ({str(missing).splitlines()[0][:160]})"
+        return f"torch.compile on the CPU needs a C++ compiler, e.g. g++ ({str(missing).splitlines()[0][:160]})"
     return None
 
 
