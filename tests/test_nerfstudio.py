@@ -336,13 +336,18 @@ def test_a_compiled_nerfacto_teacher_renders_the_same_and_a_teacher_it_cannot_co
     """`--compile-teacher`: torch.compile of the teacher's hash encodings (its field's and both proposal
     networks') changes no value of its renders; on by default where it can run; asked for, it is refused before
     anything is written for an sdtoolkit teacher (nothing of it would be compiled) and where the CPU has no C++
-    compiler; a resumed run may switch it."""
+    compiler; a resumed run resolves it anew."""
     import torch._inductor.config as inductor_config
 
     from sdtoolkit.cli import main
     from sdtoolkit.nerf import NeRF, NeRFConfig
     from sdtoolkit.nerf.convert import compile_teacher, heldout_cameras, render_views, teacher_config
 
+    tiny = PVDConfig(to="mlp", steps=4, stage2_steps=2, rays_per_step=64, cameras_per_step=1, ray_resolution=8,
+                     checkpoint_every=0, mlp=MLPConfig(num_frequencies=2, width=16, depth=1))  # fmt: skip
+    resumable = tmp_path / "resumable"
+    convert(tiny, run_dir, resumable, progress=False, export_outputs=False)
+    assert json.loads((resumable / "config.json").read_text())["pvd"]["compile_teacher"] is True  # the default here
     teacher, _ = load_nerf_asset(run_dir)
     cameras = heldout_cameras(2)
     eager = render_views(teacher, cameras, resolution=12)
@@ -366,6 +371,11 @@ def test_a_compiled_nerfacto_teacher_renders_the_same_and_a_teacher_it_cannot_co
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--compile-teacher: torch.compile on the CPU needs a C++ compiler" in err[0], err
     assert not out.exists()
+    # a run that compiled where it ran resumes where no compiler is: the setting is resolved anew, not refused
+    resumed = ["convert-nerf", "--resume", str(resumable), "--steps", "6", "--quiet", "--mesh-resolution", "16",
+               "--video-frames", "2", "--eval-views", "2"]  # fmt: skip
+    assert main(resumed) == 0, capsys.readouterr().err
+    assert json.loads((resumable / "config.json").read_text())["pvd"]["compile_teacher"] is False
 
 
 @pytest.mark.parametrize("variant", ["on", "both"])

@@ -118,7 +118,9 @@ def resolve(args: argparse.Namespace):
         lines = config_cli.resume_conflicts(stored_pvd, requested, set(PVDConfig.RESUMABLE), names)
         if lines:
             config_cli.fail(lines)
-        requested = config_cli.merge(stored_pvd, requested)
+        # the stored compile_teacher is what this machine resolved; unless asked, the resumed run resolves its own
+        # (a run resumed where no C++ compiler is installed is not refused for a setting it did not ask for)
+        requested = config_cli.merge({k: v for k, v in stored_pvd.items() if k != "compile_teacher"}, requested)
     if teacher is None:
         raise CLIError("give TEACHER: a text-to-3d or convert-nerf output folder (or its checkpoint.safetensors)")
     config = config_cli.build_section(PVDConfig, requested, "", names)

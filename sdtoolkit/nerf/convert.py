@@ -151,10 +151,12 @@ def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
         return dataclasses.replace(config, inherit_decoder=inherits_decoder(config, teacher), compile_teacher=False)
     if config.inherit_decoder:
         raise TeacherError("--inherit-decoder needs an sdtoolkit teacher; a nerfstudio field has no such decoder")
+    from sdtoolkit.nerfstudio_plugin.teacher import compile_unavailable
+
     device = str(teacher.device)
     if config.compile_teacher:
         check_compile(device)
-    compiled = compile_possible(device) if config.compile_teacher is None else config.compile_teacher
+    compiled = compile_unavailable(device) is None if config.compile_teacher is None else config.compile_teacher
     return dataclasses.replace(
         config, stage1_steps=0, loss_feature=0.0, inherit_decoder=False, compile_teacher=compiled
     )
@@ -167,13 +169,6 @@ def check_compile(device: str = "cpu") -> None:
     why = compile_unavailable(device)
     if why:
         raise TeacherError(f"--compile-teacher: {why}; or leave the flag off")
-
-
-def compile_possible(device: str = "cpu") -> bool:
-    """Whether torch.compile can run on `device` (`PVDConfig.compile_teacher` None resolves to this)."""
-    from sdtoolkit.nerfstudio_plugin.teacher import compile_unavailable
-
-    return compile_unavailable(device) is None
 
 
 def compile_teacher(teacher: NeRF, device: str = "cpu") -> int:
