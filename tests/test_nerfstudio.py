@@ -331,7 +331,7 @@ def test_bad_nerfstudio_inputs_are_one_line_and_write_nothing(run_dir, tmp_path,
 
 
 def test_a_compiled_nerfacto_teacher_renders_the_same_and_a_teacher_it_cannot_compile_is_refused(
-    run_dir, tmp_path, monkeypatch, capsys
+    run_dir, tmp_path, capsys
 ):
     """`--compile-teacher`: torch.compile of the teacher's hash encodings (its field's and both proposal
     networks') changes no value of its renders; on by default where it can run; asked for, it is refused before
@@ -364,18 +364,36 @@ def test_a_compiled_nerfacto_teacher_renders_the_same_and_a_teacher_it_cannot_co
     # the default: on for a nerfstudio teacher where torch.compile can run, off for an sdtoolkit teacher
     assert teacher_config(PVDConfig(), teacher).compile_teacher is True
     assert teacher_config(PVDConfig(), NeRF(NeRFConfig())).compile_teacher is False
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("sdtoolkit-no-such-cxx",))
-    assert teacher_config(PVDConfig(), teacher).compile_teacher is False  # no compiler: the default is off
-    out = tmp_path / "out"
-    assert main(["convert-nerf", str(run_dir), "--output", str(out), "--to", "mlp", "--compile-teacher"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--compile-teacher: torch.compile on the CPU needs a C++ compiler" in err[0], err
-    assert not out.exists()
-    # a run that compiled where it ran resumes where no compiler is: the setting is resolved anew, not refused
-    resumed = ["convert-nerf", "--resume", str(resumable), "--steps", "6", "--quiet", "--mesh-resolution", "16",
-               "--video-frames", "2", "--eval-views", "2"]  # fmt: skip
-    assert main(resumed) == 0, capsys.readouterr().err
-    assert json.loads((resumable / "config.json").read_text())["pvd"]["compile_teacher"] is False
+    with inductor_config.patch({"cpp.cxx": ("sdtoolkit-no-such-cxx",)}):  # no C++ compiler (undone after)
+        assert teacher_config(PVDConfig(), teacher).compile_teacher is False  # no compiler: the default is off
+        out = tmp_path / "out"
+        assert main(["convert-nerf", str(run_dir), "--output", str(out), "--to", "mlp", "--compile-teacher"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--compile-teacher: torch.compile on the CPU needs a C++ compiler" in err[0], err
+        assert not out.exists()
+        # a run that compiled where it ran resumes where no compiler is: the setting is resolved anew, not refused
+        resumed = ["convert-nerf", "--resume", str(resumable), "--steps", "6", "--quiet", "--mesh-resolution", "16",
+                   "--video-frames", "2", "--eval-views", "2"]  # fmt: skip
+        assert main(resumed) == 0, capsys.readouterr().err
+        assert json.loads((resumable / "config.json").read_text())["pvd"]["compile_teacher"] is False
+
+
+def test_the_teacher_speed_benchmark_runs_eager_and_compiled_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsys):
+    """`benchmarks/ns_teacher_speed.py` end to end at tiny size: both modes timed, the same pixels; a bad size is
+    refused before any work."""
+    from benchmarks import ns_teacher_speed
+
+    out = tmp_path / "speed.json"
+    argv = [str(run_dir), "--batches", "1", "--renders", "1", "--rays", "16", "--resolution", "8", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["ns_teacher_speed.py", *argv])
+    ns_teacher_speed.main()
+    result = json.loads(out.read_text())
+    assert result["pixel_sum_difference"] < 1e-3 and result["compiled"]["compile_seconds"] > 0
+    assert result["batch_speedup"] > 0 and result["render_speedup"] > 0
+    monkeypatch.setattr("sys.argv", ["ns_teacher_speed.py", str(run_dir), "--rays", "0"])
+    with pytest.raises(SystemExit):
+        ns_teacher_speed.main()
+    assert "--rays: 0 must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant", ["on", "both"])
