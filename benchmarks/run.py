@@ -128,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:
                 entry["numerics"] = {"error": f"{type(error).__name__}: {error}"}
                 traceback.print_exc()
+        if args.json:  # after every workload: a run stopped by a time limit keeps what it measured
+            _write_json(results, args.json)
     print(format_table(results))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def _write_json(results: dict, path: str) -> None:
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=2)
 
 
 def _measure_once(name, workload, comps, mixed_precision, variants, entry, device, warmup, steps) -> None:

@@ -223,3 +223,19 @@ def test_pvd_benchmark_times_the_from_scratch_renders_and_reports_both_fractions
     fractions = run["pvd"][0]
     assert fractions["fraction_of_scratch_time_with_renders"] == pytest.approx(reached / counted, rel=0.01)  # rounded
     assert fractions["fraction_of_scratch_time_with_renders"] < fractions["fraction_of_scratch_time"]
+
+
+def test_json_is_written_after_every_workload_so_a_stopped_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    """A GPU stage cut by its time limit (benchmarks/gpu_sd15.sh) must leave the finished workloads' figures."""
+    out = tmp_path / "bench.json"
+
+    def stopped(*args):
+        raise KeyboardInterrupt  # what a time limit's signal looks like to the loop: not caught per variant
+
+    monkeypatch.setattr(run.WORKLOADS["lcm"], "reference", stopped)
+    argv = ["--size", "tiny", "--only", "forward,lcm", "--variants", "eager", "--steps", "1", "--warmup", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        run.main([*argv, "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert results["workloads"]["forward"]["eager"]["ms_per_step"] > 0
+    assert "lcm" not in results["workloads"]
