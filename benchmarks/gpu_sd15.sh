@@ -28,20 +28,21 @@ export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch, diffusers, peft, sdtoolkit.trainers; print('torch', torch.__version__, 'diffusers', \
 diffusers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 
-# A: the issue's figure. LCM and DMD2 steps (target >= 2.0x the reference's images/s, compile <= 60 s) and the SDS
-# step (>= 1.5x), eager and regionally compiled.
-stamp "A: lcm, dmd2, sds (limit ${A}s)"
-timeout "$A" python3 -m benchmarks.run --size sd15 --only lcm,dmd2,sds --variants eager,compiled \
+# A: what the first reading (2026-12-04, RESULTS "GPU, SD1.5 size") did not reach: the DMD2 step (target >= 2.0x the
+# reference's images/s) and the SDS step (>= 1.5x), eager and regionally compiled (compile <= 60 s).
+stamp "A: dmd2, sds (limit ${A}s)"
+timeout "$A" python3 -m benchmarks.run --size sd15 --only dmd2,sds --variants eager,compiled \
     --steps 10 --warmup 3 --json "$OUT/sd15_a.json"
 echo "rc=$?"
-# B: the rest of the table, eager only (compilation is measured in A).
-stamp "B: forward, sid, vsd, sample (limit ${B}s)"
-timeout "$B" python3 -m benchmarks.run --size sd15 --only forward,sid,vsd,sample --variants eager,1-step,4-step \
+# B: why sdtoolkit's eager forward was 6 % slower than the plain call: each attention kernel, and no channels_last.
+stamp "B: forward variants, sid, vsd, sample (limit ${B}s)"
+timeout "$B" python3 -m benchmarks.run --size sd15 --only forward,sid,vsd,sample \
+    --variants eager,attn-sdpa,attn-flash,attn-efficient,attn-cudnn,no-channels-last,1-step,4-step \
     --steps 10 --warmup 3 --json "$OUT/sd15_b.json"
 echo "rc=$?"
-# C: issue 18, per family: LCM and DMD2 through the real loop on SD1.5- and SDXL-size random-weight teachers.
+# C: issue 18, per family: LCM and DMD2 through the real loop on SDXL-size random-weight teachers (SD1.5 size: done).
 stamp "C: families (limit ${C}s)"
-timeout "$C" python3 -m benchmarks.families_gpu --size full --device cuda --json "$OUT/families.json"
+timeout "$C" python3 -m benchmarks.families_gpu --size full --device cuda --families sdxl --json "$OUT/families.json"
 echo "rc=$?"
 # D: the memory knobs (adamw8bit rows need bitsandbytes, which does not travel here: they say so).
 stamp "D: memory knobs (limit ${D}s)"

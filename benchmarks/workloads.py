@@ -38,8 +38,11 @@ def _toolkit_denoiser(comps: Components, mixed_precision: bool, variant: str, ti
     unet = comps.unet(time_cond_proj_dim=time_cond_proj_dim)
     denoiser = Denoiser(unet, schedule_from_config(comps.scheduler()), "epsilon")
     denoiser.freeze(torch.bfloat16 if mixed_precision else torch.float32)
-    denoiser.set_attention("auto")
-    if comps.device.type == "cuda":
+    # variant "attn-<backend>" forces one attention kernel (`sdtoolkit.core.attention.ATTENTION_BACKENDS`) instead of
+    # auto's choice; "no-channels-last" keeps the default memory format: the two ways sdtoolkit's forward differs
+    # from the plain call, isolated
+    denoiser.set_attention(variant.removeprefix("attn-") if variant.startswith("attn-") else "auto")
+    if comps.device.type == "cuda" and variant != "no-channels-last":
         denoiser.to_channels_last()
     if "compiled" in variant:
         denoiser.compile(regional=True)
@@ -78,7 +81,8 @@ WORKLOADS: dict[str, Workload] = {
     "forward": Workload(
         reference=reference.reference_forward,
         toolkit=toolkit_forward,
-        variants=["eager", "compiled"],
+        variants=["eager", "compiled", "attn-sdpa", "attn-flash", "attn-efficient", "attn-cudnn", "no-channels-last"],
+        gpu_only=("compiled", "attn-flash", "attn-efficient", "attn-cudnn", "no-channels-last"),
         numerics=forward_numerics,
         notes="one UNet forward at batch B (frozen teacher: bf16 weights on GPU)",
     ),

@@ -30,6 +30,7 @@ from sdtoolkit.image_to_3d import (
     mirror_points,
 )
 from sdtoolkit.image_to_3d.inputs import cameras_json, save_rgba, shapes_references
+from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images, transform_points
 from sdtoolkit.image_to_3d.trainer import cat_cameras
 from sdtoolkit.nerf import FieldConfig, NeRF, NeRFConfig
 
@@ -190,6 +191,70 @@ def test_symmetric_density_is_symmetric_and_trains():
     assert not torch.allclose(plain.field(points)["density"], plain.field(mirror_points(points, 30.0))["density"])
 
 
+def _as_matrix(element) -> torch.Tensor:
+    return transform_points(torch.eye(3), element).T  # columns: the images of the basis vectors
+
+
+def test_symmetry_group_is_the_dihedral_group_of_its_planes():
+    # D_2 with planes at 0 and 90: identity, the half turn, and the reflections y -> -y and x -> -x
+    group = symmetry_group(2)
+    assert group == [(False, 0.0), (False, 180.0), (True, 0.0), (True, 90.0)]
+    expected = [torch.diag(torch.tensor(d)) for d in ([1.0, 1, 1], [-1.0, -1, 1], [1.0, -1, 1], [-1.0, 1, 1])]
+    for element, matrix in zip(group, expected):
+        assert torch.allclose(_as_matrix(element), matrix, atol=1e-6)
+    assert symmetry_group(1, 30.0) == [(False, 0.0), (True, 30.0)]  # DreamCar's single plane
+    with pytest.raises(ValueError, match="symmetry planes = 0"):
+        symmetry_group(0)
+    # closed under composition, 2 n distinct elements, for planes that do not start at azimuth 0 too
+    for planes, phi in ((2, 0.0), (3, 20.0), (4, -45.0)):
+        matrices = [_as_matrix(g) for g in symmetry_group(planes, phi)]
+        assert len(matrices) == 2 * planes
+        for a in matrices:
+            for b in matrices:
+                assert any(torch.allclose(a @ b, c, atol=1e-5) for c in matrices)
+        distinct = {tuple(m.flatten().round(decimals=4).tolist()) for m in matrices}
+        assert len(distinct) == 2 * planes
+
+
+def test_a_symmetry_moves_the_camera_and_the_image_alike():
+    cameras = cams([35.0, -100.0], [20.0, 5.0])
+    for element in symmetry_group(2, 0.0) + symmetry_group(3, 20.0):
+        moved = transform_cameras(cameras, element)
+        assert torch.allclose(moved.positions(), transform_points(cameras.positions(), element), atol=1e-5)
+    # the axis-aligned cube has both planes at 0 and 90: every moved camera sees the (flipped) original silhouette
+    ids = torch.full((2,), SHAPES.index("cube"))
+    silhouette = render_silhouette(ids, cameras, 24)
+    for element in symmetry_group(2):
+        seen = render_silhouette(ids, transform_cameras(cameras, element), 24)
+        assert torch.equal(seen, transform_images(silhouette, element)), element
+    # a rotation by 90 degrees is a symmetry of the cube too, but 3 planes 60 degrees apart are not
+    assert torch.equal(render_silhouette(ids, transform_cameras(cameras, (False, 90.0)), 24), silhouette)
+    assert not torch.equal(render_silhouette(ids, transform_cameras(cameras, (False, 120.0)), 24), silhouette)
+
+
+@pytest.mark.parametrize("planes", [2, 3])
+def test_symmetric_density_with_several_planes_is_invariant_under_the_whole_group(planes):
+    torch.manual_seed(0)
+    nerf = make_symmetric(NeRF(tiny_nerf()), 10.0, planes)
+    with torch.no_grad():
+        for p in nerf.field.encoding.parameters():
+            p.normal_(0, 0.5)
+    points = torch.rand(256, 3) * 1.2 - 0.6
+    out = nerf.field(points)
+    for element in symmetry_group(planes, 10.0)[1:]:
+        moved = nerf.field(transform_points(points, element))
+        assert torch.allclose(out["density"], moved["density"], atol=1e-4), element
+        assert torch.allclose(out["rgb"], moved["rgb"], atol=1e-5), element
+    one_plane = make_symmetric(NeRF(tiny_nerf()), 10.0, 1)
+    with torch.no_grad():
+        one_plane.field.encoding.inner.tables.copy_(nerf.field.encoding.inner.tables)
+        one_plane.field.mlp.load_state_dict(nerf.field.mlp.state_dict())
+    half_turn = (False, 360.0 / planes)  # a rotation of the n-plane group is not a symmetry of the one-plane field
+    assert not torch.allclose(
+        one_plane.field(points)["density"], one_plane.field(transform_points(points, half_turn))["density"]
+    )
+
+
 # ------------------------------------------------------------------------------------------------- pose refinement
 
 
@@ -297,6 +362,24 @@ def test_reference_losses_fall_and_resume_is_exact(cube_views, tmp_path):
     assert torch.equal(run.poses.delta, resumed.poses.delta) and run.poses.delta.abs().sum() > 0
 
 
+def test_mirror_views_of_two_planes_add_three_moved_copies_of_every_reference(cube_views):
+    from sdtoolkit.image_to_3d.trainer import setup
+
+    folder, paths, _ = cube_views
+    options = dict(mirror_views=True, symmetric_density=True, symmetry_planes=2)
+    config = _config(paths, folder / "cams.json", **options)
+    run = setup(config)
+    assert run.nerf.field.encoding.planes == 2
+    cameras = run.reference_cameras()
+    rgb, mask = run.targets(16)
+    assert len(cameras.azimuth_deg) == len(rgb) == len(mask) == 8  # 2 references x |D_2| = 4
+    given = run.references.cameras.azimuth_deg
+    # order: the references, then the half turn, then the reflections across the planes at 0 and 90
+    expected = torch.cat([given, given + 180.0, -given, 180.0 - given])
+    assert torch.allclose(torch.cos(torch.deg2rad(cameras.azimuth_deg)), torch.cos(torch.deg2rad(expected)), atol=1e-6)
+    assert torch.equal(rgb[2:4], rgb[:2]) and torch.equal(rgb[4:6], rgb[:2].flip(-1))
+
+
 def test_coarse_to_fine_levels_switch_on_one_by_one_and_all_are_on_at_the_end(cube_views, tmp_path, monkeypatch):
     import sdtoolkit.image_to_3d.trainer as trainer
 
@@ -333,6 +416,7 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
         ([*base[:3], "--output", str(out)], "need a cameras file"),
         ([*base, "--reference-resolution", "24"], "multiple of the reference resolution 24"),
         ([*base, "--lambda-rgb", "-1"], "--lambda-rgb -1.0: must be >= 0"),
+        ([*base, "--symmetry-planes", "0"], "--symmetry-planes 0: must be in [1, 8]"),
     ]:
         capsys.readouterr()
         assert main(argv) == 2, argv

@@ -58,6 +58,7 @@ class ImageTo3DConfig:
         "lambda_text": NON_NEGATIVE,
         "lambda_novel_view": NON_NEGATIVE,
         "symmetry_plane_azimuth": Range(-180, 180),
+        "symmetry_planes": Range(1, 8),
         "background": FRACTION,
         "preview_every": NON_NEGATIVE,
         "checkpoint_every": NON_NEGATIVE,
@@ -143,12 +144,18 @@ class ImageTo3DConfig:
     """Append DreamFusion's view suffix (", front view", ...) to the prompt per camera."""
     mirror_views: bool = False
     """DreamCar's mirror prior: add every reference view flipped horizontally, with its camera reflected across the
-    symmetry plane (for objects symmetric about that plane)."""
+    symmetry plane (for objects symmetric about that plane); with `symmetry_planes` n > 1, one moved copy per
+    symmetry of the n planes' group (flipped for a reflection, as is for a rotation)."""
     symmetric_density: bool = False
-    """Make the field symmetric about the plane by construction (query the encoding at p and its mirror)."""
+    """Make the field symmetric about the plane(s) by construction (query the encoding at p and its images under
+    the symmetries, 2 n points: n times the cost of one plane's)."""
     symmetry_plane_azimuth: float = 0.0
     """Azimuth phi (degrees) of the vertical symmetry plane through the centre; 0: the xz-plane (left/right of an
     object facing the front camera)."""
+    symmetry_planes: int = 1
+    """Number n of vertical symmetry planes, 180/n degrees apart from `symmetry_plane_azimuth` (the dihedral group
+    D_n, used by `mirror_views` and `symmetric_density`): 1 is DreamCar's single plane (a car); 2 adds the
+    perpendicular plane (front/back too: one front view then also fixes the unseen back); 4 a square prism's."""
     refine_poses: bool | None = None
     """Learn a correction of each reference camera (azimuth, elevation, log distance) at `lr_pose`. None: on when the
     cameras file marks the poses approximate."""

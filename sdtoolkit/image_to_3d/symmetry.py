@@ -8,6 +8,12 @@ horizontal direction at azimuth phi (`plane_azimuth_deg`). phi = 0 is the xz-pla
 facing the front camera (azimuth 0, on +x), like a car seen head-on. Mirroring across it maps a camera at azimuth a
 to azimuth 2 phi - a, with the same elevation, distance and field of view.
 
+An object may have more than one such plane (`planes` = n): n vertical planes 180/n degrees apart, the first at
+phi, generate the dihedral group D_n of 2n transforms, n rotations about the vertical axis by k 360/n and n
+reflections across the planes at phi + k 180/n. A car has one plane (n = 1, DreamCar's case); every primitive of
+the shapes world has at least two perpendicular ones (n = 2: left/right and front/back), so one front view also
+fixes the unseen back. A rotated camera sees the same image; a reflected one the flipped image.
+
 The flipped image is exactly the mirrored camera's view only when the lighting is symmetric too: baked-in shading
 lit from one side is flipped with the image (a limitation DreamCar shares).
 """
@@ -56,26 +62,70 @@ def mirror_points(points: Float[Tensor, "*N 3"], plane_azimuth_deg: float = 0.0)
     return points - 2 * (points @ n)[..., None] * n
 
 
-class SymmetricEncoding(nn.Module):
-    """A field encoding made symmetric: e_sym(p) = (e(p) + e(M p)) / 2 for the reflection M across the plane, so the
-    density and colour decoded from it satisfy f(M p) = f(p) exactly (the "symmetric-density" option). The wrapped
-    encoding takes points of the unit cube (`TextTo3DField.normalize`: u = (p / bound + 1) / 2), so M acts on
-    u - 1/2. Doubles the encoding's cost."""
+def symmetry_group(planes: int = 1, plane_azimuth_deg: float = 0.0) -> list[tuple[bool, float]]:
+    """The dihedral group D_n of n = `planes` vertical mirror planes 180/n degrees apart, the first at azimuth phi,
+    as (reflects, angle) pairs: (False, k 360/n) rotates by that angle about z, (True, phi + k 180/n) reflects across
+    the plane at that azimuth; k = 0..n-1, identity first."""
+    if planes < 1:
+        raise ValueError(f"symmetry planes = {planes}; need at least 1")
+    rotations = [(False, k * 360.0 / planes) for k in range(planes)]
+    reflections = [(True, plane_azimuth_deg + k * 180.0 / planes) for k in range(planes)]
+    return rotations + reflections
 
-    def __init__(self, encoding: nn.Module, plane_azimuth_deg: float = 0.0):
+
+def rotate_points(points: Float[Tensor, "*N 3"], angle_deg: float) -> Float[Tensor, "*N 3"]:
+    """Rotation by `angle_deg` about the vertical (z) axis, counter-clockwise from above (azimuth a -> a + angle)."""
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    x, y, z = points.unbind(-1)
+    return torch.stack([c * x - s * y, s * x + c * y, z], dim=-1)
+
+
+def transform_points(points: Float[Tensor, "*N 3"], element: tuple[bool, float]) -> Float[Tensor, "*N 3"]:
+    """One element of `symmetry_group` applied to points about the origin."""
+    reflects, angle = element
+    return mirror_points(points, angle) if reflects else rotate_points(points, angle)
+
+
+def transform_cameras(cameras: Cameras, element: tuple[bool, float]) -> Cameras:
+    """The cameras moved by one element of `symmetry_group`: a reflection as `mirror_cameras`, a rotation adds its
+    angle to the azimuth (elevation, distance and fov unchanged; differentiable)."""
+    reflects, angle = element
+    if reflects:
+        return mirror_cameras(cameras, angle)
+    return Cameras(
+        wrap_azimuth_deg(cameras.azimuth_deg + angle), cameras.elevation_deg, cameras.distance, cameras.fov_deg
+    )
+
+
+def transform_images(images: Float[Tensor, "*B C H W"], element: tuple[bool, float]) -> Float[Tensor, "*B C H W"]:
+    """What the moved camera sees of a symmetric object: flipped for a reflection, the same image for a rotation."""
+    return mirror_images(images) if element[0] else images
+
+
+class SymmetricEncoding(nn.Module):
+    """A field encoding made symmetric: e_sym(p) = mean over the group G of e(g p) (`symmetry_group`; with one
+    plane, (e(p) + e(M p)) / 2 for the reflection M), so the density and colour decoded from it satisfy
+    f(g p) = f(p) exactly for every g in G (the "symmetric-density" option). The wrapped encoding takes points of
+    the unit cube (`TextTo3DField.normalize`: u = (p / bound + 1) / 2), so G acts on u - 1/2. Multiplies the
+    encoding's cost by |G| = 2 n."""
+
+    def __init__(self, encoding: nn.Module, plane_azimuth_deg: float = 0.0, planes: int = 1):
         super().__init__()
         self.inner = encoding
         self.plane_azimuth_deg = plane_azimuth_deg
+        self.planes = planes
+        self.group = symmetry_group(planes, plane_azimuth_deg)
         self.out_dim = encoding.out_dim
         self.grid = getattr(encoding, "grid", True)  # `TextTo3DField.parameter_groups` reads it
 
     def forward(self, unit_points: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N D"]:
-        mirrored = mirror_points(unit_points - 0.5, self.plane_azimuth_deg) + 0.5
-        return self.inner(torch.stack([unit_points, mirrored])).mean(0)
+        centred = unit_points - 0.5
+        moved = [unit_points] + [transform_points(centred, g) + 0.5 for g in self.group[1:]]
+        return self.inner(torch.stack(moved)).mean(0)
 
 
-def make_symmetric(nerf, plane_azimuth_deg: float = 0.0):
+def make_symmetric(nerf, plane_azimuth_deg: float = 0.0, planes: int = 1):
     """Wraps `nerf.field.encoding` in a `SymmetricEncoding` (in place; returns the NeRF)."""
     if not isinstance(nerf.field.encoding, SymmetricEncoding):
-        nerf.field.encoding = SymmetricEncoding(nerf.field.encoding, plane_azimuth_deg)
+        nerf.field.encoding = SymmetricEncoding(nerf.field.encoding, plane_azimuth_deg, planes)
     return nerf

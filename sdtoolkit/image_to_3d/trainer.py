@@ -28,7 +28,7 @@ from sdtoolkit.image_to_3d.config import ImageTo3DConfig
 from sdtoolkit.image_to_3d.inputs import References, load_references
 from sdtoolkit.image_to_3d.novel_view import relative_camera
 from sdtoolkit.image_to_3d.poses import PoseCorrections
-from sdtoolkit.image_to_3d.symmetry import make_symmetric, mirror_cameras, mirror_images
+from sdtoolkit.image_to_3d.symmetry import make_symmetric, symmetry_group, transform_cameras, transform_images
 from sdtoolkit.nerf import NeRF
 from sdtoolkit.runs import RunFolder, claim_output, inspect_output
 from sdtoolkit.text_to_3d import trainer as text_trainer
@@ -92,9 +92,14 @@ class ImageTo3DRun:
         cameras = self.references.cameras.to(self.nerf.device)
         if self.poses is not None:
             cameras = self.poses(cameras)
-        if self.config.mirror_views:
-            cameras = cat_cameras(cameras, mirror_cameras(cameras, self.config.symmetry_plane_azimuth))
+        if self.config.mirror_views:  # one moved copy of every view per non-identity symmetry
+            moved = [transform_cameras(cameras, g) for g in self._symmetries()]
+            cameras = cat_cameras(cameras, *moved)
         return cameras
+
+    def _symmetries(self) -> list[tuple[bool, float]]:
+        """The symmetry group's elements other than the identity (`symmetry.symmetry_group`)."""
+        return symmetry_group(self.config.symmetry_planes, self.config.symmetry_plane_azimuth)[1:]
 
     def targets(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(colours over the background [V, 3, r, r], masks [V, 1, r, r]) of every reference view (and mirror)."""
@@ -102,7 +107,9 @@ class ImageTo3DRun:
             refs = self.references.resized(resolution)
             rgb, mask = refs.composite(self.config.background), refs.masks
             if self.config.mirror_views:
-                rgb, mask = torch.cat([rgb, mirror_images(rgb)]), torch.cat([mask, mirror_images(mask)])
+                groups = self._symmetries()
+                rgb = torch.cat([rgb, *(transform_images(rgb, g) for g in groups)])
+                mask = torch.cat([mask, *(transform_images(mask, g) for g in groups)])
             self._targets[resolution] = (rgb.to(self.nerf.device), mask.to(self.nerf.device))
         return self._targets[resolution]
 
@@ -130,7 +137,7 @@ def setup(config: ImageTo3DConfig, denoiser: Denoiser | None = None, references:
         prompts = [ViewDependentPrompts(denoiser, config.prompt, config.view_dependent_prompts)]
     nerf = NeRF(config.nerf).to(config.device)
     if config.symmetric_density:
-        make_symmetric(nerf, config.symmetry_plane_azimuth)
+        make_symmetric(nerf, config.symmetry_plane_azimuth, config.symmetry_planes)
     grid_params, network_params = nerf.field.parameter_groups()
     groups = [
         {"params": grid_params, "lr": config.lr_encoding},

@@ -6,9 +6,10 @@ Two geometries (`FieldConfig.geometry`):
   b(x) = blob_density (1 - |x| / blob_radius), so optimisation starts from a soft ball at the origin instead of
   empty space.
 - 'sdf': the network predicts a signed distance d(x) = raw + |x| - sdf_radius (a sphere at the start, threestudio's
-  implicit-sdf `shape_init: sphere`) and the density is VolSDF's sigma = (1 / beta) Psi_beta(-d) (Yariv et al. 2021,
-  Eq. 2-3; `volsdf_density`): matter is solid inside the zero level set and empty outside, with a transition beta
-  wide, so the field cannot settle into a fog that is opaque only in sum, and the mesh is the zero level set.
+  implicit-sdf `shape_init: sphere`; or the distance to a given mesh, `sdf_init`) and the density is VolSDF's
+  sigma = (1 / beta) Psi_beta(-d) (Yariv et al. 2021, Eq. 2-3; `volsdf_density`): matter is solid inside the zero
+  level set and empty outside, with a transition beta wide, so the field cannot settle into a fog that is opaque
+  only in sum, and the mesh is the zero level set.
 Colour is view-independent albedo through a sigmoid (DreamFusion's "albedo" shading mode).
 """
 
@@ -61,6 +62,7 @@ class FieldConfig:
         "geometry": OneOf(*GEOMETRIES),
         "sdf_beta": POSITIVE,
         "sdf_radius": POSITIVE,
+        "sdf_init_resolution": Range(8, 256),
     }
 
     bound: float = 1.0
@@ -96,10 +98,29 @@ class FieldConfig:
     sdf_radius: float = 0.5
     """Radius of the initial sphere with geometry 'sdf' (threestudio's `shape_init: sphere:0.5`); a layout places
     one sphere per box, scaled to the box like the density blobs."""
+    sdf_init: str = "sphere"
+    """Starting shape of geometry 'sdf': 'sphere' (radius `sdf_radius`) or a closed mesh file (.glb/.obj/.ply in
+    world coordinates, e.g. a density run's `mesh.glb`) whose signed distance the field starts from (threestudio's
+    `shape_init: mesh:PATH`): the density run finds the topology, the SDF run makes its surface clean."""
+    sdf_init_resolution: int = 64
+    """Grid resolution of a mesh `sdf_init`'s tabulated signed distance over the field's cube."""
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry={self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
+        if self.sdf_init != "sphere":
+            from pathlib import Path
+
+            from sdtoolkit.nerf.sdf_init import MESH_SUFFIXES
+
+            if self.geometry != "sdf":
+                raise ValueError(f"sdf_init={self.sdf_init!r} needs geometry 'sdf', not {self.geometry!r}")
+            if Path(self.sdf_init).suffix.lower() not in MESH_SUFFIXES:
+                raise ValueError(
+                    f"sdf_init={self.sdf_init!r}: give 'sphere' or a mesh file ({', '.join(MESH_SUFFIXES)})"
+                )
+            if not Path(self.sdf_init).is_file():
+                raise ValueError(f"sdf_init={self.sdf_init!r}: no such file")
 
 
 class TextTo3DField(nn.Module):
@@ -132,6 +153,12 @@ class TextTo3DField(nn.Module):
             nn.Linear(config.hidden_dim, 1 + 3 + config.num_semantic),
         )
         self.region_prior = region_prior
+        grid = None  # a mesh `sdf_init`'s tabulated distance: a buffer, so checkpoints carry it
+        if config.geometry == "sdf" and config.sdf_init != "sphere":
+            from sdtoolkit.nerf.sdf_init import mesh_sdf_grid
+
+            grid = mesh_sdf_grid(config.sdf_init, config.bound, config.sdf_init_resolution)
+        self.register_buffer("sdf_grid", grid)
         self.beta = config.sdf_beta
         """VolSDF's beta in use (geometry 'sdf'); text-to-3D's `sdf_beta_start` anneals it to `config.sdf_beta`."""
 
@@ -157,7 +184,11 @@ class TextTo3DField(nn.Module):
 
     def sdf_bias(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, " *bs"]:
         """The initial signed distance of geometry 'sdf': |x| - sdf_radius (a sphere); a region prior with its own
-        `sdf_bias` (a layout: one sphere per box) places the spheres instead."""
+        `sdf_bias` (a layout: one sphere per box) places the spheres instead; a mesh `sdf_init` replaces both."""
+        if self.sdf_grid is not None:
+            from sdtoolkit.nerf.sdf_init import sample_grid
+
+            return sample_grid(self.sdf_grid, positions, self.config.bound)
         spheres = getattr(self.region_prior, "sdf_bias", None)
         if spheres is not None:
             return spheres(positions, self.config.sdf_radius)
