@@ -372,7 +372,7 @@ def test_mirror_views_of_two_planes_add_three_moved_copies_of_every_reference(cu
     assert run.nerf.field.encoding.planes == 2
     cameras = run.reference_cameras()
     rgb, mask = run.targets(16)
-    assert len(cameras.azimuth_deg) == len(rgb) == len(mask) == 8  # 2 references x |D_2| = 4
+    assert len(cameras.azimuth_deg) == len(rgb) == len(mask) == run.num_reference_views == 8  # 2 refs x |D_2|
     given = run.references.cameras.azimuth_deg
     # order: the references, then the half turn, then the reflections across the planes at 0 and 90
     expected = torch.cat([given, given + 180.0, -given, 180.0 - given])

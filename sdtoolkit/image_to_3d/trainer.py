@@ -97,6 +97,11 @@ class ImageTo3DRun:
             cameras = cat_cameras(cameras, *moved)
         return cameras
 
+    @property
+    def num_reference_views(self) -> int:
+        """The references and, with `mirror_views`, their moved copies (one per non-identity symmetry)."""
+        return len(self.references) * (1 + len(self._symmetries()) if self.config.mirror_views else 1)
+
     def _symmetries(self) -> list[tuple[bool, float]]:
         """The symmetry group's elements other than the identity (`symmetry.symmetry_group`)."""
         return symmetry_group(self.config.symmetry_planes, self.config.symmetry_plane_azimuth)[1:]
@@ -228,8 +233,7 @@ def training_step(run: ImageTo3DRun) -> dict[str, float]:
     if config.start_levels is not None:
         set_levels(run.nerf, current_levels(config, step, run.nerf.field.encoding.num_levels))
     run.nerf.update_occupancy(step, g)
-    num_views = len(run.references) * (2 if config.mirror_views else 1)
-    views = torch.randint(num_views, (config.reference_batch,), generator=g)
+    views = torch.randint(run.num_reference_views, (config.reference_batch,), generator=g)
     reference_resolution = current_resolution(config, step, config.reference_resolution)
     losses = reference_losses(run, reference_resolution, views)
     logs = {"t": 0.0, "grad_norm": 0.0, "res": reference_resolution}
