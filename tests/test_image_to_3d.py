@@ -30,7 +30,13 @@ from sdtoolkit.image_to_3d import (
     mirror_points,
 )
 from sdtoolkit.image_to_3d.inputs import cameras_json, save_rgba, shapes_references
-from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images, transform_points
+from sdtoolkit.image_to_3d.symmetry import (
+    fold_points,
+    symmetry_group,
+    transform_cameras,
+    transform_images,
+    transform_points,
+)
 from sdtoolkit.image_to_3d.trainer import cat_cameras
 from sdtoolkit.nerf import FieldConfig, NeRF, NeRFConfig
 
@@ -362,6 +368,41 @@ def test_reference_losses_fall_and_resume_is_exact(cube_views, tmp_path):
     assert torch.equal(run.poses.delta, resumed.poses.delta) and run.poses.delta.abs().sum() > 0
 
 
+def test_folding_maps_every_image_of_a_point_to_one_point_of_the_wedge():
+    torch.manual_seed(0)
+    p = torch.randn(500, 3)
+    # two planes at 0 and 90: (|x|, |y|, z), as the docstring says
+    assert torch.allclose(fold_points(p, 2), torch.stack([p[:, 0].abs(), p[:, 1].abs(), p[:, 2]], -1), atol=1e-5)
+    for planes, phi in ((1, 0.0), (1, 30.0), (2, 0.0), (3, 20.0), (4, -45.0)):
+        folded = fold_points(p, planes, phi)
+        assert torch.allclose(folded.norm(dim=-1), p.norm(dim=-1), atol=1e-5)  # an isometry of each point
+        for element in symmetry_group(planes, phi)[1:]:
+            assert torch.allclose(fold_points(transform_points(p, element), planes, phi), folded, atol=1e-4)
+        # the wedge: azimuth within [phi, phi + 180 / n]
+        azimuth = torch.remainder(torch.rad2deg(torch.atan2(folded[:, 1], folded[:, 0])) - phi, 360.0)
+        assert (azimuth <= 180.0 / planes + 1e-3).all()
+    x = torch.zeros(1, 3, requires_grad=True)  # on the axis: finite values and gradients
+    fold_points(x, 2).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_a_folded_field_is_invariant_with_one_encoding_query():
+    torch.manual_seed(0)
+    nerf = make_symmetric(NeRF(tiny_nerf()), 0.0, 2, method="fold")
+    calls = []
+    nerf.field.encoding.inner.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    with torch.no_grad():
+        for q in nerf.field.encoding.parameters():
+            q.normal_(0, 0.5)
+    points = torch.rand(256, 3) * 1.2 - 0.6
+    out = nerf.field(points)
+    assert calls == [torch.Size([256, 3])]  # one query, not four
+    for element in symmetry_group(2)[1:]:
+        assert torch.allclose(nerf.field(transform_points(points, element))["density"], out["density"], atol=1e-4)
+    with pytest.raises(ValueError, match="choose one of average, fold"):
+        make_symmetric(NeRF(tiny_nerf()), 0.0, 2, method="median")
+
+
 def test_mirror_views_of_two_planes_add_three_moved_copies_of_every_reference(cube_views):
     from sdtoolkit.image_to_3d.trainer import setup
 
@@ -378,6 +419,8 @@ def test_mirror_views_of_two_planes_add_three_moved_copies_of_every_reference(cu
     expected = torch.cat([given, given + 180.0, -given, 180.0 - given])
     assert torch.allclose(torch.cos(torch.deg2rad(cameras.azimuth_deg)), torch.cos(torch.deg2rad(expected)), atol=1e-6)
     assert torch.equal(rgb[2:4], rgb[:2]) and torch.equal(rgb[4:6], rgb[:2].flip(-1))
+    folded = setup(_config(paths, folder / "cams.json", **options, symmetry_method="fold"))
+    assert type(folded.nerf.field.encoding).__name__ == "FoldedEncoding" and folded.nerf.field.encoding.planes == 2
 
 
 def test_coarse_to_fine_levels_switch_on_one_by_one_and_all_are_on_at_the_end(cube_views, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.image_to_3d.symmetry import SYMMETRY_METHODS
 from sdtoolkit.nerf import NeRFConfig
 from sdtoolkit.text_to_3d.config import (
     VERTEX_COLOURS,
@@ -59,6 +60,7 @@ class ImageTo3DConfig:
         "lambda_novel_view": NON_NEGATIVE,
         "symmetry_plane_azimuth": Range(-180, 180),
         "symmetry_planes": Range(1, 8),
+        "symmetry_method": OneOf(*SYMMETRY_METHODS),
         "background": FRACTION,
         "preview_every": NON_NEGATIVE,
         "checkpoint_every": NON_NEGATIVE,
@@ -156,6 +158,10 @@ class ImageTo3DConfig:
     """Number n of vertical symmetry planes, 180/n degrees apart from `symmetry_plane_azimuth` (the dihedral group
     D_n, used by `mirror_views` and `symmetric_density`): 1 is DreamCar's single plane (a car); 2 adds the
     perpendicular plane (front/back too: one front view then also fixes the unseen back); 4 a square prism's."""
+    symmetry_method: str = "average"
+    """How `symmetric_density` is built: 'average' (the encoding averaged over the 2 n images of p: smooth, 2 n
+    queries) or 'fold' (the encoding of p's image in one wedge between planes: one query, a crease where a surface
+    crosses a plane obliquely)."""
     refine_poses: bool | None = None
     """Learn a correction of each reference camera (azimuth, elevation, log distance) at `lr_pose`. None: on when the
     cameras file marks the poses approximate."""

@@ -142,7 +142,7 @@ def setup(config: ImageTo3DConfig, denoiser: Denoiser | None = None, references:
         prompts = [ViewDependentPrompts(denoiser, config.prompt, config.view_dependent_prompts)]
     nerf = NeRF(config.nerf).to(config.device)
     if config.symmetric_density:
-        make_symmetric(nerf, config.symmetry_plane_azimuth, config.symmetry_planes)
+        make_symmetric(nerf, config.symmetry_plane_azimuth, config.symmetry_planes, config.symmetry_method)
     grid_params, network_params = nerf.field.parameter_groups()
     groups = [
         {"params": grid_params, "lr": config.lr_encoding},
