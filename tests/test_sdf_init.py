@@ -79,7 +79,9 @@ def test_a_field_started_from_a_mesh_has_that_mesh_as_its_initial_surface(box_fi
     assert "field.sdf_grid" not in NeRF(NeRFConfig(field=FieldConfig(geometry="sdf"))).state_dict()
 
 
-def test_sdf_init_is_checked_before_anything_is_built(box_file, tmp_path):
+def test_sdf_init_is_checked_before_anything_is_built(box_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(box_file.parent)
+    assert FieldConfig(geometry="sdf", sdf_init=box_file.name).sdf_init == str(box_file.absolute())  # stored absolute
     with pytest.raises(ValueError, match="needs geometry 'sdf', not 'density'"):
         FieldConfig(sdf_init=str(box_file))
     with pytest.raises(ValueError, match="give 'sphere' or a mesh file"):

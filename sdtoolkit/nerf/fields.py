@@ -121,6 +121,7 @@ class FieldConfig:
                 )
             if not Path(self.sdf_init).is_file():
                 raise ValueError(f"sdf_init={self.sdf_init!r}: no such file")
+            self.sdf_init = str(Path(self.sdf_init).absolute())  # a run's config.json must find it from anywhere
 
 
 class TextTo3DField(nn.Module):
