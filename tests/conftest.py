@@ -27,3 +27,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    """A tiny random Stable Diffusion pipeline saved as a folder: the text-to-3D prior of the CLI tests."""
+    from sdtoolkit.testing import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("prior")
+    tiny_sd_pipeline().save_pretrained(folder)
+    return folder

@@ -383,13 +383,6 @@ def test_ism_defaults_per_prior():
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prior")
-    tiny_sd_pipeline().save_pretrained(folder)
-    return folder
-
-
 def _run_cli(tiny_prior, out, extra):
     from sdtoolkit.cli import main
 

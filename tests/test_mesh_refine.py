@@ -158,15 +158,6 @@ def test_one_step_with_a_tiny_sds_prior():
     assert 0 < np.abs(result.colours - colours).max()
 
 
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    from sdtoolkit.testing import tiny_sd_pipeline
-
-    folder = tmp_path_factory.mktemp("prior")
-    tiny_sd_pipeline().save_pretrained(folder)
-    return folder
-
-
 def test_cli_mesh_stage_end_to_end(tiny_prior, tmp_path):
     import trimesh
 

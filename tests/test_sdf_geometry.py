@@ -124,15 +124,6 @@ def test_config_refusals_name_the_value_and_the_choices():
         TextTo3DConfig(prompt="a red cube", regularizers=RegularizerConfig(lambda_eikonal=1.0))
 
 
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    from sdtoolkit.testing import tiny_sd_pipeline
-
-    folder = tmp_path_factory.mktemp("prior")
-    tiny_sd_pipeline().save_pretrained(folder)
-    return folder
-
-
 def test_cli_sdf_geometry_trains_and_exports_its_zero_level(tiny_prior, tmp_path):
     from sdtoolkit.cli import main
 

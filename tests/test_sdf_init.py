@@ -96,15 +96,6 @@ def test_sdf_init_is_checked_before_anything_is_built(box_file, tmp_path, monkey
         NeRF(NeRFConfig(field=FieldConfig(geometry="sdf", sdf_init=str(far))))
 
 
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    from sdtoolkit.testing import tiny_sd_pipeline
-
-    folder = tmp_path_factory.mktemp("prior")
-    tiny_sd_pipeline().save_pretrained(folder)
-    return folder
-
-
 def test_cli_density_run_then_an_sdf_run_from_its_mesh(tiny_prior, tmp_path, capsys):
     """The two-stage recipe: the density run's exported mesh.glb is the SDF run's starting surface."""
     import trimesh

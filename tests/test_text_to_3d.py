@@ -294,13 +294,6 @@ def test_exact_resume(tmp_path, denoiser):
         assert torch.equal(a, b), name
 
 
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prior")
-    tiny_sd_pipeline().save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("method", ["sds", "vsd", "semantic-sds"])
 def test_cli_smoke_per_method(method, tiny_prior, tmp_path, capsys):
     import trimesh
