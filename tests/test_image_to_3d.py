@@ -460,6 +460,8 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
         ([*base, "--reference-resolution", "24"], "multiple of the reference resolution 24"),
         ([*base, "--lambda-rgb", "-1"], "--lambda-rgb -1.0: must be >= 0"),
         ([*base, "--symmetry-planes", "0"], "--symmetry-planes 0: must be in [1, 8]"),
+        ([*base, "--symmetry-planes", "2"], "symmetry_planes = 2 needs symmetric_density or mirror_views"),
+        ([*base, "--symmetry-method", "fold"], "symmetry_method = 'fold' needs symmetric_density"),
     ]:
         capsys.readouterr()
         assert main(argv) == 2, argv

@@ -199,6 +199,10 @@ class ImageTo3DConfig:
 
     def __post_init__(self) -> None:
         check_field_options(self)
+        if self.symmetry_method != "average" and not self.symmetric_density:
+            raise ValueError(f"symmetry_method = {self.symmetry_method!r} needs symmetric_density")
+        if self.symmetry_planes != 1 and not (self.symmetric_density or self.mirror_views):
+            raise ValueError(f"symmetry_planes = {self.symmetry_planes} needs symmetric_density or mirror_views")
 
     @property
     def uses_text_prior(self) -> bool:
