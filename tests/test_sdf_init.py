@@ -115,6 +115,23 @@ def test_cli_density_run_then_an_sdf_run_from_its_mesh(tiny_prior, tmp_path, cap
     config = json.loads((fine / "config.json").read_text())
     assert config["nerf"]["field"]["sdf_init"] == str(mesh)
     capsys.readouterr()
+    # the mesh shaped step 0 only: the checkpoint carries its grid, so a moved mesh neither stops a resume nor a
+    # load as a PVD teacher, and the grid is the one the run started from (not a placeholder)
+    from safetensors.torch import load_file
+
+    from sdtoolkit.nerf.convert import load_nerf_asset
+
+    grid = load_file(fine / "checkpoint.safetensors")["nerf.field.sdf_grid"]
+    assert grid.abs().max() > 0.1
+    moved = mesh.rename(tmp_path / "moved.glb")
+    assert main([*args, "--steps", "3", "--resume"]) == 0, capsys.readouterr().err
+    assert json.loads((fine / "checkpoint.json").read_text())["step"] == 3
+    assert torch.equal(load_file(fine / "checkpoint.safetensors")["nerf.field.sdf_grid"], grid)
+    teacher, _ = load_nerf_asset(fine)
+    assert torch.equal(teacher.field.sdf_grid, grid)
+    with pytest.raises(ValueError, match="no such file"):  # a new run still needs the mesh
+        FieldConfig(geometry="sdf", sdf_init=str(mesh))
+    moved.rename(mesh)
     bad = tmp_path / "bad"
     wrong = ["text-to-3d", "a red cube", *common, "--output", str(bad), "--nerf.field.sdf-init", str(mesh)]
     assert main(wrong) == 2

@@ -141,7 +141,10 @@ def resolve(args: argparse.Namespace):
         if lines:
             config_cli.fail(lines)
         requested = config_cli.merge(stored, requested)
-    config = config_cli.build_section(ImageTo3DConfig, requested, "", names)
+    from sdtoolkit.nerf import restoring_checkpoint
+
+    with restoring_checkpoint(resume is not None):  # a resumed sdf_init mesh may be gone: its checkpoint has it
+        config = config_cli.build_section(ImageTo3DConfig, requested, "", names)
     if not config.images:
         raise CLIError("no reference image given; e.g. sdtoolkit image-to-3d front.png --output runs/asset")
     try:

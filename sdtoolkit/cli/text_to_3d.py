@@ -198,7 +198,10 @@ def resolve(args: argparse.Namespace) -> tuple[Any, TextTo3DCommand, Path, bool]
         if lines:
             config_cli.fail(lines)
         requested = config_cli.merge(stored, requested)
-    config = build_run(requested, names)
+    from sdtoolkit.nerf import restoring_checkpoint
+
+    with restoring_checkpoint(resume is not None):  # a resumed sdf_init mesh may be gone: its checkpoint has it
+        config = build_run(requested, names)
     _check_run(config, command)
     return config, command, output, resume is not None
 

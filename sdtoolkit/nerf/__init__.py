@@ -14,7 +14,7 @@ jaxtyping shapes, adds nerfacc-style occupancy-grid pruning in plain torch, and 
 
 from sdtoolkit.nerf.colliders import AABBCollider, NearFarCollider, RayBundle, SphereCollider
 from sdtoolkit.nerf.encodings import HashEncoding, tcnn_available
-from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField
+from sdtoolkit.nerf.fields import FieldConfig, TextTo3DField, restoring_checkpoint
 from sdtoolkit.nerf.model import NeRF, NeRFConfig
 from sdtoolkit.nerf.renderers import render_rgb, render_weights
 from sdtoolkit.nerf.samplers import PDFSampler, RaySamples, UniformSampler, contributing_samples
@@ -35,5 +35,6 @@ __all__ = [
     "contributing_samples",
     "render_rgb",
     "render_weights",
+    "restoring_checkpoint",
     "tcnn_available",
 ]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from sdtoolkit.core.config import ConfigError, build
 from sdtoolkit.data.cameras import Cameras, turntable_cameras
+from sdtoolkit.nerf.fields import restoring_checkpoint
 from sdtoolkit.nerf.model import NeRF, NeRFConfig
 from sdtoolkit.nerf.pvd import (
     PVDConfig,
@@ -113,7 +114,8 @@ def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
             f"TEACHER {str(folder)!r} is a semantic-sds (layout) asset; convert-nerf supports single-object assets"
         )
     try:
-        nerf_config = build(NeRFConfig, stored["nerf"], "nerf", lambda key: key)
+        with restoring_checkpoint():  # a mesh sdf_init lives on in the checkpoint's grid, not in its file
+            nerf_config = build(NeRFConfig, stored["nerf"], "nerf", lambda key: key)
     except ConfigError as error:
         raise TeacherError(f"TEACHER {str(folder)!r}: bad 'nerf' settings: {'; '.join(error.lines)}") from None
     try:
@@ -125,7 +127,8 @@ def load_nerf_asset(path: str | Path, device: str = "cpu") -> tuple[NeRF, dict]:
         raise TeacherError(
             f"TEACHER {str(checkpoint)!r} holds no NeRF ('nerf.*' tensors): a checkpoint of another kind"
         )
-    nerf = NeRF(nerf_config).to(device)
+    with restoring_checkpoint():
+        nerf = NeRF(nerf_config).to(device)
     try:
         nerf.load_state_dict(tensors)
     except RuntimeError as error:

@@ -15,6 +15,9 @@ Colour is view-independent albedo through a sigmoid (DreamFusion's "albedo" shad
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +31,21 @@ from sdtoolkit.nerf.encodings import HashEncoding
 
 GEOMETRIES = ("density", "sdf")
 """What the field's first output is (`FieldConfig.geometry`)."""
+
+_RESTORING = contextvars.ContextVar("sdtoolkit_restoring_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def restoring_checkpoint(active: bool = True) -> Iterator[None]:
+    """Configs and fields built inside are about to be filled by a checkpoint (a resumed run, a finished asset loaded
+    as a PVD teacher): a mesh `sdf_init` is neither read nor required to exist any more. It shaped step 0 only, and
+    the checkpoint carries its tabulated distance (the `sdf_grid` buffer), so moving or deleting the mesh after the
+    run started loses nothing. The field's grid is a zero placeholder until the checkpoint's replaces it."""
+    token = _RESTORING.set(bool(active) or _RESTORING.get())
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 def laplace_cdf(s: Tensor, beta: float) -> Tensor:
@@ -101,7 +119,9 @@ class FieldConfig:
     sdf_init: str = "sphere"
     """Starting shape of geometry 'sdf': 'sphere' (radius `sdf_radius`) or a closed mesh file (.glb/.obj/.ply in
     world coordinates, e.g. a density run's `mesh.glb`) whose signed distance the field starts from (threestudio's
-    `shape_init: mesh:PATH`): the density run finds the topology, the SDF run makes its surface clean."""
+    `shape_init: mesh:PATH`): the density run finds the topology, the SDF run makes its surface clean. Read when
+    a run starts only: every checkpoint carries its tabulated distance, so a resume or a PVD conversion of the
+    finished asset does not need the file (`restoring_checkpoint`)."""
     sdf_init_resolution: int = 64
     """Grid resolution of a mesh `sdf_init`'s tabulated signed distance over the field's cube."""
 
@@ -119,7 +139,7 @@ class FieldConfig:
                 raise ValueError(
                     f"sdf_init={self.sdf_init!r}: give 'sphere' or a mesh file ({', '.join(MESH_SUFFIXES)})"
                 )
-            if not Path(self.sdf_init).is_file():
+            if not Path(self.sdf_init).is_file() and not _RESTORING.get():
                 raise ValueError(f"sdf_init={self.sdf_init!r}: no such file")
             self.sdf_init = str(Path(self.sdf_init).absolute())  # a run's config.json must find it from anywhere
 
@@ -158,7 +178,10 @@ class TextTo3DField(nn.Module):
         if config.geometry == "sdf" and config.sdf_init != "sphere":
             from sdtoolkit.nerf.sdf_init import mesh_sdf_grid
 
-            grid = mesh_sdf_grid(config.sdf_init, config.bound, config.sdf_init_resolution)
+            if _RESTORING.get():  # the checkpoint being restored holds the grid (`restoring_checkpoint`)
+                grid = torch.zeros((config.sdf_init_resolution,) * 3)
+            else:
+                grid = mesh_sdf_grid(config.sdf_init, config.bound, config.sdf_init_resolution)
         self.register_buffer("sdf_grid", grid)
         self.beta = config.sdf_beta
         """VolSDF's beta in use (geometry 'sdf'); text-to-3D's `sdf_beta_start` anneals it to `config.sdf_beta`."""

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from sdtoolkit.core.denoiser import Denoiser
 from sdtoolkit.data.cameras import Cameras, turntable_cameras, wrap_azimuth_deg
-from sdtoolkit.nerf import NeRF
+from sdtoolkit.nerf import NeRF, restoring_checkpoint
 from sdtoolkit.runs import (
     OutputFolderError,
     RunDiverged,
@@ -461,7 +461,8 @@ def train(
 
 def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, stop_at, stop, hooks) -> TextTo3DRun:
     setup_fn, step_fn, command = hooks
-    run = setup_fn(config, denoiser)
+    with restoring_checkpoint(resume):  # the checkpoint fills the field (a mesh sdf_init's grid included)
+        run = setup_fn(config, denoiser)
     if resume:
         load_checkpoint(run, output_dir)
     if stop.requested:  # Ctrl-C while loading: stop before the first step
