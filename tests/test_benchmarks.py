@@ -239,3 +239,29 @@ def test_json_is_written_after_every_workload_so_a_stopped_run_keeps_what_it_mea
     results = json.loads(out.read_text())
     assert results["workloads"]["forward"]["eager"]["ms_per_step"] > 0
     assert "lcm" not in results["workloads"]
+
+
+def test_video_teacher_benchmark_balances_motions_and_scores_a_tiny_teacher(tmp_path, one_thread):
+    """`benchmarks.video_teacher`: every image caption once per motion in 360 clips; end to end on a --tiny teacher
+    (generate through the stock pipeline, clips saved in the `eval --clips` layout, per-motion counts)."""
+    from collections import Counter
+
+    from benchmarks import video_teacher
+    from sdtoolkit.cli import main
+    from sdtoolkit.data.clips import MOTIONS, image_prompt, parse_clip_caption
+
+    prompts = video_teacher.balanced_prompts(360)
+    assert len(set(prompts)) == 360  # every caption: 120 image captions x 3 motions
+    assert Counter(parse_clip_caption(p)[3] for p in prompts[:120]) == dict.fromkeys(MOTIONS, 40)
+    assert len({image_prompt(p) for p in prompts[:120]}) == 120
+    teacher = tmp_path / "teacher"
+    assert main(["train-video-teacher", "--tiny", "--output", str(teacher), "--probe-clips", "0"]) == 0
+    out = tmp_path / "score"
+    argv = ["--model", str(teacher), "--num-clips", "4", "--steps", "2", "--chunk", "3", "--reference-num", "4"]
+    assert video_teacher.main([*argv, "--out", str(out)]) == 0
+    report = json.loads((out / "scores.json").read_text())
+    assert report["num_clips"] == 4 and report["num_frames"] == 4  # the tiny teacher's clip length
+    assert sum(row["clips"] for row in report["per_motion"].values()) == 4
+    assert (out / "clips" / "prompts.txt").read_text().splitlines() == video_teacher.balanced_prompts(4)
+    with pytest.raises(SystemExit):  # never overwrites a scored folder
+        video_teacher.main([*argv, "--out", str(out)])

@@ -129,6 +129,8 @@ def build_config(args: argparse.Namespace):
         lines.append(f"--embedding-lr must be a finite number >= 0, got {config.embedding_lr}")
     if not (math.isfinite(config.motion_aux_weight) and config.motion_aux_weight >= 0):
         lines.append(f"--motion-aux-weight must be a finite number >= 0 (0: off), got {config.motion_aux_weight}")
+    if config.max_minutes is not None and not (math.isfinite(config.max_minutes) and config.max_minutes >= 0):
+        lines.append(f"--max-minutes must be a finite number >= 0 (None: no budget), got {config.max_minutes}")
     if config.probe_clips < 0:
         lines.append(f"--probe-clips must be >= 0 (0: no motion probe), got {config.probe_clips}")
     if not 0 <= config.probe_timestep < 1000:

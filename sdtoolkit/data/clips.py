@@ -206,20 +206,32 @@ def sample_clip_parameters(num: int, seed: int, config: ClipConfig | None = None
     }
 
 
-def render_clip_parameters(params: dict[str, Tensor], resolution: int = 64) -> Tensor:
-    """uint8 clips `[N, F, 3, H, W]` (one renderer call for all frames of all clips)."""
+def render_clip_parameters(
+    params: dict[str, Tensor], resolution: int = 64, device: str | torch.device = "cpu", chunk: int = 2048
+) -> Tensor:
+    """uint8 clips `[N, F, 3, H, W]` on the CPU, rendered on `device` (a GPU renders thousands of clips in seconds)
+    `chunk` frames per renderer call (every frame is rendered on its own, so the chunking changes nothing)."""
     n, frames = params["azimuth_deg"].shape
-    cameras = LiftedCameras(
-        params["azimuth_deg"].reshape(-1),
-        params["elevation_deg"][:, None].expand(n, frames).reshape(-1),
-        torch.full((n * frames,), DEFAULT_DISTANCE),
-        torch.full((n * frames,), DEFAULT_FOV_DEG),
-        lift=params["lift"].reshape(-1),
-    )
+    total = n * frames
+    azimuth = params["azimuth_deg"].reshape(-1)
+    elevation = params["elevation_deg"][:, None].expand(n, frames).reshape(-1)
+    lifts = params["lift"].reshape(-1)
     shapes = params["shape"][:, None].expand(n, frames).reshape(-1)
     colours = params["colour"][:, None].expand(n, frames).reshape(-1)
-    images = render(shapes, colours, cameras, resolution=resolution)
-    return (images * 255).round().to(torch.uint8).reshape(n, frames, 3, resolution, resolution)
+    out = torch.empty(total, 3, resolution, resolution, dtype=torch.uint8)
+    for start in range(0, total, chunk):
+        part = slice(start, min(start + chunk, total))
+        size = part.stop - part.start
+        cameras = LiftedCameras(
+            azimuth[part].to(device),
+            elevation[part].to(device),
+            torch.full((size,), DEFAULT_DISTANCE, device=device),
+            torch.full((size,), DEFAULT_FOV_DEG, device=device),
+            lift=lifts[part].to(device),
+        )
+        images = render(shapes[part], colours[part], cameras, resolution=resolution)
+        out[part] = (images * 255).round().to(torch.uint8).cpu()
+    return out.reshape(n, frames, 3, resolution, resolution)
 
 
 def clip_captions(params: dict[str, Tensor]) -> list[str]:
@@ -252,13 +264,15 @@ class ClipDataset(torch.utils.data.Dataset):
     """`num_clips` rendered clips (rendered once, kept as uint8): item = {"pixel_values" `[F, 3, H, W]` in [-1, 1],
     "caption", "shape", "colour", "view", "motion"}."""
 
-    def __init__(self, num_clips: int, seed: int = 0, config: ClipConfig | None = None):
+    def __init__(
+        self, num_clips: int, seed: int = 0, config: ClipConfig | None = None, device: str | torch.device = "cpu"
+    ):
         if num_clips < 1:
             raise ValueError(f"num_clips must be at least 1, got {num_clips}")
         self.config = config or ClipConfig()
         self.params = sample_clip_parameters(num_clips, seed, self.config)
         self.captions = clip_captions(self.params)
-        self.frames = render_clip_parameters(self.params, self.config.resolution)
+        self.frames = render_clip_parameters(self.params, self.config.resolution, device)
 
     def __len__(self) -> int:
         return len(self.captions)

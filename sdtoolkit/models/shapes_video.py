@@ -105,7 +105,11 @@ class VideoTeacherConfig:
     seed: int = 0
     """Seed of the data and the initialisation."""
     device: str = "cpu"
-    """cpu or cuda."""
+    """cpu or cuda (the clips are rendered and encoded there too)."""
+    max_minutes: float | None = None
+    """Wall-clock budget of the training steps, minutes: training stops after the first step past it and the teacher
+    is written as after `steps` (its training_config.json says how many steps ran). For lent GPUs with a hard time
+    limit. None: run all `steps`."""
     log_every: int = 50
     """Steps between log lines."""
     num_threads: int | None = None
@@ -329,13 +333,14 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     groups = [{"params": params}, {"params": [token_embedding], "weight_decay": 0.0, "lr": embedding_lr}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
     print(f"rendering {config.num_clips} clips of {config.num_frames} frames at {config.resolution} px", flush=True)
-    clips = ClipDataset(config.num_clips, config.seed, clip_config(config))
+    clips = ClipDataset(config.num_clips, config.seed, clip_config(config), device=config.device)
+    chunk = 16 if str(config.device).startswith("cuda") else 1
     with torch.no_grad():
         encoded = [
-            encode_clips(pipe, clips[i]["pixel_values"][None])
-            for i in tqdm(range(len(clips)), desc="encode clips", unit="clip")
+            encode_clips(pipe, clips.frames[i : i + chunk].float() / 127.5 - 1.0)
+            for i in tqdm(range(0, len(clips), chunk), desc=f"encode clips ({chunk} a call)", unit="call")
         ]
-    latents = torch.cat(encoded)
+    latents = torch.cat(encoded).to(config.device)  # [N, C, F, h, w], on the training device
     captions = clips.captions
     unique = list(dict.fromkeys(captions))
     index = {c: i for i, c in enumerate(unique)}
@@ -390,9 +395,11 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         log.append({"step": 0, **motion_probe(), "seconds": 0.0})
     unet.train()
     bar = tqdm(total=config.steps, desc="motion modules", unit="step", smoothing=0.05)
+    deadline = None if config.max_minutes is None else time.perf_counter() + 60 * config.max_minutes
+    steps_done = 0
     for step in range(1, config.steps + 1):
         pick = torch.randint(len(rows), (config.batch_size,))
-        x0 = latents[pick].to(config.device)
+        x0 = latents[pick.to(latents.device)]
         drop = torch.rand(config.batch_size) < config.caption_dropout
         cond = encode(["" if d else unique[int(r)] for d, r in zip(drop.tolist(), rows[pick].tolist())])
         t = sample_timesteps(
@@ -415,7 +422,9 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
         loss.backward()
         optimizer.step()
         bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
+        steps_done = step
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        if step % config.log_every == 0 or step == config.steps or out_of_time:
             entry = {"step": step, "loss": float(loss.detach()), "eps_loss": float(eps_loss.detach())}
             entry["motion_loss"] = float(motion_loss.detach())
             if heads is not None:
@@ -432,6 +441,9 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
             bar.set_postfix(
                 loss=f"{entry['loss']:.4f}", probe=probe_text, gain=gain, clips_s=f"{config.batch_size * rate:.1f}"
             )
+        if out_of_time:
+            print(f"max_minutes {config.max_minutes:g} reached after {step} of {config.steps} steps", flush=True)
+            break
     bar.close()
     if heads is not None:
         heads.remove()  # training-only: the exported UNet carries no hooks
@@ -446,5 +458,6 @@ def train_video_teacher(config: VideoTeacherConfig, output: str | Path) -> Path:
     unet.eval()
     output.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu").save_pretrained(output, safe_serialization=True)
-    (output / "training_config.json").write_text(json.dumps({"config": asdict(config), "log": log}, indent=2))
+    record = {"config": asdict(config), "steps_done": steps_done, "log": log}
+    (output / "training_config.json").write_text(json.dumps(record, indent=2))
     return output
