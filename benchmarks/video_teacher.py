@@ -40,11 +40,17 @@ def generate(args: argparse.Namespace, prompts: list[str]):
     pipeline = load_teacher(model, device=args.device)
     num_frames = _video_frames(argparse.Namespace(model=model, num_frames=args.num_frames), pipeline)
     pipeline.set_progress_bar_config(disable=True)
+    negatives = None
+    if args.negative == "swapped":  # CFG against the other direction: eps(c') + w (eps(c) - eps(c'))
+        from sdtoolkit.data.clips import swap_direction
+
+        negatives = [swap_direction(p) if swap_direction(p) != p else "" for p in prompts]
     clips = []
     for i in range(0, len(prompts), chunk):
         generator = torch.Generator(pipeline._execution_device).manual_seed(seed + i // chunk)
         out = pipeline(
             prompts[i : i + chunk],
+            negative_prompt=None if negatives is None else negatives[i : i + chunk],
             num_frames=num_frames,
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -78,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first chunk's noise")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--negative",
+        choices=("empty", "swapped"),
+        default="empty",
+        help="CFG's negative prompt: \"\" (the pipeline's default), or for a turning caption the same caption turning "
+        'the other way (guidance then amplifies what the direction word changes; bobbing keeps "")',
+    )
     parser.add_argument("--num-frames", type=int, default=None, help="frames per clip (None: the teacher's own)")
     parser.add_argument("--chunk", type=int, default=120, help="prompts per pipeline call")
     parser.add_argument("--reference-num", type=int, default=256, help="real clips behind FVD_shapes")
@@ -99,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     report = clip_report(Evaluator.load(None, device=args.device), frames, prompts, reference_num=args.reference_num)
     report["per_motion"] = per_motion(frames, prompts)
     report["generate_seconds"] = seconds
-    report["settings"].update({k: getattr(args, k) for k in ("model", "steps", "guidance", "seed", "chunk")})
+    keys = ("model", "steps", "guidance", "seed", "chunk", "negative")
+    report["settings"].update({k: getattr(args, k) for k in keys})
     report["settings"]["num_clips"] = len(prompts)
     (out / "scores.json").write_text(json.dumps(report, indent=2))
     for name, value in report["metrics"].items():

@@ -265,3 +265,7 @@ def test_video_teacher_benchmark_balances_motions_and_scores_a_tiny_teacher(tmp_
     assert (out / "clips" / "prompts.txt").read_text().splitlines() == video_teacher.balanced_prompts(4)
     with pytest.raises(SystemExit):  # never overwrites a scored folder
         video_teacher.main([*argv, "--out", str(out)])
+    assert video_teacher.main([*argv, "--negative", "swapped", "--out", str(tmp_path / "swapped")]) == 0
+    assert json.loads((tmp_path / "swapped" / "scores.json").read_text())["settings"]["negative"] == "swapped"
+    # the turning clips' negative prompt changed (CFG 5), so did they
+    assert (out / "clips" / "00000.gif").read_bytes() != (tmp_path / "swapped" / "clips" / "00000.gif").read_bytes()
