@@ -209,8 +209,8 @@ def sample_clip_parameters(num: int, seed: int, config: ClipConfig | None = None
 def render_clip_parameters(
     params: dict[str, Tensor], resolution: int = 64, device: str | torch.device = "cpu", chunk: int = 2048
 ) -> Tensor:
-    """uint8 clips `[N, F, 3, H, W]` on the CPU, rendered on `device` (a GPU renders thousands of clips in seconds)
-    `chunk` frames per renderer call (every frame is rendered on its own, so the chunking changes nothing)."""
+    """uint8 clips `[N, F, 3, H, W]` on the CPU, rendered on `device`, `chunk` frames per renderer call (every frame
+    is rendered on its own, so the chunking changes no pixel; it bounds the renderer's memory)."""
     n, frames = params["azimuth_deg"].shape
     total = n * frames
     azimuth = params["azimuth_deg"].reshape(-1)
