@@ -12,7 +12,7 @@
 # Setup as benchmarks/gpu_sd15.sh: the wheels in .whl/ (diffusers 0.42.1, peft 0.21.2, importlib_metadata), the
 # package layout by links. Run it as
 #
-#     run(command="bash benchmarks/gpu_video_teacher.sh 6", carry=[".whl"], timeout_s=590)
+#     run(command="bash benchmarks/gpu_video_teacher.sh 5", carry=[".whl"], timeout_s=590)
 #
 # A --tiny smoke run on CUDA comes first: a CUDA-only failure stops the script within a minute of device time.
 # A CPU dry run of the whole script at toy size (what CI's machine can check):
@@ -22,7 +22,7 @@
 set -u
 OUT=${OUT:-/tmp/sdtoolkit-gpu}
 mkdir -p "$OUT"
-TRAIN=${1:-6}
+TRAIN=${1:-5}
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-"--num-frames 8 --num-clips 4096 --batch-size 64"}
@@ -74,7 +74,7 @@ pids=()
 for r in P Q R; do
     [ -f "$WORK/$r/model_index.json" ] || continue
     # shellcheck disable=SC2086
-    timeout 240 "$PYTHON" -m benchmarks.video_teacher --model "$WORK/$r" $SCORE --guidance 5 \
+    timeout 150 "$PYTHON" -m benchmarks.video_teacher --model "$WORK/$r" $SCORE --guidance 5 \
         --device "$DEVICE" --out "$WORK/score_$r" > "$WORK/score_$r.log" 2>&1 &
     pids+=($!)
 done
