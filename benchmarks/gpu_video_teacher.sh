@@ -36,8 +36,10 @@ stamp start
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
-for d in trainers pipelines assets; do [ -e sdtoolkit/$d ] || ln -s ../$d sdtoolkit/$d || exit 1; done
 export PYTHONPATH=/tmp/site:$PWD
+# the installed package's layout by links, where sdtoolkit is not installed (the device); never in an installed checkout
+"$PYTHON" -c "import sdtoolkit.trainers" 2>/dev/null \
+    || for d in trainers pipelines assets; do [ -e sdtoolkit/$d ] || ln -s ../$d sdtoolkit/$d || exit 1; done
 "$PYTHON" -c "import torch, diffusers, sdtoolkit; print('torch', torch.__version__, 'diffusers', diffusers.__version__, \
 'cuda', torch.cuda.is_available())" || exit 1
 
