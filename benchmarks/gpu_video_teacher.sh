@@ -48,15 +48,17 @@ timeout 120 "$PYTHON" -m sdtoolkit train-video-teacher --tiny --device "$DEVICE"
     > "$WORK/smoke.log" 2>&1 || { tail -30 "$WORK/smoke.log"; echo "smoke failed"; exit 1; }
 tail -1 "$WORK/smoke.log"
 
-# the CPU recipe that learned bobbing (tc: frame-difference loss 3, cross-attention key/value trained, 88-degree
-# turns, bob 0.3, lr 1e-3) at GPU scale (4096 clips, batch 64); Q adds the auxiliary motion classifier with spread
-# motion words (the CPU runs where the direction word was read); R is Q with more high-noise steps.
+# P: the CPU recipe that learned bobbing with the best frames (tc: frame-difference loss 3, cross-attention key/value
+# trained, 88-degree turns, bob 0.3, lr 1e-3) at GPU scale (4096 clips, batch 64). On the CPU every run with the
+# auxiliary motion classifier and spread motion words read the direction word a little but lost a third of its
+# per-frame accuracy (RESULTS, "The shapes video teacher", eighth round), and the two always went together: Q adds
+# the classifier alone, R the spread words alone, to tell which costs the frames.
 COMMON="$SIZE --steps 1000000 --lr 1e-3 --turn-deg 88 --bob-amplitude 0.3 --motion-loss-weight 3
     --train-cross-attention --device $DEVICE --log-every 250 --max-minutes $TRAIN"
 declare -A EXTRA=(
     [P]=""
-    [Q]="--motion-aux-weight 1 --motion-word-init spread"
-    [R]="--motion-aux-weight 1 --motion-word-init spread --timestep-power 2"
+    [Q]="--motion-aux-weight 1"
+    [R]="--motion-word-init spread"
 )
 stamp "train P Q R for $TRAIN min each, side by side"
 pids=()
