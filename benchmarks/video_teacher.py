@@ -1,4 +1,5 @@
-"""Score a video teacher (or an MCM export) on balanced clip captions: issue 20's table row.
+"""Score a video teacher (or an MCM export, its --steps, --guidance and --num-frames given) on balanced clip captions:
+issue 20's table row.
 
 Clip k has the image caption k mod 120 (every shape x colour x view once per 120) and the motion (k + k // 120) mod 3,
 so the three motions are balanced overall and within each image caption once the count is a multiple of 360 (600
