@@ -93,6 +93,31 @@ def test_largest_turn_keeps_every_view_word_and_the_teacher_trains_on_its_clips(
         sample_clip_parameters(2, seed=5, config=ClipConfig(turn_deg=89.0))
 
 
+def test_a_fresh_video_teacher_is_the_image_unet_frame_by_frame():
+    """AnimateDiff zero-initialises the motion modules' output projections, so the untrained video UNet is the image
+    UNet applied to each frame (diffusers' MotionAdapter alone initialises them at random: every teacher trained
+    before this test started from frames the random temporal mixing had spoiled)."""
+    from sdtoolkit.models.loading import load_teacher_pipeline
+    from sdtoolkit.models.shapes_video import VideoTeacherConfig, motion_adapter_for, video_pipeline
+
+    image = load_teacher_pipeline("builtin:shapes")
+    unet = video_pipeline(image, motion_adapter_for(image.unet, VideoTeacherConfig(motion_max_seq_length=8))).unet
+    generator = torch.Generator().manual_seed(0)
+    frames, size = 4, image.unet.config.sample_size
+    x = torch.randn(2, image.unet.config.in_channels, frames, size, size, generator=generator)
+    states = torch.randn(2, 8, image.unet.config.cross_attention_dim, generator=generator)
+    t = torch.tensor([500, 80])
+    with torch.no_grad():
+        video = unet(x, t, encoder_hidden_states=states.repeat_interleave(frames, dim=0)).sample
+        per_frame = image.unet(
+            x.permute(0, 2, 1, 3, 4).reshape(2 * frames, *x.shape[1:2], size, size),
+            t.repeat_interleave(frames),
+            encoder_hidden_states=states.repeat_interleave(frames, dim=0),
+        ).sample
+    per_frame = per_frame.reshape(2, frames, *per_frame.shape[1:]).permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(video, per_frame, atol=1e-5, rtol=1e-5)
+
+
 def test_frame_difference_loss_against_hand_computation():
     """The video teacher's motion loss is min(SNR, 1) ||D x0_hat - D x0||^2 computed from x0 (not from epsilon), is
     zero for an error that is the same in every frame, and weights a high-noise clip's x0 error by its SNR."""

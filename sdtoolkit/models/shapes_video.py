@@ -122,13 +122,22 @@ def motion_adapter_for(unet: Any, config: VideoTeacherConfig) -> Any:
     from diffusers import MotionAdapter
 
     layers = config.motion_layers_per_block or unet.config.layers_per_block
-    return MotionAdapter(
+    adapter = MotionAdapter(
         block_out_channels=tuple(unet.config.block_out_channels),
         motion_layers_per_block=layers,
         motion_num_attention_heads=config.motion_num_attention_heads,
         motion_norm_num_groups=config.motion_norm_num_groups,
         motion_max_seq_length=config.motion_max_seq_length,
     )
+    # diffusers builds the temporal transformers' `proj_out` with nn.Linear's default (random) init; AnimateDiff's
+    # own code zero-initialises it (`zero_module`), so that each motion module is the identity (a residual of 0) and
+    # the untrained video UNet is the image UNet applied frame by frame
+    with torch.no_grad():
+        for name, module in adapter.named_modules():
+            if name.endswith("proj_out") and isinstance(module, torch.nn.Linear):
+                module.weight.zero_()
+                module.bias.zero_()
+    return adapter
 
 
 def extend_vocabulary(pipeline: Any, words: list[str]) -> list[int]:
