@@ -54,6 +54,10 @@ SD15_SCHEDULER = dict(
 )
 
 
+VIDEO_FRAMES = 16
+"""Frames per clip of the video workloads (MCM's AnimateDiff recipe: 16)."""
+
+
 @dataclass
 class Components:
     """One size's networks and shapes. `unet` is a fresh model each call so student/teacher/target are distinct."""
@@ -135,6 +139,32 @@ class Components:
         )
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(self.device, dtype)
+
+    def motion_adapter(self, seed: int = 0) -> nn.Module:
+        """A `MotionAdapter` for this size's UNet: at sd15 AnimateDiff v1-5-2's layout (8 heads, 32 norm groups, 2
+        motion layers per block, a motion mid block), narrower sizes the same with their widths and groups. Output
+        projections non-zero (a trained adapter's; the time does not depend on it)."""
+        from diffusers import MotionAdapter
+
+        unet = self.unet(seed=seed)
+        torch.manual_seed(seed)
+        adapter = MotionAdapter(
+            block_out_channels=tuple(unet.config.block_out_channels),
+            motion_layers_per_block=unet.config.layers_per_block,
+            motion_num_attention_heads=8 if self.size in ("sd15", "sd15-thin") else 2,
+            motion_norm_num_groups=unet.config.norm_num_groups,
+            motion_max_seq_length=32,
+            use_motion_mid_block=True,
+        )
+        for name, parameter in adapter.named_parameters():
+            if "proj_out" in name:
+                torch.nn.init.normal_(parameter, std=0.02)
+        return adapter.to(self.device)
+
+    @property
+    def video_clips(self) -> int:
+        """Clips of `VIDEO_FRAMES` frames per video step: the size's batch in frames, at least one clip."""
+        return max(1, self.batch_size // VIDEO_FRAMES)
 
     def latents(self, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (self.batch_size, 4, self.latent_size, self.latent_size)

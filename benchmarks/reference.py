@@ -456,3 +456,135 @@ def _present_targets(model: torch.nn.Module, suffixes) -> list[str]:
     """The LoRA target suffixes that name a Linear/Conv2d of `model` (peft refuses absent ones)."""
     names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     return [s for s in suffixes if any(n == s or n.endswith("." + s) for n in names)]
+
+
+class ReferenceMCMStep:
+    """One Motion Consistency Model step as yhZhai/mcm `main.py` runs it (its AnimateDiff recipe: the motion modules
+    train, `--cd_target learn`, Huber, w ~ U[5, 15] in the teacher's target only, `--cd_pred_x0_portion 0.5`, 2 TSN
+    frames for the frame critic): stock `UNetMotionModel`s called directly, fp32 student under bf16 autocast, the
+    teacher's cond and uncond as TWO forwards, one DDIM step, the EMA target (0.95) by a per-parameter python loop;
+    the generator update, then the critic's on the same frames detached. The spatial head and the critic are
+    sdtoolkit's modules (`sdtoolkit.trainers.mcm`: MCM's head; a latent critic standing in for MCM's DINOv2 one),
+    so that both sides do the same work; the mixed trajectory picks clips one by one, as sdtoolkit's does (MCM: the
+    whole batch with that probability, the same work on average)."""
+
+    def __init__(self, comps: Components, mixed_precision: bool, num_ddim_timesteps: int = 50):
+        import copy
+
+        from diffusers import UNetMotionModel
+        from sdtoolkit.trainers.mcm import FrameDiscriminator, SpatialHead
+
+        from benchmarks.components import VIDEO_FRAMES
+
+        self.comps, self.mixed_precision = comps, mixed_precision
+        device = comps.device
+        self.weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
+        adapter = comps.motion_adapter()
+        self.teacher = UNetMotionModel.from_unet2d(comps.unet(), adapter).to(device, self.weight_dtype)
+        self.teacher.requires_grad_(False)
+        self.unet = UNetMotionModel.from_unet2d(comps.unet(), adapter).to(device).train()
+        self.unet.freeze_unet2d_params()  # only the motion modules train
+        self.target = copy.deepcopy(self.unet).requires_grad_(False)
+        self.head = SpatialHead(4).to(device)
+        self.target_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.critic = FrameDiscriminator(4).to(device)
+        self.trained = [p for p in self.unet.parameters() if p.requires_grad] + list(self.head.parameters())
+        self.optimizer = torch.optim.AdamW(self.trained, lr=5e-6)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=5e-5)
+        scheduler = comps.scheduler()
+        alphas_cumprod = scheduler.alphas_cumprod.to(device)
+        self.alpha_schedule, self.sigma_schedule = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
+        step_ratio = scheduler.config.num_train_timesteps // num_ddim_timesteps
+        self.ddim_timesteps = (torch.arange(1, num_ddim_timesteps + 1, device=device) * step_ratio - 1).long()
+        self.topk = step_ratio
+        clips, size = comps.video_clips, comps.latent_size
+        generator = torch.Generator().manual_seed(0)
+        self.latents = torch.randn(clips, 4, VIDEO_FRAMES, size, size, generator=generator).to(device)
+        # stock UNetMotionModel takes the text per frame (AnimateDiffPipeline repeats the prompt embeddings)
+        text = torch.randn(clips, comps.text_len, comps.text_dim, generator=generator).to(device)
+        self.text = text.repeat_interleave(VIDEO_FRAMES, 0)
+        self.uncond = torch.zeros_like(self.text)
+        self.frames = VIDEO_FRAMES
+        self.real = torch.randn(clips, 4, size, size, generator=generator).to(device)  # still-image latents
+
+    def _x0(self, eps, t, x):
+        view = (-1, 1, 1, 1, 1)
+        return (x - self.sigma_schedule[t].view(view) * eps) / self.alpha_schedule[t].view(view)
+
+    def _scalings(self, t, sigma_data=0.5, timestep_scaling=4.0):
+        scaled = t * timestep_scaling
+        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+        return c_skip.view(-1, 1, 1, 1, 1), c_out.view(-1, 1, 1, 1, 1)
+
+    @staticmethod
+    def _tsn(x, count=2):
+        b, c, f = x.shape[:3]
+        edges = torch.linspace(0, f, count + 1)
+        picks = [int(lo) + int(torch.randint(max(int(hi) - int(lo), 1), (1,))) for lo, hi in zip(edges, edges[1:])]
+        return x[:, :, picks].permute(0, 2, 1, 3, 4).reshape(b * count, c, *x.shape[3:])
+
+    def __call__(self) -> float:
+        from sdtoolkit.trainers.mcm import hinge_discriminator_loss, r1_penalty
+
+        device, bsz = self.comps.device, self.latents.shape[0]
+        amp = autocast(device, self.mixed_precision)
+        latents = self.latents.clone()
+        own = torch.rand(bsz) < 0.5  # mixed trajectory: the student's own one-step samples
+        if own.any():
+            chosen = own.nonzero().squeeze(1).to(device)
+            noise = torch.randn_like(latents[chosen])
+            last = self.ddim_timesteps[-1].repeat(len(chosen))
+            with torch.no_grad(), autocast(device, self.mixed_precision):
+                text = self.text.unflatten(0, (bsz, self.frames))[chosen].flatten(0, 1)
+                eps = self.unet(noise, last, encoder_hidden_states=text).sample
+            latents[chosen] = self._x0(eps.float(), last, noise)
+        index = torch.randint(0, len(self.ddim_timesteps), (bsz,), device=device)
+        start_timesteps = self.ddim_timesteps[index]
+        timesteps = (start_timesteps - self.topk).clamp(min=0)
+        c_skip_start, c_out_start = self._scalings(start_timesteps)
+        c_skip, c_out = self._scalings(timesteps)
+        noise = torch.randn_like(latents)
+        view = (-1, 1, 1, 1, 1)
+        noisy = self.alpha_schedule[start_timesteps].view(view) * latents
+        noisy = noisy + self.sigma_schedule[start_timesteps].view(view) * noise
+        w = ((15.0 - 5.0) * torch.rand((bsz,)) + 5.0).view(view).to(device)
+        with amp:
+            noise_pred = self.unet(noisy, start_timesteps, encoder_hidden_states=self.text).sample
+            model_pred = c_skip_start * noisy + c_out_start * self._x0(noise_pred.float(), start_timesteps, noisy)
+        with torch.no_grad(), autocast(device, self.mixed_precision):
+            cond_eps = self.teacher(
+                noisy.to(self.weight_dtype), start_timesteps, encoder_hidden_states=self.text.to(self.weight_dtype)
+            ).sample.float()
+            uncond_eps = self.teacher(
+                noisy.to(self.weight_dtype), start_timesteps, encoder_hidden_states=self.uncond.to(self.weight_dtype)
+            ).sample.float()
+            cond_x0 = self._x0(cond_eps, start_timesteps, noisy)
+            uncond_x0 = self._x0(uncond_eps, start_timesteps, noisy)
+            pred_x0 = cond_x0 + w * (cond_x0 - uncond_x0)
+            pred_eps = cond_eps + w * (cond_eps - uncond_eps)
+            x_prev = self.alpha_schedule[timesteps].view(view) * pred_x0
+            x_prev = x_prev + self.sigma_schedule[timesteps].view(view) * pred_eps
+            target_eps = self.target(x_prev.float(), timesteps, encoder_hidden_states=self.text).sample
+            target = c_skip * x_prev + c_out * self._x0(target_eps.float(), timesteps, x_prev)
+            target_cd = self.target_head(target.float())
+        model_cd = self.head(model_pred.float())
+        loss = torch.mean(torch.sqrt((model_cd - target_cd) ** 2 + 0.001**2) - 0.001)
+        fake = self._tsn(model_pred)
+        loss = loss - self.critic(fake).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trained, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.critic.zero_grad(set_to_none=True)  # the generator's loss reached the critic's weights too
+        d_loss = hinge_discriminator_loss(self.critic(self.real), self.critic(fake.detach()))
+        d_loss = d_loss + 1e-5 * r1_penalty(self.critic, self.real)
+        d_loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), 1.0)
+        self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for net, ema in ((self.unet, self.target), (self.head, self.target_head)):
+                for target_param, param in zip(ema.parameters(), net.parameters()):
+                    target_param.detach().mul_(0.95).add_(param, alpha=0.05)
+        return loss.detach().item()

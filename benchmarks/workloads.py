@@ -98,12 +98,14 @@ def synthetic_trainer(
     method: str,
     variant: str,
     train_overrides: dict | None = None,
+    pipeline=None,
     **method_overrides,
 ):
     """sdtoolkit's real `Trainer` (the loop every `sdtoolkit distill` run uses) around an in-memory teacher pipeline
     of the benchmark's size, with cached latents and text embeddings; returns a zero-argument step function that
     runs `Trainer.train_step` (every optimizer due, clipping, EMA, no host sync). `train_overrides` sets further
-    `TrainConfig` fields (the memory knobs of `benchmarks.memory_knobs`)."""
+    `TrainConfig` fields (the memory knobs of `benchmarks.memory_knobs`); `pipeline` replaces the in-memory
+    StableDiffusionPipeline (the video workloads' AnimateDiffPipeline)."""
     import tempfile
 
     from diffusers import StableDiffusionPipeline
@@ -113,7 +115,7 @@ def synthetic_trainer(
     from sdtoolkit.testing import tiny_text_encoder, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    pipeline = StableDiffusionPipeline(
+    pipeline = pipeline or StableDiffusionPipeline(
         vae=comps.vae(),
         text_encoder=tiny_text_encoder(len(tokenizer), hidden_size=comps.text_dim),
         tokenizer=tokenizer,
@@ -140,7 +142,7 @@ def synthetic_trainer(
         return CachedPromptDataset(text, text.prompts), text, text.prompts
 
     cuda = comps.device.type == "cuda"
-    config = TrainConfig(
+    fields = dict(
         teacher="in-memory",
         output=tempfile.mkdtemp(prefix=f"bench-{method}-"),
         batch_size=comps.batch_size,
@@ -153,8 +155,10 @@ def synthetic_trainer(
         export=False,
         log_every=10**9,
         fused_optimizer=True,  # the fused AdamW kernel on CUDA, the multi-tensor one on a CPU
-        **{"channels_last": cuda, "compile": "compiled" in variant, **(train_overrides or {})},
+        channels_last=cuda,
+        compile="compiled" in variant,
     )
+    config = TrainConfig(**{**fields, **(train_overrides or {})})
     method_config = method_class.config_class(**method_overrides)
     trainer = Trainer(method_class, method_config, config, {}, prepare_data, pipeline=pipeline)
     progress, dataloader, models = trainer.setup()
@@ -242,6 +246,44 @@ WORKLOADS["sid-lora"] = Workload(
     toolkit=toolkit_sid,
     variants=["eager"],
     notes="sid with the same LoRA work on both sides (see dmd2-lora)",
+)
+
+
+def toolkit_mcm(comps: Components, mixed_precision: bool, variant: str):
+    """sdtoolkit's MCM trainer (`sdtoolkit distill mcm`'s loop) on an AnimateDiffPipeline of the size's UNet and a
+    motion adapter: `video_clips` clips of `VIDEO_FRAMES` frames per step, the reference's settings (learned head,
+    Huber, mixed trajectory 0.5, the frame critic with R1, EMA 0.95)."""
+    from benchmarks.components import VIDEO_FRAMES
+    from sdtoolkit.models.shapes_video import video_pipeline
+
+    pipeline = video_pipeline(comps.pipeline(), comps.motion_adapter())
+    return synthetic_trainer(
+        comps,
+        mixed_precision,
+        "mcm",
+        variant,
+        train_overrides={"batch_size": comps.video_clips, "max_grad_norm": 1.0},
+        pipeline=pipeline,
+        num_frames=VIDEO_FRAMES,
+        num_clips=2 * comps.video_clips,
+    )
+
+
+def _video_frames_per_step(batch: int) -> int:
+    from benchmarks.components import VIDEO_FRAMES
+
+    return max(1, batch // VIDEO_FRAMES) * VIDEO_FRAMES
+
+
+WORKLOADS["mcm"] = Workload(
+    reference=lambda comps, mp: reference.ReferenceMCMStep(comps, mp),
+    toolkit=toolkit_mcm,
+    variants=["eager", "compiled"],
+    images_per_step=_video_frames_per_step,
+    notes="one MCM step (student update: mixed trajectory, online f_theta, teacher CFG as two forwards, one DDIM "
+    "step, EMA target, learned motion head, frame-critic term; then the critic's update with R1) on clips of 16 "
+    "frames, max(1, B // 16) clips (images = frames); reference: yhZhai/mcm main.py's step with stock "
+    "UNetMotionModel calls",
 )
 
 

@@ -29,6 +29,31 @@ def test_tiny_benchmark_runs_every_training_workload_and_writes_ratios(tmp_path,
 
 
 @pytest.mark.slow
+def test_tiny_benchmark_runs_the_mcm_step_against_its_reference(tmp_path, monkeypatch):
+    """Issue 20, item 5: the MCM trainer's step (the real loop on an AnimateDiffPipeline) against yhZhai/mcm's step
+    written on stock UNetMotionModel; both run, every UNetMotionModel call on whole 16-frame clips."""
+    from diffusers import UNetMotionModel
+
+    frames = []
+    forward = UNetMotionModel.forward
+
+    def counted(self, sample, *args, **kwargs):
+        frames.append(sample.shape[0] * sample.shape[2])
+        return forward(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(UNetMotionModel, "forward", counted)
+    out = tmp_path / "bench.json"
+    argv = ["--size", "tiny", "--only", "mcm", "--variants", "eager", "--steps", "1", "--warmup", "1"]
+    assert run.main([*argv, "--json", str(out)]) == 0
+    entry = json.loads(out.read_text())["workloads"]["mcm"]
+    assert entry["images_per_step"] == 16
+    for side in ("reference", "eager"):
+        assert "error" not in entry[side], entry[side]
+        assert entry[side]["ms_per_step"] > 0
+    assert frames and all(f % 16 == 0 for f in frames)
+
+
+@pytest.mark.slow
 def test_tiny_benchmark_runs_text_to_3d_and_sampling_workloads(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--size", "tiny", "--only", "sds,vsd,vsd-same-lora,sample", "--steps", "1", "--warmup", "1"]

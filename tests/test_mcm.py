@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sdtoolkit.trainers.mcm import (
     MCM,
     FrameDiscriminator,
     MCMConfig,
+    SpatialHead,
     frame_difference,
     hinge_discriminator_loss,
     motion_consistency_loss,
@@ -88,6 +90,29 @@ def test_motion_terms_against_hand_computation():
     assert motion_consistency_loss(a, a + 1.0, "raw", "l2", c) > 0
     with pytest.raises(ValueError, match="motion_target"):
         motion_representation(a, "freq")
+
+
+def test_spatial_head_against_hand_computation():
+    """MCM's `learn` head (yhZhai/mcm models/spatial_head.py): starts as the identity, so the `learn` loss starts
+    as the `raw` one; with weights set, x + conv_out(SiLU(GN(conv(SiLU(x))))) frame by frame."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 4, FRAMES, 3, 3, generator=g), torch.randn(2, 4, FRAMES, 3, 3, generator=g)
+    head = SpatialHead(4)
+    assert torch.equal(head(a), a)
+    c = 0.001
+    learn = motion_consistency_loss(a, b, "learn", "huber", c, head, head)
+    assert torch.allclose(learn, motion_consistency_loss(a, b, "raw", "huber", c))
+    for parameter in head.parameters():
+        parameter.data.normal_(0, 0.5, generator=g)
+    hidden, norm = head.layers[0][0], head.layers[0][1]
+    frames = a.permute(0, 2, 1, 3, 4).reshape(-1, 4, 3, 3)
+    y = F.conv2d(F.silu(frames), hidden.weight, hidden.bias)
+    y = F.silu(F.group_norm(y, 32, norm.weight, norm.bias, 1e-5))
+    y = F.conv2d(y, head.conv_out.weight, head.conv_out.bias)
+    hand = a + y.reshape(2, FRAMES, 4, 3, 3).permute(0, 2, 1, 3, 4)
+    assert torch.allclose(head(a), hand, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SpatialHead(4, hidden=48)
 
 
 def test_discriminator_trains():
@@ -171,6 +196,31 @@ def test_exact_resume(run):
     moved = [k for k in a if not torch.equal(a[k].float(), teacher[k].float())]
     assert moved and all("motion_modules" in k for k in moved)
     assert (root / "straight" / "samples" / "final.gif").is_file()
+
+
+def test_critic_judges_the_student_steps_frames(run, monkeypatch):
+    """As MCM's: the critic's update follows the student's and takes the frames of that step's f_theta (no UNet
+    pass of its own); mixed trajectory generates only the clips chosen for it."""
+    _, straight, _ = run
+    method = straight.method
+    sizes = []
+    one_step = method._one_step
+    monkeypatch.setattr(method, "_one_step", lambda noise, cond: sizes.append(noise.shape[0]) or one_step(noise, cond))
+    assert [spec.name for spec in method.optimizers()] == ["student", "discriminator"]
+    mean = torch.randn(2, 4, 2, 2)
+    batch = {"prompt_index": torch.arange(2), "latent_mean": mean, "latent_std": torch.zeros_like(mean)}
+    torch.manual_seed(3)
+    out = method.loss("student", batch, 0)
+    fake = method._last_fake
+    assert fake is not None and fake.shape[0] == 2 * method.config.gan_frames and not fake.requires_grad
+    assert sizes == ([] if out["own_trajectory"] == 0 else [int(out["own_trajectory"] * 2)])
+    seen = []
+    discriminator = method.models["discriminator"]
+    original = discriminator.forward
+    monkeypatch.setattr(discriminator, "forward", lambda x: seen.append(x) or original(x))
+    method.loss("discriminator", batch, 0)
+    assert any(x is fake for x in seen) and method._last_fake is None
+    assert sizes == ([] if out["own_trajectory"] == 0 else [int(out["own_trajectory"] * 2)])  # no generation
 
 
 def test_stock_reload_reproduces_toolkit_clip(run):

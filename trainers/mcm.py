@@ -5,16 +5,19 @@ One step (`MCM.loss`), after LCM's Algorithm 1 (`sdtoolkit.trainers.lcm.consiste
 
 1. clip latents z `[B, C, F, h, w]` of procedural clips (`sdtoolkit.data.clips`, encoded once by the teacher VAE);
 2. mixed trajectory (MCM Sec. 3.3, `--cd_pred_x0_portion 0.5`): a fraction of the batch replaces z by the student's
-   own one-step prediction from pure noise (no gradient), so the consistency loss also runs on the student's
+   own one-step prediction from pure noise (no gradient; MCM draws the whole batch with that probability, here
+   each clip, and only the chosen clips are generated), so the consistency loss also runs on the student's
    trajectories;
 3. the LCM step: t_{n+k} on the 50-step DDIM grid, teacher guided with w ~ U[5, 15] (CFG in the target, diffusers'
    scale w + 1), one DDIM step, online f_theta and EMA target f_theta^- (`timestep_scaling` 4);
 4. the consistency loss on a motion representation (MCM Sec. 3.2, Eq. 4): d(phi(f_theta), phi^-(f_theta^-)) with
-   phi = `raw` (the latents), `diff` (frame differences x_{f+1} - x_f) or `learn` (a spatial head on the frame
-   differences, its EMA copy for the target); d = pseudo-Huber (MCM: Huber);
+   phi = `raw` (the latents), `diff` (frame differences x_{f+1} - x_f) or `learn` (MCM's spatial head: a per-frame
+   residual head on the latents, zero-initialised so that it starts as `raw`; its EMA copy for the target);
+   d = pseudo-Huber (MCM: Huber);
 5. the frame-quality adversarial loss (MCM Sec. 3.2, Eq. 5): a small discriminator on latent frames, real = the
    still images of the image set (the shapes renders play MCM's high-quality image set), fake = 2 frames per clip
-   of the student's prediction (TSN-style sampling); hinge loss, R1 on real frames.
+   of the student's consistency output f_theta (TSN-style sampling); hinge loss, R1 on real frames. As in MCM the
+   critic's update follows the student's and reuses that step's f_theta (detached): no further UNet pass.
 
 The student is a copy of the teacher's UNetMotionModel whose motion modules train (`--train motion`, MCM's
 AnimateDiff setting) or all of it (`--train all`). It exports as a stock `AnimateDiffPipeline` with `LCMScheduler`
@@ -78,9 +81,13 @@ class MCMConfig(MethodConfig):
     """Timestep scaling of c_skip, c_out (MCM: 4; exported as LCMScheduler's timestep_scaling)."""
     motion_target: str = "learn"
     """Motion representation of the consistency loss: `raw`, `diff` (frame differences) or `learn` (MCM's
-    learned spatial head on frame differences with an EMA target head)."""
-    head_channels: int = 32
-    """Hidden channels of the learned spatial head."""
+    learned spatial head on the latents with an EMA target head)."""
+    head_channels: int = 64
+    """Hidden channels of the learned spatial head (MCM: 64; a multiple of its 32 GroupNorm groups)."""
+    head_layers: int = 2
+    """Layers of the learned spatial head, its output convolution included (MCM `learn`: 2, `hlearn`: 5)."""
+    head_kernel_size: int = 1
+    """Kernel size of the head's hidden convolutions (MCM `learn`: 1, `hlearn`: 3; odd)."""
     cd_pred_x0_portion: float = 0.5
     """Fraction of the batch on the student's own trajectory (mixed trajectory; MCM: 0.5)."""
     adversarial_weight: float = 1.0
@@ -104,21 +111,41 @@ def frame_difference(x: Tensor) -> Tensor:
 
 
 class SpatialHead(nn.Module):
-    """MCM's learned motion representation (`models/spatial_head.py`): a per-frame convolutional head on the frame
-    differences, its output normalised per clip (no collapse to a constant)."""
+    """MCM's learned motion representation (yhZhai/mcm `models/spatial_head.py`), applied frame by frame to latents
+    `[B, C, F, H, W]`: x + conv_out(layers(SiLU(x))), each hidden layer conv (kernel k) -> GroupNorm(32) -> SiLU,
+    conv_out a zero-initialised 1x1 convolution, so the head starts as the identity (the `raw` target) and learns
+    which part of the latents the consistency loss weighs."""
 
-    def __init__(self, channels: int, hidden: int = 32):
+    GROUPS = 32
+
+    def __init__(self, channels: int, hidden: int = 64, layers: int = 2, kernel_size: int = 1):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, channels, 3, padding=1)
+        if layers < 2 or hidden % self.GROUPS or kernel_size % 2 == 0:
+            raise ValueError(
+                f"SpatialHead(layers={layers}, hidden={hidden}, kernel_size={kernel_size}): layers >= 2, hidden a "
+                f"multiple of {self.GROUPS}, an odd kernel size"
+            )
+        pad = (kernel_size - 1) // 2
+        self.layers = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels if i == 0 else hidden, hidden, kernel_size, padding=pad),
+                nn.GroupNorm(self.GROUPS, hidden),
+                nn.SiLU(),
+            )
+            for i in range(layers - 1)
         )
+        self.conv_out = nn.Conv2d(hidden, channels, 1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        diff = frame_difference(x)
-        b, c, f, h, w = diff.shape
-        out = self.net(diff.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).float())
-        out = out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
-        return F.layer_norm(out, out.shape[1:])
+        b, c, f, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        y = F.silu(frames.float())
+        for layer in self.layers:
+            y = layer(y)
+        y = self.conv_out(y).reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+        return x + y.to(x.dtype)
 
 
 def motion_representation(x: Tensor, kind: str, head: nn.Module | None = None) -> Tensor:
@@ -207,6 +234,8 @@ class MCM(DistillationMethod):
             raise ValueError(f"--num-frames {config.num_frames}: a clip needs at least 2 frames")
         if not 0 <= config.cd_pred_x0_portion <= 1:
             raise ValueError(f"--cd-pred-x0-portion {config.cd_pred_x0_portion} must lie in [0, 1]")
+        if config.motion_target == "learn":
+            SpatialHead(4, config.head_channels, config.head_layers, config.head_kernel_size)  # raises on a bad shape
         if config.loss_type not in ("l2", "huber"):
             raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
         if not 1 <= config.sample_steps <= config.num_ddim_timesteps:
@@ -269,7 +298,7 @@ class MCM(DistillationMethod):
         modules: dict[str, nn.Module] = {"student": student}
         channels = teacher.latent_channels
         if c.motion_target == "learn":
-            modules["head"] = SpatialHead(channels, c.head_channels).to(device)
+            modules["head"] = SpatialHead(channels, c.head_channels, c.head_layers, c.head_kernel_size).to(device)
         if c.adversarial_weight > 0:
             modules["discriminator"] = FrameDiscriminator(channels).to(device)
         from sdtoolkit.core.ema import EMA, ema_target
@@ -287,12 +316,11 @@ class MCM(DistillationMethod):
         params = [p for p in self.built["student"].parameters() if p.requires_grad]
         if "head" in self.built:
             params += list(self.built["head"].parameters())
-        specs = []
-        if "discriminator" in self.built:  # runs first: the critic of this step judges the current student
+        specs = [OptimizerSpec("student", params, lr=c.lr, warmup_steps=c.lr_warmup_steps)]
+        if "discriminator" in self.built:  # runs second, as MCM's: judges the frames the student step just made
             specs.append(
                 OptimizerSpec("discriminator", list(self.built["discriminator"].parameters()), lr=c.discriminator_lr)
             )
-        specs.append(OptimizerSpec("student", params, lr=c.lr, warmup_steps=c.lr_warmup_steps))
         return specs
 
     def setup(self, models: dict[str, nn.Module]) -> None:
@@ -311,28 +339,41 @@ class MCM(DistillationMethod):
         return self.student.predict(noise, t, cond).x0
 
     def _draw(self) -> tuple[Tensor, Conditioning, Tensor]:
-        """A batch of clip latents with their conditioning, mixed trajectory applied."""
+        """A batch of clip latents with their conditioning, mixed trajectory applied (the clips on the student's
+        own trajectory are chosen on the host, so choosing them costs no device sync, and only they are generated)."""
         c, device = self.config, self.accelerator.device
         index = torch.randint(len(self.clip_prompts), (self.batch_size,))
         x0 = self.clip_latents[index.to(device)]
         cond = Conditioning(self.clip_cond.encoder_hidden_states[index.to(device)])
-        own = torch.rand(self.batch_size, device=device) < c.cd_pred_x0_portion
-        if c.cd_pred_x0_portion > 0:
+        own = torch.rand(self.batch_size) < c.cd_pred_x0_portion
+        if own.any():
+            chosen = own.nonzero().squeeze(1).to(device)
             with torch.no_grad():
-                generated = self._one_step(torch.randn_like(x0), cond)
-            x0 = torch.where(own[:, None, None, None, None], generated.to(x0.dtype), x0)
+                noise = torch.randn_like(x0[chosen])
+                generated = self._one_step(noise, Conditioning(cond.encoder_hidden_states[chosen]))
+            x0 = x0.index_copy(0, chosen, generated.to(x0.dtype))
         return x0, cond, own
+
+    def _fake_frames(self) -> Tensor:
+        """The critic's fake frames: the ones the student step of this micro-batch made (MCM), else (a critic
+        update without a student update) frames of a fresh one-step generation."""
+        fake = getattr(self, "_last_fake", None)
+        self._last_fake = None
+        if fake is not None:
+            return fake
+        index = torch.randint(len(self.clip_prompts), (self.batch_size,))
+        x0 = self.clip_latents[index.to(self.accelerator.device)]
+        cond = Conditioning(self.clip_cond.encoder_hidden_states[index.to(self.accelerator.device)])
+        with torch.no_grad():
+            return sample_frames(self._one_step(torch.randn_like(x0), cond), self.config.gan_frames)
 
     def loss(self, name: str, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         c, device = self.config, self.accelerator.device
         self.batch_size = batch["prompt_index"].shape[0]
-        real = sample_latents({k: v.to(device) for k, v in batch.items() if k.startswith("latent_")})
         discriminator = self.models.get("discriminator")
         if name == "discriminator":
-            with torch.no_grad():
-                x0, cond, _ = self._draw()
-                fake = sample_frames(self._one_step(torch.randn_like(x0), cond), c.gan_frames)
-            d_loss = hinge_discriminator_loss(discriminator(real), discriminator(fake))
+            real = sample_latents({k: v.to(device) for k, v in batch.items() if k.startswith("latent_")})
+            d_loss = hinge_discriminator_loss(discriminator(real), discriminator(self._fake_frames()))
             r1 = r1_penalty(discriminator, real) if c.r1_weight > 0 else torch.zeros((), device=device)
             return {"loss": d_loss + c.r1_weight * r1, "r1": r1.detach()}
         x0, cond, own = self._draw()
@@ -359,9 +400,11 @@ class MCM(DistillationMethod):
         logs = {"motion_consistency": motion.detach(), "own_trajectory": own.float().mean()}
         loss = motion
         if discriminator is not None:
-            g_loss = -discriminator(sample_frames(out.online, c.gan_frames)).mean()
+            fake = sample_frames(out.online, c.gan_frames)
+            g_loss = -discriminator(fake).mean()
             loss = loss + c.adversarial_weight * g_loss
             logs["g_loss"] = g_loss.detach()
+            self._last_fake = fake.detach()
         return {"loss": loss, **logs}
 
     def after_step(self, name: str, step: int) -> None:
