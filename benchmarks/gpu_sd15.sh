@@ -7,7 +7,7 @@
 # assets/ under sdtoolkit/) by links, so no build step runs there. Each stage has its own time limit and writes
 # its JSON after every workload, so a stage cut short keeps what it measured; the log goes to $OUT/log.txt.
 #
-#     OUT=/tmp/out bash benchmarks/gpu_sd15.sh [stage seconds: A B C D]
+#     OUT=/tmp/out bash benchmarks/gpu_sd15.sh [stage seconds: A B C D E]
 set -u
 OUT=${OUT:-/tmp/sdtoolkit-gpu}
 mkdir -p "$OUT"
@@ -15,6 +15,7 @@ A=${1:-270}
 B=${2:-120}
 C=${3:-100}
 D=${4:-40}
+E=${5:-60}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee "$OUT/log.txt") 2>&1
 stamp() { echo "=== $(date -u +%H:%M:%S) $*"; }
@@ -48,5 +49,10 @@ echo "rc=$?"
 stamp "D: memory knobs (limit ${D}s)"
 timeout "$D" python3 -m benchmarks.memory_knobs --size sd15 --device cuda --batch-size 4 --methods lcm \
     --json "$OUT/knobs_sd15.json"
+echo "rc=$?"
+# E: issue 20, item 5: the MCM step (one 16-frame clip, AnimateDiff v1-5-2's motion layout) against yhZhai/mcm's.
+stamp "E: mcm (limit ${E}s)"
+timeout "$E" python3 -m benchmarks.run --size sd15 --only mcm --variants eager --steps 10 --warmup 3 \
+    --json "$OUT/sd15_mcm.json"
 echo "rc=$?"
 stamp end
