@@ -46,35 +46,45 @@ def reference_forward(comps: Components, mixed_precision: bool):
     return run
 
 
+def ddim_solver(comps: Components, num_ddim_timesteps: int):
+    """The LCM scripts' DDIM solver: sqrt(alpha_bar), sqrt(1 - alpha_bar), the grid [k - 1, 2k - 1, ..., T - 1], k."""
+    scheduler = comps.scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.to(comps.device)
+    step_ratio = scheduler.config.num_train_timesteps // num_ddim_timesteps
+    grid = (torch.arange(1, num_ddim_timesteps + 1, device=comps.device) * step_ratio - 1).long()
+    return alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt(), grid, step_ratio
+
+
+def boundary_scalings(t, ndim: int, timestep_scaling: float, sigma_data: float = 0.5):
+    """The LCM scripts' `scalings_for_boundary_conditions`, shaped to broadcast over `ndim` dimensions."""
+    scaled = t * timestep_scaling
+    c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+    c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+    shape = (-1,) + (1,) * (ndim - 1)
+    return c_skip.view(shape), c_out.view(shape)
+
+
 class ReferenceLCMStep:
     """One LCM distillation step (Luo et al. 2023, Algorithm 1) as diffusers' `train_lcm_distill_sd_wds.py` does it."""
 
     def __init__(self, comps: Components, mixed_precision: bool, num_ddim_timesteps: int = 50):
         self.comps, self.mixed_precision = comps, mixed_precision
-        device = comps.device
         self.weight_dtype = torch.bfloat16 if mixed_precision else torch.float32
         self.teacher = comps.unet().to(self.weight_dtype).requires_grad_(False)
         self.unet = comps.unet(time_cond_proj_dim=comps.time_cond_proj_dim).train()
         self.target = comps.unet(time_cond_proj_dim=comps.time_cond_proj_dim).requires_grad_(False)
         self.target.load_state_dict(self.unet.state_dict())
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-6)
-        scheduler = comps.scheduler()
-        alphas_cumprod = scheduler.alphas_cumprod.to(device)
-        self.alpha_schedule, self.sigma_schedule = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
-        step_ratio = scheduler.config.num_train_timesteps // num_ddim_timesteps
-        self.ddim_timesteps = (torch.arange(1, num_ddim_timesteps + 1, device=device) * step_ratio - 1).long()
-        self.topk = step_ratio
+        solver = ddim_solver(comps, num_ddim_timesteps)
+        self.alpha_schedule, self.sigma_schedule, self.ddim_timesteps, self.topk = solver
         self.latents, self.text = comps.latents(), comps.text()
         self.uncond = torch.zeros_like(self.text)
 
     def _x0(self, eps, t, x):
         return (x - self.sigma_schedule[t].view(-1, 1, 1, 1) * eps) / self.alpha_schedule[t].view(-1, 1, 1, 1)
 
-    def _scalings(self, t, sigma_data=0.5, timestep_scaling=10.0):
-        scaled = t * timestep_scaling
-        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
-        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
-        return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
+    def _scalings(self, t):
+        return boundary_scalings(t, 4, timestep_scaling=10.0)
 
     def _w_embedding(self, w, dim):
         w = w * 1000.0
@@ -491,12 +501,8 @@ class ReferenceMCMStep:
         self.trained = [p for p in self.unet.parameters() if p.requires_grad] + list(self.head.parameters())
         self.optimizer = torch.optim.AdamW(self.trained, lr=5e-6)
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=5e-5)
-        scheduler = comps.scheduler()
-        alphas_cumprod = scheduler.alphas_cumprod.to(device)
-        self.alpha_schedule, self.sigma_schedule = alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
-        step_ratio = scheduler.config.num_train_timesteps // num_ddim_timesteps
-        self.ddim_timesteps = (torch.arange(1, num_ddim_timesteps + 1, device=device) * step_ratio - 1).long()
-        self.topk = step_ratio
+        solver = ddim_solver(comps, num_ddim_timesteps)
+        self.alpha_schedule, self.sigma_schedule, self.ddim_timesteps, self.topk = solver
         clips, size = comps.video_clips, comps.latent_size
         generator = torch.Generator().manual_seed(0)
         self.latents = torch.randn(clips, 4, VIDEO_FRAMES, size, size, generator=generator).to(device)
@@ -511,11 +517,8 @@ class ReferenceMCMStep:
         view = (-1, 1, 1, 1, 1)
         return (x - self.sigma_schedule[t].view(view) * eps) / self.alpha_schedule[t].view(view)
 
-    def _scalings(self, t, sigma_data=0.5, timestep_scaling=4.0):
-        scaled = t * timestep_scaling
-        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
-        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
-        return c_skip.view(-1, 1, 1, 1, 1), c_out.view(-1, 1, 1, 1, 1)
+    def _scalings(self, t):
+        return boundary_scalings(t, 5, timestep_scaling=4.0)
 
     @staticmethod
     def _tsn(x, count=2):
