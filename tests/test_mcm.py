@@ -113,6 +113,10 @@ def test_spatial_head_against_hand_computation():
     assert torch.allclose(head(a), hand, atol=1e-5)
     with pytest.raises(ValueError, match="multiple of 32"):
         SpatialHead(4, hidden=48)
+    from sdtoolkit.distill.loop import TrainConfig
+
+    with pytest.raises(ValueError, match="--head-channels 48"):
+        MCM.check_config(MCMConfig(head_channels=48), TrainConfig(teacher="x"))
 
 
 def test_discriminator_trains():

@@ -234,8 +234,14 @@ class MCM(DistillationMethod):
             raise ValueError(f"--num-frames {config.num_frames}: a clip needs at least 2 frames")
         if not 0 <= config.cd_pred_x0_portion <= 1:
             raise ValueError(f"--cd-pred-x0-portion {config.cd_pred_x0_portion} must lie in [0, 1]")
-        if config.motion_target == "learn":
-            SpatialHead(4, config.head_channels, config.head_layers, config.head_kernel_size)  # raises on a bad shape
+        if config.motion_target == "learn" and (
+            config.head_layers < 2 or config.head_channels % SpatialHead.GROUPS or config.head_kernel_size % 2 == 0
+        ):
+            raise ValueError(
+                f"--head-layers {config.head_layers}, --head-channels {config.head_channels}, --head-kernel-size "
+                f"{config.head_kernel_size}: the learned head needs at least 2 layers, channels a multiple of "
+                f"{SpatialHead.GROUPS} and an odd kernel size"
+            )
         if config.loss_type not in ("l2", "huber"):
             raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
         if not 1 <= config.sample_steps <= config.num_ddim_timesteps:
