@@ -279,15 +279,16 @@ def test_too_many_frames_refused():
 
 
 def test_distill_mcm_cli_end_to_end(tmp_path):
-    """`sdtoolkit train-video-teacher --tiny`, then `sdtoolkit distill mcm` on it with a still-image folder, then
-    `sdtoolkit generate` on the exported AnimateDiffPipeline (a GIF), all through the CLI at tiny size."""
+    """`sdtoolkit train-video-teacher --tiny`, then `sdtoolkit distill mcm` on it (no --data: a video teacher of the
+    built-in shapes teacher takes its still images from the built-in renders), then `sdtoolkit generate` on the
+    exported AnimateDiffPipeline (a GIF), all through the CLI at tiny size."""
     from sdtoolkit.cli import main
-    from sdtoolkit.testing import write_tiny_assets
+    from sdtoolkit.distill.config import shapes_video_teacher
 
     teacher, run = tmp_path / "teacher", tmp_path / "run"
     assert main(["train-video-teacher", "--tiny", "--output", str(teacher), "--num-clips", "2", "--steps", "1"]) == 0
-    data = write_tiny_assets(tmp_path / "assets") / "data"
-    args = ["distill", "mcm", "--teacher", str(teacher), "--data", str(data), "--max-steps", "2", "--batch-size", "2"]
+    assert shapes_video_teacher(str(teacher)) and not shapes_video_teacher(str(tmp_path))
+    args = ["distill", "mcm", "--teacher", str(teacher), "--max-steps", "2", "--batch-size", "2"]
     assert main([*args, "--num-frames", "4", "--num-clips", "4", "--output", str(run)]) == 0
     assert (run / "export" / "model_index.json").is_file() and (run / "student" / "export.json").is_file()
     out = tmp_path / "clip.gif"

@@ -172,7 +172,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
 
 def check(method, method_config, train, checkpoint: Path | None) -> None:
     """Every check that needs no model: values, files, folders. Raises CLIError naming the value and the fix."""
-    from sdtoolkit.distill.config import SHAPES_TEACHERS, shapes_world
+    from sdtoolkit.distill.config import SHAPES_TEACHERS, shapes_video_teacher, shapes_world
     from sdtoolkit.distill.data import read_image_captions, read_prompt_file
 
     try:
@@ -201,11 +201,11 @@ def check(method, method_config, train, checkpoint: Path | None) -> None:
                 read_image_captions(train.data)
             except (FileNotFoundError, ValueError) as error:
                 raise CLIError(f"--data: {error}") from error
-        elif not shapes_world(train.teacher):
+        elif not (shapes_world(train.teacher) or shapes_video_teacher(train.teacher)):
             raise CLIError(
                 f"{method.name} trains on real latents: pass --data FOLDER (images with metadata.jsonl or .txt "
-                f"captions) for teacher {train.teacher!r} (only {' and '.join(SHAPES_TEACHERS)} and folders exported "
-                "from them have built-in data)"
+                f"captions) for teacher {train.teacher!r} (only {' and '.join(SHAPES_TEACHERS)}, folders exported "
+                "from them and video teachers trained on them have built-in data)"
             )
     if train.prompts is not None:
         try:

@@ -34,6 +34,19 @@ def shapes_world(teacher: str) -> bool:
     return values.get("teacher") in SHAPES_TEACHERS and values.get("teacher_source") == "builtin"
 
 
+def shapes_video_teacher(teacher: str) -> bool:
+    """Whether `teacher` is a video teacher folder that `sdtoolkit train-video-teacher` trained on a built-in shapes
+    image teacher (its training_config.json names it): its still images, for MCM's frame critic, can be the built-in
+    renders (`sdtoolkit distill mcm` without --data)."""
+    path = Path(teacher).expanduser() / "training_config.json"
+    try:
+        values = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    config = values.get("config") if isinstance(values, dict) else None
+    return isinstance(config, dict) and config.get("image_teacher") in SHAPES_TEACHERS
+
+
 OPTIMIZERS = ("adamw", "adamw8bit")
 """Values of `TrainConfig.optimizer`."""
 
