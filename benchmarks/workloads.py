@@ -115,16 +115,17 @@ def synthetic_trainer(
     from sdtoolkit.testing import tiny_text_encoder, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    pipeline = pipeline or StableDiffusionPipeline(
-        vae=comps.vae(),
-        text_encoder=tiny_text_encoder(len(tokenizer), hidden_size=comps.text_dim),
-        tokenizer=tokenizer,
-        unet=comps.unet(),
-        scheduler=comps.scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    if pipeline is None:
+        pipeline = StableDiffusionPipeline(
+            vae=comps.vae(),
+            text_encoder=tiny_text_encoder(len(tokenizer), hidden_size=comps.text_dim),
+            tokenizer=tokenizer,
+            unet=comps.unet(),
+            scheduler=comps.scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     num = 4 * comps.batch_size
     generator = torch.Generator().manual_seed(0)
     text = TextCache(
@@ -280,10 +281,10 @@ WORKLOADS["mcm"] = Workload(
     toolkit=toolkit_mcm,
     variants=["eager", "compiled"],
     images_per_step=_video_frames_per_step,
-    notes="one MCM step (student update: mixed trajectory, online f_theta, teacher CFG as two forwards, one DDIM "
-    "step, EMA target, learned motion head, frame-critic term; then the critic's update with R1) on clips of 16 "
-    "frames, max(1, B // 16) clips (images = frames); reference: yhZhai/mcm main.py's step with stock "
-    "UNetMotionModel calls",
+    notes="one MCM step (student update: mixed trajectory, online f_theta, teacher CFG, one DDIM step, EMA target, "
+    "learned motion head, frame-critic term; then the critic's update with R1) on clips of 16 frames, max(1, B // "
+    "16) clips (images = frames); reference: yhZhai/mcm main.py's step with stock UNetMotionModel calls (teacher "
+    "cond and uncond as two forwards)",
 )
 
 
