@@ -472,12 +472,22 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     tiny += ["--prior", str(prior), "--resolution", "32", "--mesh-resolution", "24", "--video-frames", "2"]
     assert main([*base, *tiny, "--steps", "3", "--prompt", "a red cube", "--mirror-views"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["steps"] == 3 and len(summary["reference_psnr"]) == 2 and summary["poses"] is None
+    assert summary["steps"] == 3 and len(summary["reference_psnr"]) == 2 and summary["poses"]["refined"] is None
     assert trimesh.load(out / "mesh.glb", force="mesh").vertices.shape[0] > 0
     assert (out / "references.png").is_file() and (out / "views.png").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["images"] == [str(p.absolute()) for p in paths[:2]] and config["mirror_views"] is True
     assert main(base + tiny + ["--steps", "3"]) != 0  # a previous asset is never overwritten silently
+    capsys.readouterr()
+    scores = tmp_path / "scores.json"
+    truth = ["--true-cameras", str(folder / "cams.json")]
+    (tmp_path / "loose.glb").write_bytes((out / "mesh.glb").read_bytes())
+    assert main(["eval-3d", str(tmp_path / "loose.glb"), "--prompt", "a red cube", *truth]) == 2  # no run beside it
+    assert "needs an image-to-3d output folder" in capsys.readouterr().err
+    assert main(["eval-3d", str(out), *truth, "--out", str(scores)]) == 0
+    poses = json.loads(scores.read_text())["poses"]
+    assert poses["median_over_views"] == [0, 1] and max(poses["angle_deg"]) < 1e-3  # no refinement: the truth
+    assert "poses, median over views [0, 1]: angle 0.00 deg (0.00 modulo symmetry)" in capsys.readouterr().out
     capsys.readouterr()
     resume = ["image-to-3d", "--resume", str(out), "--steps", "5", "--quiet", "--video-frames", "2"]
     assert main([*resume, "--vertex-colours", "shaded"]) == 2
@@ -489,6 +499,44 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["min_component_share"] == 0.5 and config["vertex_colours"] == "delit"
     assert main(["image-to-3d", "--resume", str(out), "--lambda-rgb", "5"]) == 2
+
+
+def test_pose_errors_against_hand_computation():
+    from sdtoolkit.image_to_3d.pose_errors import pose_errors, rotation_angle_deg, symmetric_angle_deg
+
+    truth = cams([0.0, 120.0, 240.0], [15.0, 30.0, 5.0])
+    # view 1: azimuth +7 (a rotation about z: 7 degrees); view 2: elevation -4 and azimuth +93, distance +10 %
+    refined = Cameras(
+        torch.tensor([0.0, 127.0, -27.0]),
+        torch.tensor([15.0, 30.0, 1.0]),
+        torch.tensor([2.8, 2.8, 3.08]),
+        torch.full((3,), 40.0),
+    )
+    errors = pose_errors(refined, truth, "cube")
+    assert errors["angle_deg"][:2] == pytest.approx([0.0, 7.0], abs=1e-3)
+    assert errors["azimuth_deg"] == pytest.approx([0.0, 7.0, 93.0], abs=1e-3)
+    assert errors["elevation_deg"] == pytest.approx([0.0, 0.0, -4.0], abs=1e-4)
+    assert errors["distance_percent"] == pytest.approx([0.0, 0.0, 10.0], abs=1e-3)
+
+    # a cube's quarter turns: view 2 is 3 degrees of azimuth and 4 of elevation from the true camera turned by 90
+    def c2w(azimuth, elevation):
+        return Cameras(*(torch.tensor([v], dtype=torch.float64) for v in (azimuth, elevation, 2.8, 40.0))).c2w()[
+            0, :3, :3
+        ]
+
+    expected = float(rotation_angle_deg(c2w(-27, 1), c2w(-30, 5)))
+    assert errors["symmetric_angle_deg"][2] == pytest.approx(expected, abs=1e-3)
+    assert 4.0 < errors["symmetric_angle_deg"][2] < 5.0 and errors["symmetric_angle_deg"][1] == pytest.approx(7.0)
+    # the median leaves out the anchor (view 0) and takes absolute values
+    assert errors["median_over_views"] == [1, 2]
+    assert errors["median"]["azimuth_deg"] == pytest.approx(50.0, abs=1e-3)
+    # a solid of revolution: only the elevation counts; a sphere: nothing
+    assert symmetric_angle_deg(refined, truth, "cone").tolist() == pytest.approx([0.0, 0.0, 4.0], abs=1e-3)
+    assert symmetric_angle_deg(refined, truth, "sphere").tolist() == [0.0, 0.0, 0.0]
+    # an elevation change alone is a rotation by that angle
+    assert float(rotation_angle_deg(c2w(40, 10), c2w(40, 16))) == pytest.approx(6.0, abs=1e-3)
+    with pytest.raises(ValueError, match="unknown shape 'teapot'"):
+        symmetric_angle_deg(refined, truth, "teapot")
 
 
 def test_zero123_relative_camera_against_hand_computation():

@@ -55,6 +55,11 @@ class Eval3DCommand:
     """Evaluator folder (None: the shipped sdtoolkit/assets/evaluator)."""
     seed: int = 0
     """Seed of the surface samples and the alignment."""
+    true_cameras: str | None = None
+    """The true cameras of an image-to-3d run's references (a cameras file, as `image-to-3d --cameras` reads): also
+    scores the run's refined cameras against them (summary.json's poses): angle, azimuth, elevation and distance
+    errors per view and the angle modulo the shape's symmetries (`sdtoolkit.image_to_3d.pose_errors`). MESH must
+    then be the run's folder."""
 
 
 def _resolve_inputs(args) -> tuple[Path, str | None, dict | None]:
@@ -79,6 +84,11 @@ def _resolve_inputs(args) -> tuple[Path, str | None, dict | None]:
     prompt = args.prompt if args.prompt is not None else (config.get("prompt") or None)
     if layout is None and prompt is None:
         raise CLIError("give --prompt 'a <colour> <shape>' (or a text-to-3d folder whose config.json has one)")
+    if args.true_cameras is not None and not (path.parent / "summary.json").is_file():
+        raise CLIError(
+            f"--true-cameras needs an image-to-3d output folder as MESH (its summary.json holds the refined cameras); "
+            f"{args.mesh!r} has none"
+        )
     for target in (args.out, args.renders):
         if target is not None and Path(target).exists():
             raise CLIError(f"{target!r} exists; choose a new file name (sdtoolkit never overwrites your files)")
@@ -104,6 +114,9 @@ def run(args) -> int:
         raise CLIError(str(error)) from error
     if args.evaluator is not None and not (Path(args.evaluator) / "config.json").is_file():
         raise CLIError(f"--evaluator {args.evaluator!r} has no config.json; give a folder saved by train-evaluator")
+    poses = None
+    if args.true_cameras is not None:
+        poses = _pose_scores(path.parent, args.true_cameras, None if layout is not None else parse_caption(prompt))
     import trimesh
 
     try:
@@ -137,8 +150,29 @@ def run(args) -> int:
             f"{'n/a' if r['colour_accuracy'] is None else format(r['colour_accuracy'], '.1%')}, "
             f"renders right {r['render_view_accuracy']:.0%} of 8"
         )
+    if poses is not None:
+        median = poses["median"]
+        for i, angle in enumerate(poses["angle_deg"]):
+            sym = poses.get("symmetric_angle_deg")
+            print(
+                f"view {i}: angle {angle:.2f} deg"
+                + ("" if sym is None else f" ({sym[i]:.2f} modulo the shape's symmetry)")
+                + f", azimuth {poses['azimuth_deg'][i]:+.2f}, elevation {poses['elevation_deg'][i]:+.2f} deg, "
+                f"distance {poses['distance_percent'][i]:+.2f} %"
+            )
+        print(
+            f"poses, median over views {poses['median_over_views']}: angle {median['angle_deg']:.2f} deg"
+            + (
+                ""
+                if "symmetric_angle_deg" not in median
+                else f" ({median['symmetric_angle_deg']:.2f} modulo symmetry)"
+            )
+            + f", |azimuth| {median['azimuth_deg']:.2f}, |elevation| {median['elevation_deg']:.2f} deg, "
+            f"|distance| {median['distance_percent']:.2f} %"
+        )
     if args.out is not None:
-        Path(args.out).write_text(json.dumps({"mesh": str(path), "objects": results}, indent=2, default=_plain))
+        scores = {"mesh": str(path), "objects": results} | ({} if poses is None else {"poses": poses})
+        Path(args.out).write_text(json.dumps(scores, indent=2, default=_plain))
     if args.renders is not None and images:
         import torch
 
@@ -146,6 +180,36 @@ def run(args) -> int:
 
         image_grid(torch.cat(images), 8).save(args.renders)
     return 0
+
+
+def _pose_scores(folder: Path, true_cameras: str, caption: tuple | None) -> dict:
+    """The run's refined cameras (or its given ones, when it did not refine) against the true cameras file."""
+    from sdtoolkit.image_to_3d.inputs import InputError, cameras_of, parse_cameras, read_cameras_file
+    from sdtoolkit.image_to_3d.pose_errors import pose_errors
+
+    summary = json.loads((folder / "summary.json").read_text())
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    images = summary.get("images") or []
+    poses = summary.get("poses") or {}
+    run_cameras = poses.get("refined") or poses.get("given")
+    if not images or run_cameras is None:
+        raise CLIError(
+            f"{str(folder)!r}: its summary.json has no reference images and cameras (not an image-to-3d run)"
+        )
+    try:
+        views, _ = parse_cameras(read_cameras_file(true_cameras), images, source=true_cameras)
+    except InputError as error:
+        raise CLIError(str(error)) from error
+    import torch
+
+    from sdtoolkit.data.cameras import Cameras
+
+    refined = Cameras(
+        *(torch.tensor(run_cameras[key], dtype=torch.float32) for key in ("azimuth", "elevation", "distance")),
+        torch.tensor([v["fov"] for v in views], dtype=torch.float32),
+    )
+    anchor = 0 if poses.get("refined") and config.get("anchor_first_view", True) else None  # view 0 fixed
+    return pose_errors(refined, cameras_of(views), None if caption is None else caption[0], anchor=anchor)
 
 
 def _plain(value):

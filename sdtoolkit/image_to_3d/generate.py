@@ -44,19 +44,21 @@ def reference_scores(run: ImageTo3DRun, resolution: int | None = None) -> dict:
     }
 
 
-def pose_summary(run: ImageTo3DRun) -> dict | None:
-    """The given and refined reference cameras (None without pose refinement)."""
-    if run.poses is None:
-        return None
+def pose_summary(run: ImageTo3DRun) -> dict:
+    """The reference cameras as given and, with pose refinement, as refined (None without it) with the corrections."""
     given = run.references.cameras
+
+    def columns(cameras) -> dict:
+        return {
+            "azimuth": cameras.azimuth_deg.tolist(),
+            "elevation": cameras.elevation_deg.tolist(),
+            "distance": cameras.distance.tolist(),
+        }
+
+    if run.poses is None:
+        return {"given": columns(given), "refined": None, "corrections": None}
     refined = run.poses(given.to(run.nerf.device))
-    return {
-        "given": {"azimuth": given.azimuth_deg.tolist(), "elevation": given.elevation_deg.tolist()}
-        | {"distance": given.distance.tolist()},
-        "refined": {"azimuth": refined.azimuth_deg.tolist(), "elevation": refined.elevation_deg.tolist()}
-        | {"distance": refined.distance.tolist()},
-        "corrections": run.poses.degrees(),
-    }
+    return {"given": columns(given), "refined": columns(refined), "corrections": run.poses.degrees()}
 
 
 def generate(
