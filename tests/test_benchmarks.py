@@ -294,3 +294,14 @@ def test_video_teacher_benchmark_balances_motions_and_scores_a_tiny_teacher(tmp_
     assert json.loads((tmp_path / "swapped" / "scores.json").read_text())["settings"]["negative"] == "swapped"
     # the turning clips' negative prompt changed (CFG 5), so did they
     assert (out / "clips" / "00000.gif").read_bytes() != (tmp_path / "swapped" / "clips" / "00000.gif").read_bytes()
+
+
+def test_pose_observability_shows_a_cube_turning_and_a_solid_of_revolution_hardly(one_thread, capsys):
+    from benchmarks.pose_observability import main, sensitivity
+
+    cube, cylinder = sensitivity("cube", "red", 120.0, 30.0), sensitivity("cylinder", "red", 120.0, 30.0)
+    # a quarter-turn-symmetric cube shows its azimuth in its edges; a cylinder only in its shading (> 20 dB less)
+    assert cube["azimuth"][2] < 30 and cylinder["azimuth"][2] > cube["azimuth"][2] + 20
+    assert cylinder["elevation"][2] < 30  # its elevation shows in its silhouette
+    assert all(a > b for a, b in zip(cylinder["azimuth"], cylinder["azimuth"][1:]))  # larger turns, lower PSNR
+    assert main(["--colour", "blue"]) == 0 and "| blue torus, azimuth |" in capsys.readouterr().out
