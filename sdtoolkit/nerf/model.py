@@ -244,7 +244,10 @@ class NeRF(nn.Module):
             return self.field(positions), positions
         training = torch.is_grad_enabled()
         with torch.enable_grad():  # (a no-grad render, e.g. a turntable, still needs the gradient in x)
-            positions = positions.detach().requires_grad_(True)
+            # positions that carry a graph (learnable cameras: image-to-3D's pose corrections) keep it, so that the
+            # shaded colour and the density still pass their gradient to the cameras; others become a leaf
+            if not (training and positions.requires_grad):
+                positions = positions.detach().requires_grad_(True)
             out = self.field(positions)
             if "sdf" in out:
                 out["normals"] = sdf_normals(out["sdf"], positions, create_graph=training)
