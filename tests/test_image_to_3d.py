@@ -503,6 +503,15 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["min_component_share"] == 0.5 and config["vertex_colours"] == "delit"
     assert main(["image-to-3d", "--resume", str(out), "--lambda-rgb", "5"]) == 2
+    # the README's four-plane recipe: a folded field shaded by the world's light (its albedo is the mesh colour)
+    d4 = tmp_path / "d4"
+    symmetric = ["--symmetric-density", "--symmetry-planes", "4", "--symmetry-method", "fold"]
+    argv = [*base[:-1], str(d4), *tiny, "--steps", "2", *symmetric, "--nerf.shading", "lambert"]
+    assert main([*argv, "--vertex-colours", "delit"]) == 2  # delit divides out a light Lambert does not bake in
+    assert main(argv) == 0
+    config = json.loads((d4 / "config.json").read_text())
+    assert config["symmetry_planes"] == 4 and config["nerf"]["shading"] == "lambert"
+    assert trimesh.load(d4 / "mesh.glb", force="mesh").vertices.shape[0] > 0
 
 
 def test_pose_errors_against_hand_computation():
