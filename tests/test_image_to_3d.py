@@ -387,6 +387,13 @@ def test_folding_maps_every_image_of_a_point_to_one_point_of_the_wedge():
     x = torch.zeros(1, 3, requires_grad=True)  # on the axis: finite values and gradients
     fold_points(x, 2).sum().backward()
     assert torch.isfinite(x.grad).all()
+    # and finite second derivatives on and near it (Lambert shading differentiates the normals again when the
+    # cameras are learnt; these were inf or NaN within 1e-9 of the axis)
+    for r in (0.0, 1e-9, 1e-6, 1e-3):
+        q = torch.tensor([[r, 0.5 * r, 0.3]], requires_grad=True)
+        (grad,) = torch.autograd.grad(fold_points(q, 4).square().sum(), q, create_graph=True)
+        (second,) = torch.autograd.grad(grad.sum(), q)
+        assert torch.isfinite(second).all() and second.abs().max() < 10, (r, second)
 
 
 @pytest.mark.parametrize("planes", [2, 4])

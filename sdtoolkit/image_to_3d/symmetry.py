@@ -124,6 +124,11 @@ class SymmetricEncoding(nn.Module):
         return self.inner(torch.stack(moved)).mean(0)
 
 
+AXIS_RADIUS = 1e-4
+"""Distance from the vertical axis (in the field's unit-cube coordinates: the hash grid's finest cell is ~1e-2)
+within which `fold_points` keeps a point unfolded."""
+
+
 def fold_points(points: Float[Tensor, "*N 3"], planes: int = 1, plane_azimuth_deg: float = 0.0) -> Tensor:
     """Each point's image in the fundamental wedge of `symmetry_group(planes, phi)`: the azimuth theta - phi about z
     folded into [0, pi / n] (t = (theta - phi) mod 2 pi / n; t -> 2 pi / n - t past pi / n), the radius and height
@@ -131,10 +136,18 @@ def fold_points(points: Float[Tensor, "*N 3"], planes: int = 1, plane_azimuth_de
     wedge = math.pi / planes
     phi = math.radians(plane_azimuth_deg)
     x, y, z = points.unbind(-1)
-    radius = torch.sqrt(x * x + y * y + 1e-20)  # (the epsilon keeps the gradient finite on the axis)
-    t = torch.remainder(torch.atan2(y, x) - phi, 2 * wedge)
+    # within AXIS_RADIUS of the axis the point is kept as it is (every image of it is that close): the azimuth's
+    # derivatives grow like 1 / radius^k there, and a render whose normals are differentiated again (Lambert
+    # shading with learnable cameras) overflowed to NaN on the axis. The kept points are fed safe values
+    # (1, 0) so that no branch of the `where` produces inf or NaN in the backward pass.
+    near_axis = x * x + y * y < AXIS_RADIUS**2
+    x_safe = torch.where(near_axis, torch.ones_like(x), x)
+    y_safe = torch.where(near_axis, torch.zeros_like(y), y)
+    radius = torch.sqrt(x_safe * x_safe + y_safe * y_safe)
+    t = torch.remainder(torch.atan2(y_safe, x_safe) - phi, 2 * wedge)
     t = torch.where(t > wedge, 2 * wedge - t, t) + phi
-    return torch.stack([radius * torch.cos(t), radius * torch.sin(t), z], dim=-1)
+    folded = torch.stack([radius * torch.cos(t), radius * torch.sin(t), z], dim=-1)
+    return torch.where(near_axis[..., None], points, folded)
 
 
 class FoldedEncoding(nn.Module):
