@@ -194,7 +194,8 @@ def _pose_scores(folder: Path, true_cameras: str, caption: tuple | None) -> dict
     run_cameras = poses.get("refined") or poses.get("given")
     if not images or run_cameras is None:
         raise CLIError(
-            f"{str(folder)!r}: its summary.json has no reference images and cameras (not an image-to-3d run)"
+            f"{str(folder)!r}: its summary.json records no reference images and cameras (not an image-to-3d run, "
+            "or one written before its summary recorded the cameras of a run without pose refinement)"
         )
     try:
         views, _ = parse_cameras(read_cameras_file(true_cameras), images, source=true_cameras)
