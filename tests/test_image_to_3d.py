@@ -450,6 +450,25 @@ def test_coarse_to_fine_levels_switch_on_one_by_one_and_all_are_on_at_the_end(cu
         _config(paths[:1], None, start_levels=1, nerf=NeRFConfig(representation="mlp"))
 
 
+@pytest.mark.parametrize("method", ["average", "fold"])
+def test_coarse_to_fine_levels_reach_the_hash_grid_inside_a_symmetric_field(cube_views, tmp_path, method):
+    """--start-levels with --symmetric-density: the wrapper passes the level switch to the hash grid it wraps (it
+    raised AttributeError at step 0 before), and a field with only the coarsest level differs from the full one."""
+    import sdtoolkit.image_to_3d.trainer as trainer
+
+    folder, paths, _ = cube_views
+    options = dict(symmetric_density=True, symmetry_planes=4, symmetry_method=method)
+    config = _config(paths[:1], None, steps=4, start_levels=1, levels_warmup=0.5, **options)
+    run = trainer.train(config, tmp_path / "run", progress=False)
+    wrapper = run.nerf.field.encoding
+    assert type(wrapper).__name__ == ("FoldedEncoding" if method == "fold" else "SymmetricEncoding")
+    assert wrapper.num_levels == wrapper.inner.num_levels == 4 and wrapper.inner.active_levels == 4
+    points = torch.rand(64, 3, generator=torch.Generator().manual_seed(0))
+    full = wrapper(points)
+    trainer.set_levels(run.nerf, 1)
+    assert wrapper.inner.active_levels == 1 and not torch.allclose(wrapper(points), full)
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 

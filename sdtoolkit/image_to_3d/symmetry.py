@@ -102,7 +102,27 @@ def transform_images(images: Float[Tensor, "*B C H W"], element: tuple[bool, flo
     return mirror_images(images) if element[0] else images
 
 
-class SymmetricEncoding(nn.Module):
+class _WrappedEncoding(nn.Module):
+    """What both symmetric wrappers share: the wrapped encoding as `inner`, its output width and grid flag, and its
+    coarse-to-fine level switch (`--start-levels`: `num_levels`, `set_active_levels`), passed through."""
+
+    def __init__(self, encoding: nn.Module, plane_azimuth_deg: float = 0.0, planes: int = 1):
+        super().__init__()
+        self.inner = encoding
+        self.plane_azimuth_deg = plane_azimuth_deg
+        self.planes = planes
+        self.out_dim = encoding.out_dim
+        self.grid = getattr(encoding, "grid", True)  # `TextTo3DField.parameter_groups` reads it
+
+    @property
+    def num_levels(self) -> int:
+        return self.inner.num_levels
+
+    def set_active_levels(self, levels: int) -> None:
+        self.inner.set_active_levels(levels)
+
+
+class SymmetricEncoding(_WrappedEncoding):
     """A field encoding made symmetric: e_sym(p) = mean over the group G of e(g p) (`symmetry_group`; with one
     plane, (e(p) + e(M p)) / 2 for the reflection M), so the density and colour decoded from it satisfy
     f(g p) = f(p) exactly for every g in G (the "symmetric-density" option). The wrapped encoding takes points of
@@ -110,13 +130,8 @@ class SymmetricEncoding(nn.Module):
     encoding's cost by |G| = 2 n."""
 
     def __init__(self, encoding: nn.Module, plane_azimuth_deg: float = 0.0, planes: int = 1):
-        super().__init__()
-        self.inner = encoding
-        self.plane_azimuth_deg = plane_azimuth_deg
-        self.planes = planes
+        super().__init__(encoding, plane_azimuth_deg, planes)
         self.group = symmetry_group(planes, plane_azimuth_deg)
-        self.out_dim = encoding.out_dim
-        self.grid = getattr(encoding, "grid", True)  # `TextTo3DField.parameter_groups` reads it
 
     def forward(self, unit_points: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N D"]:
         centred = unit_points - 0.5
@@ -150,19 +165,11 @@ def fold_points(points: Float[Tensor, "*N 3"], planes: int = 1, plane_azimuth_de
     return torch.where(near_axis[..., None], points, folded)
 
 
-class FoldedEncoding(nn.Module):
+class FoldedEncoding(_WrappedEncoding):
     """A field encoding made symmetric by folding: e_fold(p) = e(fold(p)) (`fold_points`), exactly invariant under
     the symmetry group like `SymmetricEncoding` but with one query of the wrapped encoding instead of 2 n. The
     field's derivative across a plane flips sign, so a surface that crosses a plane at an angle other than 90
     degrees shows a crease there (averaging keeps it smooth)."""
-
-    def __init__(self, encoding: nn.Module, plane_azimuth_deg: float = 0.0, planes: int = 1):
-        super().__init__()
-        self.inner = encoding
-        self.plane_azimuth_deg = plane_azimuth_deg
-        self.planes = planes
-        self.out_dim = encoding.out_dim
-        self.grid = getattr(encoding, "grid", True)
 
     def forward(self, unit_points: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N D"]:
         return self.inner(fold_points(unit_points - 0.5, self.planes, self.plane_azimuth_deg) + 0.5)
