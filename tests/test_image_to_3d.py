@@ -538,15 +538,20 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     config = json.loads((d4 / "config.json").read_text())
     assert config["symmetry_planes"] == 4 and config["nerf"]["shading"] == "lambert"
     assert trimesh.load(d4 / "mesh.glb", force="mesh").vertices.shape[0] > 0
-    # and from references with approximate poses (the README's three-reference line): the cameras are refined
+    # and from references with approximate poses (the README's three-reference line, its signed distance started
+    # from the references' visual hull): the cameras are refined
     approximate = dict(json.loads((folder / "cams.json").read_text()), approximate=True)
     (tmp_path / "approx.json").write_text(json.dumps(approximate))
     references = [str(paths[0]), str(paths[1]), "--cameras", str(tmp_path / "approx.json")]
     argv = ["image-to-3d", *references, "--output", str(tmp_path / "d4-3"), *tiny, "--steps", "2", *symmetric]
+    hull = ["--nerf.field.geometry", "sdf", "--nerf.field.sdf-init", "visual-hull", "--nerf.shading", "lambert"]
     capsys.readouterr()
-    assert main([*argv, "--nerf.shading", "lambert"]) == 0
+    assert main([*argv, *hull]) == 0
     poses = json.loads(capsys.readouterr().out)["poses"]
     assert poses["refined"] is not None and len(poses["corrections"]["azimuth_deg"]) == 2
+    assert json.loads((tmp_path / "d4-3" / "config.json").read_text())["nerf"]["field"]["sdf_init"] == "visual-hull"
+    assert main(["text-to-3d", "a red cube", "--output", str(tmp_path / "t"), *hull]) == 2  # no references there
+    assert "needs reference views" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
 def test_pose_errors_against_hand_computation():

@@ -84,7 +84,7 @@ def test_sdf_init_is_checked_before_anything_is_built(box_file, tmp_path, monkey
     assert FieldConfig(geometry="sdf", sdf_init=box_file.name).sdf_init == str(box_file.absolute())  # stored absolute
     with pytest.raises(ValueError, match="needs geometry 'sdf', not 'density'"):
         FieldConfig(sdf_init=str(box_file))
-    with pytest.raises(ValueError, match="give 'sphere' or a mesh file"):
+    with pytest.raises(ValueError, match="give 'sphere', 'visual-hull' \\(image-to-3D\\) or a mesh file"):
         FieldConfig(geometry="sdf", sdf_init="cube")
     with pytest.raises(ValueError, match="no such file"):
         FieldConfig(geometry="sdf", sdf_init=str(tmp_path / "missing.glb"))

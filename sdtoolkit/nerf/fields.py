@@ -32,6 +32,9 @@ from sdtoolkit.nerf.encodings import HashEncoding
 GEOMETRIES = ("density", "sdf")
 """What the field's first output is (`FieldConfig.geometry`)."""
 
+VISUAL_HULL = "visual-hull"
+"""`FieldConfig.sdf_init` value: start from the reference masks' visual hull (image-to-3D)."""
+
 _RESTORING = contextvars.ContextVar("sdtoolkit_restoring_checkpoint", default=False)
 
 
@@ -117,18 +120,23 @@ class FieldConfig:
     """Radius of the initial sphere with geometry 'sdf' (threestudio's `shape_init: sphere:0.5`); a layout places
     one sphere per box, scaled to the box like the density blobs."""
     sdf_init: str = "sphere"
-    """Starting shape of geometry 'sdf': 'sphere' (radius `sdf_radius`) or a closed mesh file (.glb/.obj/.ply in
+    """Starting shape of geometry 'sdf': 'sphere' (radius `sdf_radius`), a closed mesh file (.glb/.obj/.ply in
     world coordinates, e.g. a density run's `mesh.glb`) whose signed distance the field starts from (threestudio's
-    `shape_init: mesh:PATH`): the density run finds the topology, the SDF run makes its surface clean. Read when
-    a run starts only: every checkpoint carries its tabulated distance, so a resume or a PVD conversion of the
-    finished asset does not need the file (`restoring_checkpoint`)."""
+    `shape_init: mesh:PATH`): the density run finds the topology, the SDF run makes its surface clean; or
+    'visual-hull' (image-to-3D only): the signed distance of the reference masks' visual hull, which the run
+    tabulates from its references and cameras (`sdtoolkit.image_to_3d.visual_hull`). Read when a run starts only:
+    every checkpoint carries its tabulated distance, so a resume or a PVD conversion of the finished asset does not
+    need the file (`restoring_checkpoint`)."""
     sdf_init_resolution: int = 64
-    """Grid resolution of a mesh `sdf_init`'s tabulated signed distance over the field's cube."""
+    """Grid resolution of a mesh or visual-hull `sdf_init`'s tabulated signed distance over the field's cube."""
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry={self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
-        if self.sdf_init != "sphere":
+        if self.sdf_init == VISUAL_HULL:
+            if self.geometry != "sdf":
+                raise ValueError(f"sdf_init={self.sdf_init!r} needs geometry 'sdf', not {self.geometry!r}")
+        elif self.sdf_init != "sphere":
             from pathlib import Path
 
             from sdtoolkit.nerf.sdf_init import MESH_SUFFIXES
@@ -137,7 +145,8 @@ class FieldConfig:
                 raise ValueError(f"sdf_init={self.sdf_init!r} needs geometry 'sdf', not {self.geometry!r}")
             if Path(self.sdf_init).suffix.lower() not in MESH_SUFFIXES:
                 raise ValueError(
-                    f"sdf_init={self.sdf_init!r}: give 'sphere' or a mesh file ({', '.join(MESH_SUFFIXES)})"
+                    f"sdf_init={self.sdf_init!r}: give 'sphere', {VISUAL_HULL!r} (image-to-3D) or a mesh file "
+                    f"({', '.join(MESH_SUFFIXES)})"
                 )
             if not Path(self.sdf_init).is_file() and not _RESTORING.get():
                 raise ValueError(f"sdf_init={self.sdf_init!r}: no such file")
@@ -178,7 +187,9 @@ class TextTo3DField(nn.Module):
         if config.geometry == "sdf" and config.sdf_init != "sphere":
             from sdtoolkit.nerf.sdf_init import mesh_sdf_grid
 
-            if _RESTORING.get():  # the checkpoint being restored holds the grid (`restoring_checkpoint`)
+            # the checkpoint being restored holds the grid (`restoring_checkpoint`); a visual hull's is filled by
+            # the image-to-3D run that owns the references (`sdtoolkit.image_to_3d.visual_hull.start_from_hull`)
+            if _RESTORING.get() or config.sdf_init == VISUAL_HULL:
                 grid = torch.zeros((config.sdf_init_resolution,) * 3)
             else:
                 grid = mesh_sdf_grid(config.sdf_init, config.bound, config.sdf_init_resolution)

@@ -25,7 +25,6 @@ def mesh_sdf_grid(path: str | Path, bound: float, resolution: int = 64) -> Float
     (`mesh_metrics.inside_grid`); the distance is the Euclidean distance transform of the inside and outside cells,
     each minus half a cell (the surface lies between a cell and its neighbour), so its error is about one cell."""
     import trimesh
-    from scipy.ndimage import distance_transform_edt
 
     from sdtoolkit.text_to_3d.mesh_metrics import inside_grid
 
@@ -40,6 +39,16 @@ def mesh_sdf_grid(path: str | Path, bound: float, resolution: int = 64) -> Float
     inside = inside_grid(np.asarray(mesh.triangles), axis)
     if not inside.any():
         raise ValueError(f"sdf_init mesh {str(path)!r} encloses no cell of the field's cube [-{bound}, {bound}]^3")
+    return occupancy_sdf_grid(inside, cell)
+
+
+def occupancy_sdf_grid(inside: np.ndarray, cell: float) -> Float[Tensor, "R R R"]:
+    """Signed distance (negative inside, world units) of a boolean cell-centred occupancy grid with cell side
+    `cell`: the Euclidean distance transform of the inside and outside cells, each minus half a cell (the surface
+    lies between a cell and its neighbour), so its error is about one cell."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = np.asarray(inside, dtype=bool)
     outside_distance = distance_transform_edt(~inside)  # in cells, 0 inside
     inside_distance = distance_transform_edt(inside)  # in cells, 0 outside
     sdf = np.where(inside, -(inside_distance - 0.5), outside_distance - 0.5) * cell

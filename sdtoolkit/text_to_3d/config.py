@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
 from sdtoolkit.nerf import NeRFConfig
+from sdtoolkit.nerf.fields import VISUAL_HULL
 from sdtoolkit.text_to_3d.guidance import (
     CSDConfig,
     ISMConfig,
@@ -367,6 +368,11 @@ class TextTo3DConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         check_field_options(self)
+        if self.nerf.field.sdf_init == VISUAL_HULL:
+            raise ValueError(
+                f"nerf.field.sdf_init {VISUAL_HULL!r} is the reference masks' hull: it needs reference views "
+                "(sdtoolkit image-to-3d); text-to-3D starts from 'sphere' or a mesh file"
+            )
         if self.iso_mode not in ISO_MODES:
             raise ValueError(f"unknown iso_mode {self.iso_mode!r}; choose one of {', '.join(ISO_MODES)}")
         if self.mesh_refine.steps and self.method == "semantic-sds":

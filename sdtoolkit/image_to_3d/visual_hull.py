@@ -1,0 +1,114 @@
+"""The reference masks' visual hull as the signed-distance field's starting shape (`--nerf.field.sdf-init
+visual-hull`).
+
+A signed distance that starts as a sphere must carve away whatever the object lacks, and holes are the hardest:
+the torus's hole stayed filled and was painted with the background's colour instead (benchmarks/RESULTS.md, issue
+22's three-reference table: reference PSNR 21-24 dB on the tori). Shape from silhouettes gives the start that has
+the right topology for free: the visual hull (Laurentini, "The visual hull concept for silhouette-based image
+understanding", TPAMI 1994) is the set of points whose projection falls inside the object's mask in every view,
+
+    H = { x : m_v(pi_v(x)) > 1/2 for every view v },
+
+the largest shape consistent with the silhouettes; it contains the object (with exact cameras and masks), and a
+hole seen through in one view is a tunnel in it. threestudio and Magic123 start from a sphere; NeuS-style few-view
+pipelines (e.g. SparseNeuS's successors) and classical multi-view stereo start from the hull.
+
+Three things make it a start here rather than an answer: it is computed from the cameras as given (approximate
+poses erode it, the pose refinement and the reference losses then grow the surface back, which is easy for a signed
+distance, unlike carving a hole); a symmetric field's hull is taken over every view moved by the symmetry group
+(`symmetry.symmetry_group`: the intersection of the moved hulls, so the start is symmetric as the field is); and a
+point outside a view's frame counts as outside (the object is whole in every reference, as `inputs` expects).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.nerf.sdf_init import occupancy_sdf_grid
+
+
+def project_points(
+    points: Float[Tensor, "N 3"], cameras: Cameras
+) -> tuple[Float[Tensor, "B N 2"], Bool[Tensor, "B N"]]:
+    """Pinhole projection of world `points` into every camera (`Cameras.generate_rays`' model): normalised image
+    coordinates (u, v) in [-1, 1], u to the right and v downwards (row 0 at v = -1, grid_sample's convention), and
+    whether each point is in front of the camera. A point on the ray of pixel (i, j) of an H x W image projects to
+    u = (2 j + 1) / W - 1, v = (2 i + 1) / H - 1."""
+    w2c = torch.linalg.inv(cameras.c2w().to(points.dtype))
+    local = torch.einsum("bij,nj->bni", w2c[:, :3, :3], points) + w2c[:, None, :3, 3]  # camera frame
+    depth = -local[..., 2]  # the camera looks down its -z
+    tan_half_fov = torch.tan(torch.deg2rad(cameras.fov_deg.to(points.dtype)) / 2)[:, None]
+    safe = depth.clamp_min(1e-8)
+    u = local[..., 0] / safe / tan_half_fov
+    v = -local[..., 1] / safe / tan_half_fov
+    return torch.stack([u, v], dim=-1), depth > 1e-8
+
+
+@torch.no_grad()
+def visual_hull(
+    masks: Float[Tensor, "V 1 H W"], cameras: Cameras, bound: float, resolution: int = 64, threshold: float = 0.5
+) -> Bool[Tensor, "R R R"]:
+    """Whether each cell centre of a `resolution`^3 grid over [-bound, bound]^3 (indexing ij: [x, y, z]) lies in
+    the visual hull of the square `masks` seen by `cameras` (one per mask): in front of every camera, inside every
+    frame, and on a mask value (bilinear) above `threshold` in every view."""
+    if len(masks) != len(cameras):
+        raise ValueError(f"visual_hull: {len(masks)} masks but {len(cameras)} cameras")
+    cell = 2 * bound / resolution
+    axis = torch.linspace(-bound + cell / 2, bound - cell / 2, resolution)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    masks = masks.detach().float().cpu()
+    cameras = Cameras(
+        *(
+            f.detach().float().cpu()
+            for f in (cameras.azimuth_deg, cameras.elevation_deg, cameras.distance, cameras.fov_deg)
+        )
+    )
+    inside = torch.ones(len(points), dtype=torch.bool)
+    for view in range(len(cameras)):  # one view at a time: V x R^3 points at once would not fit a small machine
+        uv, in_front = project_points(points, cameras[view])
+        uv, in_front = uv[0], in_front[0]
+        in_frame = in_front & (uv.abs() < 1).all(-1)
+        value = F.grid_sample(masks[view : view + 1], uv.reshape(1, -1, 1, 2), mode="bilinear", align_corners=False)
+        inside &= in_frame & (value.reshape(-1) > threshold)
+    return inside.reshape(resolution, resolution, resolution)
+
+
+def hull_sdf_grid(
+    masks: Float[Tensor, "V 1 H W"], cameras: Cameras, bound: float, resolution: int = 64
+) -> Float[Tensor, "R R R"]:
+    """The signed distance (world units, negative inside) of the `visual_hull`, tabulated on the same grid as a mesh
+    `sdf_init` (`sdtoolkit.nerf.sdf_init.sample_grid` reads it). An empty hull (masks and cameras that disagree
+    everywhere) is refused: it would start the field with nothing."""
+    inside = visual_hull(masks, cameras, bound, resolution)
+    if not inside.any():
+        raise ValueError(
+            "sdf_init 'visual-hull': no point of the field's cube projects inside every reference mask; the "
+            "cameras do not match the images (check the cameras file) or the object is not whole in every view"
+        )
+    return occupancy_sdf_grid(np.asarray(inside.numpy()), 2 * bound / resolution)
+
+
+def start_from_hull(run) -> None:
+    """Fills an image-to-3D run's field's `sdf_grid` with its references' hull (the cameras as given, before any
+    refinement; over every symmetry-moved view when the field is symmetric or the mirrored views are references, so
+    the start is symmetric too)."""
+    from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images
+    from sdtoolkit.image_to_3d.trainer import cat_cameras
+
+    config, field = run.config, run.nerf.field
+    references = run.references.resized(config.reference_resolution)
+    cameras, masks = references.cameras, references.masks
+    if config.symmetric_density or config.mirror_views:  # the references the run fits, mirrors included
+        group = symmetry_group(config.symmetry_planes, config.symmetry_plane_azimuth)
+        cameras = cat_cameras(*(transform_cameras(cameras, g) for g in group))
+        masks = torch.cat([transform_images(masks, g) for g in group])
+    grid = hull_sdf_grid(masks, cameras, field.config.bound, field.config.sdf_init_resolution)
+    field.sdf_grid.copy_(grid.to(field.sdf_grid))
+
+
+__all__ = ["hull_sdf_grid", "project_points", "start_from_hull", "visual_hull"]
