@@ -3,15 +3,14 @@ visual-hull`).
 
 A signed distance that starts as a sphere must carve away whatever the object lacks, and holes are the hardest:
 the torus's hole stayed filled and was painted with the background's colour instead (benchmarks/RESULTS.md, issue
-22's three-reference table: reference PSNR 21-24 dB on the tori). Shape from silhouettes gives the start that has
-the right topology for free: the visual hull (Laurentini, "The visual hull concept for silhouette-based image
+22's three-reference table: reference PSNR 21-24 dB on the tori). Shape from silhouettes gives a start whose topology is
+right wherever a view sees through a hole: the visual hull (Laurentini, "The visual hull concept for silhouette-based image
 understanding", TPAMI 1994) is the set of points whose projection falls inside the object's mask in every view,
 
     H = { x : m_v(pi_v(x)) > 1/2 for every view v },
 
 the largest shape consistent with the silhouettes; it contains the object (with exact cameras and masks), and a
-hole seen through in one view is a tunnel in it. threestudio and Magic123 start from a sphere; NeuS-style few-view
-pipelines (e.g. SparseNeuS's successors) and classical multi-view stereo start from the hull.
+hole seen through in one view is a tunnel in it. threestudio's and Magic123's image-to-3D start from a sphere.
 
 Three things make it a start here rather than an answer: it is computed from the cameras as given (approximate
 poses erode it, the pose refinement and the reference losses then grow the surface back, which is easy for a signed
