@@ -3,9 +3,10 @@ visual-hull`).
 
 A signed distance that starts as a sphere must carve away whatever the object lacks, and holes are the hardest:
 the torus's hole stayed filled and was painted with the background's colour instead (benchmarks/RESULTS.md, issue
-22's three-reference table: reference PSNR 21-24 dB on the tori). Shape from silhouettes gives a start whose topology is
-right wherever a view sees through a hole: the visual hull (Laurentini, "The visual hull concept for silhouette-based image
-understanding", TPAMI 1994) is the set of points whose projection falls inside the object's mask in every view,
+22's three-reference table: reference PSNR 21-24 dB on the tori). Shape from silhouettes gives a start whose
+topology is right wherever a view sees through a hole: the visual hull (Laurentini, "The visual hull concept for
+silhouette-based image understanding", TPAMI 1994) is the set of points whose projection falls inside the object's
+mask in every view,
 
     H = { x : m_v(pi_v(x)) > 1/2 for every view v },
 
