@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.cameras import Cameras, cat_cameras
 from sdtoolkit.data.render import render, render_silhouette
 from sdtoolkit.data.shapes import SHAPES
 from sdtoolkit.image_to_3d import (
@@ -37,7 +37,6 @@ from sdtoolkit.image_to_3d.symmetry import (
     transform_images,
     transform_points,
 )
-from sdtoolkit.image_to_3d.trainer import cat_cameras
 from sdtoolkit.nerf import FieldConfig, NeRF, NeRFConfig
 
 render_module = importlib.import_module("sdtoolkit.data.render")  # (the package re-exports its `render` function)

@@ -117,6 +117,12 @@ class Cameras:
         return origins, directions
 
 
+def cat_cameras(*parts: Cameras) -> Cameras:
+    """The cameras of several batches, one after the other."""
+    fields = ("azimuth_deg", "elevation_deg", "distance", "fov_deg")
+    return Cameras(*(torch.cat([getattr(p, name) for p in parts]) for name in fields))
+
+
 def _full(n: int, value: float, device=None) -> Tensor:
     return torch.full((n,), float(value), device=device)
 

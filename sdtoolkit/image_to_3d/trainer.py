@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sdtoolkit.core.denoiser import Denoiser
-from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.cameras import Cameras, cat_cameras
 from sdtoolkit.image_to_3d.config import ImageTo3DConfig
 from sdtoolkit.image_to_3d.inputs import References, load_references
 from sdtoolkit.image_to_3d.novel_view import relative_camera
@@ -51,12 +51,6 @@ RUN_KIND = "image-to-3d"
 """The kind of run recorded in the output folder's manifest (`sdtoolkit.runs`)."""
 RUN_ENTRIES = (*text_trainer.RUN_ENTRIES, "references.png")
 """The top-level entries an image-to-3D run writes: text-to-3D's, and the reference-view comparison."""
-
-
-def cat_cameras(*parts: Cameras) -> Cameras:
-    """The cameras of several batches, one after the other."""
-    fields = ("azimuth_deg", "elevation_deg", "distance", "fov_deg")
-    return Cameras(*(torch.cat([getattr(p, name) for p in parts]) for name in fields))
 
 
 @dataclass

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.cameras import Cameras, cat_cameras
+from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images
 from sdtoolkit.nerf.sdf_init import occupancy_sdf_grid
 
 
@@ -97,9 +98,6 @@ def start_from_hull(run) -> None:
     """Fills an image-to-3D run's field's `sdf_grid` with its references' hull (the cameras as given, before any
     refinement; over every symmetry-moved view when the field is symmetric or the mirrored views are references, so
     the start is symmetric too)."""
-    from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images
-    from sdtoolkit.image_to_3d.trainer import cat_cameras
-
     config, field = run.config, run.nerf.field
     references = run.references.resized(config.reference_resolution)
     cameras, masks = references.cameras, references.masks
