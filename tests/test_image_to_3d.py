@@ -528,14 +528,17 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["min_component_share"] == 0.5 and config["vertex_colours"] == "delit"
     assert main(["image-to-3d", "--resume", str(out), "--lambda-rgb", "5"]) == 2
-    # the README's four-plane recipe: a folded field shaded by the world's light (its albedo is the mesh colour)
+    # the README's four-plane recipe: a folded signed-distance field started from the references' visual hull,
+    # shaded by the world's light (its albedo is the mesh colour)
     d4 = tmp_path / "d4"
     symmetric = ["--symmetric-density", "--symmetry-planes", "4", "--symmetry-method", "fold"]
-    argv = [*base[:-1], str(d4), *tiny, "--steps", "2", *symmetric, "--nerf.shading", "lambert"]
+    hull = ["--nerf.field.geometry", "sdf", "--nerf.field.sdf-init", "visual-hull", "--nerf.shading", "lambert"]
+    argv = [*base[:-1], str(d4), *tiny, "--steps", "2", *symmetric, *hull]
     assert main([*argv, "--vertex-colours", "delit"]) == 2  # delit divides out a light Lambert does not bake in
     assert main(argv) == 0
     config = json.loads((d4 / "config.json").read_text())
     assert config["symmetry_planes"] == 4 and config["nerf"]["shading"] == "lambert"
+    assert config["nerf"]["field"]["sdf_init"] == "visual-hull"
     assert trimesh.load(d4 / "mesh.glb", force="mesh").vertices.shape[0] > 0
     # and from references with approximate poses (the README's three-reference line, its signed distance started
     # from the references' visual hull): the cameras are refined
@@ -543,7 +546,6 @@ def test_cli_end_to_end_at_tiny_size(cube_views, tmp_path, capsys):
     (tmp_path / "approx.json").write_text(json.dumps(approximate))
     references = [str(paths[0]), str(paths[1]), "--cameras", str(tmp_path / "approx.json")]
     argv = ["image-to-3d", *references, "--output", str(tmp_path / "d4-3"), *tiny, "--steps", "2", *symmetric]
-    hull = ["--nerf.field.geometry", "sdf", "--nerf.field.sdf-init", "visual-hull", "--nerf.shading", "lambert"]
     capsys.readouterr()
     assert main([*argv, *hull]) == 0
     poses = json.loads(capsys.readouterr().out)["poses"]
