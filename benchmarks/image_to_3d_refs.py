@@ -25,12 +25,8 @@ import torch
 
 from benchmarks.text_to_3d import PROMPTS
 from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.cameras import orbit_cameras as cameras
 from sdtoolkit.image_to_3d.inputs import cameras_json, save_rgba, shapes_references
-
-
-def cameras(azimuth, elevation, distance=2.8, fov=40.0) -> Cameras:
-    n = len(azimuth)
-    return Cameras(torch.tensor(azimuth), torch.tensor(elevation), torch.full((n,), distance), torch.full((n,), fov))
 
 
 def perturbation(generator: torch.Generator, low: float, high: float, views: int = 3) -> torch.Tensor:

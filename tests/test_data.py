@@ -27,19 +27,9 @@ from sdtoolkit.data import (
     view_word,
 )
 from sdtoolkit.data.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG
+from sdtoolkit.data.cameras import orbit_cameras as cameras
 from sdtoolkit.data.dataset import sample_parameters
 from sdtoolkit.data.shapes import CUBE_HALF_SIZE, SPHERE_RADIUS
-
-
-def cameras(azimuth, elevation, distance=DEFAULT_DISTANCE, fov=DEFAULT_FOV_DEG) -> Cameras:
-    n = len(azimuth)
-    return Cameras(
-        torch.tensor(azimuth, dtype=torch.float32),
-        torch.tensor(elevation, dtype=torch.float32),
-        torch.full((n,), float(distance)),
-        torch.full((n,), float(fov)),
-    )
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # cameras

@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from sdtoolkit.data.cameras import Cameras, cat_cameras
+from sdtoolkit.data.cameras import orbit_cameras as cams
 from sdtoolkit.data.render import render, render_silhouette
 from sdtoolkit.data.shapes import SHAPES
 from sdtoolkit.image_to_3d import (
@@ -41,16 +42,6 @@ from sdtoolkit.nerf import FieldConfig, NeRF, NeRFConfig
 
 render_module = importlib.import_module("sdtoolkit.data.render")  # (the package re-exports its `render` function)
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cams(azimuth, elevation, distance=2.8, fov=40.0) -> Cameras:
-    n = len(azimuth)
-    return Cameras(
-        torch.tensor(azimuth, dtype=torch.float32),
-        torch.tensor(elevation, dtype=torch.float32),
-        torch.full((n,), float(distance)),
-        torch.full((n,), float(fov)),
-    )
 
 
 def tiny_nerf() -> NeRFConfig:

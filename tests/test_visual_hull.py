@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sdtoolkit.data.cameras import Cameras
+from sdtoolkit.data.cameras import orbit_cameras as cams
 from sdtoolkit.image_to_3d import ImageTo3DConfig
 from sdtoolkit.image_to_3d.inputs import cameras_json, save_rgba, shapes_references
 from sdtoolkit.image_to_3d.visual_hull import hull_sdf_grid, project_points, visual_hull
@@ -18,16 +19,6 @@ from sdtoolkit.nerf.sdf_init import sample_grid
 from sdtoolkit.text_to_3d import TextTo3DConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cams(azimuth, elevation, distance=2.8, fov=40.0) -> Cameras:
-    n = len(azimuth)
-    return Cameras(
-        torch.tensor(azimuth, dtype=torch.float32),
-        torch.tensor(elevation, dtype=torch.float32),
-        torch.full((n,), float(distance)),
-        torch.full((n,), float(fov)),
-    )
 
 
 def sphere_masks(cameras: Cameras, radius: float, size: int) -> torch.Tensor:

@@ -123,6 +123,20 @@ def cat_cameras(*parts: Cameras) -> Cameras:
     return Cameras(*(torch.cat([getattr(p, name) for p in parts]) for name in fields))
 
 
+def orbit_cameras(
+    azimuth: list[float], elevation: list[float], distance: float = DEFAULT_DISTANCE, fov: float = DEFAULT_FOV_DEG
+) -> Cameras:
+    """Cameras on the world's orbit from lists of azimuths and elevations (degrees), at one distance and field of
+    view."""
+    n = len(azimuth)
+    return Cameras(
+        torch.tensor(azimuth, dtype=torch.float32),
+        torch.tensor(elevation, dtype=torch.float32),
+        torch.full((n,), float(distance)),
+        torch.full((n,), float(fov)),
+    )
+
+
 def _full(n: int, value: float, device=None) -> Tensor:
     return torch.full((n,), float(value), device=device)
 
