@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -384,6 +385,24 @@ def test_cli_resume_extends_a_run(tiny_prior, tmp_path):
     assert main([*common, "--steps", "3", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 3
     assert len(json.loads((tmp_path / "run" / "checkpoint.json").read_text())["history"]) == 3
+
+
+def test_cli_reports_a_field_without_surface_in_one_line_and_keeps_the_trained_run(tiny_prior, tmp_path, capsys):
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "run"
+    common = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--output", str(out), "--quiet"]
+    common += ["--preset", "tiny", "--mesh-resolution", "16", "--video-frames", "2", "--formats", "glb"]
+    capsys.readouterr()
+    assert main([*common, "--steps", "2", "--iso-level", "1e9"]) == 1  # above every density: no surface
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("sdtoolkit text-to-3d:")]  # (not diffusers' bars)
+    assert "Traceback" not in err and len(ours) == 1, err
+    assert "no surface at iso-level 1e+09" in ours[0] and f"--resume {out} --iso-level" in ours[0]
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 2 and not (out / "mesh.glb").exists()
+    low, high = map(float, re.search(r"densities span (\S+) to (\S+)\)", ours[0]).groups())
+    assert main([*common, "--steps", "2", "--resume", "--iso-level", str((low + high) / 2)]) == 0  # re-export only
+    assert (out / "mesh.glb").exists() and json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
 def test_cli_names_the_3d_extra_when_mesh_libraries_are_missing(monkeypatch, capsys):

@@ -14,7 +14,14 @@ import torch
 from sdtoolkit.image_to_3d.config import ImageTo3DConfig
 from sdtoolkit.image_to_3d.trainer import CHECKPOINT_FILE, ImageTo3DRun, claim_folder, train
 from sdtoolkit.runs import atomic_write_text
-from sdtoolkit.text_to_3d.export import delight_colours, export_mesh, extract_mesh, write_video
+from sdtoolkit.text_to_3d.export import (
+    EmptyFieldError,
+    delight_colours,
+    export_mesh,
+    extract_mesh,
+    no_surface,
+    write_video,
+)
 from sdtoolkit.text_to_3d.trainer import render_turntable, save_image_grid
 
 
@@ -81,7 +88,10 @@ def generate(
         start = time.time()
         run = train(config, output_dir, denoiser, resume, progress, folder=folder, references=references)
         train_seconds = time.time() - start
-        mesh = extract_mesh(run.nerf, mesh_resolution, config.iso_level, config.min_component_share)
+        try:
+            mesh = extract_mesh(run.nerf, mesh_resolution, config.iso_level, config.min_component_share)
+        except EmptyFieldError as error:  # one line naming the kept checkpoint, not a traceback after a long run
+            raise no_surface(error, run.step, output_dir) from error
         if config.vertex_colours == "delit":
             mesh = delight_colours(mesh)
         paths = export_mesh(mesh, output_dir, formats=mesh_formats)

@@ -11,11 +11,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdtoolkit.runs import RunError
+
 MESH_FORMATS = ("glb", "obj", "ply")
 
 
-class EmptyFieldError(RuntimeError):
-    """The density field holds no surface to extract; the message says how empty it is and what to try."""
+class EmptyFieldError(RunError, RuntimeError):
+    """The density field holds no surface to extract; the message says how empty it is and what to try. The CLI
+    prints it as one line and exits with 1, as for a diverged run (`sdtoolkit.runs.RunError`)."""
+
+    exit_code = 1
+
+
+def no_surface(error: EmptyFieldError, step: int, output_dir: str | Path) -> EmptyFieldError:
+    """`error` after training: where the trained field is kept and how to export it again (a finished run's
+    `--resume` re-exports without training)."""
+    return EmptyFieldError(
+        f"{error}; the field trained for {step} steps is kept in {str(output_dir)!r}: "
+        f"`--resume {output_dir} --iso-level X` exports it at another level"
+    )
 
 
 def auto_iso_threshold(densities: Tensor, cell_size: float) -> float:
@@ -154,7 +168,11 @@ def extract_mesh(
     level = solid_level if level is None else level
     vertices, faces = marching_cubes(densities, lower, upper, level)
     if len(faces) == 0:
-        raise EmptyFieldError(f"marching cubes found no surface at iso-level {level:.4g}")
+        low, high = float(densities.min()), float(densities.max())
+        raise EmptyFieldError(
+            f"marching cubes found no surface at iso-level {level:.4g} (the field's densities span {low:.4g} to "
+            f"{high:.4g})"
+        )
     mesh = _colour_mesh(nerf, vertices, faces, level)
     if iso_mode == "opacity":  # the outer level lies in fog whose albedo is not the object's: colour from inside
         depth, normals = INWARD_DEPTH * (upper - lower), mesh.vertex_normals

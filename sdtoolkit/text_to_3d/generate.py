@@ -12,10 +12,12 @@ import numpy as np
 from sdtoolkit.runs import atomic_write_text
 from sdtoolkit.text_to_3d.config import TextTo3DConfig
 from sdtoolkit.text_to_3d.export import (
+    EmptyFieldError,
     delight_colours,
     export_mesh,
     extract_layout_mesh,
     extract_mesh,
+    no_surface,
     uv_texture_mesh,
     write_video,
 )
@@ -72,12 +74,16 @@ def _generate(
     start = time.time()
     run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress, folder=folder)
     train_seconds = time.time() - start
-    if run.layout is not None:  # one iso-level per box: every object of the layout reaches the mesh
-        mesh = extract_layout_mesh(run.nerf, run.layout, mesh_resolution, config.iso_level, config.min_component_share)
-    else:
-        mesh = extract_mesh(
-            run.nerf, mesh_resolution, config.iso_level, config.min_component_share, config.iso_mode, run.scene_scale
-        )
+    try:
+        if run.layout is not None:  # one iso-level per box: every object of the layout reaches the mesh
+            mesh = extract_layout_mesh(
+                run.nerf, run.layout, mesh_resolution, config.iso_level, config.min_component_share
+            )
+        else:
+            level, share = config.iso_level, config.min_component_share
+            mesh = extract_mesh(run.nerf, mesh_resolution, level, share, config.iso_mode, run.scene_scale)
+    except EmptyFieldError as error:  # one line naming the kept checkpoint, not a traceback after a long run
+        raise no_surface(error, run.step, output_dir) from error
     mesh = refine_extracted_mesh(mesh, run, progress=progress)  # the mesh stage (off while mesh_refine.steps is 0)
     if config.vertex_colours == "delit":
         mesh = delight_colours(mesh)
