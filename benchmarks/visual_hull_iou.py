@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-from sdtoolkit.data.cameras import cat_cameras
 from sdtoolkit.data.shapes import inside_mask, shape_id
 from sdtoolkit.image_to_3d.inputs import load_references
-from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images
-from sdtoolkit.image_to_3d.visual_hull import visual_hull
+from sdtoolkit.image_to_3d.visual_hull import grid_points, moved_views, visual_hull
 
 SETTINGS = (
     ("three references, true cameras, 4 planes", "three", "truth.json", 4),
@@ -34,21 +32,12 @@ SETTINGS = (
 """(label, reference set, cameras file, symmetry planes) per column."""
 
 
-def grid_points(bound: float, resolution: int) -> torch.Tensor:
-    """The cell centres of `visual_hull`'s grid, flattened in its order (indexing ij)."""
-    cell = 2 * bound / resolution
-    axis = torch.linspace(-bound + cell / 2, bound - cell / 2, resolution)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-
-
 def hull(folder: Path, cameras_file: str, planes: int, bound: float, resolution: int) -> torch.Tensor:
     """The flattened hull of the views in `folder` seen from `cameras_file`, as `start_from_hull` builds it."""
     references = load_references(sorted(folder.glob("view_*.png")), folder / cameras_file)
     cameras, masks = references.cameras, references.masks
     if planes:
-        group = symmetry_group(planes, 0.0)
-        cameras = cat_cameras(*(transform_cameras(cameras, g) for g in group))
-        masks = torch.cat([transform_images(masks, g) for g in group])
+        masks, cameras = moved_views(masks, cameras, planes)
     return visual_hull(masks, cameras, bound, resolution).reshape(-1)
 
 

@@ -138,3 +138,27 @@ def test_a_run_starts_from_the_symmetric_hull_and_resumes_exactly(torus_views, t
     for (name, a), b in zip(full.nerf.state_dict().items(), resumed.nerf.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(resumed.nerf.field.sdf_grid, grid)  # carried by the checkpoint, as computed
+
+
+def test_the_cli_refuses_an_empty_hull_before_writing_anything(tmp_path, capsys):
+    """Two views from opposite sides whose object is shifted 7 px left in both (still whole in the frame): the
+    silhouettes' cones miss each other, so no point is inside both masks."""
+    from sdtoolkit.cli import main
+    from sdtoolkit.image_to_3d.inputs import References, cameras_json, save_rgba, shapes_references
+
+    cameras = cams([0.0, 180.0], [0.0, 0.0], distance=4.0)
+    views = shapes_references("sphere", "red", cameras, 32)
+    shifted = [torch.zeros_like(t) for t in (views.images, views.masks)]
+    for moved, original in zip(shifted, (views.images, views.masks)):
+        moved[..., :-7] = original[..., 7:]
+    assert shifted[1][..., 0].sum() == 0  # the object is whole in the frame
+    paths = save_rgba(References(*shifted, cameras), tmp_path / "refs")
+    (tmp_path / "cams.json").write_text(json.dumps(cameras_json(cameras, paths)))
+    out = tmp_path / "out"
+    argv = ["image-to-3d", *map(str, paths), "--cameras", str(tmp_path / "cams.json"), "--output", str(out)]
+    argv += ["--reference-resolution", "32", "--nerf.field.geometry", "sdf", "--quiet"]
+    capsys.readouterr()
+    assert main([*argv, "--nerf.field.sdf-init", "visual-hull"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdtoolkit image-to-3d:")]
+    assert len(err) == 1 and "no point of the field's cube projects inside every reference mask" in err[0]
+    assert not out.exists()

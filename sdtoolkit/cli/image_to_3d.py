@@ -153,11 +153,11 @@ def resolve(args: argparse.Namespace):
         )
     except InputError as error:
         raise CLIError(str(error)) from None
-    _check_run(config, command)
+    _check_run(config, command, references)
     return config, command, output, resume is not None, references
 
 
-def _check_run(config, command: ImageTo3DCommand) -> None:
+def _check_run(config, command: ImageTo3DCommand, references) -> None:
     formats = [f.strip().lower() for f in command.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -175,6 +175,13 @@ def _check_run(config, command: ImageTo3DCommand) -> None:
             novel_view_prior_folder(config.novel_view_prior)
         except (OSError, ValueError) as error:
             raise CLIError(f"--novel-view-prior {config.novel_view_prior}: {error}") from None
+    from sdtoolkit.image_to_3d.visual_hull import reference_hull_grid, uses_hull
+
+    if uses_hull(config):  # an empty hull is refused here, before the output folder is claimed
+        try:
+            reference_hull_grid(config, references)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,9 +29,8 @@ from sdtoolkit.image_to_3d.inputs import References, load_references
 from sdtoolkit.image_to_3d.novel_view import relative_camera
 from sdtoolkit.image_to_3d.poses import PoseCorrections
 from sdtoolkit.image_to_3d.symmetry import make_symmetric, symmetry_group, transform_cameras, transform_images
-from sdtoolkit.image_to_3d.visual_hull import start_from_hull
+from sdtoolkit.image_to_3d.visual_hull import start_from_hull, uses_hull
 from sdtoolkit.nerf import NeRF
-from sdtoolkit.nerf.fields import VISUAL_HULL
 from sdtoolkit.runs import RunFolder, claim_output, inspect_output
 from sdtoolkit.text_to_3d import trainer as text_trainer
 from sdtoolkit.text_to_3d.guidance import ViewDependentPrompts, build
@@ -150,7 +149,7 @@ def setup(config: ImageTo3DConfig, denoiser: Denoiser | None = None, references:
         groups.append({"params": list(poses.parameters()), "lr": config.lr_pose})
     optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
     run = ImageTo3DRun(config, denoiser, nerf, guidance, prompts, optimizer, generator, references, poses)
-    if config.nerf.field.geometry == "sdf" and config.nerf.field.sdf_init == VISUAL_HULL:
+    if uses_hull(config):
         start_from_hull(run)  # (a resumed run's checkpoint then replaces it with the saved grid)
     if config.uses_novel_view_prior:
         from sdtoolkit.models.novel_view_prior import load_novel_view_prior

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from sdtoolkit.data.cameras import Cameras, cat_cameras
 from sdtoolkit.image_to_3d.symmetry import symmetry_group, transform_cameras, transform_images
+from sdtoolkit.nerf.fields import VISUAL_HULL
 from sdtoolkit.nerf.sdf_init import occupancy_sdf_grid
 
 
@@ -50,6 +51,14 @@ def project_points(
     return torch.stack([u, v], dim=-1), depth > 1e-8
 
 
+def grid_points(bound: float, resolution: int) -> Float[Tensor, "N 3"]:
+    """The cell centres of a `resolution`^3 grid over [-bound, bound]^3, flattened in indexing ij ([x, y, z]): the
+    grid of a mesh `sdf_init` (`sdtoolkit.nerf.sdf_init`) and of `visual_hull`."""
+    cell = 2 * bound / resolution
+    axis = torch.linspace(-bound + cell / 2, bound - cell / 2, resolution)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
 @torch.no_grad()
 def visual_hull(
     masks: Float[Tensor, "V 1 H W"], cameras: Cameras, bound: float, resolution: int = 64, threshold: float = 0.5
@@ -59,9 +68,7 @@ def visual_hull(
     frame, and on a mask value (bilinear) above `threshold` in every view."""
     if len(masks) != len(cameras):
         raise ValueError(f"visual_hull: {len(masks)} masks but {len(cameras)} cameras")
-    cell = 2 * bound / resolution
-    axis = torch.linspace(-bound + cell / 2, bound - cell / 2, resolution)
-    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    points = grid_points(bound, resolution)
     masks = masks.detach().float().cpu()
     cameras = Cameras(
         *(
@@ -94,19 +101,48 @@ def hull_sdf_grid(
     return occupancy_sdf_grid(np.asarray(inside.numpy()), 2 * bound / resolution)
 
 
-def start_from_hull(run) -> None:
-    """Fills an image-to-3D run's field's `sdf_grid` with its references' hull (the cameras as given, before any
-    refinement; over every symmetry-moved view when the field is symmetric or the mirrored views are references, so
-    the start is symmetric too)."""
-    config, field = run.config, run.nerf.field
-    references = run.references.resized(config.reference_resolution)
-    cameras, masks = references.cameras, references.masks
+def moved_views(
+    masks: Float[Tensor, "V 1 H W"], cameras: Cameras, planes: int, plane_azimuth_deg: float = 0.0
+) -> tuple[Float[Tensor, "G*V 1 H W"], Cameras]:
+    """Every view moved by every element of the symmetry group of `planes` mirror planes (identity first): the
+    views whose hull is symmetric under the group."""
+    group = symmetry_group(planes, plane_azimuth_deg)
+    moved_masks = torch.cat([transform_images(masks, g) for g in group])
+    return moved_masks, cat_cameras(*(transform_cameras(cameras, g) for g in group))
+
+
+def reference_hull_grid(config, references) -> Float[Tensor, "R R R"]:
+    """The start an image-to-3D run with `config` takes from its `references` (`ImageTo3DConfig`, `References`):
+    the hull of the cameras as given, before any refinement, over every symmetry-moved view when the field is
+    symmetric or the mirrored views are references (so the start is symmetric too), on the field's grid. Raises
+    ValueError for an empty hull; the CLI calls it before the output folder is claimed (about 0.3 s at 64^3 with 24
+    views on one CPU thread), the run again when it builds its field."""
+    field = config.nerf.field
+    references = references.resized(config.reference_resolution)
+    masks, cameras = references.masks, references.cameras
     if config.symmetric_density or config.mirror_views:  # the references the run fits, mirrors included
-        group = symmetry_group(config.symmetry_planes, config.symmetry_plane_azimuth)
-        cameras = cat_cameras(*(transform_cameras(cameras, g) for g in group))
-        masks = torch.cat([transform_images(masks, g) for g in group])
-    grid = hull_sdf_grid(masks, cameras, field.config.bound, field.config.sdf_init_resolution)
-    field.sdf_grid.copy_(grid.to(field.sdf_grid))
+        masks, cameras = moved_views(masks, cameras, config.symmetry_planes, config.symmetry_plane_azimuth)
+    return hull_sdf_grid(masks, cameras, field.bound, field.sdf_init_resolution)
 
 
-__all__ = ["hull_sdf_grid", "project_points", "start_from_hull", "visual_hull"]
+def uses_hull(config) -> bool:
+    """Whether an image-to-3D `config` starts its signed distance from the references' hull."""
+    return config.nerf.field.geometry == "sdf" and config.nerf.field.sdf_init == VISUAL_HULL
+
+
+def start_from_hull(run) -> None:
+    """Fills an image-to-3D run's field's `sdf_grid` with `reference_hull_grid`."""
+    grid = run.nerf.field.sdf_grid
+    grid.copy_(reference_hull_grid(run.config, run.references).to(grid))
+
+
+__all__ = [
+    "grid_points",
+    "hull_sdf_grid",
+    "moved_views",
+    "project_points",
+    "reference_hull_grid",
+    "start_from_hull",
+    "uses_hull",
+    "visual_hull",
+]
