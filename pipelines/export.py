@@ -235,8 +235,11 @@ def check_export_target(out_dir: str | Path, sources: list[str | Path], overwrit
     if entries and not is_earlier_export(out) and not overwrite:
         raise FileExistsError(
             f"{out_dir} is not empty and is not an earlier sdtoolkit export; choose a new or empty folder (or pass "
-            "--overwrite to write the export's files into it, replacing only entries of the same names)"
+            "--overwrite to write the export's files beside its own)"
         )
+    foreign = foreign_export_files(out, LEGACY_ENTRIES) if out.is_dir() else []  # the entries every export writes
+    if foreign:
+        raise _foreign_error(Path(out_dir), foreign)
 
 
 def export_pipeline(
@@ -390,20 +393,65 @@ def _family_pipeline(family: Any, teacher: Any, student_dir: Path, spec: ExportS
     return spec, families.build_pipeline(family, teacher, network, scheduler)
 
 
-def _replace_folder_contents(tmp: Path, out_dir: Path) -> None:
-    """Moves the entries of `tmp` into `out_dir`, first removing the entries an earlier export listed in its
-    manifest (and same-named ones), then writes the new manifest. Nothing else in `out_dir` is touched."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = sorted(item.name for item in tmp.iterdir())
-    old = set()
+def _files_of(folder: Path, name: str) -> set[str]:
+    """The files of entry `name` of `folder` (itself, or every file below it), as paths relative to `folder`."""
+    target = folder / name
+    if target.is_dir() and not target.is_symlink():
+        return {p.relative_to(folder).as_posix() for p in target.rglob("*") if p.is_symlink() or not p.is_dir()}
+    return {name} if target.exists() or target.is_symlink() else set()
+
+
+def _earlier_export(out_dir: Path) -> tuple[set[str], set[str] | None]:
+    """(the entries an earlier export wrote in `out_dir`, the files it recorded inside them, or None for a manifest
+    from before files were recorded)."""
     manifest = out_dir / MANIFEST_NAME
     if manifest.is_file():
         try:
-            old = set(json.loads(manifest.read_text()).get("entries", []))
+            data = json.loads(manifest.read_text())
+            files = data.get("files")
+            return set(data.get("entries", [])), None if files is None else set(files)
         except (json.JSONDecodeError, AttributeError):
-            old = set()
-    elif is_earlier_export(out_dir):
-        old = set(LEGACY_ENTRIES)
+            return set(), set()
+    if is_earlier_export(out_dir):
+        return set(LEGACY_ENTRIES), None
+    return set(), set()
+
+
+def foreign_export_files(out_dir: str | Path, names) -> list[str]:
+    """The files among the entries `names` of `out_dir` that an export would replace but did not write: a user's
+    file put into an earlier export's `unet/`, or a user's same-named entry in a folder given with --overwrite."""
+    out_dir = Path(out_dir)
+    old, recorded = _earlier_export(out_dir)
+    foreign: set[str] = set()
+    for name in set(names) | old:
+        if "/" in name or name in ("", ".", ".."):
+            continue
+        if recorded is None and name in old:
+            continue  # an export from before files were recorded: its entries are taken as written by it
+        foreign |= _files_of(out_dir, name) - (recorded or set())
+    return sorted(foreign)
+
+
+def _foreign_error(out_dir: Path, foreign: list[str]) -> FileExistsError:
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return FileExistsError(
+        f"{out_dir}: {shown} {'was' if len(foreign) == 1 else 'were'} not written by sdtoolkit export and would be "
+        "replaced; move them away or export into another folder"
+    )
+
+
+def _replace_folder_contents(tmp: Path, out_dir: Path) -> None:
+    """Moves the entries of `tmp` into `out_dir`, first removing the entries an earlier export listed in its
+    manifest (and same-named ones), then writes the new manifest with every file it wrote. Nothing else in
+    `out_dir` is touched; a file of the user's among the entries to replace refuses the export before anything is
+    removed (`FileExistsError`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = sorted(item.name for item in tmp.iterdir())
+    foreign = foreign_export_files(out_dir, written)
+    if foreign:
+        shutil.rmtree(tmp)
+        raise _foreign_error(out_dir, foreign)
+    old, _ = _earlier_export(out_dir)
     for name in sorted(old | set(written)):
         if "/" in name or name in ("", ".", ".."):
             continue
@@ -415,7 +463,9 @@ def _replace_folder_contents(tmp: Path, out_dir: Path) -> None:
     for name in written:
         (tmp / name).replace(out_dir / name)
     tmp.rmdir()
-    manifest.write_text(json.dumps({"written_by": "sdtoolkit export", "entries": written}, indent=2) + "\n")
+    files = sorted(set().union(*(_files_of(out_dir, name) for name in written)))
+    record = {"written_by": "sdtoolkit export", "entries": written, "files": files}
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def write_model_card(out_dir: str | Path, spec: ExportSpec, training_config: dict[str, Any]) -> Path:

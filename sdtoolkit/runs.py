@@ -4,7 +4,8 @@ files atomically, and carries the run-stopping errors the CLI turns into one lin
 
 A claimed folder holds two hidden files beside the run's own: `.sdtoolkit.lock` (pid, hostname and start time of
 the process that holds it; a lock whose process is gone is stale and taken over) and `.sdtoolkit-manifest.json`
-(the kind of run and the top-level entries the toolkit created; everything else in the folder is the user's).
+(the kind of run, the top-level entries the toolkit created and every file it wrote inside those that are folders;
+everything else in the folder is the user's, a file the user puts into one of the run's folders included).
 
 Rules of `claim_output` (and of the read-only `inspect_output` the CLIs call before loading any model):
 
@@ -14,7 +15,9 @@ Rules of `claim_output` (and of the read-only `inspect_output` the CLIs call bef
   entries are deleted first); otherwise it is refused, naming `--resume` and `--overwrite`;
 - any other non-empty folder is refused unless `overwrite` is given; then the run writes beside the user's files,
   and refuses if one of the entries it writes (`reserved`) is already there and is not the toolkit's;
-- a folder locked by a live process is always refused.
+- a folder locked by a live process is always refused;
+- starting anew (`restart`, `overwrite`) or removing one of the run's folders deletes only the files the manifest
+  records; a file of the user's inside one of the run's folders refuses it, naming the file.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "RunError",
     "RunFolder",
     "RunInterrupted",
+    "a_kind",
     "atomic_output",
     "atomic_write_text",
     "check_new_files",
@@ -230,6 +234,42 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def a_kind(kind: str) -> str:
+    """'a text-to-3d', 'an image-to-3d': a run kind with its article, for messages."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
+def _files_under(folder: Path, names: Iterable[str]) -> set[str]:
+    """Every file (or link) inside the entries `names` of `folder` that are folders, as paths relative to `folder`."""
+    files = set()
+    for name in names:
+        top = folder / name
+        if top.is_dir() and not top.is_symlink():
+            files |= {p.relative_to(folder).as_posix() for p in top.rglob("*") if p.is_symlink() or not p.is_dir()}
+    return files
+
+
+def _foreign_files(folder: Path, names: Iterable[str]) -> list[str] | None:
+    """The files inside the run's folder entries `names` that its manifest does not record as the toolkit's (a
+    user's file put there), or None where the manifest cannot tell: written before files were recorded, or by a
+    run that never released the folder (killed: what it wrote after its last record is unrecorded, and is taken
+    as the toolkit's, as every file of its folders was before files were recorded)."""
+    manifest = read_manifest(folder)
+    if manifest is None or "files" not in manifest or not manifest.get("released", False):
+        return None
+    return sorted(_files_under(folder, names) - set(manifest["files"]))
+
+
+def _foreign_message(folder: Path, foreign: list[str]) -> str:
+    shown = ", ".join(str(folder / f) for f in foreign[:3]) + (
+        f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    )
+    return (
+        f"{shown} {'was' if len(foreign) == 1 else 'were'} not written by sdtoolkit but lie in a folder of its run, "
+        "which this command would delete (starting the run anew or replacing that folder); move them away first"
+    )
+
+
 def _entries(folder: Path) -> set[str]:
     if not folder.is_dir():
         return set()
@@ -239,11 +279,16 @@ def _entries(folder: Path) -> set[str]:
 class RunFolder:
     """A claimed output folder: holds its lock until `release`, and records the entries the toolkit creates."""
 
-    def __init__(self, path: Path, kind: str, owned: Iterable[str], preexisting: Iterable[str]):
+    def __init__(
+        self, path: Path, kind: str, owned: Iterable[str], preexisting: Iterable[str], foreign: Iterable[str] = ()
+    ):
         self.path = path
         self.kind = kind
         self.owned = set(owned)
         self.preexisting = set(preexisting) - self.owned
+        self.foreign = set(foreign)
+        """Files of the user's inside the run's folders when it was claimed (relative paths); any other file in
+        them is the toolkit's (the lock keeps anyone else from writing there)."""
         self.released = False
         atexit.register(self.release)
 
@@ -253,11 +298,14 @@ class RunFolder:
         name = Path(name).parts[0]
         return name in self.owned or name not in self.preexisting
 
-    def sync(self) -> None:
-        """Records every top-level entry created since the claim as the toolkit's; forgets deleted ones."""
+    def sync(self, released: bool = False) -> None:
+        """Records every top-level entry created since the claim as the toolkit's, and every file inside them but
+        the user's; forgets deleted ones. `released`: the run is done with the folder (`release`)."""
         present = _entries(self.path)
         self.owned = (self.owned & present) | (present - self.preexisting)
-        _write_json(self.path / MANIFEST_NAME, {"kind": self.kind, "owned": sorted(self.owned)})
+        files = sorted(_files_under(self.path, self.owned) - self.foreign)
+        record = {"kind": self.kind, "owned": sorted(self.owned), "files": files, "released": released}
+        _write_json(self.path / MANIFEST_NAME, record)
 
     def remove(self, name: str) -> None:
         """Deletes the toolkit's own entry `name` (file or folder); refuses an entry the user put there."""
@@ -266,6 +314,9 @@ class RunFolder:
             return
         if not self.owns(name):
             raise OutputFolderError(f"{target} was not written by sdtoolkit; it is left alone (move it away)")
+        foreign = sorted(f for f in self.foreign if f.startswith(f"{name}/") and (self.path / f).exists())
+        if foreign:
+            raise OutputFolderError(_foreign_message(self.path, foreign))
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         else:
@@ -278,7 +329,7 @@ class RunFolder:
         self.released = True
         with contextlib.suppress(OSError):
             if self.path.is_dir():
-                self.sync()
+                self.sync(released=True)
             info = read_lock(self.path)
             if info and info.get("pid") == os.getpid() and info.get("hostname") == socket.gethostname():
                 (self.path / LOCK_NAME).unlink()
@@ -337,18 +388,21 @@ def inspect_output(
         if resume:
             return "resume"
         if not has_checkpoint(folder) and not overwrite:
+            _refuse_foreign(folder, owned)
             return "restart"
     if resume:
-        raise OutputFolderError(f"{flag} {folder} is not a {kind} run folder of sdtoolkit; nothing to resume there")
+        raise OutputFolderError(
+            f"{flag} {folder} is not {a_kind(kind)} run folder of sdtoolkit; nothing to resume there"
+        )
     if not present:
         return "new"
     if owner == kind and not overwrite:
         raise OutputFolderError(
-            f"{flag} {folder} already holds a {kind} run: continue it with --resume {folder}, or start over with "
-            "--overwrite (deletes only the files sdtoolkit wrote there)"
+            f"{flag} {folder} already holds {a_kind(kind)} run: continue it with --resume {folder}, or start over "
+            "with --overwrite (deletes only the files sdtoolkit wrote there)"
         )
     if not overwrite:
-        what = f"holds a {owner} run" if owner else "is not empty and is not an sdtoolkit run folder"
+        what = f"holds {a_kind(owner)} run" if owner else "is not empty and is not an sdtoolkit run folder"
         raise OutputFolderError(
             f"{flag} {folder} {what}; choose a new or empty folder, or pass --overwrite to write beside its files "
             "(sdtoolkit deletes only files it wrote; --resume continues a run of the same kind)"
@@ -359,7 +413,14 @@ def inspect_output(
             f"{flag} {folder}: {', '.join(clashes)} {'is' if len(clashes) == 1 else 'are'} not sdtoolkit's and would "
             "be overwritten; move them away or choose another folder"
         )
+    _refuse_foreign(folder, owned)
     return "overwrite"
+
+
+def _refuse_foreign(folder: Path, owned: set[str]) -> None:
+    foreign = _foreign_files(folder, owned)
+    if foreign:
+        raise OutputFolderError(_foreign_message(folder, foreign))
 
 
 def claim_output(
@@ -410,7 +471,7 @@ def claim_output(
                 announce(f"{folder}: starting the {kind} run anew ({why}); removed sdtoolkit's own files of it")
             owned = owned & set(keep)
             present = _entries(folder)
-        run = RunFolder(folder, kind, owned, present - owned)
+        run = RunFolder(folder, kind, owned, present - owned, _foreign_files(folder, owned) or ())
         run.sync()
         return run
     except BaseException:

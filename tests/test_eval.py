@@ -131,7 +131,14 @@ def test_eval_cli_scores_a_folder_of_pngs(tmp_path, capsys, real):
     (folder / "prompts.txt").unlink()
     lines = [json.dumps({"file_name": f"{i:05d}.png", "text": prompts[i]}) for i in reversed(range(6))]
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    assert main(["eval", "--images", str(folder / "*.png"), "--reference-num", "0", "--out", str(out)]) == 0
+    before = out.read_text()
+    capsys.readouterr()
+    assert main(["eval", "--images", str(folder / "*.png"), "--reference-num", "0", "--out", str(out)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == before  # kept
+    assert (
+        main(["eval", "--images", str(folder / "*.png"), "--reference-num", "0", "--out", str(out), "--overwrite"])
+        == 0
+    )
     again = json.loads(out.read_text())["scores"]
     assert again["prompt_accuracy"] == scores["prompt_accuracy"] and "fd_shapes" not in again
 

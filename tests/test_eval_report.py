@@ -121,6 +121,12 @@ def test_eval_cli_report_and_compare(tmp_path, capsys, real):
     assert "95% interval" in printed and "all_attributes_accuracy" in printed
     saved = json.loads((tmp_path / "real.json").read_text())
     assert saved["scores"]["prompt_accuracy"] == saved["report"]["metrics"]["prompt_accuracy"]["value"]
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    for name in ("real", "noise"):  # strict JSON: a figure that could not be computed is null, not a bare NaN
+        json.loads((tmp_path / f"{name}.json").read_text(), parse_constant=no_constants)
     args = ["eval", "--compare", str(tmp_path / "real.json"), str(tmp_path / "noise.json"), "--bootstrap", "200"]
     assert main(args) == 0
     table = capsys.readouterr().out
@@ -164,3 +170,14 @@ def test_rescore_script_writes_a_table_with_intervals(tmp_path, capsys, real):
     table = capsys.readouterr().out.splitlines()[-1]
     assert table.startswith("| real | 12 | ") and "[" in table
     assert json.loads(out.read_text())["real"]["metrics"]["prompt_accuracy"]["n"] == 12
+
+
+def test_eval_writes_strict_json_and_compare_reads_it_back():
+    """`eval --out` wrote Python's bare NaN (not JSON) for a figure it could not compute; now null, which --compare
+    reads back as NaN."""
+    from sdtoolkit.cli.eval import _nan_for_null, strict_json
+
+    text = strict_json({"view_accuracy": float("nan"), "values": [1.0, float("inf")], "n": 3})
+    assert json.loads(text) == {"view_accuracy": None, "values": [1.0, None], "n": 3}
+    back = _nan_for_null(json.loads(text))
+    assert math.isnan(back["view_accuracy"]) and back["values"][0] == 1.0 and back["n"] == 3

@@ -175,7 +175,7 @@ def test_cards_say_what_guidance_and_the_default_call_mean(runs):
     assert "load_lora_weights" in lora and "TEACHER" in lora and "PATH/TO/TEACHER" not in lora
 
 
-def test_generate_uses_the_exports_trained_call(runs, tmp_path):
+def test_generate_uses_the_exports_trained_call(runs, tmp_path, capsys):
     for name in ("sid", "pcm", "flash-dmd"):
         export = runs[name] / "export"
         spec = json.loads((export / "export.json").read_text())
@@ -191,6 +191,30 @@ def test_generate_uses_the_exports_trained_call(runs, tmp_path):
     assert main([*args, "--steps", "3", "--guidance", "2", "--out", str(out)]) == 0
     settings = json.loads(out.with_suffix(".json").read_text())
     assert (settings["steps"], settings["guidance"]) == (3, 2.0)
+    # a training run folder given as --model: one line naming its export (was diffusers' "no file named ...")
+    capsys.readouterr()
+    bad = ["generate", "--model", str(runs["sid"]), "--prompt", "a red cube", "--out", str(tmp_path / "x.png")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"its exported pipeline is --model {runs['sid'] / 'export'}" in err[0], err
+
+
+def test_generate_images_dir_is_what_eval_scores(runs, tmp_path, capsys):
+    """`generate --images-dir` writes one PNG per image and prompts.txt in the order diffusers returns them, the
+    layout `eval --images` reads (a grid PNG is one image to eval: it used to be the only output)."""
+    folder = tmp_path / "samples"
+    args = ["generate", "--model", str(runs["sid"] / "export"), "--prompt", "a red cube, front view"]
+    args += ["--prompt", "a blue sphere, side view", "--num-images", "2", "--out", str(tmp_path / "grid.png")]
+    assert main([*args, "--images-dir", str(folder)]) == 0
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
+    assert (folder / "prompts.txt").read_text().splitlines() == ["a red cube, front view"] * 2 + [
+        "a blue sphere, side view"
+    ] * 2
+    capsys.readouterr()
+    assert main(["eval", "--images", str(folder), "--reference-num", "0", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["scores"]["num_images"] == 4
+    again = [*args[:-1], str(tmp_path / "grid2.png"), "--images-dir", str(folder)]
+    assert main(again) == 2 and "--images-dir" in capsys.readouterr().err  # a folder with files: refused
 
 
 @pytest.mark.parametrize(
@@ -252,6 +276,22 @@ def test_export_refuses_to_write_into_its_source_or_a_foreign_folder(runs, tmp_p
     assert main(["export", str(run), str(mine)]) == 0
     assert (mine / "my_samples.txt").read_text() == "also mine" and (mine / "notes.txt").is_file()
     assert (mine / "pytorch_lora_weights.safetensors").read_bytes() == before
+    # a file the user put INTO one of the export's folders is not the export's: refused, kept (it used to be
+    # deleted with the folder); the same for a user's entry named like one the export writes, even --overwrite
+    (mine / "unet" / "USER.txt").write_text("mine too")
+    capsys.readouterr()
+    assert main(["export", str(run), str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "unet/USER.txt was not written by sdtoolkit export" in err and len(err.strip().splitlines()) == 1, err
+    assert (mine / "unet" / "USER.txt").read_text() == "mine too"
+    (mine / "unet" / "USER.txt").unlink()
+    assert main(["export", str(run), str(mine)]) == 0  # the export's own files alone: replaced
+    theirs = tmp_path / "theirs"
+    (theirs / "vae").mkdir(parents=True)
+    (theirs / "vae" / "notes.md").write_text("a user's vae folder")
+    assert main(["export", str(run), str(theirs), "--overwrite"]) == 2
+    assert "vae/notes.md was not written" in capsys.readouterr().err
+    assert (theirs / "vae" / "notes.md").read_text() == "a user's vae folder"
 
 
 def test_padded_schedules_run_the_trained_steps_and_leave_the_rest_unchanged():

@@ -38,9 +38,27 @@ def test_teacher_offload_gives_the_same_losses(teacher, tmp_path):
     assert offloaded == plain
 
 
-def test_teacher_offload_refuses_a_lora_on_the_teacher_backbone(teacher, tmp_path):
+@pytest.mark.parametrize(
+    "method, extra, message",
+    [
+        ("sid", ["--fake-score", "lora"], "--fake-score lora"),
+        ("dmd2", [], "--fake-score lora"),  # DMD2's default fake score is the LoRA
+        ("lcm", ["--lora-rank", "4"], "a LoRA student (--lora-rank)"),
+    ],
+)
+def test_teacher_offload_refuses_a_lora_on_the_teacher_backbone(teacher, tmp_path, capsys, method, extra, message):
+    """Refused by the CLI in one line before anything is written (it used to be a traceback from the loop, after the
+    output folder, its cache and config.json were written)."""
+    out = tmp_path / "c"
+    capsys.readouterr()
+    assert main(_args(teacher, out, method, *extra, "--teacher-offload")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--teacher-offload" in err[0] and message in err[0], err
+    assert not out.exists()
+    # the loop's own guard stays for a caller that builds the networks itself
+    unet = tiny_unet()
     with pytest.raises(ValueError, match="share the teacher's weights"):
-        _run(teacher, tmp_path / "c", "sid", "--fake-score", "lora", "--teacher-offload")
+        offload_teacher(unet, {"student": unet}, "cpu")
 
 
 def test_offload_moves_weights_only_for_the_forward():

@@ -359,7 +359,7 @@ def test_a_compiled_nerfacto_teacher_renders_the_same_and_a_teacher_it_cannot_co
     torch.testing.assert_close(render_views(teacher, cameras, resolution=12), eager, atol=1e-6, rtol=0)
     assert counters["stats"]["unique_graphs"] > graphs  # compiled, not run eagerly
     assert "compile_teacher" in PVDConfig.RESUMABLE
-    with pytest.raises(TeacherError, match="TEACHER is none"):
+    with pytest.raises(TeacherError, match="this TEACHER is an sdtoolkit asset"):
         teacher_config(PVDConfig(compile_teacher=True), NeRF(NeRFConfig()))
     # the default: on for a nerfstudio teacher where torch.compile can run, off for an sdtoolkit teacher
     assert teacher_config(PVDConfig(), teacher).compile_teacher is True

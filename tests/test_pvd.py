@@ -453,6 +453,22 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
     assert main(["convert-nerf", "--resume", str(out), "--steps", "8", "--quiet", "--mesh-resolution", "16",
                  "--video-frames", "2", "--eval-views", "2"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["steps"] == 8
+    # README: a run's saved config.json is a valid --config (it used to be refused: unknown keys pvd, teacher, ...)
+    again = tmp_path / "again"
+    assert main(["convert-nerf", "--config", str(out / "config.json"), "--output", str(again)]) == 0
+    saved, repeated = (json.loads((d / "config.json").read_text()) for d in (out, again))
+    assert repeated["teacher"] == saved["teacher"] and repeated["pvd"] == saved["pvd"]
+    assert repeated["command"]["output"] == str(again)
+    assert {k: v for k, v in repeated["command"].items() if k not in ("output", "teacher")} == {
+        k: v for k, v in saved["command"].items() if k not in ("output", "teacher")
+    }
+    assert "note:" not in capsys.readouterr().err  # 8 steps reach stage 3 (after --stage2-steps 4)
+    short = tmp_path / "short"  # a run too short for every stage says so (it used to report a fine PSNR silently)
+    assert main(["convert-nerf", "--config", str(out / "config.json"), "--output", str(short), "--steps", "2"]) == 0
+    assert "note: --steps 2 ends in PVD stage 1 (volume features)" in capsys.readouterr().err
+    # eval-3d of a conversion finds the prompt in its teacher's config (it used to ask for --prompt)
+    assert main(["eval-3d", str(out), "--out", str(tmp_path / "scores.json")]) == 0
+    assert json.loads((tmp_path / "scores.json").read_text())["objects"][0]["prompt"] == "a red cube"
 
 
 def test_a_run_saved_before_a_field_existed_is_not_resumed_with_its_new_default(teacher_dir, tmp_path, capsys):
@@ -490,6 +506,7 @@ def test_a_run_saved_before_a_field_existed_is_not_resumed_with_its_new_default(
         ("missing", [], "no such file or folder"),
         (None, ["--steps", "0"], "--steps 0: must be >= 1"),
         (None, ["--cache-refresh", "2"], "--cache-refresh 2 needs --teacher-cache N > 0"),
+        (None, ["--density-clip", "7", "-2"], "density_clip = [7.0, -2.0]: need min < max"),
     ],
 )
 def test_bad_inputs_fail_before_writing(teacher_dir, tmp_path, capsys, setup_teacher, extra, message):
@@ -512,6 +529,28 @@ def test_bad_inputs_fail_before_writing(teacher_dir, tmp_path, capsys, setup_tea
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("given", ["folder", "checkpoint"])
+def test_an_output_that_is_the_teachers_folder_is_refused_and_the_teacher_kept(
+    teacher_dir, tmp_path, capsys, overwrite, given
+):
+    """--output pointing at the teacher's own folder used to replace the teacher with its student under --overwrite
+    (and its config then named itself as teacher): refused in one line, nothing of the teacher changed."""
+    import shutil
+
+    from sdtoolkit.cli import main
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    before = {p: p.read_bytes() for p in teacher.rglob("*") if p.is_file()}
+    source = teacher if given == "folder" else teacher / "checkpoint.safetensors"
+    capsys.readouterr()
+    assert main(["convert-nerf", str(source), "--output", str(teacher), "--steps", "2", *overwrite]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the teacher's own folder" in err[0], err
+    assert {p: p.read_bytes() for p in teacher.rglob("*") if p.is_file()} == before
 
 
 def test_text_to_3d_representation_flag():

@@ -105,6 +105,9 @@ def test_a_diverging_run_stops_without_exporting_and_keeps_its_last_good_checkpo
     from safetensors.torch import load_file
 
     assert all(torch.isfinite(t).all() for t in load_file(str(last / "model.safetensors")).values())
+    # the message's advice can be followed as written (it used to name --resume, which refuses a new rate)
+    assert "rerun the command with a lower learning rate and --overwrite" in err
+    assert distill(assets, run, "--max-steps", "2", "--learning-rate", "1e-3", "--overwrite", "--no-export") == 0
 
 
 def test_a_skipped_update_changes_no_weight_ema_or_optimizer_state(assets, tmp_path, monkeypatch):
@@ -194,6 +197,56 @@ def test_a_users_folder_is_refused_and_nothing_of_it_is_touched(assets, tmp_path
     (other / "later.txt").write_text("added after the run")
     assert distill(assets, other, "--max-steps", "1", "--no-export", "--overwrite") == 0
     assert (other / "later.txt").is_file() and (other / "notes.txt").is_file()
+
+
+def test_a_users_file_inside_a_runs_folder_refuses_overwrite_and_survives(assets, tmp_path, capsys):
+    """The manifest records every file a run writes inside its folders: --overwrite (and the re-export that replaces
+    export/) deletes those and refuses, naming it, a file the user put there since (it used to be deleted with the
+    folder)."""
+    run = tmp_path / "run"
+    assert distill(assets, run, "--max-steps", "1", "--checkpoint-every", "1") == 0
+    manifest = json.loads((run / ".sdtoolkit-manifest.json").read_text())
+    assert any(f.startswith("export/") for f in manifest["files"]) and "student" in manifest["owned"]
+    assert manifest["released"] is True
+    mine = run / "export" / "USER.txt"
+    mine.write_text("mine")
+    for extra in (["--overwrite"], ["--resume", str(run)]):  # starting anew; a resume's re-export replacing export/
+        capsys.readouterr()
+        assert distill(assets, run, "--max-steps", "1", *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert str(mine) in err and "move them away" in err and "Traceback" not in err, err
+        assert mine.read_text() == "mine"
+    mine.unlink()
+    assert distill(assets, run, "--max-steps", "1", "--overwrite") == 0  # the run's own files alone: allowed
+    # a run killed before it released the folder left files it never recorded: they are the toolkit's (as every
+    # file in its folders was before files were recorded), so --overwrite is not blocked by them
+    manifest = json.loads((run / ".sdtoolkit-manifest.json").read_text())
+    (run / ".sdtoolkit-manifest.json").write_text(json.dumps({**manifest, "released": False}))
+    (run / "export" / "written_before_the_kill.bin").write_bytes(b"x")
+    assert distill(assets, run, "--max-steps", "1", "--overwrite") == 0
+    assert not (run / "export" / "written_before_the_kill.bin").exists()
+
+
+def test_resume_refuses_an_older_checkpoint_and_fewer_steps_than_trained(assets, straight, tmp_path, capsys):
+    """Resuming from step_2 of a run that holds step_4 used to train a second history into the same folder (the
+    keep-newest pruning then deleted step_2, and a later --resume continued the stale step_4); --max-steps below
+    the trained steps used to be accepted and recorded in config.json. Both are refused in one line, nothing
+    changed."""
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for resume, steps, message in [
+        (run / "checkpoints" / "step_000002", "3", "also holds step_000004, newer than step_000002"),
+        (run, "2", "--max-steps 2 is below the 4 steps the run has trained"),
+    ]:
+        capsys.readouterr()
+        assert distill(assets, run, "--resume", str(resume), "--max-steps", steps, "--checkpoint-every", "2") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    capsys.readouterr()  # the same --max-steps on a finished run: said, not silent
+    assert distill(assets, run, "--resume", str(run), "--max-steps", "4", "--no-export") == 0
+    assert "already trained its --max-steps 4: nothing to train" in capsys.readouterr().out
 
 
 def test_a_live_lock_refuses_a_second_run_and_a_dead_one_is_stale(assets, tmp_path, capsys):

@@ -331,6 +331,9 @@ def test_cli_smoke_per_method(method, tiny_prior, tmp_path, capsys):
         (["a red cube", "--method", "nerf"], "unknown --method 'nerf'"),
         (["--method", "semantic-sds"], "needs --layout"),
         (["a red cube", "--weighting", "magic"], "unknown --weighting"),
+        # a check spanning fields of the top-level config: no empty key before it (was "error: : vertex_colours")
+        (["a red cube", "--vertex-colours", "delit", "--nerf.shading", "lambert"], "error: vertex_colours 'delit'"),
+        (["a red cube", "--cameras.azimuth-range", "10", "-10"], "azimuth_range = [10.0, -10.0]: need min <= max"),
     ],
 )
 def test_cli_rejects_bad_input_in_one_line(args, message, capsys):
@@ -339,6 +342,27 @@ def test_cli_rejects_bad_input_in_one_line(args, message, capsys):
     assert main(["text-to-3d", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torch sees no CUDA device")
+@pytest.mark.parametrize("command", ["text-to-3d", "image-to-3d"])
+@pytest.mark.parametrize("device, message", [("cuda", "torch sees no CUDA device"), ("tpu", "is not supported")])
+def test_cli_refuses_a_device_torch_cannot_use_before_writing(command, device, message, tmp_path, capsys):
+    """--device cuda on a CPU-only torch used to end in a traceback after the output folder was claimed."""
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "run"
+    first = ["a red cube"] if command == "text-to-3d" else [str(tmp_path / "front.png"), "--prompt", "a red cube"]
+    if command == "image-to-3d":
+        from PIL import Image
+
+        image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        image.paste((255, 0, 0, 255), (20, 20, 44, 44))
+        image.save(tmp_path / "front.png")
+    assert main([command, *first, "--output", str(out), "--device", device, "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device" in err and device in err and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
 
 
 def test_cli_rejects_box_outside_scene(tmp_path, capsys):
@@ -403,6 +427,68 @@ def test_cli_reports_a_field_without_surface_in_one_line_and_keeps_the_trained_r
     low, high = map(float, re.search(r"densities span (\S+) to (\S+)\)", ours[0]).groups())
     assert main([*common, "--steps", "2", "--resume", "--iso-level", str((low + high) / 2)]) == 0  # re-export only
     assert (out / "mesh.glb").exists() and json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_cli_re_exports_keep_the_folder_and_its_config_consistent(tiny_prior, tmp_path, capsys):
+    """A re-export that finds no surface leaves config.json's export settings as they were (it used to record the
+    failing --iso-level, which every later --resume then reused); --steps below the trained steps is refused; a
+    re-export with fewer --formats removes the run's older mesh files (eval-3d used to score a stale mesh.glb)."""
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "run"
+    common = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--output", str(out), "--quiet"]
+    common += ["--preset", "tiny", "--mesh-resolution", "16", "--video-frames", "2", "--steps", "2"]
+    assert main(common) == 0
+    assert all((out / f"mesh.{fmt}").is_file() for fmt in ("glb", "obj", "ply"))
+    assert json.loads((out / "config.json").read_text())["iso_level"] is None
+    # the export settings are kept beside the run, so a bare --resume re-exports as the run did (it used to fall
+    # back to a 96-cell grid and 36 frames)
+    saved = json.loads((out / "config.json").read_text())["command"]
+    assert saved == {"mesh_resolution": 16, "formats": "glb,obj,ply", "uv_texture": False, "video_frames": 2}
+    first = json.loads((out / "summary.json").read_text())["mesh_vertices"]
+    assert main(["text-to-3d", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["mesh_vertices"] == first
+    capsys.readouterr()
+    assert main([*common, "--resume", "--iso-level", "1e9"]) == 1
+    assert "`--iso-level none`" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["iso_level"] is None  # not the failing 1e9
+    assert main([*common[:-2], "--steps", "1", "--resume"]) == 2
+    assert "--steps 1 is below the 2 steps the run" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["steps"] == 2
+    for kind, said in [("convert-nerf", "a convert-nerf"), ("image-to-3d", "an image-to-3d")]:
+        other = tmp_path / kind  # another kind of run: one line naming it, not the other run's config keys
+        other.mkdir()
+        (other / ".sdtoolkit-manifest.json").write_text(json.dumps({"kind": kind, "owned": []}))
+        assert main(["text-to-3d", "--resume", str(other)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"holds {said} run, not a text-to-3d run" in err[0], err
+    assert main([*common, "--resume", "--formats", "ply"]) == 0
+    assert (out / "mesh.ply").is_file() and not (out / "mesh.glb").exists() and not (out / "mesh.obj").exists()
+    assert json.loads((out / "summary.json").read_text())["mesh"] == [str(out / "mesh.ply")]
+
+
+def test_uv_texture_files_are_named_after_the_mesh_and_a_users_files_survive(tiny_prior, tmp_path):
+    """A textured OBJ used to write trimesh's material.mtl / material_0.png, replacing a user's files of those
+    names even under --overwrite (which keeps the user's files): now mesh_textured.mtl / .png, the run's own."""
+    pytest.importorskip("xatlas")
+    import trimesh
+
+    from sdtoolkit.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("material.mtl", "material_0.png", "notes.txt"):
+        (out / name).write_text(f"user's {name}")
+    args = ["text-to-3d", "a red cube", "--prior", str(tiny_prior), "--output", str(out), "--quiet", "--overwrite"]
+    args += ["--preset", "tiny", "--mesh-resolution", "16", "--video-frames", "2", "--steps", "2", "--uv-texture"]
+    assert main(args) == 0
+    for name in ("material.mtl", "material_0.png", "notes.txt"):
+        assert (out / name).read_text() == f"user's {name}"
+    assert "map_Kd mesh_textured.png" in (out / "mesh_textured.mtl").read_text()
+    loaded = trimesh.load(out / "mesh_textured.obj", force="mesh")
+    assert loaded.visual.uv.shape == (len(loaded.vertices), 2)
+    owned = json.loads((out / ".sdtoolkit-manifest.json").read_text())["owned"]
+    assert "mesh_textured.png" in owned and "material_0.png" not in owned
 
 
 def test_cli_names_the_3d_extra_when_mesh_libraries_are_missing(monkeypatch, capsys):
@@ -599,3 +685,15 @@ def test_opacity_colours_benchmark_scores_a_finished_run(tiny_prior, tmp_path, c
         assert set(row[rule]) == {"render_view_accuracy", "colour_accuracy", "volume_iou", "chamfer"}
     assert row["old"]["volume_iou"] == row["new"]["volume_iou"]  # the same mesh; only its colours differ
     assert opacity_colours.main([]) == 2
+
+
+def test_section_flags_with_underscores_also_take_hyphens():
+    """`--mesh_refine.*` and `--novel_cameras.*` are also spelled with hyphens, like every other flag."""
+    from sdtoolkit.cli import build_parser
+    from sdtoolkit.cli.text_to_3d import resolve
+
+    for flag in ("--mesh_refine.steps", "--mesh-refine.steps"):
+        config, *_ = resolve(build_parser().parse_args(["text-to-3d", "a red cube", flag, "3"]))
+        assert config.mesh_refine.steps == 3
+    args = build_parser().parse_args(["image-to-3d", "x.png", "--novel-cameras.batch-size", "2"])
+    assert args.__dict__[next(k for k in vars(args) if k.endswith("novel_cameras.batch_size"))] == 2

@@ -234,6 +234,11 @@ class DistributionMatchingMethod(DistillationMethod):
             raise ValueError(f"--num-steps {config.num_steps}: choose 1 to 8 student steps")
         if config.fake_score not in ("lora", "full"):
             raise ValueError(f"--fake-score {config.fake_score!r}: choose lora or full")
+        if config.fake_score == "lora" and train.teacher_offload:
+            raise ValueError(
+                "--teacher-offload with --fake-score lora: the LoRA fake score trains on the teacher's own backbone, "
+                "so the teacher cannot leave the device; use --fake-score full or drop --teacher-offload"
+            )
         if config.fake_updates_per_generator < 1:
             raise ValueError(f"--fake-updates-per-generator {config.fake_updates_per_generator} must be at least 1")
         if not 0.0 <= config.min_t < config.max_t <= 1.0:

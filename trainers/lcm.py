@@ -272,6 +272,12 @@ class LCM(DistillationMethod):
                 f"--lora-rank {config.lora_rank} must be a positive integer (LCM-LoRA uses 64); "
                 "omit it to distil a full UNet"
             )
+        if config.lora_rank is not None and train.teacher_offload:
+            raise ValueError(
+                "--teacher-offload with a LoRA student (--lora-rank): the LoRA trains on the teacher's own backbone, "
+                "so the teacher cannot leave the device; drop --teacher-offload (the LoRA is already the "
+                "memory-light setting) or distil a full student"
+            )
         if config.lora_rank is not None and config.w_embedding:
             raise ValueError("--w-embedding needs a full student (a LoRA cannot add the embedding); drop --lora-rank")
         if config.phases < 1 or config.phases > config.num_ddim_timesteps:

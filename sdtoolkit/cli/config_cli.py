@@ -51,6 +51,62 @@ def fail(lines: list[str]) -> None:
 
 
 @functools.cache
+def check_device(device: str, flag: str = "--device") -> None:
+    """A torch device this process can use: cpu, or cuda / cuda:N where torch sees a CUDA device (CLIError, one
+    line, otherwise; a CPU-only torch wheel used to end a 3D run in a traceback after claiming its folder)."""
+    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+        raise CLIError(f"{flag} {device!r} is not supported; use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"{flag} {device}: torch sees no CUDA device here (a CPU-only build?); use {flag} cpu")
+
+
+EXPORT_COMMAND_KEYS = ("mesh_resolution", "formats", "uv_texture", "video_frames")
+"""The 3D commands' export settings a run's config.json keeps under "command" (a `--resume` re-exports with them)."""
+
+
+def export_settings(command: Any) -> dict[str, Any]:
+    """The `EXPORT_COMMAND_KEYS` of a 3D command's settings that it has, for config.json's "command"."""
+    return {key: getattr(command, key) for key in EXPORT_COMMAND_KEYS if hasattr(command, key)}
+
+
+def resumed_command(cls: type, stored: dict, values: dict, names: dict[str, str]) -> Any:
+    """A resumed 3D run's command settings: the export settings its config.json keeps under "command" (popped from
+    `stored`), overridden by this call's `values`."""
+    kept = stored.pop("command", None) or {}
+    kept = {key: value for key, value in kept.items() if key in EXPORT_COMMAND_KEYS} if isinstance(kept, dict) else {}
+    return build_section(cls, merge(kept, values), "command", names)
+
+
+def check_resumed_kind(output: Path, kind: str) -> None:
+    """`--resume DIR` of a folder that holds another kind of run (its manifest says so): one line naming the kind
+    and the command that resumes it, instead of a list of the other run's unknown config keys."""
+    from sdtoolkit.runs import a_kind, read_manifest
+
+    other = (read_manifest(output) or {}).get("kind")
+    if other and other != kind:
+        raise CLIError(
+            f"--resume: {str(output)!r} holds {a_kind(other)} run, not {a_kind(kind)} run; continue it with "
+            f"`sdtoolkit {other}{' METHOD' if other == 'distill' else ''} --resume {output}`"
+        )
+
+
+def check_resumed_steps(output: Path, steps: int, state_file: str = "checkpoint.json") -> None:
+    """A resumed 3D run's `--steps` is at least the steps its checkpoint has trained (else its config.json would
+    record fewer steps than the asset had); CLIError naming both otherwise."""
+    try:
+        trained = int(json.loads((Path(output) / state_file).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a torn or missing state is reported by the loader with its own message
+    if steps < trained:
+        raise CLIError(
+            f"--steps {steps} is below the {trained} steps the run in {str(output)!r} has trained; give --steps "
+            f"{trained} or more (the same number re-exports without training)"
+        )
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each dataclass field (nerfstudio/tyro style), from the source of `cls` and its bases."""
     docs: dict[str, str] = {}
@@ -147,6 +203,8 @@ def add_flags(
             "help": help_text(docs.get(f.name, ""), shown, bounds.get(f.name)),
         }
         options = [*aliases.get(dotted, ()), option]  # a short alias, if any, names the flag in messages
+        if "_" in prefix:  # `--mesh_refine.steps` is also `--mesh-refine.steps`, as every other flag is spelled
+            options.append(flag_of(prefix.replace("_", "-"), f.name))
         if dotted in positional:
             del kwargs["dest"]
             group.add_argument(DEST + dotted, nargs="?", metavar=positional[dotted], **kwargs)

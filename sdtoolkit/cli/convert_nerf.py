@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -86,8 +87,20 @@ def resolve(args: argparse.Namespace):
     names: dict[str, str] = getattr(args, "config_names", {})
     requested = config_cli.given(args)
     if getattr(args, "config", None) is not None:
-        valid = (*[f.name for f in dataclasses.fields(PVDConfig)], "command")
-        requested = config_cli.merge(config_cli.read_config_file(args.config, valid), requested)
+        fields = [f.name for f in dataclasses.fields(PVDConfig)]
+        saved_keys = ("pvd", "teacher", "nerf", "background")  # a conversion's own config.json
+        loaded = config_cli.read_config_file(args.config, (*fields, "command", *saved_keys))
+        if "pvd" in loaded:  # a run's config.json: its PVD settings, teacher and command; 'nerf' and 'background'
+            # follow from the teacher and --to, and compile_teacher is resolved on each machine (as on resume)
+            if not isinstance(loaded["pvd"], dict) or not isinstance(loaded.get("command") or {}, dict):
+                raise CLIError(f"--config {args.config}: 'pvd' and 'command' must be objects of settings")
+            command_values = dict(loaded.get("command") or {})
+            command_values["teacher"] = command_values.get("teacher") or loaded.get("teacher")
+            loaded = {**{k: v for k, v in loaded["pvd"].items() if k != "compile_teacher"}, "command": command_values}
+        elif any(key in loaded for key in saved_keys):
+            found = ", ".join(key for key in saved_keys if key in loaded)
+            raise CLIError(f"--config {args.config}: {found} belong to a run's config.json, which also has 'pvd'")
+        requested = config_cli.merge(loaded, requested)
     command = config_cli.build_section(ConvertNerfCommand, requested.pop("command", {}), "command", names)
     resume = getattr(args, "resume", None)
     if resume and command.output is not None and Path(resume) != Path(command.output):
@@ -123,6 +136,12 @@ def resolve(args: argparse.Namespace):
         requested = config_cli.merge({k: v for k, v in stored_pvd.items() if k != "compile_teacher"}, requested)
     if teacher is None:
         raise CLIError("give TEACHER: a text-to-3d or convert-nerf output folder (or its checkpoint.safetensors)")
+    teacher_folder = Path(teacher) if Path(teacher).is_dir() else Path(teacher).parent
+    if output.resolve() == teacher_folder.resolve():
+        raise CLIError(
+            f"--output {str(output)!r} is the teacher's own folder; the converted asset needs another folder (the "
+            "teacher's files would be replaced)"
+        )
     config = config_cli.build_section(PVDConfig, requested, "", names)
     if config.stage1_steps > config.stage2_steps:
         raise CLIError(
@@ -150,6 +169,13 @@ def run(args: argparse.Namespace) -> int:
     except TeacherError as error:
         raise CLIError(str(error)) from None
     check_output_folder(config, output, resume)  # OutputFolderError: one line, nothing written
+    if config.steps <= config.stage2_steps:  # the stages are absolute step counts, so a short run skips the last
+        ends = "1 (volume features)" if config.steps <= config.stage1_steps else "2 (density and colour)"
+        print(
+            f"note: --steps {config.steps} ends in PVD stage {ends}: stage 2 starts after --stage1-steps "
+            f"{config.stage1_steps}, stage 3 (rendered colour) after --stage2-steps {config.stage2_steps}",
+            file=sys.stderr,
+        )
     summary = convert(
         config,
         teacher,

@@ -124,6 +124,13 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
                 f"--resume {resume}: the run has no checkpoint yet (checkpoints/step_N); rerun the same command "
                 "without --resume to start it again in place"
             )
+        newest = latest_checkpoint(run_dir)
+        if newest is not None and newest != checkpoint:
+            raise CLIError(
+                f"--resume {resume}: the run also holds {newest.name}, newer than {checkpoint.name}; continuing from "
+                f"the older one would mix two training histories in {run_dir} (losses, samples, checkpoints): resume "
+                "the newest, or copy the run folder and delete the newer checkpoints in the copy"
+            )
         stored = {"train": {**stored.get("train", {}), "output": str(run_dir)}, name: stored.get(name, {})}
 
     requested: dict[str, Any] = {}
@@ -159,6 +166,11 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, Path | None, dict[
     if errors:
         config_cli.fail(errors)
     train, method_config = sections
+    if checkpoint is not None and train.max_steps < int(checkpoint.name[5:]):
+        raise CLIError(
+            f"--max-steps {train.max_steps} is below the {int(checkpoint.name[5:])} steps the run has trained "
+            f"({checkpoint}); give --max-steps {int(checkpoint.name[5:])} or more (the same number re-exports)"
+        )
     from sdtoolkit import __version__
 
     resolved = {

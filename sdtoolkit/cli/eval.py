@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -78,11 +79,47 @@ class EvalCommand:
     """Images per classifier forward pass."""
     device: str = "cpu"
     """torch device of the classifier, e.g. cpu or cuda."""
+    overwrite: bool = False
+    """Replace an existing --out file (without it an existing file is refused before any work)."""
+
+
+def strict_json(value) -> str:
+    """JSON that strict parsers accept: a figure that could not be computed (NaN, e.g. a view accuracy with no
+    distinguishable view) is written as null, not as the bare NaN Python's json writes."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"
+
+
+def _nan_for_null(value):
+    """The inverse of `strict_json` for a saved report: null figures back to NaN (older files hold bare NaN)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(x) for k, x in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(x) for x in value]
+    return value
 
 
 def run(args) -> int:
     config = config_cli.resolve_flat(args, EvalCommand, "eval")
     args.no_diversity = not args.diversity
+    if args.out:
+        from sdtoolkit.runs import OutputFolderError, check_new_files
+
+        try:
+            check_new_files([args.out], overwrite=args.overwrite)
+        except OutputFolderError as error:
+            raise CLIError(str(error)) from None
     if args.compare:
         return run_compare(args)
     if args.clips is not None:
@@ -143,7 +180,7 @@ def run(args) -> int:
         result["report"] = report
         result["config"] = config_cli.to_dict(config)  # the resolved settings (`--config` takes this object back)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out).write_text(strict_json(result))
         print(f"wrote {args.out}")
     return 0
 
@@ -198,7 +235,7 @@ def run_clips(args, config) -> int:
         result["report"] = report
         result["config"] = config_cli.to_dict(config)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out).write_text(strict_json(result))
         print(f"wrote {args.out}")
     return 0
 
@@ -215,7 +252,7 @@ def run_compare(args) -> int:
             raise CLIError(f"--compare: cannot read {path!r} as JSON ({error})") from error
         if "report" not in data:
             raise CLIError(f"--compare: {path!r} has no report; write it with `sdtoolkit eval --images ... --out`")
-        reports.append(data["report"])
+        reports.append(_nan_for_null(data["report"]))
     comparison = compare_reports(*reports, num_resamples=args.bootstrap)
     print(
         f"A = {args.compare[0]} ({reports[0]['num_images']} images), B = {args.compare[1]} "
@@ -224,7 +261,7 @@ def run_compare(args) -> int:
     print(format_comparison(comparison))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"a": args.compare[0], "b": args.compare[1], **comparison}, indent=2))
+        Path(args.out).write_text(strict_json({"a": args.compare[0], "b": args.compare[1], **comparison}))
         print(f"wrote {args.out}")
     return 0
 

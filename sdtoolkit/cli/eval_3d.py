@@ -70,7 +70,10 @@ def _resolve_inputs(args) -> tuple[Path, str | None, dict | None]:
     if path.is_dir():
         if (path / "config.json").is_file():
             config = json.loads((path / "config.json").read_text())
-        path = path / "mesh.glb"
+        # the run's mesh in the first format it was exported in (mesh.glb unless --formats left it out)
+        path = next(
+            (path / f"mesh.{f}" for f in ("glb", "obj", "ply") if (path / f"mesh.{f}").is_file()), path / "mesh.glb"
+        )
     if not path.is_file():
         raise CLIError(f"no mesh at {str(path)!r}; give a .glb/.obj/.ply file or a text-to-3d output folder")
     if path.suffix.lower() not in MESH_SUFFIXES:
@@ -82,6 +85,13 @@ def _resolve_inputs(args) -> tuple[Path, str | None, dict | None]:
         except (OSError, ValueError) as error:
             raise CLIError(f"--layout {args.layout!r}: {error}") from error
     prompt = args.prompt if args.prompt is not None else (config.get("prompt") or None)
+    if prompt is None and layout is None and isinstance(config.get("teacher"), str):  # a convert-nerf folder
+        teacher = Path(config["teacher"])
+        teacher = teacher if teacher.is_dir() else teacher.parent
+        try:
+            prompt = json.loads((teacher / "config.json").read_text()).get("prompt") or None
+        except (OSError, ValueError, AttributeError):
+            prompt = None
     if layout is None and prompt is None:
         raise CLIError("give --prompt 'a <colour> <shape>' (or a text-to-3d folder whose config.json has one)")
     if args.true_cameras is not None and not (path.parent / "summary.json").is_file():

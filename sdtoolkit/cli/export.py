@@ -17,11 +17,11 @@ class ExportCommand:
     run_dir: str | None = None
     """A finished run folder (with config.json and student/)."""
     out_dir: str | None = None
-    """The folder to write: new, empty, or an earlier export (whose files are replaced). Never RUN_DIR, its
-    student/ or a folder containing them."""
+    """The folder to write: new, empty, or an earlier export (the files it wrote are replaced; a file of yours put
+    among them, e.g. into its unet/, refuses the export). Never RUN_DIR, its student/ or a folder containing them."""
     overwrite: bool = False
-    """Write into a non-empty OUT_DIR that is not an earlier export, replacing only entries of the same names as
-    the export's (model_index.json, unet/, vae/, ...)."""
+    """Write into a non-empty OUT_DIR that is not an earlier export, beside its files; refused if one of the
+    export's entries (model_index.json, unet/, vae/, README.md, ...) is already there."""
 
 
 def add_parser(subparsers) -> None:

@@ -75,10 +75,14 @@ class GenerateConfig:
     motion modules take)."""
     clips_dir: str | None = None
     """Video models: also write each clip as its own GIF with prompts.txt into this folder (for eval --clips)."""
+    images_dir: str | None = None
+    """Image models: also write each image as its own PNG (00000.png, ...) with prompts.txt, one line per image,
+    into this folder: the layout `sdtoolkit eval --images` scores (a grid PNG is one image to it)."""
     device: str = "cpu"
     """torch device to sample on."""
     overwrite: bool = False
-    """Replace an existing --out PNG and its settings JSON."""
+    """Replace an existing --out PNG and its settings JSON (and --images-dir / --clips-dir files of the same
+    names)."""
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -98,6 +102,10 @@ def _check_args(args: argparse.Namespace) -> None:
         check_new_files((args.out, args.out.with_suffix(".json")), overwrite=getattr(args, "overwrite", False))
     except OutputFolderError as error:
         raise CLIError(f"--out {args.out}: {error} (or choose another --out)") from None
+    images_dir = getattr(args, "images_dir", None)
+    if images_dir is not None and Path(images_dir).is_dir() and any(Path(images_dir).iterdir()):
+        if not getattr(args, "overwrite", False):
+            raise CLIError(f"--images-dir {images_dir} is not empty; choose a new folder or pass --overwrite")
     if args.device not in ("cpu", "cuda", "mps") and not args.device.startswith("cuda:"):
         raise CLIError(f"--device {args.device!r} is not a torch device; use cpu, cuda, cuda:N or mps")
     if args.device.startswith("cuda"):
@@ -144,6 +152,15 @@ def run(args: argparse.Namespace) -> int:
         resolve_model_id(args.model)
     except (ValueError, ModelNotAvailableError) as error:
         raise CLIError(f"--model {args.model}: {error}") from None
+    folder = Path(args.model)
+    if folder.is_dir() and not (folder / "model_index.json").is_file():
+        exported = folder / "export"
+        hint = (
+            f"it is a training run; its exported pipeline is --model {exported}"
+            if (exported / "model_index.json").is_file()
+            else "give a diffusers pipeline folder (`sdtoolkit export RUN DIR` writes one from a training run)"
+        )
+        raise CLIError(f"--model {args.model}: no model_index.json there; {hint}")
     spec = _export_call(args.model)
     trained = spec.call_arguments() if spec is not None else {}
     steps = args.steps if args.steps is not None else trained.get("num_inference_steps", DEFAULT_STEPS)
@@ -159,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if "timesteps" not in extra:
         _check_steps(pipeline, steps)
     if type(pipeline).__name__ == "AnimateDiffPipeline":
+        if args.images_dir is not None:
+            raise CLIError(f"--model {args.model} is a video model: --images-dir is for images, use --clips-dir")
         return _run_video(args, pipeline, spec, steps, guidance, extra)
     if args.out.suffix.lower() == ".gif" or args.num_frames is not None or args.clips_dir is not None:
         raise CLIError(
@@ -207,6 +226,12 @@ def run(args: argparse.Namespace) -> int:
     settings_path = args.out.with_suffix(".json")
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     print(f"wrote {args.out} ({len(args.prompts)} rows x {args.num_images} images) and {settings_path}")
+    if args.images_dir is not None:
+        from sdtoolkit.eval.images import save_images
+
+        # diffusers orders a batch prompt by prompt, num_images_per_prompt each
+        save_images(images, args.images_dir, [p for p in args.prompts for _ in range(args.num_images)])
+        print(f"wrote {len(images)} images and prompts.txt to {args.images_dir} (sdtoolkit eval --images)")
     return 0
 
 

@@ -118,7 +118,8 @@ def resolve(args: argparse.Namespace):
     if config_file is not None:
         valid = (*[f.name for f in dataclasses.fields(ImageTo3DConfig)], "command")
         requested = config_cli.merge(config_cli.read_config_file(config_file, valid), requested)
-    command = config_cli.build_section(ImageTo3DCommand, requested.pop("command", {}), "command", names)
+    command_values = requested.pop("command", {})
+    command = config_cli.build_section(ImageTo3DCommand, command_values, "command", names)
     if command.preset == "tiny":
         requested = config_cli.merge({"nerf": TINY_NERF}, requested)
     requested = _absolute(requested)
@@ -131,12 +132,14 @@ def resolve(args: argparse.Namespace):
     if output.exists() and not output.is_dir():
         raise CLIError(f"--output {str(output)!r} exists and is not a folder")
     if resume is not None:
+        config_cli.check_resumed_kind(output, "image-to-3d")
         if not (output / "checkpoint.safetensors").exists() or not (output / "config.json").is_file():
             raise CLIError(f"--resume: no checkpoint in {str(output)!r}; run without --resume first")
         try:
             stored = json.loads((output / "config.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CLIError(f"--resume: {output / 'config.json'} is not valid JSON ({error})") from None
+        command = config_cli.resumed_command(ImageTo3DCommand, stored, command_values, names)
         lines = config_cli.resume_conflicts(stored, requested, set(ImageTo3DConfig.RESUMABLE), names)
         if lines:
             config_cli.fail(lines)
@@ -145,6 +148,8 @@ def resolve(args: argparse.Namespace):
 
     with restoring_checkpoint(resume is not None):  # a resumed sdf_init mesh may be gone: its checkpoint has it
         config = config_cli.build_section(ImageTo3DConfig, requested, "", names)
+    if resume is not None:
+        config_cli.check_resumed_steps(output, config.steps)
     if not config.images:
         raise CLIError("no reference image given; e.g. sdtoolkit image-to-3d front.png --output runs/asset")
     try:
@@ -164,8 +169,7 @@ def _check_run(config, command: ImageTo3DCommand, references) -> None:
         raise CLIError(
             f"unknown mesh format(s) {bad or command.formats!r} in --formats; choose from {', '.join(FORMATS)}"
         )
-    if config.device != "cpu" and not config.device.startswith("cuda"):
-        raise CLIError(f"--device {config.device!r} is not supported; use cpu, cuda or cuda:N")
+    config_cli.check_device(config.device)
     if config.uses_text_prior:
         _check_prior(config)
     if config.uses_novel_view_prior:
@@ -202,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         mesh_formats=[f.strip().lower() for f in command.formats.split(",") if f.strip()],
         video_frames=command.video_frames,
         references=references,
+        export_settings=config_cli.export_settings(command),
     )
     print(json.dumps(summary, indent=2))
     return 0

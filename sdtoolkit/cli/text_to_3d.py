@@ -184,12 +184,14 @@ def resolve(args: argparse.Namespace) -> tuple[Any, TextTo3DCommand, Path, bool]
     if output.exists() and not output.is_dir():
         raise CLIError(f"--output {str(output)!r} exists and is not a folder")
     if resume is not None:
+        config_cli.check_resumed_kind(output, "text-to-3d")
         if not (output / "checkpoint.safetensors").exists() or not (output / "config.json").is_file():
             raise CLIError(f"--resume: no checkpoint in {str(output)!r}; run without --resume first")
         try:
             stored = json.loads((output / "config.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CLIError(f"--resume: {output / 'config.json'} is not valid JSON ({error})") from None
+        command = config_cli.resumed_command(TextTo3DCommand, stored, command_values, names)
         if requested.get("layout") is not None:
             requested["layout"] = _layout(requested["layout"])
         requested.pop("guidance_type", None)
@@ -202,6 +204,8 @@ def resolve(args: argparse.Namespace) -> tuple[Any, TextTo3DCommand, Path, bool]
 
     with restoring_checkpoint(resume is not None):  # a resumed sdf_init mesh may be gone: its checkpoint has it
         config = build_run(requested, names)
+    if resume is not None:
+        config_cli.check_resumed_steps(output, config.steps)
     _check_run(config, command)
     return config, command, output, resume is not None
 
@@ -264,8 +268,7 @@ def _check_run(config, command: TextTo3DCommand) -> None:
         raise CLIError(
             f"unknown mesh format(s) {bad or command.formats!r} in --formats; choose from {', '.join(FORMATS)}"
         )
-    if config.device != "cpu" and not config.device.startswith("cuda"):
-        raise CLIError(f"--device {config.device!r} is not supported; use cpu, cuda or cuda:N")
+    config_cli.check_device(config.device)
     if command.uv_texture and importlib.util.find_spec("xatlas") is None:
         raise CLIError("--uv-texture needs xatlas: pip install xatlas (vertex colours need nothing)")
 
@@ -329,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
         mesh_formats=[f.strip().lower() for f in command.formats.split(",") if f.strip()],
         video_frames=command.video_frames,
         uv_texture=command.uv_texture,
+        export_settings=config_cli.export_settings(command),
     )
     print(json.dumps(summary, indent=2))
     return 0

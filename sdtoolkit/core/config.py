@@ -291,7 +291,7 @@ def build(cls: type, values: dict[str, Any], where: str = "config", name_of=None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        lines = error.lines if isinstance(error, ConfigError) else [f"{where}: {error}"]
+        lines = error.lines if isinstance(error, ConfigError) else [f"{where}: {error}" if where else str(error)]
         raise ConfigError(lines) from error
 
 

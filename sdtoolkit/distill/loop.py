@@ -343,6 +343,11 @@ class Trainer:
                 raise OutputFolderError(f"--resume: {error}") from None
             method.after_load()
             accelerator.print(f"resumed from {self.resume_from} at step {progress.step}")
+            if progress.step >= self.config.max_steps:
+                accelerator.print(
+                    f"the run has already trained its --max-steps {self.config.max_steps}: nothing to train, "
+                    "exporting again (raise --max-steps to train more)"
+                )
         self._truncate_history(progress.step)
         if accelerator.log_with:
             accelerator.init_trackers("sdtoolkit", config=_flat_scalars(self.resolved))
@@ -476,7 +481,8 @@ class Trainer:
         return RunDiverged(
             f"step {step}: {self.nonfinite_terms[name]} was not finite in {self.nonfinite[name]} consecutive updates "
             f"(each skipped); training diverged, most likely because a learning rate is too high ({rates}); "
-            f"nothing was exported and {kept}: lower the learning rate and rerun with --resume or --overwrite"
+            f"nothing was exported and {kept}: rerun the command with a lower learning rate"
+            f"{' and --overwrite' if checkpoint else ''} (a --resume keeps the run's learning rates)"
         )
 
     def _loop(self, progress: TrainingProgress, dataloader, models: list[nn.Module]) -> None:

@@ -20,6 +20,7 @@ from sdtoolkit.text_to_3d.export import (
     export_mesh,
     extract_mesh,
     no_surface,
+    remove_stale_meshes,
     write_video,
 )
 from sdtoolkit.text_to_3d.trainer import render_turntable, save_image_grid
@@ -79,6 +80,7 @@ def generate(
     video_frames: int = 36,
     video_resolution: int = 64,
     references=None,
+    export_settings: dict | None = None,
 ) -> dict:
     """Trains, exports and returns a summary dict (also `summary.json`), with the output folder claimed for the
     whole call (`sdtoolkit.image_to_3d.trainer.claim_folder`: --resume / --overwrite rules of text-to-3D)."""
@@ -86,15 +88,26 @@ def generate(
     resume = resume and (output_dir / CHECKPOINT_FILE).exists()
     with claim_folder(config, output_dir, resume) as folder:
         start = time.time()
-        run = train(config, output_dir, denoiser, resume, progress, folder=folder, references=references)
+        previous_config = (output_dir / "config.json").read_text() if resume else None
+        run = train(
+            config,
+            output_dir,
+            denoiser,
+            resume,
+            progress,
+            folder=folder,
+            references=references,
+            export_settings=export_settings,
+        )
         train_seconds = time.time() - start
         try:
             mesh = extract_mesh(run.nerf, mesh_resolution, config.iso_level, config.min_component_share)
         except EmptyFieldError as error:  # one line naming the kept checkpoint, not a traceback after a long run
-            raise no_surface(error, run.step, output_dir) from error
+            raise no_surface(error, run.step, output_dir, previous_config) from error
         if config.vertex_colours == "delit":
             mesh = delight_colours(mesh)
         paths = export_mesh(mesh, output_dir, formats=mesh_formats)
+        remove_stale_meshes(output_dir, paths)
         frames = render_turntable(run.nerf, video_frames, video_resolution, background=config.background)
         video = write_video(
             (frames["rgb"].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), output_dir / "turntable"

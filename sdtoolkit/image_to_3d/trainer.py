@@ -289,6 +289,7 @@ def train(
     stop_at: int | None = None,
     folder: RunFolder | None = None,
     references: References | None = None,
+    export_settings: dict | None = None,
 ) -> ImageTo3DRun:
     """Runs (or resumes) the optimisation in `output_dir` through text-to-3D's loop (`text_to_3d.trainer.train`):
     config.json, previews, checkpoints that resume exactly, the non-finite guard and Ctrl-C handling."""
@@ -308,6 +309,7 @@ def train(
             setup_fn=lambda c, d: setup(c, d, references),
             step_fn=training_step,
             command=RUN_KIND,
+            export_settings=export_settings,
         )
     finally:
         if owned:

@@ -42,6 +42,7 @@ from sdtoolkit.runs import (
     RunDiverged,
     RunInterrupted,
     StopSignals,
+    a_kind,
     atomic_output,
     atomic_write_text,
     claim_output,
@@ -84,10 +85,11 @@ def _teacher_files(path: Path) -> tuple[Path, Path]:
     manifest = read_manifest(folder)
     kind = manifest.get("kind") if manifest else None
     if kind is not None and kind not in TEACHER_KINDS:
-        raise TeacherError(f"TEACHER {str(folder)!r} holds a {kind} run, not a NeRF asset; {valid}")
+        raise TeacherError(f"TEACHER {str(folder)!r} holds {a_kind(kind)} run, not a NeRF asset; {valid}")
     checkpoint = path if path.is_file() else folder / CHECKPOINT_FILE
-    if not checkpoint.is_file() or not (folder / CONFIG_FILE).is_file():
-        raise TeacherError(f"TEACHER {str(folder)!r} has no {checkpoint.name} and {CONFIG_FILE}; {valid}")
+    missing = [str(p) for p in (checkpoint, folder / CONFIG_FILE) if not p.is_file()]
+    if missing:
+        raise TeacherError(f"TEACHER {str(path)!r}: {' and '.join(missing)} missing (an asset has both); {valid}")
     return folder, checkpoint
 
 
@@ -150,7 +152,9 @@ def teacher_config(config: PVDConfig, teacher: NeRF) -> PVDConfig:
         config = dataclasses.replace(config, inherit_occupancy=False, student_samples="own")
     if getattr(teacher.field, "comparable_features", True):
         if config.compile_teacher:
-            raise TeacherError("--compile-teacher compiles a nerfstudio teacher's hash encodings; TEACHER is none")
+            raise TeacherError(
+                "--compile-teacher compiles a nerfstudio teacher's hash encodings; this TEACHER is an sdtoolkit asset"
+            )
         return dataclasses.replace(config, inherit_decoder=inherits_decoder(config, teacher), compile_teacher=False)
     if config.inherit_decoder:
         raise TeacherError("--inherit-decoder needs an sdtoolkit teacher; a nerfstudio field has no such decoder")

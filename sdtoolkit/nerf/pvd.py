@@ -200,6 +200,11 @@ class PVDConfig:
     Adam update); after this many consecutive skipped steps the conversion stops (exit status 1, nothing exported,
     the last good checkpoint kept). 0 turns the guard off."""
 
+    def __post_init__(self) -> None:
+        low, high = self.density_clip
+        if low >= high:
+            raise ValueError(f"density_clip = [{low}, {high}]: need min < max (log sigma is clipped to [min, max])")
+
 
 def point_weights(config: PVDConfig) -> tuple[float, float]:
     """(density, colour) loss weights, the colour weight None resolved to the density weight."""

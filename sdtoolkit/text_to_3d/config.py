@@ -101,6 +101,12 @@ class CameraConfig:
     batch_size: int = 1
     """Cameras (renders) per step."""
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_range") and self.__dict__[f.name][0] > self.__dict__[f.name][1]:
+                low, high = self.__dict__[f.name]
+                raise ValueError(f"{f.name} = [{low}, {high}]: need min <= max (values are drawn uniformly between)")
+
 
 Schedule = tuple[float, float, float, float]
 """A weight that ramps over training: (start, start value, end value, end), start and end as fractions of the run's
@@ -453,9 +459,10 @@ def from_dict(data: dict) -> TextTo3DConfig:
     return config
 
 
-def save_config(config: TextTo3DConfig, path) -> None:
+def save_config(config: TextTo3DConfig, path, extra: dict | None = None) -> None:
+    """config.json: the config's fields, plus `extra` keys (the CLI's export settings under "command")."""
     with open(path, "w") as f:
-        json.dump(to_dict(config), f, indent=2)
+        json.dump({**to_dict(config), **(extra or {})}, f, indent=2)
 
 
 def load_config(path) -> TextTo3DConfig:

@@ -4,6 +4,8 @@ mp4 when imageio-ffmpeg is present and GIF otherwise (the file name always says 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sdtoolkit.runs import RunError
+from sdtoolkit.runs import RunError, atomic_write_text
 
 MESH_FORMATS = ("glb", "obj", "ply")
 
@@ -23,12 +25,25 @@ class EmptyFieldError(RunError, RuntimeError):
     exit_code = 1
 
 
-def no_surface(error: EmptyFieldError, step: int, output_dir: str | Path) -> EmptyFieldError:
+EXPORT_SETTINGS = ("iso_level", "iso_mode", "min_component_share", "vertex_colours")
+"""The config keys that only change the export (a failed re-export leaves the run's config.json with its old ones)."""
+
+
+def no_surface(
+    error: EmptyFieldError, step: int, output_dir: str | Path, previous_config: str | None = None
+) -> EmptyFieldError:
     """`error` after training: where the trained field is kept and how to export it again (a finished run's
-    `--resume` re-exports without training)."""
+    `--resume` re-exports without training). `previous_config`, the run's config.json text before a resume, puts
+    its export settings back, so that a re-export that found no surface is not what every later resume uses."""
+    if previous_config is not None:
+        path = Path(output_dir) / "config.json"
+        with contextlib.suppress(OSError, ValueError):
+            current, previous = json.loads(path.read_text()), json.loads(previous_config)
+            current.update({key: previous[key] for key in EXPORT_SETTINGS if key in previous})
+            atomic_write_text(path, json.dumps(current, indent=2))
     return EmptyFieldError(
         f"{error}; the field trained for {step} steps is kept in {str(output_dir)!r}: "
-        f"`--resume {output_dir} --iso-level X` exports it at another level"
+        f"`--resume {output_dir} --iso-level X` exports it at another level (`--iso-level none`: the automatic one)"
     )
 
 
@@ -309,9 +324,36 @@ def export_mesh(mesh, output_dir: str | Path, name: str = "mesh", formats=MESH_F
         if fmt not in MESH_FORMATS:
             raise ValueError(f"mesh format {fmt!r} is not supported; choose from {', '.join(MESH_FORMATS)}")
         path = output_dir / f"{name}.{fmt}"
-        mesh.export(path, file_type=fmt)
+        material = getattr(mesh.visual, "material", None)
+        if fmt == "obj" and material is not None and getattr(material, "image", None) is not None:
+            # a textured OBJ writes its material and texture beside it: name them after the mesh (NAME.mtl,
+            # NAME.png, entries the run owns) instead of trimesh's 'material.mtl' / 'material_0.png', which could
+            # be the user's files or another export's
+            mesh = mesh.copy()
+            mesh.visual.material.name = name
+            mesh.export(path, file_type=fmt, mtl_name=f"{name}.mtl")
+        else:
+            mesh.export(path, file_type=fmt)
         paths.append(path)
     return paths
+
+
+MESH_NAMES = ("mesh", "mesh_textured")
+"""The mesh files a run exports (`NAME.glb/.obj/.ply`; a textured OBJ also writes `NAME.mtl` and `NAME.png`)."""
+
+
+def remove_stale_meshes(output_dir: str | Path, written: list[Path]) -> list[Path]:
+    """Deletes the run's mesh files that this export did not write (an earlier export with other `--formats` or
+    with `--uv-texture`), so that the folder, its summary and `eval-3d` all see the same mesh; returns them. Only
+    the run's own names are touched: the folder claim refuses a folder where a user's file has one of them."""
+    output_dir = Path(output_dir)
+    keep = {Path(p).name for p in written}
+    keep |= {f"{Path(name).stem}.{ext}" for name in keep if name.endswith(".obj") for ext in ("mtl", "png")}
+    names = [f"{n}.{fmt}" for n in MESH_NAMES for fmt in MESH_FORMATS] + ["mesh_textured.mtl", "mesh_textured.png"]
+    removed = [output_dir / n for n in names if n not in keep and (output_dir / n).is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
 
 
 def uv_texture_mesh(mesh, nerf, texture_size: int = 512):

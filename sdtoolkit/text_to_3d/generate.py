@@ -18,6 +18,7 @@ from sdtoolkit.text_to_3d.export import (
     extract_layout_mesh,
     extract_mesh,
     no_surface,
+    remove_stale_meshes,
     uv_texture_mesh,
     write_video,
 )
@@ -36,6 +37,7 @@ def generate(
     video_frames: int = 36,
     video_resolution: int = 64,
     uv_texture: bool = False,
+    export_settings: dict | None = None,
 ) -> dict:
     """Trains, exports and returns a summary dict (also written to `summary.json`). The output folder is claimed for
     the whole call (`sdtoolkit.text_to_3d.trainer.claim_folder`): a previous asset, its checkpoint and config are
@@ -55,6 +57,7 @@ def generate(
             video_resolution,
             uv_texture,
             folder,
+            export_settings,
         )
 
 
@@ -70,9 +73,19 @@ def _generate(
     video_resolution,
     uv_texture,
     folder,
+    export_settings=None,
 ) -> dict:
     start = time.time()
-    run = train(config, output_dir, denoiser=denoiser, resume=resume, progress=progress, folder=folder)
+    previous_config = (output_dir / "config.json").read_text() if resume else None
+    run = train(
+        config,
+        output_dir,
+        denoiser=denoiser,
+        resume=resume,
+        progress=progress,
+        folder=folder,
+        export_settings=export_settings,
+    )
     train_seconds = time.time() - start
     try:
         if run.layout is not None:  # one iso-level per box: every object of the layout reaches the mesh
@@ -83,7 +96,7 @@ def _generate(
             level, share = config.iso_level, config.min_component_share
             mesh = extract_mesh(run.nerf, mesh_resolution, level, share, config.iso_mode, run.scene_scale)
     except EmptyFieldError as error:  # one line naming the kept checkpoint, not a traceback after a long run
-        raise no_surface(error, run.step, output_dir) from error
+        raise no_surface(error, run.step, output_dir, previous_config) from error
     mesh = refine_extracted_mesh(mesh, run, progress=progress)  # the mesh stage (off while mesh_refine.steps is 0)
     if config.vertex_colours == "delit":
         mesh = delight_colours(mesh)
@@ -91,6 +104,7 @@ def _generate(
     if uv_texture:
         textured = uv_texture_mesh(mesh, run.nerf)
         paths += export_mesh(textured, output_dir, name="mesh_textured", formats=("glb", "obj"))
+    remove_stale_meshes(output_dir, paths)
     frames = render_turntable(run.nerf, video_frames, video_resolution, run.scene_scale, background=config.background)
     video = write_video(
         (frames["rgb"].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), output_dir / "turntable"

@@ -57,6 +57,8 @@ RUN_ENTRIES = (
     "turntable.mp4",
     "turntable.gif",
     *(f"{name}.{fmt}" for name in ("mesh", "mesh_textured") for fmt in ("glb", "obj", "ply")),
+    "mesh_textured.mtl",  # a textured OBJ's material and texture (`export_mesh`)
+    "mesh_textured.png",
 )
 """The top-level entries a text-to-3D run (`train` and `generate`) writes in its output folder."""
 #: half-extent of the space the prior frames around one object (the shapes fit in radius 0.75)
@@ -437,6 +439,7 @@ def train(
     setup_fn=None,
     step_fn=None,
     command: str = RUN_KIND,
+    export_settings: dict | None = None,
 ) -> TextTo3DRun:
     """Runs (or resumes) the optimisation, writing config, previews and checkpoints under `output_dir`.
 
@@ -445,7 +448,9 @@ def train(
     that step (after checkpointing), as an interrupted run would. Raises `RunDiverged` after
     `config.max_nonfinite_steps` consecutive skipped (non-finite) steps, and `RunInterrupted` on Ctrl-C/SIGTERM
     (after a checkpoint at the step boundary). `setup_fn(config, denoiser)` and `step_fn(run)` replace `setup` and
-    `training_step` for a loop built on this one (image-to-3D; `command` names it in messages)."""
+    `training_step` for a loop built on this one (image-to-3D; `command` names it in messages). `export_settings`
+    (the CLI's mesh resolution, formats, turntable frames) is saved in config.json under "command", so that a
+    `--resume` re-export uses them again."""
     output_dir = Path(output_dir)
     resume = resume and (output_dir / CHECKPOINT_FILE).exists()
     owned = folder is None
@@ -453,13 +458,15 @@ def train(
     try:
         with StopSignals() as stop:
             hooks = (setup_fn or setup, step_fn or training_step, command)
-            return _train(config, output_dir, denoiser, resume, progress, stop_at, stop, hooks)
+            return _train(config, output_dir, denoiser, resume, progress, stop_at, stop, hooks, export_settings)
     finally:
         if owned:
             folder.release()
 
 
-def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, stop_at, stop, hooks) -> TextTo3DRun:
+def _train(
+    config, output_dir: Path, denoiser, resume: bool, progress: bool, stop_at, stop, hooks, export_settings=None
+) -> TextTo3DRun:
     setup_fn, step_fn, command = hooks
     with restoring_checkpoint(resume):  # the checkpoint fills the field (a mesh sdf_init's grid included)
         run = setup_fn(config, denoiser)
@@ -471,7 +478,7 @@ def _train(config, output_dir: Path, denoiser, resume: bool, progress: bool, sto
             exit_code=stop.exit_code,
         )
     with atomic_output(output_dir / CONFIG_FILE) as tmp:
-        save_config(config, tmp)
+        save_config(config, tmp, {"command": export_settings} if export_settings else None)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     start_time = time.time()
     skipped = 0
