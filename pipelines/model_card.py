@@ -184,10 +184,14 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
     teacher = str(spec.teacher or train.get("teacher", ""))
     reference = teacher_reference(teacher)
     kind = spec.teacher_source or teacher_kind(teacher, reference)
+    video = spec.pipeline_class == "AnimateDiffPipeline"  # its call returns .frames (a list of frames per prompt)
+    output, name = (".frames[0]", "frames") if video else (".images[0]", "image")
+    timesteps = f"the timesteps {spec.timesteps}" if spec.timesteps else "its scheduler's own timesteps"
     lines = [
         "---",
         "library_name: diffusers",
-        f"pipeline_tag: text-to-image\ntags: [sdtoolkit, {spec.method}, few-step, distillation]",
+        f"pipeline_tag: text-to-{'video' if video else 'image'}",
+        f"tags: [sdtoolkit, {spec.method}, few-step, distillation]",
         "---",
         "",
         f"# {spec.method.upper()} student of `{reference}`",
@@ -198,11 +202,11 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
         "",
         f'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER"{_load_arguments(out_dir, spec)})',
         *_global_seed(spec),
-        f"image = {_call(spec)[:-1]}, generator=torch.Generator().manual_seed(0)).images[0]",
+        f"{name} = {_call(spec)[:-1]}, generator=torch.Generator().manual_seed(0)){output}",
         "```",
         "",
         f"This is the trained sampler: {spec.num_inference_steps} step(s) of `{spec.pipeline_class}` + "
-        f"`{spec.scheduler_class}` on the timesteps {spec.timesteps}{_time_unit(spec)}. {spec.default_call}",
+        f"`{spec.scheduler_class}` on {timesteps}{_time_unit(spec) if spec.timesteps else ''}. {spec.default_call}",
         "",
         f"Distilled with sdtoolkit (`sdtoolkit distill {spec.method}`) for {spec.trained_steps} steps.",
         "",
@@ -245,7 +249,7 @@ def write_model_card(out_dir: str | Path, spec: Any, training_config: dict[str, 
             f'pipe.scheduler = {spec.scheduler_class}.from_pretrained("PATH/TO/THIS/FOLDER", subfolder="scheduler")',
             'pipe.load_lora_weights("PATH/TO/THIS/FOLDER")',
             *_global_seed(spec),
-            f"image = {_call_on_teacher(spec)}.images[0]",
+            f"{name} = {_call_on_teacher(spec)}{output}",
             "```",
             "",
         ]

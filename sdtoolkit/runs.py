@@ -366,12 +366,14 @@ def inspect_output(
     reserved: Iterable[str] = (),
     legacy: Callable[[Path], set[str]] | None = None,
     flag: str = "--output",
+    resumable: bool = True,
 ) -> str:
     """What a run of `kind` may do with `folder`, without writing anything: `new`, `resume`, `restart` (the previous
     attempt stopped before its first checkpoint), or `overwrite`; raises `OutputFolderError` with the fix otherwise.
 
     Args:
         has_checkpoint: whether the folder holds a checkpoint a `--resume` would continue.
+        resumable: whether the command has `--resume` (its messages name it only then).
         reserved: the top-level entries the run writes; with `overwrite`, a user's entry of one of these names
             refuses the folder instead of being replaced.
         legacy: the entries of a folder the toolkit wrote before manifests existed (empty: not such a folder).
@@ -397,15 +399,17 @@ def inspect_output(
     if not present:
         return "new"
     if owner == kind and not overwrite:
+        how = f"continue it with --resume {folder}, or start over" if resumable else "start over"
         raise OutputFolderError(
-            f"{flag} {folder} already holds {a_kind(kind)} run: continue it with --resume {folder}, or start over "
-            "with --overwrite (deletes only the files sdtoolkit wrote there)"
+            f"{flag} {folder} already holds {a_kind(kind)} run: {how} with --overwrite (deletes only the files "
+            "sdtoolkit wrote there)"
         )
     if not overwrite:
         what = f"holds {a_kind(owner)} run" if owner else "is not empty and is not an sdtoolkit run folder"
+        resume_hint = "; --resume continues a run of the same kind" if resumable else ""
         raise OutputFolderError(
             f"{flag} {folder} {what}; choose a new or empty folder, or pass --overwrite to write beside its files "
-            "(sdtoolkit deletes only files it wrote; --resume continues a run of the same kind)"
+            f"(sdtoolkit deletes only files it wrote{resume_hint})"
         )
     clashes = sorted(set(reserved) & (present - owned))
     if clashes:
@@ -435,6 +439,7 @@ def claim_output(
     legacy: Callable[[Path], set[str]] | None = None,
     flag: str = "--output",
     announce: Callable[[str], None] | None = print,
+    resumable: bool = True,
 ) -> RunFolder:
     """Checks `folder` like `inspect_output`, locks it, and on `restart`/`overwrite` deletes the toolkit's own
     entries of the previous run (except those in `keep`, e.g. a keyed cache); returns the claimed `RunFolder`.
@@ -449,6 +454,7 @@ def claim_output(
         reserved=reserved,
         legacy=legacy,
         flag=flag,
+        resumable=resumable,
     )
     folder.mkdir(parents=True, exist_ok=True)
     _acquire_lock(folder)

@@ -119,3 +119,17 @@ def test_info_json(capsys):
     assert models["builtin:shapes"]["present"] is True  # shipped; shapes-flow is listed with its training command
     assert models["builtin:shapes-novel-view"]["present"] is True  # image-to-3d's novel-view prior
     assert info["devices"]["cpu"]["threads"] >= 1
+
+
+def test_argparse_errors_are_one_line_naming_the_subcommand(capsys):
+    """A value argparse cannot parse, or a flag no subcommand has: one line naming the subcommand that got it
+    (it used to print the whole usage block, and an unknown flag of `distill lcm` in the top level's usage)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "lcm", "--max-steps", "two"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sdtoolkit distill lcm: error: argument --max-steps"), err
+    assert main(["distill", "lcm", "--bogus", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sdtoolkit distill lcm: error: unrecognized arguments: --bogus 3 (sdtoolkit distill lcm --help "
+                   "lists the flags)"], err  # fmt: skip

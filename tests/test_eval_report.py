@@ -134,6 +134,9 @@ def test_eval_cli_report_and_compare(tmp_path, capsys, real):
     (tmp_path / "plain.json").write_text("{}")
     assert main(["eval", "--compare", str(tmp_path / "real.json"), str(tmp_path / "plain.json")]) == 2
     assert "has no report" in capsys.readouterr().err
+    both = ["eval", "--images", str(tmp_path / "real"), "--compare", str(tmp_path / "real.json"), str(tmp_path / "x")]
+    assert main(both) == 2  # --compare used to ignore --images silently
+    assert "give one of --images, --clips or --compare, not --images and --compare" in capsys.readouterr().err
 
 
 def test_teacher_baseline_samplers_are_stock_schedulers():

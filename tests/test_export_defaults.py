@@ -215,6 +215,11 @@ def test_generate_images_dir_is_what_eval_scores(runs, tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["scores"]["num_images"] == 4
     again = [*args[:-1], str(tmp_path / "grid2.png"), "--images-dir", str(folder)]
     assert main(again) == 2 and "--images-dir" in capsys.readouterr().err  # a folder with files: refused
+    # --overwrite with fewer images leaves exactly this call's files (an earlier call's extra ones used to stay)
+    fewer = [a if a != "2" else "1" for a in again]
+    assert main([*fewer, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.glob("*.png")) == ["00000.png", "00001.png"]
+    assert len((folder / "prompts.txt").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize(

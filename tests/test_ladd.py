@@ -398,6 +398,14 @@ def test_bad_values_are_refused_in_one_line(assets, tmp_path, capsys, extra, exp
     assert not (tmp_path / "never").exists()
 
 
+def test_ladd_without_its_adversarial_loss_says_so(assets, tmp_path, capsys):
+    """`distill ladd --no-adversarial` said "--scm-weight 0.0 needs --adversarial", a flag ladd has on always."""
+    capsys.readouterr()
+    assert distill(assets, tmp_path / "never", "--max-steps", "1", "--no-adversarial", method="ladd") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the adversarial loss is what `distill ladd` trains" in err, err
+
+
 def test_layers_beyond_the_teacher_are_refused_before_training():
     from sdtoolkit.trainers.scm import SCM
 

@@ -88,6 +88,34 @@ def test_offline_hub_id_gives_one_clear_error():
     assert isinstance(info.value, OSError)
 
 
+def test_distill_names_an_uncached_hub_teacher_before_the_data_checks(tmp_path, capsys):
+    """`distill scm --teacher nosuch/folder` (no folder of that name, a Hub id not in the offline cache) asked for
+    --data first; now the teacher's line says what to download, before anything is written. A cached id passes."""
+    from sdtoolkit.cli import main
+    from sdtoolkit.models.loading import uncached_hub_model
+
+    assert main(["distill", "scm", "--teacher", "nosuch/folder", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--teacher nosuch/folder: no such folder" in err[0] and "hf download" in err[0], err
+    assert not (tmp_path / "run").exists()
+    assert "hf download nosuch/folder" in uncached_hub_model("nosuch/folder")
+
+
+def test_a_cached_hub_id_is_not_called_missing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from sdtoolkit.models.loading import uncached_hub_model
+
+    repo = tmp_path / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model_index.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert uncached_hub_model("org/model") is None
+    assert uncached_hub_model("org/other") is not None
+
+
 def test_offline_component_error():
     from diffusers import UNet2DConditionModel
 

@@ -278,7 +278,7 @@ def test_too_many_frames_refused():
         MCM.check_config(MCMConfig(motion_target="freq"), TrainConfig())
 
 
-def test_distill_mcm_cli_end_to_end(tmp_path):
+def test_distill_mcm_cli_end_to_end(tmp_path, capsys):
     """`sdtoolkit train-video-teacher --tiny`, then `sdtoolkit distill mcm` on it (no --data: a video teacher of the
     built-in shapes teacher takes its still images from the built-in renders), then `sdtoolkit generate` on the
     exported AnimateDiffPipeline (a GIF), all through the CLI at tiny size."""
@@ -289,8 +289,30 @@ def test_distill_mcm_cli_end_to_end(tmp_path):
     assert main(["train-video-teacher", "--tiny", "--output", str(teacher), "--num-clips", "2", "--steps", "1"]) == 0
     assert shapes_video_teacher(str(teacher)) and not shapes_video_teacher(str(tmp_path))
     args = ["distill", "mcm", "--teacher", str(teacher), "--max-steps", "2", "--batch-size", "2"]
+    # bad values: one line, exit 2, nothing written (the first two were tracebacks after config.json and the cache
+    # were written; the last two trained silently)
+    for bad, message in [
+        (["--num-ddim-timesteps", "5000"], "--num-ddim-timesteps 5000: must be in [1, num_train_timesteps = 1000]"),
+        (["--lr", "-1"], "--lr -1.0 must be a finite number > 0"),
+        (["--w-min", "10", "--w-max", "5"], "need 0 <= w_min <= w_max"),
+        (["--gan-frames", "9"], "--gan-frames 9"),
+    ]:
+        assert main([*args, "--num-frames", "4", "--output", str(tmp_path / "bad"), *bad]) == 2, bad
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists(), bad
+    # an image method given the video teacher: one line naming distill mcm (scm was a traceback after writing)
+    assert (
+        main(["distill", "scm", "--teacher", str(teacher), "--max-steps", "1", "--output", str(tmp_path / "bad")]) == 2
+    )
+    assert "is a video teacher (AnimateDiffPipeline)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*args, "--num-frames", "4", "--num-clips", "4", "--output", str(run)]) == 0
     assert (run / "export" / "model_index.json").is_file() and (run / "student" / "export.json").is_file()
+    # the model card's snippet runs as written (it read .images[0], which AnimateDiffPipeline's output lacks)
+    card = (run / "export" / "README.md").read_text()
+    assert "pipeline_tag: text-to-video" in card and "timesteps []" not in card
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace("PATH/TO/THIS/FOLDER", str(run / "export"))
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert len(namespace["frames"]) >= 2, snippet
     out = tmp_path / "clip.gif"
     prompt = "a red cube, front view, turning clockwise"
     assert (

@@ -114,6 +114,12 @@ def test_cli_refuses_bad_values_before_writing(tmp_path, capsys):
         (["--elevation-range", "-95", "10"], "elevations must lie in (-90, 90)"),
         (["--batch-size", "0"], "--batch-size 0"),
         (["--views-per-object", "1"], "--views-per-object 1"),
+        # these were tracebacks (size mismatch, ZeroDivisionError, a ValueError) or trained with a nonsense value
+        (["--resolution", "30"], "--resolution 30: must be a multiple of 16"),
+        (["--block-out-channels", "7", "9", "11"], "multiples of --attention-head-dim 16"),
+        (["--vae-source", "builtin:shape"], "unknown built-in model builtin:shape"),
+        (["--fov-deg", "0"], "--fov-deg 0.0: must be in [1, 179]"),
+        (["--seed", "-1"], "--seed -1: must be >= 0"),
     ]:
         capsys.readouterr()
         assert main(["train-novel-view-prior", "--output", str(out), *argv]) == 2, argv

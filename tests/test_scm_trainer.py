@@ -495,3 +495,18 @@ def test_flow_student_samples_scms_times_through_stock_sigmas(tmp_path):
                  guidance_scale=spec["guidance_scale"]).images  # fmt: skip
     assert torch.isfinite(image).all()
     assert pipe.scheduler.sigmas[:-1].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_init_from_of_another_architecture_is_refused_before_writing(tmp_path):
+    """`--init-from` an sCM run of another teacher architecture ended in a traceback after the run folder was
+    claimed; `init_mismatch` reads the checkpoint's header against the teacher's network first (check_teacher)."""
+    from safetensors.torch import save_file
+    from sdtoolkit.trainers.scm import init_mismatch
+
+    from sdtoolkit.testing import tiny_sd3_transformer, tiny_unet
+
+    unet = tiny_unet(time_cond_proj_dim=8)  # a student with a guidance embedding the teacher lacks still fits
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    assert init_mismatch(tmp_path, tiny_unet()) is None
+    assert "tensors missing" in init_mismatch(tmp_path, tiny_sd3_transformer())
+    assert "is [" in init_mismatch(tmp_path, tiny_unet(cross_attention_dim=16))

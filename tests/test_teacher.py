@@ -33,6 +33,24 @@ def shipped():
     return folder, _stock_pipeline(folder)
 
 
+def test_train_teacher_keeps_the_users_files(tmp_path, capsys):
+    """train-teacher used to write into any folder, deleting a user's unet/ with what was in it and replacing a
+    user's training_log.json: now the output-folder rules of every run (`sdtoolkit.runs`), checked before the
+    data is rendered; a finished teacher's rerun names --overwrite (train-teacher has no --resume)."""
+    mine = tmp_path / "mine"
+    (mine / "unet").mkdir(parents=True)
+    (mine / "unet" / "mine.txt").write_text("precious")
+    (mine / "training_log.json").write_text("my log")
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(["train-teacher", "--output", str(mine), "--tiny", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("--overwrite" in err[0] if not extra else "training_log.json" in err[0]), err
+        assert "--resume" not in err[0]
+        assert (mine / "unet" / "mine.txt").read_text() == "precious"
+        assert (mine / "training_log.json").read_text() == "my log"
+
+
 def test_train_teacher_smoke_run_writes_a_stock_loadable_folder(tmp_path):
     from sdtoolkit.models.shapes_teacher import TeacherConfig
 
@@ -51,6 +69,10 @@ def test_train_teacher_smoke_run_writes_a_stock_loadable_folder(tmp_path):
     assert pipeline.vae.config.scaling_factor == pytest.approx(log["latents"]["scaling_factor"])
     assert not (out / "checkpoint").exists(), "the final folder supersedes the checkpoint"
     assert "sdtoolkit train-teacher --output" in config.extra["command"]
+    # a finished teacher is not replaced by a plain rerun (it used to be, silently); --overwrite does
+    before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert main([*args, "--seed", "4"]) == 2
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
     from sdtoolkit.models.shapes_teacher_card import write_model_card
 

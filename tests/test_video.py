@@ -471,7 +471,8 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     assert (teacher / "motion_adapter").is_dir() and (teacher / ".sdtoolkit-manifest.json").is_file()
     # the folder is the run's now: a second run needs --overwrite; bad values are one line each, nothing written
     assert main(["train-video-teacher", "--tiny", "--output", str(teacher)]) != 0
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err  # the command has no --resume: not suggested
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-frames", "9"]) == 2
     assert "--num-frames 9" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-threads", "0"]) == 2
@@ -480,6 +481,11 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
         ("--turn-deg", "0", "--turn-deg must be in (0, 88]"),
         ("--turn-deg", "120", "got 120.0"),
         ("--bob-amplitude", "-0.1", "--bob-amplitude must be in (0, 0.5]"),
+        # these were tracebacks after the folder was claimed, or (resolution) a run at a size the UNet mangles
+        ("--lr", "-1", "--lr must be a finite number >= 0"),
+        ("--device", "cdua", "--device 'cdua' is not supported"),
+        ("--image-teacher", "builtin:shape", "unknown built-in model builtin:shape"),
+        ("--resolution", "30", "--resolution 30: must be a multiple of"),
     ):
         assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), flag, value]) == 2
         assert line in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -40,3 +40,12 @@ class LADD(SCM):
         "0 (--scm-weight 1 --adversarial-weight 0.5 is sCM + LADD). Needs real latents (--data); exported as scm's."
     )
     config: LADDConfig
+
+    @classmethod
+    def check_config(cls, config: LADDConfig, train) -> None:
+        if not config.adversarial:
+            raise ValueError(
+                "--no-adversarial: the adversarial loss is what `distill ladd` trains (always on); for the sCM loss "
+                "alone use `sdtoolkit distill scm`"
+            )
+        super().check_config(config, train)

@@ -27,6 +27,7 @@ AnimateDiff setting) or all of it (`--train all`). It exports as a stock `Animat
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from sdtoolkit.trainers.lcm import LCMConfig, consistency_step
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import SCHEDULE_STEPS
 from sdtoolkit.core.consistency import consistency_distance
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.sampling import lcm_sample
@@ -50,6 +52,8 @@ MOTION_TARGETS = ("raw", "diff", "learn")
 @dataclass
 class MCMConfig(MethodConfig):
     """Motion consistency distillation; defaults follow MCM (Zhai et al. 2024, yhZhai/mcm `args.py`)."""
+
+    BOUNDS = {"num_ddim_timesteps": SCHEDULE_STEPS}  # checked against the teacher's scheduler once it is loaded
 
     num_frames: int = 16
     """Frames per training clip (must not exceed the motion modules' motion_max_seq_length)."""
@@ -246,6 +250,18 @@ class MCM(DistillationMethod):
             raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
         if not 1 <= config.sample_steps <= config.num_ddim_timesteps:
             raise ValueError(f"--sample-steps {config.sample_steps} must lie in [1, {config.num_ddim_timesteps}]")
+        for flag, value in (("--lr", config.lr), ("--discriminator-lr", config.discriminator_lr)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{flag} {value} must be a finite number > 0")
+        if not 0 <= config.w_min <= config.w_max:
+            raise ValueError(
+                f"guidance range [--w-min {config.w_min}, --w-max {config.w_max}]: need 0 <= w_min <= w_max"
+            )
+        if not 1 <= config.gan_frames <= config.num_frames:
+            raise ValueError(
+                f"--gan-frames {config.gan_frames}: the frames shown to the discriminator are drawn from each clip's "
+                f"--num-frames {config.num_frames}; choose 1 to {config.num_frames}"
+            )
 
     @classmethod
     def check_teacher(cls, config: MCMConfig, train: TrainConfig, pipeline: Any) -> None:
@@ -254,7 +270,7 @@ class MCM(DistillationMethod):
             raise ValueError(
                 f"mcm distils a video teacher (AnimateDiffPipeline with a UNetMotionModel); {train.teacher} is a "
                 f"{type(pipeline).__name__} with a {type(network).__name__}: train one with "
-                "sdtoolkit.models.shapes_video.train_video_teacher, or use `sdtoolkit distill lcm` for image teachers"
+                "`sdtoolkit train-video-teacher`, or use `sdtoolkit distill lcm` for image teachers"
             )
         limit = int(network.config.get("motion_max_seq_length", 32))
         if config.num_frames > limit:

@@ -217,6 +217,27 @@ def init_checkpoint(path: str) -> Path:
     return checkpoint
 
 
+def init_mismatch(checkpoint: Path, network: nn.Module) -> str | None:
+    """Why an sCM checkpoint's student (model.safetensors, read by its header only) cannot start from a copy of
+    `network`: teacher tensors it lacks or holds in other shapes (the student may add a guidance embedding); None
+    when it fits."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as handle:
+            saved = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for a file that is not one of its own
+        return f"model.safetensors unreadable: {str(error).splitlines()[0]}"
+    expected = {key: list(value.shape) for key, value in network.state_dict().items()}
+    missing = [key for key in expected if key not in saved]
+    if missing:
+        return f"{len(missing)} of the teacher's {len(expected)} tensors missing, e.g. {missing[0]}"
+    shaped = [key for key in expected if saved[key] != expected[key]]
+    if shaped:
+        return f"{shaped[0]} is {saved[shaped[0]]}, the teacher's {expected[shaped[0]]}"
+    return None
+
+
 def load_init(checkpoint: Path, student: nn.Module, head: nn.Module, ema: Any) -> None:
     """Loads an sCM checkpoint's student (model.safetensors), log-variance head (model_1) and EMA (the registered
     object holding shadows) into freshly built ones; the shapes must match (same teacher and student settings)."""
@@ -342,6 +363,14 @@ class SCM(DistillationMethod):
     def check_teacher(cls, config: SCMConfig, train: TrainConfig, pipeline: Any) -> None:
         network = teacher_network(pipeline)
         family = family_for(network)
+        if config.init_from is not None:  # before anything is written: the student is a copy of this teacher's net
+            mismatch = init_mismatch(init_checkpoint(config.init_from), network)
+            if mismatch:
+                raise ValueError(
+                    f"--init-from {config.init_from}: its student is not a copy of this teacher's "
+                    f"{type(network).__name__} ({mismatch}); initialise from an sCM run of the same teacher "
+                    "architecture"
+                )
         if family.name == "sana" and config.guidance_embedding is False:
             raise ValueError(
                 "--no-guidance-embedding: a SANA student exports to SanaSprintPipeline, which always feeds the "

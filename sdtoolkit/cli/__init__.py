@@ -29,8 +29,16 @@ class CLIError(Exception):
     """A bad input the user can fix; printed as one line per problem, exit status 2, nothing written."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `sdtoolkit distill lcm: error: argument --max-steps: invalid int value: 'two'
+    (sdtoolkit distill lcm --help lists the flags)` instead of the whole usage block before it; exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sdtoolkit",
         description="Diffusion distillation (LCM, PCM, DMD2, SiD) and text-to-3D score distillation on one Denoiser.",
     )
@@ -49,7 +57,14 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand that was given them, not by the top-level parser
+        prog = " ".join(["sdtoolkit", *(str(v) for v in (args.command, getattr(args, "method", None)) if v)])
+        print(
+            f"{prog}: error: unrecognized arguments: {' '.join(unknown)} ({prog} --help lists the flags)",
+            file=sys.stderr,
+        )
+        return 2
     if args.command is None:
         parser.print_help()
         return 0

@@ -260,6 +260,12 @@ def _check_teacher(teacher: str) -> None:
             f"--teacher {teacher}: not builtin:shapes, an existing diffusers folder, or a Hub id like "
             "stable-diffusion-v1-5/stable-diffusion-v1-5"
         )
+    from sdtoolkit.models.loading import hub_offline, uncached_hub_model
+
+    if hub_offline():  # a Hub id offline must be in the cache: said now, not after the data checks or a cache build
+        missing = uncached_hub_model(teacher)
+        if missing is not None:
+            raise CLIError(f"--teacher {teacher}: no such folder, and as a Hub id: {missing}")
 
 
 def check_resolution(resolution: int | None, pipeline, flag: str, key: str) -> None:
@@ -361,6 +367,11 @@ def run(args: argparse.Namespace) -> int:
     method, method_config, train, checkpoint, resolved = resolve(args)
     check(method, method_config, train, checkpoint)
     pipeline = load_teacher(train.teacher)
+    if type(pipeline).__name__ == "AnimateDiffPipeline" and args.method != "mcm":
+        raise CLIError(
+            f"--teacher {train.teacher} is a video teacher (AnimateDiffPipeline): `distill {args.method}` distils "
+            "image teachers; distil a video teacher with `sdtoolkit distill mcm`"
+        )
     try:  # whether the method applies to the teacher's family (e.g. a UNet w-embedding on a transformer)
         method.check_teacher(method_config, train, pipeline)
     except ValueError as error:

@@ -113,6 +113,10 @@ def _nan_for_null(value):
 def run(args) -> int:
     config = config_cli.resolve_flat(args, EvalCommand, "eval")
     args.no_diversity = not args.diversity
+    given = [flag for flag, value in (("--images", args.images), ("--clips", args.clips), ("--compare", args.compare))
+             if value is not None]  # fmt: skip
+    if len(given) > 1:  # one of them used to win silently
+        raise CLIError(f"give one of --images, --clips or --compare, not {' and '.join(given)}")
     if args.out:
         from sdtoolkit.runs import OutputFolderError, check_new_files
 

@@ -115,6 +115,14 @@ def _check_args(args: argparse.Namespace) -> None:
             raise CLIError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
 
 
+def _remove_numbered(folder, suffix: str) -> None:
+    """Removes an earlier generate's numbered files (00000.png, ...) from a folder the call was allowed to write
+    (new, or --overwrite), so that the folder holds exactly this call's images and prompts.txt (an earlier, longer
+    call's extra files used to stay and break `eval`'s one-prompt-per-file count)."""
+    for path in Path(folder).glob(f"[0-9][0-9][0-9][0-9][0-9]{suffix}"):
+        path.unlink()
+
+
 def _export_call(model: str):
     """The trained call of an export folder (its export.json), or None for anything else."""
     from sdtoolkit.pipelines.export import SPEC_NAME, ExportSpec
@@ -230,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         from sdtoolkit.eval.images import save_images
 
         # diffusers orders a batch prompt by prompt, num_images_per_prompt each
+        _remove_numbered(args.images_dir, ".png")
         save_images(images, args.images_dir, [p for p in args.prompts for _ in range(args.num_images)])
         print(f"wrote {len(images)} images and prompts.txt to {args.images_dir} (sdtoolkit eval --images)")
     return 0
@@ -317,6 +326,7 @@ def _run_video(args: argparse.Namespace, pipeline, spec, steps: int, guidance: f
     else:
         print("no MP4 written: imageio and imageio-ffmpeg are not both importable (pip install imageio-ffmpeg)")
     if args.clips_dir is not None:
+        _remove_numbered(args.clips_dir, ".gif")
         save_clips(clips, args.clips_dir, prompts)
         written.append(f"{len(prompts)} clips in {args.clips_dir}")
     settings = {

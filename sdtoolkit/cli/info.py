@@ -132,9 +132,10 @@ def format_text(info: dict[str, Any]) -> str:
     lines.append(f"  {'HF_HUB_CACHE':<15} {info['hub']['cache']}")
     lines.append(f"  {'HF_HUB_OFFLINE':<15} {'set (no downloads)' if info['hub']['offline'] else 'not set'}")
     lines.append("Built-in models:")
+    width = max((len(model["id"]) for model in info["builtin_models"]), default=0)
     for model in info["builtin_models"]:
         state = "present" if model["present"] else "missing"
-        lines.append(f"  {model['id']:<16} {state}  {model['folder']}")
+        lines.append(f"  {model['id']:<{width}}  {state}  {model['folder']}")
     return "\n".join(lines)
 
 

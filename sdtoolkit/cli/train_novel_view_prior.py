@@ -77,6 +77,28 @@ def build_config(args: argparse.Namespace):
         raise CLIError(f"--elevation-range {config.elevation_range}: elevations must lie in (-90, 90) degrees")
     if config.distance_range[0] <= 0:
         raise CLIError(f"--distance-range {config.distance_range}: distances must be > 0")
+    channels, head = list(config.block_out_channels), config.attention_head_dim
+    if not channels or any(c < 1 for c in channels) or any(c % head for c in channels[1:]):
+        raise CLIError(
+            f"--block-out-channels {' '.join(map(str, channels))}: positive widths, and those of the attention levels "
+            f"(all but the first) multiples of --attention-head-dim {head}"
+        )
+    from sdtoolkit.models.loading import ModelNotAvailableError, resolve_model_id
+
+    try:
+        folder = resolve_model_id(config.vae_source)
+    except (ValueError, ModelNotAvailableError) as error:
+        raise CLIError(f"--vae-source {config.vae_source}: {error}") from None
+    try:
+        vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
+        multiple = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(channels) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        multiple = None
+    if multiple and config.resolution % multiple:
+        raise CLIError(
+            f"--resolution {config.resolution}: must be a multiple of {multiple} (the VAE's downsampling times the "
+            f"UNet's {len(channels)} levels), e.g. {max(multiple, round(config.resolution / multiple) * multiple)}"
+        )
     return config, command
 
 

@@ -27,6 +27,41 @@ class TrainTeacherCommand:
     family: str = "sd"
     """Which teacher: "sd" (SD 1.x layout, epsilon prediction, builtin:shapes) or "sd3" (SD3 layout, rectified
     flow, builtin:shapes-flow)."""
+    overwrite: bool = False
+    """Write over a finished teacher in --output (the files sdtoolkit wrote there are replaced), or beside the
+    files of a non-empty folder (refused if one has a name the teacher writes). An unfinished run in --output
+    (its checkpoint/) is continued by the same command without it."""
+
+
+RUN_KIND = "teacher"
+"""The kind of run in the output folder's manifest (`sdtoolkit.runs`)."""
+ENTRIES = (
+    "model_index.json",
+    "unet",
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "scheduler",
+    "training_config.json",
+    "training_log.json",
+    "samples.png",
+    "metrics.json",
+    "README.md",
+    "checkpoint",
+)
+"""Top-level entries a teacher run writes (a user's file of one of these names refuses the folder)."""
+
+
+def _legacy_teacher(folder: Path) -> set[str]:
+    """A teacher folder written before manifests existed (its training_config.json and model_index.json)."""
+    if (folder / "training_config.json").is_file() and (folder / "model_index.json").is_file():
+        return {name for name in ENTRIES if (folder / name).exists()}
+    return set()
 
 
 TINY = dict(
@@ -171,19 +206,33 @@ def _command_line(args: argparse.Namespace, command: TrainTeacherCommand) -> str
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdtoolkit.runs import claim_output, inspect_output
+
     config, command = build_config(args)
     output = Path(command.output)
     if output.exists() and not output.is_dir():
         raise CLIError(f"--output {output} exists and is not a folder")
     config.extra["command"] = _command_line(args, command)
-    if command.family == "sd3":
-        from sdtoolkit.models.shapes_flow_teacher import train_flow_teacher
+    # the folder is the user's: a finished teacher is replaced only with --overwrite, an unfinished one (its
+    # checkpoint/, no model_index.json yet) is continued by the same command, anything else of the user's is kept
+    unfinished = (output / "checkpoint").is_dir() and not (output / "model_index.json").is_file()
+    rules = {
+        "overwrite": command.overwrite,
+        "reserved": ENTRIES,
+        "has_checkpoint": lambda folder: (folder / "model_index.json").is_file(),
+        "legacy": _legacy_teacher,
+        "resumable": False,
+    }
+    inspect_output(output, RUN_KIND, resume=unfinished and not command.overwrite, **rules)
+    with claim_output(output, RUN_KIND, resume=unfinished and not command.overwrite, **rules):
+        if command.family == "sd3":
+            from sdtoolkit.models.shapes_flow_teacher import train_flow_teacher
 
-        output = train_flow_teacher(config, output)
-        print(f"wrote the flow-matching shapes teacher (SD3 layout) to {output}")
-        return 0
-    from sdtoolkit.models.shapes_teacher_train import train_teacher
+            output = train_flow_teacher(config, output)
+            print(f"wrote the flow-matching shapes teacher (SD3 layout) to {output}")
+            return 0
+        from sdtoolkit.models.shapes_teacher_train import train_teacher
 
-    output = train_teacher(config, output)
+        output = train_teacher(config, output)
     print(f"wrote the shapes teacher to {output}")
     return 0

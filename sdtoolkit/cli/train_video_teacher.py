@@ -137,6 +137,25 @@ def build_config(args: argparse.Namespace):
         lines.append(f"--probe-timestep must be in [0, 999], got {config.probe_timestep}")
     if not 0 <= config.caption_dropout < 1:
         lines.append(f"--caption-dropout must be in [0, 1), got {config.caption_dropout}")
+    if not (math.isfinite(config.lr) and config.lr >= 0):
+        lines.append(f"--lr must be a finite number >= 0 (0: no update, e.g. to copy --init-from), got {config.lr}")
+    try:
+        config_cli.check_device(config.device)
+    except CLIError as error:
+        lines.append(str(error))
+    from sdtoolkit.models.loading import ModelNotAvailableError, resolve_model_id
+
+    try:
+        folder = resolve_model_id(config.image_teacher)
+    except (ValueError, ModelNotAvailableError) as error:
+        lines.append(f"--image-teacher {config.image_teacher}: {error}")
+    else:
+        multiple = _pixel_multiple(folder)
+        if multiple and config.resolution % multiple:
+            lines.append(
+                f"--resolution {config.resolution}: must be a multiple of {multiple} for this image teacher (its "
+                f"VAE's and UNet's downsampling), e.g. {max(multiple, round(config.resolution / multiple) * multiple)}"
+            )
     if config.init_from is not None:
         source = Path(config.init_from)
         index = source / "model_index.json"
@@ -150,12 +169,18 @@ def build_config(args: argparse.Namespace):
             lines.append(f"--init-from {config.init_from} is the --output folder; write the new teacher elsewhere")
     if lines:
         config_cli.fail(lines)
-    if config.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError(f"--device {config.device}: torch sees no CUDA device here; use --device cpu")
     return config, command
+
+
+def _pixel_multiple(folder) -> int | None:
+    """What every image side must be a multiple of for a local SD folder: the VAE's downsampling
+    (2^(blocks - 1)) times the UNet's (2^(down blocks - 1)); None when its configs cannot be read."""
+    try:
+        vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
+        unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
+        return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["down_block_types"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(command.output)
     # a finished teacher (model_index.json) is kept: writing over it needs --overwrite
     finished = lambda folder: (folder / "model_index.json").is_file()  # noqa: E731
-    rules = {"overwrite": command.overwrite, "reserved": ENTRIES, "has_checkpoint": finished}
+    rules = {"overwrite": command.overwrite, "reserved": ENTRIES, "has_checkpoint": finished, "resumable": False}
     inspect_output(output, RUN_KIND, **rules)  # before the image teacher loads: a refused folder costs nothing
     with claim_output(output, RUN_KIND, **rules):
         train_video_teacher(config, output)

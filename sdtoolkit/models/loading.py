@@ -148,6 +148,20 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def uncached_hub_model(model_id: str, revision: str | None = None) -> str | None:
+    """Why the Hub pipeline `model_id` cannot be loaded offline (no model_index.json of it in the local cache: the
+    message of `_not_available`, naming what to download), or None when it is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_id, "model_index.json", revision=revision)
+    except Exception as error:  # an id the Hub client refuses (its own validation error types)
+        return str(_not_available(model_id, revision, error))
+    if isinstance(found, str):
+        return None
+    return str(_not_available(model_id, revision, FileNotFoundError("model_index.json not in the cache")))
+
+
 def _not_available(model_id: str, revision: str | None, cause: BaseException) -> ModelNotAvailableError:
     """The one error for a Hub model that cannot be loaded here."""
     fetch = f"hf download {model_id}" + (f" --revision {revision}" if revision else "")

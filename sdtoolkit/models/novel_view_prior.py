@@ -86,6 +86,11 @@ class NovelViewPriorConfig:
         "threads": AT_LEAST_1,
         "checkpoint_steps": NON_NEGATIVE,
         "stop_after": AT_LEAST_1,
+        "fov_deg": Range(1, 179),
+        "seed": NON_NEGATIVE,
+        "layers_per_block": AT_LEAST_1,
+        "attention_head_dim": AT_LEAST_1,
+        "resolution": Range(8),
     }
 
     vae_source: str = "builtin:shapes"
@@ -275,7 +280,9 @@ def sample_object_cameras(config: NovelViewPriorConfig, n: int, generator: torch
 
 
 @torch.no_grad()
-def render_object_views(config: NovelViewPriorConfig, vae, generator: torch.Generator, views: int, chunk: int = 64):
+def render_object_views(
+    config: NovelViewPriorConfig, vae, generator: torch.Generator, views: int, chunk: int = 64, progress: bool = True
+):
     """Every object rendered from `views` random cameras and encoded: (latents `[O, V, 4, h, w]` (the VAE's mode,
     scaled), cameras as a dict of `[O, V]` tensors, images `[O, V, 3, H, W]` in [0, 1])."""
     from sdtoolkit.data.render import render
@@ -284,7 +291,7 @@ def render_object_views(config: NovelViewPriorConfig, vae, generator: torch.Gene
     cams = sample_object_cameras(config, len(shapes) * views, generator)
     shape_ids, colour_ids = shapes.repeat_interleave(views), colours.repeat_interleave(views)
     images, latents = [], []
-    for start in tqdm(range(0, len(shape_ids), chunk), desc="rendering views", leave=False):
+    for start in tqdm(range(0, len(shape_ids), chunk), desc="rendering views", leave=False, disable=not progress):
         part = slice(start, start + chunk)
         rgb = render(shape_ids[part], colour_ids[part], cams[part], resolution=config.resolution)
         images.append(rgb)
@@ -370,7 +377,7 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    latents, cameras, _ = render_object_views(config, vae, generator, config.views_per_object)
+    latents, cameras, _ = render_object_views(config, vae, generator, config.views_per_object, progress=progress)
     render_s = time.perf_counter() - start
     unet = build_unet(config, latents.shape[2], latents.shape[-1])
     ema = EMA(unet, decay=config.ema_decay)
@@ -456,7 +463,7 @@ def train_novel_view_prior(config: NovelViewPriorConfig, output: str | Path, pro
     (output / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if config.eval_pairs:
         prior = load_novel_view_prior(output)
-        meta["metrics"] = evaluate_prior(prior, config, seed=config.seed + 1)
+        meta["metrics"] = evaluate_prior(prior, config, seed=config.seed + 1, progress=progress)
         (output / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     write_card(output, meta)
     shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
@@ -475,7 +482,9 @@ def config_command(config: NovelViewPriorConfig) -> str:
 
 
 @torch.no_grad()
-def evaluate_prior(prior, config: NovelViewPriorConfig, seed: int, batch: int = 50) -> dict[str, Any]:
+def evaluate_prior(
+    prior, config: NovelViewPriorConfig, seed: int, batch: int = 50, progress: bool = True
+) -> dict[str, Any]:
     """Held-out pairs of new cameras (one reference and one target view of every object in turn): PSNR of the
     decoded sample against the true render, and the shapes evaluator's shape / colour / view accuracy of the
     samples against the object and the target camera's view word; also the same scores of the reference view
@@ -488,7 +497,7 @@ def evaluate_prior(prior, config: NovelViewPriorConfig, seed: int, batch: int = 
     generator = torch.Generator().manual_seed(seed)
     n_objects = len(_objects()[0])
     per_object = max(1, math.ceil(config.eval_pairs / n_objects))
-    latents, cameras, images = render_object_views(config, prior.vae, generator, 2 * per_object)
+    latents, cameras, images = render_object_views(config, prior.vae, generator, 2 * per_object, progress=progress)
     shapes, colours = _objects()
     objects = torch.arange(n_objects).repeat(per_object)[: config.eval_pairs]  # every object in turn
     reference = 2 * (torch.arange(len(objects)) // n_objects)  # its next unused pair of views
