@@ -293,7 +293,7 @@ def test_distill_mcm_cli_end_to_end(tmp_path, capsys):
     # were written; the last two trained silently)
     for bad, message in [
         (["--num-ddim-timesteps", "5000"], "--num-ddim-timesteps 5000: must be in [1, num_train_timesteps = 1000]"),
-        (["--lr", "-1"], "--lr -1.0 must be a finite number > 0"),
+        (["--lr", "-1"], "--lr -1.0: must be > 0"),
         (["--w-min", "10", "--w-max", "5"], "need 0 <= w_min <= w_max"),
         (["--gan-frames", "9"], "--gan-frames 9"),
     ]:

@@ -469,6 +469,12 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     record = json.loads((teacher / "training_config.json").read_text())
     assert record["config"]["num_frames"] == 4 and record["command"]["teacher"]["steps"] == 1
     assert (teacher / "motion_adapter").is_dir() and (teacher / ".sdtoolkit-manifest.json").is_file()
+    # README: a run's saved config is a valid --config (its training_config.json was refused: unknown keys)
+    again = tmp_path / "again"
+    assert (
+        main(["train-video-teacher", "--config", str(teacher / "training_config.json"), "--output", str(again)]) == 0
+    )
+    assert json.loads((again / "training_config.json").read_text())["config"] == record["config"]
     # the folder is the run's now: a second run needs --overwrite; bad values are one line each, nothing written
     assert main(["train-video-teacher", "--tiny", "--output", str(teacher)]) != 0
     err = capsys.readouterr().err

@@ -27,7 +27,6 @@ AnimateDiff setting) or all of it (`--train all`). It exports as a stock `Animat
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from sdtoolkit.trainers.lcm import LCMConfig, consistency_step
 from torch import Tensor, nn
 
-from sdtoolkit.core.config import SCHEDULE_STEPS
+from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SCHEDULE_STEPS, Range
 from sdtoolkit.core.consistency import consistency_distance
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.sampling import lcm_sample
@@ -53,7 +52,15 @@ MOTION_TARGETS = ("raw", "diff", "learn")
 class MCMConfig(MethodConfig):
     """Motion consistency distillation; defaults follow MCM (Zhai et al. 2024, yhZhai/mcm `args.py`)."""
 
-    BOUNDS = {"num_ddim_timesteps": SCHEDULE_STEPS}  # checked against the teacher's scheduler once it is loaded
+    BOUNDS = {
+        "num_ddim_timesteps": SCHEDULE_STEPS,  # checked against the teacher's scheduler once it is loaded
+        "lr": POSITIVE,
+        "discriminator_lr": POSITIVE,
+        "w_min": NON_NEGATIVE,
+        "w_max": NON_NEGATIVE,
+        "gan_frames": AT_LEAST_1,
+        "num_frames": Range(2),
+    }
 
     num_frames: int = 16
     """Frames per training clip (must not exceed the motion modules' motion_max_seq_length)."""
@@ -250,9 +257,6 @@ class MCM(DistillationMethod):
             raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
         if not 1 <= config.sample_steps <= config.num_ddim_timesteps:
             raise ValueError(f"--sample-steps {config.sample_steps} must lie in [1, {config.num_ddim_timesteps}]")
-        for flag, value in (("--lr", config.lr), ("--discriminator-lr", config.discriminator_lr)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{flag} {value} must be a finite number > 0")
         if not 0 <= config.w_min <= config.w_max:
             raise ValueError(
                 f"guidance range [--w-min {config.w_min}, --w-max {config.w_max}]: need 0 <= w_min <= w_max"

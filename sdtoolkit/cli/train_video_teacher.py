@@ -85,7 +85,16 @@ def build_config(args: argparse.Namespace):
     command = config_cli.build_section(TrainVideoTeacherCommand, requested.get("command", {}), "command", names)
     values: dict = dict(TINY) if command.tiny else {}
     if getattr(args, "config", None) is not None:
-        values.update(config_cli.read_config_file(args.config, tuple(VideoTeacherConfig.__dataclass_fields__)))
+        fields = tuple(VideoTeacherConfig.__dataclass_fields__)
+        saved = ("config", "steps_done", "log", "command")  # a teacher's own training_config.json: its "config"
+        loaded = config_cli.read_config_file(args.config, (*fields, *saved))
+        if "config" in loaded:
+            if not isinstance(loaded["config"], dict):
+                raise CLIError(f"--config {args.config}: 'config' must be an object of teacher settings")
+            loaded = loaded["config"]
+        elif any(key in loaded for key in saved):
+            raise CLIError(f"--config {args.config}: {', '.join(k for k in saved if k in loaded)} without 'config'")
+        values.update(loaded)
     values.update(requested.get("teacher", {}))
     config = config_cli.build_section(VideoTeacherConfig, values, "teacher", names)
     lines = []
