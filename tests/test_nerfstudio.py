@@ -585,6 +585,40 @@ def test_ns_train_nerfacto_on_a_written_scene_is_a_pvd_teacher(tmp_path):
     teacher, description = load_nerf_asset(run)
     assert description["nerfstudio"]["method"] == "nerfacto" and description["nerfstudio"]["step"] >= 1
     assert torch.isfinite(teacher.field.get_density(torch.rand(64, 3) * 2 - 1)).all()
+    # what sdtoolkit-ns-viewer (and ns-train --load-dir) load: nerfstudio's own torch.load of this checkpoint, which
+    # failed on its numpy scalars under torch's weights-only default until the wrappers allowed them
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from sdtoolkit.nerfstudio_plugin import allow_lpips_offline, numpy_scalars_allowed
+
+    allow_lpips_offline()  # as the wrappers do: nerfacto's model builds LPIPS, whose weights are not here offline
+    checkpoint = next((run / "nerfstudio_models").glob("*.ckpt"))
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(checkpoint, map_location="cpu")
+    with numpy_scalars_allowed():
+        _, pipeline, _, step = eval_setup(run / "config.yml", test_mode="inference")
+    assert step >= 1 and type(pipeline.model).__name__ == "NerfactoModel"
+
+
+def test_ns_train_viewer_takes_a_run_folder_and_names_a_missing_config(tmp_path, capsys):
+    """`sdtoolkit-ns-viewer --load-config RUN_FOLDER` used to end in IsADirectoryError, a missing path in a
+    FileNotFoundError traceback: the folder is taken as its config.yml, a missing one is one line (exit 2)."""
+    from sdtoolkit.nerfstudio_plugin import _load_config_argument
+
+    run = tmp_path / "outputs" / "x" / "nerfacto" / "t"
+    run.mkdir(parents=True)
+    (run / "config.yml").write_text("method_name: nerfacto\n")
+    argv = ["sdtoolkit-ns-viewer", "--load-config", str(run)]
+    _load_config_argument(argv)
+    assert argv[-1] == str(run / "config.yml")
+    argv = ["sdtoolkit-ns-viewer", f"--load-config={run}"]
+    _load_config_argument(argv)
+    assert argv[-1] == f"--load-config={run / 'config.yml'}"
+    with pytest.raises(SystemExit) as exit_info:
+        _load_config_argument(["sdtoolkit-ns-viewer", "--load-config", str(tmp_path / "nope" / "config.yml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no config.yml there" in err[0], err
 
 
 def test_ns_train_viewer_opens_outside_the_scene_box(monkeypatch):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 NERFSTUDIO_VERSION = "1.1.5"
@@ -133,16 +134,30 @@ def allow_lpips_offline() -> bool:
     return True
 
 
+def numpy_scalars_allowed():
+    """A context in which torch's weights-only `torch.load` (the default since torch 2.6) also accepts the numpy
+    scalars nerfstudio's own checkpoints hold (their schedulers' states): nerfstudio 1.1.5 calls `torch.load`
+    without allowing them, so without this its viewer and `--load-dir` resume failed on every nerfacto or tensorf
+    run (`UnpicklingError: Unsupported global: numpy._core.multiarray.scalar`). Data only: the scalar rebuilder and
+    dtype classes, as `convert-nerf` allows when it reads the same checkpoints."""
+    import torch
+
+    from sdtoolkit.nerfstudio_plugin.teacher import _numpy_scalar_globals
+
+    return torch.serialization.safe_globals(_numpy_scalar_globals())
+
+
 def ns_train() -> None:
     """`sdtoolkit-ns-train`: nerfstudio's `ns-train`, with torchvision prepared first (see the module docstring),
-    LPIPS allowed to be missing offline (`allow_lpips_offline`), and its viewer's cameras opened outside the scene
-    (`open_viewer_outside_the_scene`)."""
+    LPIPS allowed to be missing offline (`allow_lpips_offline`), its viewer's cameras opened outside the scene
+    (`open_viewer_outside_the_scene`), and its own checkpoints loadable for `--load-dir` (`numpy_scalars_allowed`)."""
     require_nerfstudio("sdtoolkit-ns-train")
     allow_lpips_offline()
     open_viewer_outside_the_scene()
     from nerfstudio.scripts.train import entrypoint
 
-    entrypoint()
+    with numpy_scalars_allowed():
+        entrypoint()
 
 
 VIEW_DIRECTION = (1.0, -1.0, 0.6)
@@ -183,10 +198,35 @@ def open_viewer_outside_the_scene() -> None:
 
 def ns_viewer() -> None:
     """`sdtoolkit-ns-viewer`: nerfstudio's `ns-viewer`, with torchvision prepared first, LPIPS allowed to be
-    missing offline, and each browser's camera opened outside the scene (`open_viewer_outside_the_scene`)."""
+    missing offline, each browser's camera opened outside the scene (`open_viewer_outside_the_scene`), the run's
+    checkpoint loadable (`numpy_scalars_allowed`), and `--load-config` given a run folder taken as its
+    config.yml (a missing one is one line, not a traceback)."""
     require_nerfstudio("sdtoolkit-ns-viewer")
+    _load_config_argument(sys.argv)
     allow_lpips_offline()
     open_viewer_outside_the_scene()
     from nerfstudio.scripts.viewer.run_viewer import entrypoint
 
-    entrypoint()
+    with numpy_scalars_allowed():
+        entrypoint()
+
+
+def _load_config_argument(argv: list[str]) -> None:
+    """`--load-config RUN_FOLDER` -> `RUN_FOLDER/config.yml` in place; a path that is neither exits with one line
+    (status 2) naming what is expected."""
+    for i, arg in enumerate(argv):
+        key, _, inline = arg.partition("=")
+        if key not in ("--load-config", "--load_config"):
+            continue
+        index, value = (i, inline) if inline else (i + 1, argv[i + 1] if i + 1 < len(argv) else "")
+        path = Path(value)
+        if path.is_dir() and (path / "config.yml").is_file():
+            path = path / "config.yml"
+        if not path.is_file():
+            print(
+                f"sdtoolkit-ns-viewer: error: --load-config {value!r}: no config.yml there; give the config.yml of a "
+                "run (outputs/EXPERIMENT/METHOD/TIMESTAMP/config.yml) or that run's folder",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        argv[index] = f"{key}={path}" if inline else str(path)
