@@ -88,7 +88,10 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128, help="image size in pixels (square)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random cameras")
     args = parser.parse_args()
-    print(write_scene(args.output, args.shape, args.colour, args.resolution, args.seed))
+    try:
+        print(write_scene(args.output, args.shape, args.colour, args.resolution, args.seed))
+    except FileExistsError as error:  # one line, nothing written (was a traceback)
+        parser.error(f"--output: {error}")
 
 
 if __name__ == "__main__":

@@ -655,3 +655,18 @@ def test_ns_train_viewer_opens_outside_the_scene_box(monkeypatch):
     direction = (position - centre) / np.linalg.norm(position - centre)
     np.testing.assert_allclose(direction, np.asarray(VIEW_DIRECTION) / np.linalg.norm(VIEW_DIRECTION), rtol=1e-6)
     assert tuple(client.camera.up_direction) == (0.0, 0.0, 1.0)
+
+
+def test_scene_script_refuses_a_used_folder_in_one_line(tmp_path, monkeypatch, capsys):
+    """`python -m benchmarks.ns_scenes --output FOLDER` into a non-empty folder: one argparse line (was a
+    traceback); the user's file is kept."""
+    from benchmarks import ns_scenes
+
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["ns_scenes.py", "--shape", "torus", "--colour", "red", "--output", str(tmp_path), "--resolution", "8"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        ns_scenes.main()
+    assert exit_info.value.code == 2
+    assert "is not empty" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -76,7 +76,10 @@ class TeacherError(ValueError):
 
 
 def _teacher_files(path: Path) -> tuple[Path, Path]:
-    valid = "give a text-to-3d or convert-nerf output folder, or the checkpoint.safetensors inside one"
+    valid = (
+        "give a text-to-3d or convert-nerf output folder, or the checkpoint.safetensors inside one; or a nerfstudio "
+        "run (its outputs/EXPERIMENT/METHOD/TIMESTAMP folder, config.yml or .ckpt)"
+    )
     if not path.exists():
         raise TeacherError(f"TEACHER {str(path)!r}: no such file or folder; {valid}")
     folder = path if path.is_dir() else path.parent
