@@ -140,11 +140,12 @@ def numpy_scalars_allowed():
     without allowing them, so without this its viewer and `--load-dir` resume failed on every nerfacto or tensorf
     run (`UnpicklingError: Unsupported global: numpy._core.multiarray.scalar`). Data only: the scalar rebuilder and
     dtype classes, as `convert-nerf` allows when it reads the same checkpoints."""
+    import numpy as np
     import torch
 
-    from sdtoolkit.nerfstudio_plugin.teacher import _numpy_scalar_globals
-
-    return torch.serialization.safe_globals(_numpy_scalar_globals())
+    names = ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")
+    dtypes = [getattr(np.dtypes, name) for name in names if hasattr(np.dtypes, name)]
+    return torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype, *dtypes])
 
 
 def ns_train() -> None:

@@ -381,15 +381,6 @@ def _no_metric_modules():
     return context()
 
 
-def _numpy_scalar_globals() -> list:
-    """The numpy globals a real ns-train checkpoint holds (its scheduler states keep numpy float64 scalars): the
-    scalar rebuilder and dtype classes, data only, allowed beside `weights_only`'s tensors and containers."""
-    import numpy as np
-
-    names = ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")
-    return [np._core.multiarray.scalar, np.dtype, *(getattr(np.dtypes, n) for n in names if hasattr(np.dtypes, n))]
-
-
 def build_model(method_name: str, settings: dict, state: dict[str, Tensor]):
     """nerfstudio's model of `method_name` from its config class, with the run's plain `settings`, its scene box and
     number of images taken from the checkpoint's tensors; weights not loaded."""
@@ -419,7 +410,7 @@ def _resize_like(module: nn.Module, state: dict[str, Tensor]) -> None:
 def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueError) -> tuple[NeRF, dict]:
     """The nerfstudio run at `path` as an sdtoolkit `NeRF` teacher, and a description of it (the "stored" config of
     `sdtoolkit.nerf.convert.load_nerf_asset`). Bad input raises `error` with one line saying what is wrong."""
-    from sdtoolkit.nerfstudio_plugin import require_nerfstudio
+    from sdtoolkit.nerfstudio_plugin import numpy_scalars_allowed, require_nerfstudio
 
     path = Path(path)
     try:
@@ -438,7 +429,7 @@ def load_nerfstudio_teacher(path: str | Path, device: str = "cpu", error=ValueEr
             f"{', '.join(TEACHER_METHODS)}"
         )
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        with numpy_scalars_allowed():
             loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as bad:  # torch raises several error types for a file that is no (safe) checkpoint
         raise error(f"{str(checkpoint)!r} is not a nerfstudio checkpoint ({str(bad).splitlines()[0][:160]})") from None
