@@ -50,7 +50,6 @@ def fail(lines: list[str]) -> None:
     raise CLIError("\n".join(lines))
 
 
-@functools.cache
 def check_device(device: str, flag: str = "--device") -> None:
     """A torch device this process can use: cpu, or cuda / cuda:N where torch sees a CUDA device (CLIError, one
     line, otherwise; a CPU-only torch wheel used to end a 3D run in a traceback after claiming its folder)."""
@@ -107,6 +106,7 @@ def check_resumed_steps(output: Path, steps: int, state_file: str = "checkpoint.
         )
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each dataclass field (nerfstudio/tyro style), from the source of `cls` and its bases."""
     docs: dict[str, str] = {}
