@@ -13,9 +13,12 @@ from sdtoolkit.models.loading import (
     ModelNotAvailableError,
     UnsafeWeightsError,
     builtin_model_path,
+    folder_pixel_multiple,
+    folder_vae_scale_factor,
     load_component,
     load_teacher,
     resolve_model_id,
+    vae_scale_factor,
 )
 from sdtoolkit.testing import tiny_sd_pipeline
 
@@ -165,3 +168,22 @@ def test_diffusers_itself_refuses_bin_with_use_safetensors(saved_pipeline, tmp_p
     original.save_pretrained(tmp_path, safe_serialization=False)
     with pytest.raises(OSError, match="safetensors"):
         DiffusionPipeline.from_pretrained(tmp_path, use_safetensors=True)
+
+
+def test_folder_vae_scale_factor_and_pixel_multiple_read_the_configs_without_loading(saved_pipeline, tmp_path):
+    """The one rule the CLIs check resolutions with (text-to-3d, train-video-teacher, train-novel-view-prior):
+    the VAE's 2^(levels - 1), which is what the loaded pipeline's `vae_scale_factor` says, times the UNet's
+    2^(levels - 1) for a multiple; None (no check) when a config is missing."""
+    pipeline, folder = saved_pipeline
+    assert folder_vae_scale_factor(folder) == vae_scale_factor(pipeline)
+    levels = len(pipeline.unet.config.down_block_types)
+    assert folder_pixel_multiple(folder) == vae_scale_factor(pipeline) * 2 ** (levels - 1)
+    assert folder_pixel_multiple(folder, unet_levels=3) == vae_scale_factor(pipeline) * 4
+    shapes = builtin_model_path("shapes")
+    if shapes.is_dir():  # the embedded teacher: a 3-level VAE (64 px images, 16 px latents)
+        assert folder_vae_scale_factor(shapes) == vae_scale_factor(load_teacher(shapes)) == 4
+    assert folder_vae_scale_factor(tmp_path) is None and folder_pixel_multiple(tmp_path) is None
+    assert folder_vae_scale_factor("org/hub-id") is None
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("not json")
+    assert folder_vae_scale_factor(tmp_path) is None

@@ -275,7 +275,12 @@ def _check_run(config, command: TextTo3DCommand) -> None:
 
 def _check_prior(config) -> None:
     """The prior exists, and the render resolutions are multiples of its VAE's scale factor."""
-    from sdtoolkit.models.loading import ModelNotAvailableError, UnsafeWeightsError, resolve_model_id
+    from sdtoolkit.models.loading import (
+        ModelNotAvailableError,
+        UnsafeWeightsError,
+        folder_vae_scale_factor,
+        resolve_model_id,
+    )
 
     try:
         folder = resolve_model_id(config.prior)
@@ -287,7 +292,7 @@ def _check_prior(config) -> None:
             "pipeline (builtin:shapes, a folder or a Hub id); a novel-view prior goes to image-to-3d "
             "--novel-view-prior"
         )
-    factor = _vae_scale_factor(folder)
+    factor = folder_vae_scale_factor(folder)
     if factor is None:
         return
     lines = []
@@ -300,17 +305,6 @@ def _check_prior(config) -> None:
             )
     if lines:
         config_cli.fail(lines)
-
-
-def _vae_scale_factor(folder) -> int | None:
-    """2^(len(vae.block_out_channels) - 1) from a local pipeline folder's vae/config.json (None if unknown)."""
-    if not isinstance(folder, Path) or not (folder / "vae" / "config.json").is_file():
-        return None
-    try:
-        channels = json.loads((folder / "vae" / "config.json").read_text()).get("block_out_channels")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return 2 ** (len(channels) - 1) if channels else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -83,17 +83,13 @@ def build_config(args: argparse.Namespace):
             f"--block-out-channels {' '.join(map(str, channels))}: positive widths, and those of the attention levels "
             f"(all but the first) multiples of --attention-head-dim {head}"
         )
-    from sdtoolkit.models.loading import ModelNotAvailableError, resolve_model_id
+    from sdtoolkit.models.loading import ModelNotAvailableError, folder_pixel_multiple, resolve_model_id
 
     try:
         folder = resolve_model_id(config.vae_source)
     except (ValueError, ModelNotAvailableError) as error:
         raise CLIError(f"--vae-source {config.vae_source}: {error}") from None
-    try:
-        vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
-        multiple = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(channels) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        multiple = None
+    multiple = folder_pixel_multiple(folder, unet_levels=len(channels))
     if multiple and config.resolution % multiple:
         raise CLIError(
             f"--resolution {config.resolution}: must be a multiple of {multiple} (the VAE's downsampling times the "

@@ -152,14 +152,14 @@ def build_config(args: argparse.Namespace):
         config_cli.check_device(config.device)
     except CLIError as error:
         lines.append(str(error))
-    from sdtoolkit.models.loading import ModelNotAvailableError, resolve_model_id
+    from sdtoolkit.models.loading import ModelNotAvailableError, folder_pixel_multiple, resolve_model_id
 
     try:
         folder = resolve_model_id(config.image_teacher)
     except (ValueError, ModelNotAvailableError) as error:
         lines.append(f"--image-teacher {config.image_teacher}: {error}")
     else:
-        multiple = _pixel_multiple(folder)
+        multiple = folder_pixel_multiple(folder)
         if multiple and config.resolution % multiple:
             lines.append(
                 f"--resolution {config.resolution}: must be a multiple of {multiple} for this image teacher (its "
@@ -179,17 +179,6 @@ def build_config(args: argparse.Namespace):
     if lines:
         config_cli.fail(lines)
     return config, command
-
-
-def _pixel_multiple(folder) -> int | None:
-    """What every image side must be a multiple of for a local SD folder: the VAE's downsampling
-    (2^(blocks - 1)) times the UNet's (2^(down blocks - 1)); None when its configs cannot be read."""
-    try:
-        vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
-        unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
-        return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["down_block_types"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def run(args: argparse.Namespace) -> int:

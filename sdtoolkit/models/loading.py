@@ -316,6 +316,34 @@ def vae_scale_factor(pipeline: Any) -> int:
     return 2 ** (len(channels) - 1)
 
 
+def folder_vae_scale_factor(folder: Any) -> int | None:
+    """`vae_scale_factor` of a local pipeline folder read from its vae/config.json, without loading weights:
+    2^(VAE levels - 1); None when the folder or that config cannot be read."""
+    try:
+        config = json.loads((Path(folder) / "vae" / "config.json").read_text())
+    except (OSError, TypeError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    channels = config.get("block_out_channels") or config.get("encoder_block_out_channels")
+    return 2 ** (len(channels) - 1) if isinstance(channels, list) and channels else None
+
+
+def folder_pixel_multiple(folder: Any, unet_levels: int | None = None) -> int | None:
+    """What every image side must be a multiple of for a UNet on a local folder's VAE: the VAE scale factor times
+    the UNet's downsampling 2^(levels - 1). `unet_levels` defaults to the folder's unet/config.json
+    (len(down_block_types)); None when a config cannot be read."""
+    factor = folder_vae_scale_factor(folder)
+    if factor is None:
+        return None
+    if unet_levels is None:
+        try:
+            unet_levels = len(json.loads((Path(folder) / "unet" / "config.json").read_text())["down_block_types"])
+        except (OSError, TypeError, ValueError, KeyError):
+            return None
+    return factor * 2 ** (unet_levels - 1)
+
+
 def teacher_resolution(pipeline: Any) -> int:
     """The teacher's native image size: the network's latent sample size (`sample_size`, else the pipeline's
     `default_sample_size`, e.g. FLUX) x the VAE scale factor."""
