@@ -151,7 +151,7 @@ def _prepare_data(teacher, pipeline, train, method):
     return CachedImageDataset(text, latents, captions), text, list(text.prompts)
 
 
-def _train(output: Path, max_steps: int, resume=None, pipeline=None, **method):
+def _train(output: Path, max_steps: int, resume=None, pipeline=None, sample_every=0, **method):
     from sdtoolkit.distill.loop import TrainConfig, Trainer
 
     train = TrainConfig(
@@ -160,7 +160,7 @@ def _train(output: Path, max_steps: int, resume=None, pipeline=None, **method):
         max_steps=max_steps,
         batch_size=2,
         checkpoint_every=2,
-        sample_every=0,
+        sample_every=sample_every,
         validate_every=-1,
         log_with="none",
         export=True,
@@ -180,7 +180,7 @@ def _train(output: Path, max_steps: int, resume=None, pipeline=None, **method):
 def run(tmp_path_factory):
     """Three steps straight, and two + resume + one: the states must match exactly."""
     root = tmp_path_factory.mktemp("mcm")
-    straight = _train(root / "straight", 3)
+    straight = _train(root / "straight", 3, sample_every=3)
     _train(root / "split", 2)
     resumed = _train(root / "split", 3, resume=root / "split" / "checkpoints" / "step_000002")
     return root, straight, resumed
@@ -199,7 +199,10 @@ def test_exact_resume(run):
     teacher = straight.method.teacher.base_model.state_dict()
     moved = [k for k in a if not torch.equal(a[k].float(), teacher[k].float())]
     assert moved and all("motion_modules" in k for k in moved)
-    assert (root / "straight" / "samples" / "final.gif").is_file()
+    # the clips of the sample step beside its grid; --sample-every 0 writes no samples at all
+    assert (root / "straight" / "samples" / "step_000003.gif").is_file()
+    assert (root / "straight" / "samples" / "step_000003.png").is_file()
+    assert not (root / "split" / "samples").exists()
 
 
 def test_critic_judges_the_student_steps_frames(run, monkeypatch):

@@ -483,6 +483,10 @@ class MCM(DistillationMethod):
         images[0].save(path, save_all=True, append_images=images[1:], duration=125, loop=0)
         return path
 
+    def write_samples(self, folder: Path, step: int) -> None:
+        """Four clips of the EMA student side by side as `folder/step_N.gif` (the grid shows first frames only)."""
+        self.write_gif(folder / f"step_{step:06d}.gif", self.clip_prompts[:4], seed=1234)
+
     def save_student(self, folder: Path) -> Any:
         from sdtoolkit.pipelines.export import ExportSpec
 
@@ -490,7 +494,6 @@ class MCM(DistillationMethod):
         network = copy.deepcopy(self.target_unet).float()
         self.ema.copy_to(network)
         network.save_pretrained(folder / "unet", safe_serialization=True)
-        self.write_gif(folder.parent / "samples" / "final.gif", self.clip_prompts[:4], seed=1234)
         return ExportSpec(
             method=self.name,
             student="unet",

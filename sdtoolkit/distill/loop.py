@@ -653,6 +653,7 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((grid.numpy() * 255).round().astype("uint8")).save(folder / f"step_{step:06d}.png")
         (folder / "prompts.txt").write_text("\n".join(self.prompts[i] for i in rows) + "\n")
+        self.method.write_samples(folder, step)
 
     def _validation_due(self, step: int, last: bool) -> bool:
         every = self.config.validate_every

@@ -31,7 +31,8 @@ the final student and its export. The method's life cycle, in call order:
 6. `checkpoint_objects()`: extra objects with `state_dict`/`load_state_dict` (EMA, ...) saved with every
    checkpoint; `after_load()` runs after a resume (e.g. copy the EMA into the target network).
 7. `sample(cond, uncond, generator) -> latents` for sample grids and validation (use an unwrapped model and only
-   `generator`'s randomness: training randomness must not move).
+   `generator`'s randomness: training randomness must not move); optionally `write_samples(folder, step)` for
+   samples a grid cannot show (a video method's clips).
 8. `save_student(folder) -> ExportSpec`: write the trained student (diffusers UNet folder or LoRA weights) and say
    how to export it (`sdtoolkit.pipelines.export`): pipeline class, scheduler class and config, default steps.
 
@@ -163,6 +164,11 @@ class DistillationMethod(ABC):
     @abstractmethod
     def sample(self, cond: Conditioning, uncond: Conditioning, generator: torch.Generator) -> Tensor:
         """Latents sampled by the current student at its default step count, from `generator`'s noise only."""
+
+    def write_samples(self, folder: Path, step: int) -> None:
+        """Samples beside the grid at every sample step (`--sample-every`), e.g. a video method's clips as
+        `folder/step_N.gif`; nothing by default."""
+        return None
 
     @abstractmethod
     def save_student(self, folder: Path) -> Any:
