@@ -304,7 +304,13 @@ class RunFolder:
         present = _entries(self.path)
         self.owned = (self.owned & present) | (present - self.preexisting)
         files = sorted(_files_under(self.path, self.owned) - self.foreign)
-        record = {"kind": self.kind, "owned": sorted(self.owned), "files": files, "released": released}
+        record = {
+            "kind": self.kind,
+            "owned": sorted(self.owned),
+            "files": files,
+            "released": released,
+            "user_entries": sorted(self.preexisting & present),
+        }
         _write_json(self.path / MANIFEST_NAME, record)
 
     def remove(self, name: str) -> None:
@@ -344,11 +350,22 @@ class RunFolder:
 # ---------------------------------------------------------------------------------------------------- claim
 
 
-def _owned_entries(folder: Path, kind: str, legacy: Callable[[Path], set[str]] | None) -> tuple[str | None, set]:
-    """(the kind of run the toolkit wrote in `folder`, its entries), or (None, empty) for a folder not its own."""
+def _owned_entries(
+    folder: Path, kind: str, legacy: Callable[[Path], set[str]] | None, reserved: Iterable[str] = ()
+) -> tuple[str | None, set]:
+    """(the kind of run the toolkit wrote in `folder`, its entries), or (None, empty) for a folder not its own.
+
+    A run killed before it released the folder recorded only the entries of its last `sync`; the entries it writes
+    (`reserved`) that were not the user's when it claimed the folder (`user_entries`) are taken as its own too, so
+    that a checkpoint, config or half-written export of a killed run is resumed or replaced, not called the user's.
+    """
     manifest = read_manifest(folder)
     if manifest is not None:
-        return str(manifest.get("kind")), set(manifest.get("owned", [])) & _entries(folder)
+        present = _entries(folder)
+        owned = set(manifest.get("owned", [])) & present
+        if manifest.get("released") is False and isinstance(manifest.get("user_entries"), list):
+            owned |= (present & set(reserved)) - set(manifest["user_entries"])
+        return str(manifest.get("kind")), owned
     if legacy is not None:
         owned = legacy(folder)
         if owned:
@@ -385,7 +402,7 @@ def inspect_output(
     if held is not None:
         raise OutputFolderError(_lock_message(folder, held))
     present = _entries(folder)
-    owner, owned = _owned_entries(folder, kind, legacy)
+    owner, owned = _owned_entries(folder, kind, legacy, reserved)
     if owner == kind:
         if resume:
             return "resume"
@@ -427,6 +444,19 @@ def _refuse_foreign(folder: Path, owned: set[str]) -> None:
         raise OutputFolderError(_foreign_message(folder, foreign))
 
 
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Deletes the temporary files of `atomic_output` (`.NAME.tmp-PID.EXT`) that a killed process left in `folder`
+    (called with the folder's lock held: no live sdtoolkit process writes there)."""
+    for path in folder.glob(".*.tmp-*"):
+        pid = path.name.rsplit(".tmp-", 1)[-1].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
 def claim_output(
     folder: str | Path,
     kind: str,
@@ -459,7 +489,8 @@ def claim_output(
     folder.mkdir(parents=True, exist_ok=True)
     _acquire_lock(folder)
     try:
-        owner, owned = _owned_entries(folder, kind, legacy)
+        owner, owned = _owned_entries(folder, kind, legacy, reserved)
+        _remove_stale_temporaries(folder)
         present = _entries(folder)
         if action in ("restart", "overwrite") and owned:
             for name in sorted(owned - set(keep)):

@@ -450,9 +450,13 @@ def test_cli_end_to_end(teacher_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["convert-nerf", "--resume", str(out), "--to", "voxel"]) == 2  # the target is fixed on resume
     assert "--to voxel would change the run's to = mlp" in capsys.readouterr().err
-    assert main(["convert-nerf", "--resume", str(out), "--steps", "8", "--quiet", "--mesh-resolution", "16",
-                 "--video-frames", "2", "--eval-views", "2"]) == 0  # fmt: skip
-    assert json.loads(capsys.readouterr().out)["steps"] == 8
+    # a resume re-exports with the run's own export settings (config.json's "command"; it used to take the
+    # defaults: a 96-cell mesh, 36 frames and 20 views, and record them)
+    assert main(["convert-nerf", "--resume", str(out), "--steps", "8", "--quiet"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["steps"] == 8 and len(resumed["psnr_views"]) == 2
+    command = json.loads((out / "config.json").read_text())["command"]
+    assert (command["mesh_resolution"], command["video_frames"], command["eval_views"]) == (16, 2, 2)
     # README: a run's saved config.json is a valid --config (it used to be refused: unknown keys pvd, teacher, ...)
     again = tmp_path / "again"
     assert main(["convert-nerf", "--config", str(out / "config.json"), "--output", str(again)]) == 0

@@ -582,15 +582,81 @@ def test_ctrl_c_while_loading_stops_before_training_and_the_same_command_restart
     assert sorted(losses(run)) == [1, 2]
 
 
-def test_text_to_3d_checkpoint_torn_between_its_two_files_is_detected(prior, tmp_path):
-    """checkpoint.safetensors and checkpoint.json are each replaced atomically, and the tensors carry their step: a
-    kill between the two renames is reported on resume instead of mixing two steps."""
+def test_text_to_3d_killed_between_its_two_checkpoint_files_resumes_exactly(prior, tmp_path):
+    """checkpoint.safetensors carries the whole state in its metadata and is replaced in one rename; checkpoint.json
+    is a readable copy written after it. A kill between the two renames (the tensors of step 2, the copy of step 1,
+    a temporary file left behind) loses nothing: resume continues from step 2 exactly (it used to refuse and ask for
+    --overwrite, losing the run). A damaged tensors file is one line naming it."""
+    from safetensors.torch import load_file
+
+    from sdtoolkit.runs import OutputFolderError
     from sdtoolkit.text_to_3d import trainer
 
+    straight = tmp_path / "straight"
+    trainer.train(_config(steps=3), straight, denoiser=prior, progress=False)
     out = tmp_path / "torn"
-    trainer.train(_config(steps=2), out, denoiser=prior, progress=False)
+    trainer.train(_config(steps=3), out, denoiser=prior, progress=False, stop_at=2)
     state = json.loads((out / trainer.STATE_FILE).read_text())
     (out / trainer.STATE_FILE).write_text(json.dumps({**state, "step": 1}))
-    with pytest.raises(ValueError, match="killed while checkpointing"):
-        trainer.train(_config(steps=3), out, denoiser=prior, progress=False, resume=True)
+    (out / f".checkpoint.tmp-{2**22 + 7}.json").write_text("{")  # a dead process's temporary file
+    manifest = json.loads((out / ".sdtoolkit-manifest.json").read_text())
+    (out / ".sdtoolkit-manifest.json").write_text(json.dumps({**manifest, "released": False}))
+    assert trainer.read_checkpoint_state(out)["step"] == 2
+    assert trainer.train(_config(steps=3), out, denoiser=prior, progress=False, resume=True).step == 3
+    a, b = load_file(str(straight / trainer.CHECKPOINT_FILE)), load_file(str(out / trainer.CHECKPOINT_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / trainer.STATE_FILE).read_text())["step"] == 3
     assert not list(out.glob(".*tmp*"))
+    data = (out / trainer.CHECKPOINT_FILE).read_bytes()
+    (out / trainer.CHECKPOINT_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(OutputFolderError, match="damaged"):
+        trainer.train(_config(steps=4), out, denoiser=prior, progress=False, resume=True)
+
+
+def test_a_killed_runs_entries_are_its_own_and_the_users_stay_the_users(tmp_path):
+    """A run killed before it released its folder recorded only the entries of its last sync. The entries it writes
+    that were not the user's when it claimed the folder are taken as its own, so --overwrite and a resume replace
+    them (they used to be called the user's: a dead end of "move them away"); the user's entries are kept."""
+    from sdtoolkit.runs import OutputFolderError, claim_output, inspect_output
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    reserved = ("config.json", "checkpoint.safetensors", "student", "notes.txt")
+    run = claim_output(
+        folder, "kind", overwrite=True, reserved=("config.json", "checkpoint.safetensors", "student"), announce=None
+    )
+    (folder / "config.json").write_text("{}")
+    (folder / "checkpoint.safetensors").write_bytes(b"x")
+    (folder / "student").mkdir()
+    (folder / "student" / "half.bin").write_bytes(b"x")
+    run.released = True  # killed: no final manifest, and its lock is left behind with a dead pid
+    lock = json.loads((folder / ".sdtoolkit.lock").read_text())
+    (folder / ".sdtoolkit.lock").write_text(json.dumps({**lock, "pid": 2**22 + 7}))
+    rules = {"reserved": ("config.json", "checkpoint.safetensors", "student")}
+    assert inspect_output(folder, "kind", overwrite=True, **rules) == "overwrite"
+    assert inspect_output(folder, "kind", resume=True, **rules) == "resume"
+    again = claim_output(folder, "kind", overwrite=True, announce=None, **rules)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "mine"
+    again.release()
+    # the user's own entry of a name the run writes is still refused
+    (folder / "student").mkdir()
+    with pytest.raises(OutputFolderError, match="student"):
+        inspect_output(folder, "kind", overwrite=True, reserved=reserved)
+
+
+def test_distill_killed_while_writing_its_student_resumes_and_re_exports(assets, straight, tmp_path):
+    """Killed (SIGKILL, out of memory) while `student/` or `export/` was written: the manifest of the last
+    checkpoint does not list them, yet they are the run's; `--resume` writes them again (it used to refuse: "student
+    was not written by sdtoolkit")."""
+    run = tmp_path / "killed_at_export"
+    shutil.copytree(straight, run)
+    manifest = json.loads((run / ".sdtoolkit-manifest.json").read_text())
+    owned = [name for name in manifest["owned"] if name != "student"]
+    files = [f for f in manifest["files"] if not f.startswith("student/")]
+    record = {**manifest, "owned": owned, "files": files, "released": False, "user_entries": []}
+    (run / ".sdtoolkit-manifest.json").write_text(json.dumps(record))
+    (run / "student" / "torn.safetensors").write_bytes(b"torn")
+    assert distill(assets, run, "--resume", str(run), "--max-steps", "4", "--no-export") == 0
+    assert not (run / "student" / "torn.safetensors").exists() and (run / "student").is_dir()

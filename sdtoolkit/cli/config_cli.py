@@ -92,12 +92,14 @@ def check_resumed_kind(output: Path, kind: str) -> None:
         )
 
 
-def check_resumed_steps(output: Path, steps: int, state_file: str = "checkpoint.json") -> None:
+def check_resumed_steps(output: Path, steps: int) -> None:
     """A resumed 3D run's `--steps` is at least the steps its checkpoint has trained (else its config.json would
     record fewer steps than the asset had); CLIError naming both otherwise."""
+    from sdtoolkit.text_to_3d.trainer import read_checkpoint_state
+
     try:
-        trained = int(json.loads((Path(output) / state_file).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        trained = int(read_checkpoint_state(Path(output))["step"])
+    except (KeyError, TypeError, ValueError):
         return  # a torn or missing state is reported by the loader with its own message
     if steps < trained:
         raise CLIError(

@@ -46,6 +46,10 @@ class ConvertNerfCommand:
     """No progress bar."""
 
 
+EXPORT_KEYS = ("mesh_resolution", "video_frames", "eval_views")
+"""The export settings a resumed conversion takes from its config.json's "command" unless given again."""
+
+
 def add_parser(subparsers) -> None:
     from sdtoolkit.nerf.pvd import PVDConfig
 
@@ -101,7 +105,8 @@ def resolve(args: argparse.Namespace):
             found = ", ".join(key for key in saved_keys if key in loaded)
             raise CLIError(f"--config {args.config}: {found} belong to a run's config.json, which also has 'pvd'")
         requested = config_cli.merge(loaded, requested)
-    command = config_cli.build_section(ConvertNerfCommand, requested.pop("command", {}), "command", names)
+    command_values = requested.pop("command", {})
+    command = config_cli.build_section(ConvertNerfCommand, command_values, "command", names)
     resume = getattr(args, "resume", None)
     if resume and command.output is not None and Path(resume) != Path(command.output):
         raise CLIError(f"--resume {resume} and --output {command.output} name two folders; give one of them")
@@ -128,6 +133,12 @@ def resolve(args: argparse.Namespace):
         if teacher is not None and Path(teacher).resolve() != Path(stored_teacher).resolve():
             raise CLIError(f"--resume: TEACHER {teacher!r} is not the run's teacher {stored_teacher!r}")
         teacher = stored_teacher
+        # the export settings the run was started with (config.json's "command"), unless given again
+        kept = stored.get("command") if isinstance(stored.get("command"), dict) else {}
+        kept = {key: kept[key] for key in EXPORT_KEYS if key in kept}
+        command = config_cli.build_section(
+            ConvertNerfCommand, config_cli.merge(kept, command_values), "command", names
+        )
         lines = config_cli.resume_conflicts(stored_pvd, requested, set(PVDConfig.RESUMABLE), names)
         if lines:
             config_cli.fail(lines)

@@ -459,9 +459,11 @@ def convert(
 
 
 def _kept_checkpoint(output_dir: Path) -> str:
+    from sdtoolkit.text_to_3d.trainer import read_checkpoint_state
+
     try:
-        step = json.loads((output_dir / STATE_FILE).read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError):
+        step = read_checkpoint_state(output_dir)["step"]
+    except (KeyError, TypeError):
         return "no checkpoint was written yet"
     return f"the last good checkpoint is {output_dir / CHECKPOINT_FILE} (step {step})"
 

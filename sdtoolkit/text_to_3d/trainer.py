@@ -356,21 +356,45 @@ def save_checkpoint(run: TextTo3DRun, output_dir: Path) -> Path:
         for group in optim["param_groups"]
     ]
     state = {"step": run.step, "param_groups": groups, "history": run.history[-50:]}
-    # each file atomically; the tensors carry their step, so a kill between the two renames is detected on load
+    # The tensors file is the whole checkpoint (its metadata carries the state too) and is replaced in one rename;
+    # checkpoint.json is a readable copy written after it, so a kill between the two renames loses nothing.
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": str(run.step)})
+        save_file(tensors, str(tmp), metadata={"step": str(run.step), "state": json.dumps(state)})
     atomic_write_text(output_dir / STATE_FILE, json.dumps(state, indent=1))
     return path
 
 
+def read_checkpoint_state(output_dir: Path) -> dict | None:
+    """The state (step, optimizer groups, history) of the checkpoint in `output_dir`: from the metadata of its
+    checkpoint.safetensors, which is written in one rename with the tensors, else (a checkpoint written before
+    the metadata held it) from checkpoint.json; None when there is no readable checkpoint."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(output_dir / CHECKPOINT_FILE), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if "state" in metadata:
+            return json.loads(metadata["state"])
+        return json.loads((output_dir / STATE_FILE).read_text())
+    except (OSError, ValueError, TypeError, SafetensorError):
+        return None
+
+
 def load_checkpoint(run: TextTo3DRun, output_dir: Path) -> None:
     """Restores a run saved by `save_checkpoint` (the run must be built from the same config)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    tensors = load_file(str(output_dir / CHECKPOINT_FILE), device=str(run.nerf.device))
-    state = json.loads((output_dir / STATE_FILE).read_text())
-    with safe_open(str(output_dir / CHECKPOINT_FILE), framework="pt") as handle:
-        saved_step = (handle.metadata() or {}).get("step")
+    try:
+        tensors = load_file(str(output_dir / CHECKPOINT_FILE), device=str(run.nerf.device))
+        with safe_open(str(output_dir / CHECKPOINT_FILE), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (OSError, SafetensorError) as error:  # a torn or damaged file
+        raise OutputFolderError(
+            f"{output_dir / CHECKPOINT_FILE} cannot be read ({type(error).__name__}: {error}); the checkpoint is "
+            "damaged: start the run again with --overwrite"
+        ) from None
+    saved_step = metadata.get("step")
+    state = json.loads(metadata["state"]) if "state" in metadata else json.loads((output_dir / STATE_FILE).read_text())
     if saved_step is not None and int(saved_step) != state["step"]:
         raise OutputFolderError(
             f"{output_dir}: {CHECKPOINT_FILE} is of step {saved_step} but {STATE_FILE} of step {state['step']} (the "
@@ -531,7 +555,8 @@ def _train(
 
 
 def _saved_step(output_dir: Path) -> int | None:
+    state = read_checkpoint_state(output_dir)
     try:
-        return int(json.loads((output_dir / STATE_FILE).read_text())["step"])
-    except (OSError, ValueError, KeyError):
+        return int(state["step"]) if state is not None else None
+    except (KeyError, TypeError, ValueError):
         return None
