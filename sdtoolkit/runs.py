@@ -558,6 +558,12 @@ class StopSignals:
 
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.signum is None:  # acknowledged at once (os.write: safe inside a handler), honoured at the next step
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            with contextlib.suppress(OSError):
+                os.write(
+                    2, f"\n{name}: stopping at the next step with a checkpoint (Ctrl-C again: stop at once)\n".encode()
+                )
         self.signum = signum
 
     def __enter__(self) -> StopSignals:

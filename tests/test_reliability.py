@@ -546,13 +546,15 @@ def test_an_incomplete_checkpoint_is_never_the_newest(straight, tmp_path):
     assert (run / "checkpoints" / "step_000004" / "progress.json").is_file()  # rotation counts complete ones only
 
 
-def test_a_second_ctrl_c_interrupts_at_once():
+def test_a_second_ctrl_c_interrupts_at_once(capfd):
     from sdtoolkit.runs import StopSignals
 
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when started in the background
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.exit_code == 130 and stop.name == "Ctrl-C"
+        # acknowledged at once (a long setup, e.g. caching latents, honours it only at the first step)
+        assert "Ctrl-C: stopping at the next step" in capfd.readouterr().err
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
@@ -660,3 +662,59 @@ def test_distill_killed_while_writing_its_student_resumes_and_re_exports(assets,
     (run / "student" / "torn.safetensors").write_bytes(b"torn")
     assert distill(assets, run, "--resume", str(run), "--max-steps", "4", "--no-export") == 0
     assert not (run / "student" / "torn.safetensors").exists() and (run / "student").is_dir()
+
+
+def test_ctrl_c_outside_a_loop_is_one_line_and_130(monkeypatch, capsys):
+    """A Ctrl-C the loops do not handle (imports, teacher loading, the export, a second Ctrl-C) ends the command in
+    one line with exit status 130 (it used to print a traceback of up to 134 lines)."""
+    import sdtoolkit.cli.info as info
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "run", interrupted)
+    assert main(["info"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stopped: Ctrl-C" in err[0] and "--resume" in err[0], err
+
+
+def test_ctrl_c_during_the_last_checkpoint_stops_before_the_student(assets, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that arrives while the last step's checkpoint is written is honoured (it used to be ignored: the run
+    went on to write its student and export and exited 0); --resume then writes them."""
+    from sdtoolkit.distill.loop import Trainer
+
+    original = Trainer._checkpoint
+
+    def checkpoint(self, step):
+        original(self, step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "last"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_checkpoint", checkpoint)
+        capsys.readouterr()
+        assert distill(assets, run, "--max-steps", "2", "--checkpoint-every", "1") == 130
+    err = capsys.readouterr().err
+    assert "after the last step" in err and "--resume" in err and "Traceback" not in err, err
+    assert not (run / "student").exists() and not (run / "export").exists()
+    assert distill(assets, run, "--resume", str(run), "--max-steps", "2") == 0
+    assert (run / "export" / "model_index.json").is_file()
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_way_on(assets, straight, tmp_path, capsys):
+    """A torn checkpoint file (a power loss, a full disk: the rename is atomic, the bytes may not be) is reported in
+    one line naming the checkpoint and the older one to resume from (it used to be a 32-line SafetensorError
+    traceback)."""
+    run = tmp_path / "damaged"
+    shutil.copytree(straight, run)
+    model = next((run / "checkpoints" / "step_000004").glob("model*.safetensors"))
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    capsys.readouterr()
+    assert distill(assets, run, "--resume", str(run), "--max-steps", "6", "--no-export") == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("sdtoolkit distill")]
+    assert len(ours) == 1 and "Traceback" not in err, err
+    assert "step_000004 is damaged" in ours[0] and "resume from step_000002" in ours[0], ours
+    shutil.rmtree(run / "checkpoints" / "step_000004")
+    assert distill(assets, run, "--resume", str(run), "--max-steps", "4", "--no-export") == 0

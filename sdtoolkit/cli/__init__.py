@@ -56,6 +56,18 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside a loop's own handling (imports, loading, export) or a second Ctrl-C
+        print(
+            "\nsdtoolkit: stopped: Ctrl-C; what was written is kept (a run continues from its last checkpoint "
+            "with --resume, a run stopped before its first one with the same command)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand that was given them, not by the top-level parser

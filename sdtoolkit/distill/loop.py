@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from sdtoolkit.core.denoiser import Denoiser
@@ -130,6 +131,30 @@ def check_output_folder(config: TrainConfig, resume: bool) -> str:
     )
 
 
+def _damaged_checkpoint(checkpoint: Path, error: BaseException) -> str:
+    """One line for a checkpoint whose files cannot be read: what failed, and the way on (the previous complete
+    checkpoint, once the damaged one is moved away; or a fresh start)."""
+    older = sorted(
+        (
+            c
+            for c in checkpoint.parent.glob("step_*")
+            if c.name[5:].isdigit() and int(c.name[5:]) < _step_of(checkpoint)
+        ),
+        key=lambda c: int(c.name[5:]),
+    )
+    older = [c for c in older if latest_checkpoint(c) == c]
+    way = (
+        f"delete it to resume from {older[-1].name}, or start anew with --overwrite"
+        if older
+        else "no older checkpoint is left: start anew with --overwrite"
+    )
+    return f"--resume: checkpoint {checkpoint} is damaged ({type(error).__name__}: {error}); {way}"
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name[5:]) if checkpoint.name[5:].isdigit() else 1 << 62
+
+
 @torch.no_grad()
 def finite_gradients_(params: list[nn.Parameter], posinf: float = 1e5) -> int:
     """In place, NaN gradient entries -> 0 and +-inf -> +-`posinf` (SiD-LSG's `torch.nan_to_num(param.grad, nan=0,
@@ -233,6 +258,13 @@ class Trainer:
                         exit_code=self.stop.exit_code,
                     ) from None
                 self._loop(progress, dataloader, models)
+                if self.stop.requested:  # during the last step's checkpoint: stop before the student is written
+                    raise RunInterrupted(
+                        f"{self.stop.name} after the last step ({progress.step}; its checkpoint is written): the "
+                        f"student and export were not written; `sdtoolkit distill {self.method_class.name} --resume "
+                        f"{self.output}` writes them",
+                        exit_code=self.stop.exit_code,
+                    )
 
             # 4. the student, its export, the end of the run
             accelerator = self.accelerator
@@ -341,6 +373,8 @@ class Trainer:
                 )
             except CheckpointError as error:
                 raise OutputFolderError(f"--resume: {error}") from None
+            except (OSError, json.JSONDecodeError, SafetensorError) as error:  # a torn file (disk full, power loss)
+                raise OutputFolderError(_damaged_checkpoint(Path(self.resume_from), error)) from None
             method.after_load()
             accelerator.print(f"resumed from {self.resume_from} at step {progress.step}")
             if progress.step >= self.config.max_steps:

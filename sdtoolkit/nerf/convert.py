@@ -453,6 +453,13 @@ def convert(
         bar.close()
         save_checkpoint(run, output_dir)
         train_seconds = time.time() - start
+        if stop.requested:  # during the last step or its checkpoint: stop before the export
+            raise RunInterrupted(
+                f"{stop.name} after the last step ({run.step}; its checkpoint is written): nothing was exported; "
+                f"`sdtoolkit convert-nerf --resume {output_dir}` exports it",
+                exit_code=stop.exit_code,
+            )
+        stop.__exit__()  # the export: Ctrl-C stops at once (the checkpoint is complete; a resume exports again)
         if not export_outputs or (stop_at is not None and run.step < config.steps):
             return {"steps": run.step, "stopped": run.step < config.steps}
         return export(run, output_dir, train_seconds, mesh_resolution, video_frames, eval_views, background)

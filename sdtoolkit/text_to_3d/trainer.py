@@ -549,6 +549,12 @@ def _train(
         set_levels(run.nerf, None)  # every level on for the export (a resumed run's steps set their own)
     run.nerf.field.beta = config.nerf.field.sdf_beta  # the final surface for the export
     save_checkpoint(run, output_dir)
+    if stop.requested:  # during the last step or its checkpoint: stop before the export
+        raise RunInterrupted(
+            f"{stop.name} after the last step ({run.step}; its checkpoint is written): nothing was exported; "
+            f"`sdtoolkit {command} --resume {output_dir}` exports it",
+            exit_code=stop.exit_code,
+        )
     timing = {"train_seconds": time.time() - start_time, "steps": run.step}
     atomic_write_text(output_dir / "timing.json", json.dumps(timing))
     return run
