@@ -560,10 +560,9 @@ class StopSignals:
             raise KeyboardInterrupt
         if self.signum is None:  # acknowledged at once (os.write: safe inside a handler), honoured at the next step
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            line = f"\n{name}: stopping at the next step, with a checkpoint once training began (Ctrl-C again: now)\n"
             with contextlib.suppress(OSError):
-                os.write(
-                    2, f"\n{name}: stopping at the next step with a checkpoint (Ctrl-C again: stop at once)\n".encode()
-                )
+                os.write(2, line.encode())
         self.signum = signum
 
     def __enter__(self) -> StopSignals:

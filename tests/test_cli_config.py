@@ -172,7 +172,7 @@ def test_every_bad_value_gets_its_own_line(tmp_path, capsys):
     assert len(lines) == 3 and "max_steps" in lines[0] and "batch_size" in lines[1] and "seed" in lines[2], lines
     lines = run_err(capsys, ["distill", "lcm", "--max-steps", "0", "--seed", "-1", "--output", str(tmp_path / "run")])
     assert lines[0].endswith("--max-steps 0: must be >= 1 (train.max_steps)")
-    assert lines[1].endswith("--seed -1: must be >= 0 (train.seed)")
+    assert lines[1].endswith("--seed -1: must be in [0, 4294967295] (train.seed)")
     assert not (tmp_path / "run").exists()
 
 

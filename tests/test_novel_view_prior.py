@@ -119,7 +119,7 @@ def test_cli_refuses_bad_values_before_writing(tmp_path, capsys):
         (["--block-out-channels", "7", "9", "11"], "multiples of --attention-head-dim 16"),
         (["--vae-source", "builtin:shape"], "unknown built-in model builtin:shape"),
         (["--fov-deg", "0"], "--fov-deg 0.0: must be in [1, 179]"),
-        (["--seed", "-1"], "--seed -1: must be >= 0"),
+        (["--seed", "-1"], "--seed -1: must be in [0, 4294967295]"),
     ]:
         capsys.readouterr()
         assert main(["train-novel-view-prior", "--output", str(out), *argv]) == 2, argv

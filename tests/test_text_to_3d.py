@@ -689,7 +689,7 @@ def test_opacity_colours_benchmark_scores_a_finished_run(tiny_prior, tmp_path, c
 
 def test_section_flags_with_underscores_also_take_hyphens():
     """`--mesh_refine.*` and `--novel_cameras.*` are also spelled with hyphens, like every other flag."""
-    from sdtoolkit.cli import build_parser
+    from sdtoolkit.cli import CLIError, build_parser
     from sdtoolkit.cli.text_to_3d import resolve
 
     for flag in ("--mesh_refine.steps", "--mesh-refine.steps"):
@@ -697,3 +697,6 @@ def test_section_flags_with_underscores_also_take_hyphens():
         assert config.mesh_refine.steps == 3
     args = build_parser().parse_args(["image-to-3d", "x.png", "--novel-cameras.batch-size", "2"])
     assert args.__dict__[next(k for k in vars(args) if k.endswith("novel_cameras.batch_size"))] == 2
+    # messages name the hyphenated spelling (they named `--novel_cameras.batch-size`)
+    with pytest.raises(CLIError, match=r"--mesh-refine\.steps -1: must be >= 0"):
+        resolve(build_parser().parse_args(["text-to-3d", "a red cube", "--mesh_refine.steps", "-1"]))

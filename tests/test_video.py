@@ -482,7 +482,7 @@ def test_video_cli_train_generate_eval(tmp_path, capsys):
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-frames", "9"]) == 2
     assert "--num-frames 9" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["train-video-teacher", "--tiny", "--output", str(tmp_path / "x"), "--num-threads", "0"]) == 2
-    assert "--num-threads must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "--num-threads 0: must be >= 1" in capsys.readouterr().err and not (tmp_path / "x").exists()
     for flag, value, line in (
         ("--turn-deg", "0", "--turn-deg must be in (0, 88]"),
         ("--turn-deg", "120", "got 120.0"),

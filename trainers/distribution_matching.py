@@ -22,7 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.core.config import SCHEDULE_STEPS
+from sdtoolkit.core.config import (
+    ADAM_BETA,
+    AT_LEAST_1,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SCHEDULE_STEPS,
+    Range,
+)
 from sdtoolkit.core.denoiser import Conditioning, Denoiser
 from sdtoolkit.core.sampling import few_step_sample, full_time
 from sdtoolkit.core.schedules import NoiseSchedule, VPSchedule
@@ -167,7 +175,24 @@ def hash_prompts(prompts: list[str]) -> str:
 class DistributionMatchingConfig(MethodConfig):
     """Settings shared by the distribution-matching methods (defaults: DMD2 on SD1.5, Yin et al. 2024b)."""
 
-    BOUNDS = {"regression_steps": SCHEDULE_STEPS}  # checked against the teacher's scheduler once it is loaded
+    BOUNDS = {
+        "regression_steps": SCHEDULE_STEPS,  # checked against the teacher's scheduler once it is loaded
+        "num_steps": Range(1, 8),
+        "generator_timestep": AT_LEAST_1,
+        "learning_rate": POSITIVE,
+        "fake_learning_rate": POSITIVE,
+        "fake_updates_per_generator": AT_LEAST_1,
+        "fake_rank": AT_LEAST_1,
+        "real_guidance_scale": NON_NEGATIVE,
+        "min_t": FRACTION,
+        "max_t": FRACTION,
+        "adam_beta1": ADAM_BETA,
+        "adam_beta2": ADAM_BETA,
+        "weight_decay": NON_NEGATIVE,
+        "ema_decay": FRACTION,
+        "regression_weight": NON_NEGATIVE,
+        "regression_pairs": AT_LEAST_1,
+    }
 
     num_steps: int = 1
     """Student steps k (1-8); timesteps = LCMScheduler(original_inference_steps=k): 999 | 999,499 | 999,749,499,249."""

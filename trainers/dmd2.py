@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import FRACTION, NON_NEGATIVE
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.utils import frozen
 from sdtoolkit.distill.adversarial import (
@@ -47,6 +48,8 @@ __all__ = ["DMD2", "DMD2Config"]
 @dataclass
 class DMD2Config(RegressionConfig):
     """DMD2 (Yin et al. 2024b); defaults are its SD1.5 recipe."""
+
+    BOUNDS = {"gan_weight": NON_NEGATIVE, "discriminator_weight": NON_NEGATIVE, "gan_max_t": FRACTION}
 
     gan_weight: float = 0.0
     """Weight of the generator's GAN loss (DMD2 SD1.5: 1e-3 in the second stage; 0 disables the GAN and its head)."""

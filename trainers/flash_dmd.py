@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.utils import frozen
 from sdtoolkit.distill.adversarial import PixelDiscriminator, gan_discriminator_loss, gan_generator_loss, pooled_text
@@ -60,6 +61,15 @@ __all__ = ["FlashDMD", "FlashDMDConfig"]
 @dataclass
 class FlashDMDConfig(DistributionMatchingConfig):
     """Flash-DMD stage 1 (Chen et al. 2025). Defaults: the paper where it says, DMD2 SD1.5 elsewhere."""
+
+    BOUNDS = {
+        "fake_ema_decay": FRACTION,
+        "gan_weight": NON_NEGATIVE,
+        "discriminator_learning_rate": POSITIVE,
+        "discriminator_channels": AT_LEAST_1,
+        "high_noise_steps": AT_LEAST_1,
+        "reward_weight": NON_NEGATIVE,
+    }
 
     fake_updates_per_generator: int = 1
     """TTUR: fake-score updates per generator update (Flash-DMD: 1 or 2, instead of DMD2's 5-10)."""

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdtoolkit.core.config import SCHEDULE_STEPS
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SCHEDULE_STEPS
 from sdtoolkit.core.consistency import (
     consistency_distance,
     ddim_grid,
@@ -93,7 +93,26 @@ class LCMConfig(MethodConfig):
     """Latent consistency distillation (LCM / LCM-LoRA / phased PCM). Defaults follow LCM (Luo et al. 2023) as
     implemented by diffusers' consistency_distillation scripts."""
 
-    BOUNDS = {"num_ddim_timesteps": SCHEDULE_STEPS}  # checked against the teacher's scheduler once it is loaded
+    BOUNDS = {
+        "num_ddim_timesteps": SCHEDULE_STEPS,  # checked against the teacher's scheduler once it is loaded
+        "lora_rank": AT_LEAST_1,
+        "lora_alpha": POSITIVE,
+        "lr": POSITIVE,
+        "lr_warmup_steps": NON_NEGATIVE,
+        "adam_weight_decay": NON_NEGATIVE,
+        "w_min": NON_NEGATIVE,
+        "w_max": NON_NEGATIVE,
+        "time_cond_proj_dim": AT_LEAST_1,
+        "ema_decay": FRACTION,
+        "huber_c": POSITIVE,
+        "sigma_data": POSITIVE,
+        "timestep_scaling": POSITIVE,
+        "phases": AT_LEAST_1,
+        "adversarial_weight": NON_NEGATIVE,
+        "discriminator_lr": POSITIVE,
+        "sample_steps": AT_LEAST_1,
+        "sample_w": NON_NEGATIVE,
+    }
 
     lora_rank: int | None = None
     """None: distil a full UNet copy (LCM). R > 0: train a LoRA of rank R on the teacher's UNet (LCM-LoRA: 64)."""
@@ -309,6 +328,15 @@ class LCM(DistillationMethod):
                 f"{type(network).__name__} does not have; drop --w-embedding to train a full LCM student without "
                 f"it (teacher guidance w ~ U[w_min, w_max] distilled in){via}"
             )
+        targets = tuple(config.lora_target_modules)
+        if config.lora_rank is not None and targets != LCM_LORA_TARGET_MODULES:  # the default adapts to the family
+            names = [name for name, module in network.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+            if not any(name == t or name.endswith(f".{t}") for name in names for t in targets):
+                leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
+                raise ValueError(
+                    f"--lora-target-modules {' '.join(targets)}: no layer of the teacher's {type(network).__name__} "
+                    f"has that name; its layer names include {', '.join(leaves[:12])}"
+                )
 
     @property
     def is_lora(self) -> bool:

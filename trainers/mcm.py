@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sdtoolkit.trainers.lcm import LCMConfig, consistency_step
 from torch import Tensor, nn
 
-from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SCHEDULE_STEPS, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SCHEDULE_STEPS, SEED, Range
 from sdtoolkit.core.consistency import consistency_distance
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.sampling import lcm_sample
@@ -60,6 +60,20 @@ class MCMConfig(MethodConfig):
         "w_max": NON_NEGATIVE,
         "gan_frames": AT_LEAST_1,
         "num_frames": Range(2),
+        "num_clips": AT_LEAST_1,
+        "clip_seed": SEED,
+        "lr_warmup_steps": NON_NEGATIVE,
+        "ema_decay": FRACTION,
+        "huber_c": POSITIVE,
+        "sigma_data": POSITIVE,
+        "timestep_scaling": POSITIVE,
+        "head_channels": AT_LEAST_1,
+        "head_layers": AT_LEAST_1,
+        "head_kernel_size": AT_LEAST_1,
+        "cd_pred_x0_portion": FRACTION,
+        "adversarial_weight": NON_NEGATIVE,
+        "r1_weight": NON_NEGATIVE,
+        "sample_steps": AT_LEAST_1,
     }
 
     num_frames: int = 16

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sdtoolkit.core.config import FRACTION, NON_NEGATIVE
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
 from sdtoolkit.distill.data import batch_conditioning
@@ -44,6 +45,13 @@ __all__ = ["SiD", "SiDConfig"]
 @dataclass
 class SiDConfig(RegressionConfig):
     """SiD / SiD-LSG; defaults are SiD-LSG's SD1.5 run (`run_sid.sh`)."""
+
+    BOUNDS = {
+        "alpha": NON_NEGATIVE,
+        "fake_guidance": NON_NEGATIVE,
+        "fake_train_guidance": NON_NEGATIVE,
+        "prompt_dropout": FRACTION,
+    }
 
     alpha: float = 1.0
     """alpha of the SiD loss (SiD: 1.2 on ImageNet/CIFAR; SiD-LSG text-to-image: 1.0)."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sdtoolkit.core.config import FRACTION, NON_NEGATIVE
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.utils import frozen
 from sdtoolkit.distill.adversarial import bottleneck_features, bottleneck_head, gan_discriminator_loss
@@ -49,6 +50,8 @@ __all__ = ["SiDA", "SiDAConfig", "sida_adversarial_loss"]
 @dataclass
 class SiDAConfig(SiDConfig):
     """SiDA: SiD's settings plus its adversarial weights (defaults: SiDA's)."""
+
+    BOUNDS = {"adversarial_weight": FRACTION, "discriminator_weight": NON_NEGATIVE, "adversarial_start": NON_NEGATIVE}
 
     adversarial_weight: float = 0.5
     """lambda: the generator loss is (1 - lambda) L_SiD + lambda L_adv (SiDA: 0.5; 0 = plain SiD with a trained

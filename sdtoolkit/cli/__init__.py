@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 # name -> module under sdtoolkit.cli that defines `add_parser(subparsers)` and `run(args)`.
@@ -32,6 +33,12 @@ class CLIError(Exception):
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `sdtoolkit distill lcm: error: argument --max-steps: invalid int value: 'two'
     (sdtoolkit distill lcm --help lists the flags)` instead of the whole usage block before it; exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes `-1e-4` for a flag (its negative-number pattern has no exponent), so `--lr -1e-4` said
+        # "expected one argument" instead of naming the value; numbers with an exponent are values here
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")

@@ -198,15 +198,15 @@ def add_flags(
                 names=names,
             )
             continue
-        option = flag_of(prefix, f.name)
+        option = flag_of(prefix.replace("_", "-"), f.name)  # messages and --help name the hyphenated spelling
         shown = defaults.get(dotted, show(field_default(f)))
         kwargs: dict[str, Any] = {
             "dest": DEST + dotted,
             "help": help_text(docs.get(f.name, ""), shown, bounds.get(f.name)),
         }
         options = [*aliases.get(dotted, ()), option]  # a short alias, if any, names the flag in messages
-        if "_" in prefix:  # `--mesh_refine.steps` is also `--mesh-refine.steps`, as every other flag is spelled
-            options.append(flag_of(prefix.replace("_", "-"), f.name))
+        if "_" in prefix:  # `--mesh-refine.steps` is also `--mesh_refine.steps`, the config key's own spelling
+            options.append(flag_of(prefix, f.name))
         if dotted in positional:
             del kwargs["dest"]
             group.add_argument(DEST + dotted, nargs="?", metavar=positional[dotted], **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -113,6 +114,7 @@ def _nan_for_null(value):
 def run(args) -> int:
     config = config_cli.resolve_flat(args, EvalCommand, "eval")
     args.no_diversity = not args.diversity
+    config_cli.check_device(args.device)
     given = [flag for flag, value in (("--images", args.images), ("--clips", args.clips), ("--compare", args.compare))
              if value is not None]  # fmt: skip
     if len(given) > 1:  # one of them used to win silently
@@ -178,6 +180,12 @@ def run(args) -> int:
 
     # 3. Report.
     print(f"{len(files)} images, {report['num_prompts']} prompts")
+    if args.fd_splits >= 2 and report.get("fd_splits") == 0 and "fd_shapes" in report["metrics"]:
+        print(
+            f"note: --fd-splits {args.fd_splits} needs at least {4 * args.fd_splits} images (4 per split); FD_shapes "
+            f"of these {len(files)} has no interval",
+            file=sys.stderr,
+        )
     print(format_report(report))
     if args.out:
         result = {"images": args.images, "prompts": args.prompts, "evaluator": args.evaluator, "scores": scores}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from sdtoolkit.cli import CLIError, config_cli
-from sdtoolkit.core.config import Bound, Range
+from sdtoolkit.core.config import SEED, Bound
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
 
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 class Eval3DCommand:
     """The settings of `sdtoolkit eval-3d` (the command line is generated from them: `sdtoolkit.cli.config_cli`)."""
 
-    BOUNDS: ClassVar[dict[str, Bound]] = {"seed": Range(0)}
+    BOUNDS: ClassVar[dict[str, Bound]] = {"seed": SEED}
 
     mesh: str | None = None
     """A mesh file (.glb, .obj, .ply) or a text-to-3d output folder (its mesh.glb and config.json)."""
@@ -180,6 +180,9 @@ def run(args) -> int:
             + f", |azimuth| {median['azimuth_deg']:.2f}, |elevation| {median['elevation_deg']:.2f} deg, "
             f"|distance| {median['distance_percent']:.2f} %"
         )
+    for target in (args.out, args.renders):  # as eval and generate do: a new folder for a new file
+        if target is not None:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
         scores = {"mesh": str(path), "objects": results} | ({} if poses is None else {"poses": poses})
         Path(args.out).write_text(json.dumps(scores, indent=2, default=_plain))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from sdtoolkit.cli import CLIError, config_cli
-from sdtoolkit.core.config import AT_LEAST_1, Bound, Range
+from sdtoolkit.core.config import AT_LEAST_1, SEED, Bound, Range
 
 
 def add_parser(subparsers) -> None:
@@ -48,9 +48,9 @@ class GenerateConfig:
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "steps": Range(1, MAX_STEPS),
-        "guidance": Range(0),
+        "guidance": Range(0, 1000),  # --guidance 1e30 gave NaN latents: a black grid, exit 0
         "num_images": AT_LEAST_1,
-        "seed": Range(0),
+        "seed": SEED,
         "num_frames": Range(2),
     }
 

@@ -112,6 +112,7 @@ def resolve(args: argparse.Namespace):
 
     names: dict[str, str] = getattr(args, "config_names", {})
     requested = config_cli.given(args)
+    given_flags = set(requested)  # on the command line (a saved config holds every prior's settings)
     if not requested.get("images"):
         requested.pop("images", None)
     config_file = getattr(args, "config", None)
@@ -152,6 +153,18 @@ def resolve(args: argparse.Namespace):
         config_cli.check_resumed_steps(output, config.steps)
     if not config.images:
         raise CLIError("no reference image given; e.g. sdtoolkit image-to-3d front.png --output runs/asset")
+    idle = [  # a prior's settings given without the prior: they would be ignored silently
+        (key, need)
+        for key, need, present in (
+            ("lambda_text", "--prompt", bool(config.prompt)),
+            ("guidance", "--prompt", bool(config.prompt)),
+            ("lambda_novel_view", "--novel-view-prior", bool(config.novel_view_prior)),
+            ("novel_view_guidance", "--novel-view-prior", bool(config.novel_view_prior)),
+        )
+        if key in given_flags and not present
+    ]
+    if idle:
+        config_cli.fail([f"{config_cli.flag_of('', key)} needs {need}, which is not given" for key, need in idle])
     try:
         references = load_references(
             list(config.images), config.cameras, list(config.masks) or None, config.reference_resolution

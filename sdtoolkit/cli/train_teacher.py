@@ -183,6 +183,9 @@ def build_config(args: argparse.Namespace):
         raise CLIError(f"{flags}: not a setting of --family {command.family} (see train-teacher --help)")
     values.update(given)
     config = config_cli.build_section(cls, values, "teacher", names)
+    lines = _architecture_problems(config, command.family)
+    if lines:
+        config_cli.fail(lines)
     if command.output is None:
         raise CLIError("--output is required: the folder to write the teacher into")
     if config.device == "cuda":
@@ -191,6 +194,40 @@ def build_config(args: argparse.Namespace):
         if not torch.cuda.is_available():
             raise CLIError("--device cuda: torch sees no CUDA device here; use --device cpu")
     return config, command
+
+
+def _architecture_problems(config, family: str) -> list[str]:
+    """Settings that are each in range but do not fit together (diffusers / transformers would fail on them deep in
+    model building): one line each."""
+    lines = []
+    if config.text_hidden_size % config.text_heads:
+        lines.append(
+            f"--text-hidden-size {config.text_hidden_size}: must be a multiple of --text-heads {config.text_heads}"
+        )
+    if family == "sd":
+        widths = (*config.vae_channels, *config.unet_channels)
+        if any(width % config.norm_num_groups for width in widths):
+            vae, unet = (" ".join(map(str, channels)) for channels in (config.vae_channels, config.unet_channels))
+            lines.append(
+                f"--norm-num-groups {config.norm_num_groups}: must divide every channel width (--vae-channels {vae}, "
+                f"--unet-channels {unet})"
+            )
+        if not config.beta_start < config.beta_end:
+            lines.append(f"--beta-start {config.beta_start} must be below --beta-end {config.beta_end}")
+        return lines
+    from sdtoolkit.models.loading import ModelNotAvailableError, folder_vae_scale_factor, resolve_model_id
+
+    try:
+        folder = resolve_model_id(config.vae_source)
+    except (ValueError, ModelNotAvailableError) as error:
+        return [*lines, f"--vae-source {config.vae_source}: {error}"]
+    factor = folder_vae_scale_factor(folder)
+    if factor and config.resolution % factor == 0 and (config.resolution // factor) % config.patch_size:
+        lines.append(
+            f"--patch-size {config.patch_size}: must divide the latent side {config.resolution // factor} "
+            f"(--resolution {config.resolution} / the VAE's factor {factor})"
+        )
+    return lines
 
 
 def _command_line(args: argparse.Namespace, command: TrainTeacherCommand) -> str:

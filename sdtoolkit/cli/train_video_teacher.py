@@ -112,8 +112,6 @@ def build_config(args: argparse.Namespace):
     ):
         if value < 1:
             lines.append(f"{flag} must be at least 1, got {value}")
-    if config.num_threads is not None and config.num_threads < 1:
-        lines.append(f"--num-threads must be at least 1, got {config.num_threads}")
     if not 0 < config.turn_deg <= MAX_TURN_DEG:
         lines.append(
             f"--turn-deg must be in (0, {MAX_TURN_DEG:g}] (every frame keeps its caption's view word), "
@@ -165,6 +163,7 @@ def build_config(args: argparse.Namespace):
                 f"--resolution {config.resolution}: must be a multiple of {multiple} for this image teacher (its "
                 f"VAE's and UNet's downsampling), e.g. {max(multiple, round(config.resolution / multiple) * multiple)}"
             )
+        lines += _motion_module_problems(config, folder)
     if config.init_from is not None:
         source = Path(config.init_from)
         index = source / "model_index.json"
@@ -179,6 +178,31 @@ def build_config(args: argparse.Namespace):
     if lines:
         config_cli.fail(lines)
     return config, command
+
+
+def _motion_module_problems(config, folder) -> list[str]:
+    """The motion modules sit in the image UNet's blocks: their norm groups and heads divide every block width, and
+    their layers per block are the UNet's (diffusers' MotionAdapter refuses others). Read from the folder's
+    unet/config.json; nothing to say when it cannot be read (the loader reports that)."""
+    try:
+        unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
+        widths, layers = list(unet["block_out_channels"]), int(unet["layers_per_block"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    shown = " ".join(map(str, widths))
+    lines = []
+    for flag, value in (
+        ("--motion-norm-num-groups", config.motion_norm_num_groups),
+        ("--motion-num-attention-heads", config.motion_num_attention_heads),
+    ):
+        if value >= 1 and any(width % value for width in widths):
+            lines.append(f"{flag} {value}: must divide every block width of the image UNet ({shown})")
+    if config.motion_layers_per_block not in (None, layers):
+        lines.append(
+            f"--motion-layers-per-block {config.motion_layers_per_block}: must be the image UNet's layers_per_block "
+            f"({layers}) or left out"
+        )
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -98,6 +98,10 @@ NON_NEGATIVE = Range(0)
 """>= 0 (periods where 0 disables, weights)."""
 FRACTION = Range(0, 1)
 """A fraction in [0, 1]."""
+ADAM_BETA = Range(0, 1, high_open=True)
+"""An Adam moment decay beta in [0, 1)."""
+SEED = Range(0, 2**32 - 1)
+"""A random seed (torch, numpy and Python accept 0 to 2^32 - 1 alike)."""
 SCHEDULE_STEPS = Range(1, "num_train_timesteps")
 """A number of steps on the teacher's schedule: 1 to its scheduler's num_train_timesteps (checked once loaded)."""
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, Bound, ConfigError, OneOf, Range, build
+from sdtoolkit.core.config import AT_LEAST_1, NON_NEGATIVE, SEED, Bound, ConfigError, OneOf, Range, build
 
 BUILTIN_TEACHER = "builtin:shapes"
 """The embedded teacher shipped in `assets/shapes-teacher/`; runs on it are validated with `sdtoolkit.eval`."""
@@ -62,7 +62,7 @@ class TrainConfig:
         "gradient_accumulation_steps": AT_LEAST_1,
         "mixed_precision": OneOf("no", "fp16", "bf16"),
         "max_grad_norm": NON_NEGATIVE,
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "checkpoint_every": AT_LEAST_1,
         "checkpoints_total_limit": AT_LEAST_1,
         "sample_every": NON_NEGATIVE,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, Range
 from sdtoolkit.data.dataset import render_batch
 from sdtoolkit.data.shapes import COLOUR_NAMES, SHAPES, VIEWS
 from sdtoolkit.eval.classifier import ShapesClassifier
@@ -35,8 +35,8 @@ class EvaluatorTrainingConfig:
         "batch_size": AT_LEAST_1,
         "learning_rate": POSITIVE,
         "weight_decay": NON_NEGATIVE,
-        "seed": NON_NEGATIVE,
-        "resolution": Range(8),
+        "seed": SEED,
+        "resolution": Range(8, 512),  # the world renders every image on the CPU
         "max_shift": FRACTION,
         "max_scale": FRACTION,
         "max_jitter": FRACTION,

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, OneOf, Range
 from sdtoolkit.image_to_3d.symmetry import SYMMETRY_METHODS
 from sdtoolkit.nerf import NeRFConfig
 from sdtoolkit.text_to_3d.config import (
@@ -42,7 +42,7 @@ class ImageTo3DConfig:
     with DreamCar's mirror symmetry and pose refinement."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "steps": AT_LEAST_1,
         "lr_encoding": POSITIVE,
         "lr_network": POSITIVE,

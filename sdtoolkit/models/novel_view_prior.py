@@ -45,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdtoolkit.core.conditioning import Conditioning
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, Range
 
 __all__ = [
     "NovelViewPriorConfig",
@@ -87,7 +87,7 @@ class NovelViewPriorConfig:
         "checkpoint_steps": NON_NEGATIVE,
         "stop_after": AT_LEAST_1,
         "fov_deg": Range(1, 179),
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "layers_per_block": AT_LEAST_1,
         "attention_head_dim": AT_LEAST_1,
         "resolution": Range(8),

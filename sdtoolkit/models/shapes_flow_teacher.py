@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, OneOf, Range
 from sdtoolkit.core.repeated_tokens import compact_joint_attention, key_log_multiplicity
 from sdtoolkit.models.loading import BUILTIN_TRAIN_COMMANDS
 
@@ -94,7 +94,7 @@ class FlowTeacherConfig:
         "text_layers": AT_LEAST_1,
         "text_heads": AT_LEAST_1,
         "text_intermediate_size": AT_LEAST_1,
-        "max_length": Range(2),
+        "max_length": Range(9),  # the longest caption: 9 tokens with BOS/EOS
         "max_sequence_length": NON_NEGATIVE,
         "patch_size": AT_LEAST_1,
         "transformer_layers": AT_LEAST_1,
@@ -111,7 +111,7 @@ class FlowTeacherConfig:
         "caption_dropout": FRACTION,
         "ema_decay": Range(0, 1, high_open=True),
         "grad_clip": NON_NEGATIVE,
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "device": OneOf("cpu", "cuda"),
         "mixed_precision": OneOf("no", "bf16", "fp16"),
         "max_minutes": POSITIVE,

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, OneOf, Range
 
 __all__ = [
     "TeacherConfig",
@@ -66,7 +66,7 @@ class TeacherConfig:
         "text_layers": AT_LEAST_1,
         "text_heads": AT_LEAST_1,
         "text_intermediate_size": AT_LEAST_1,
-        "max_length": Range(2),
+        "max_length": Range(9),  # the longest caption: 9 tokens with BOS/EOS
         "unet_channels": AT_LEAST_1,
         "unet_layers_per_block": AT_LEAST_1,
         "unet_attention_heads": AT_LEAST_1,
@@ -88,7 +88,7 @@ class TeacherConfig:
         "caption_dropout": FRACTION,
         "ema_decay": Range(0, 1, high_open=True),
         "grad_clip": NON_NEGATIVE,
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "device": OneOf("cpu", "cuda"),
         "mixed_precision": OneOf("no", "bf16", "fp16"),
         "max_minutes": POSITIVE,

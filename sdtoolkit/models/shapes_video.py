@@ -20,11 +20,12 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from sdtoolkit.core.config import AT_LEAST_1, SEED, Bound, Range
 from sdtoolkit.core.prediction import Coefficients, to_x0_eps
 from sdtoolkit.core.schedules import VPSchedule
 from sdtoolkit.core.utils import append_dims
@@ -34,6 +35,17 @@ from sdtoolkit.data.clips import ClipConfig, ClipDataset
 @dataclass
 class VideoTeacherConfig:
     """Motion-module training of the shapes video teacher."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "resolution": AT_LEAST_1,
+        "motion_layers_per_block": AT_LEAST_1,
+        "motion_num_attention_heads": AT_LEAST_1,
+        "motion_norm_num_groups": AT_LEAST_1,
+        "motion_max_seq_length": Range(2),
+        "seed": SEED,
+        "log_every": AT_LEAST_1,
+        "num_threads": AT_LEAST_1,
+    }
 
     image_teacher: str = "builtin:shapes"
     """The frozen image teacher (builtin:shapes or a StableDiffusionPipeline folder)."""

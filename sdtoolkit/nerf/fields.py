@@ -131,6 +131,9 @@ class FieldConfig:
     """Grid resolution of a mesh or visual-hull `sdf_init`'s tabulated signed distance over the field's cube."""
 
     def __post_init__(self) -> None:
+        if self.min_res > self.max_res:
+            raise ValueError(f"need min_res <= max_res (the hash grid's coarsest and finest), got {self.min_res} and "
+                             f"{self.max_res}")  # fmt: skip
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry={self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
         if self.sdf_init == VISUAL_HULL:

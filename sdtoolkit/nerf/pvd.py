@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, OneOf, Range
 from sdtoolkit.data.cameras import Cameras, wrap_azimuth_deg
 from sdtoolkit.nerf.colliders import RayBundle
 from sdtoolkit.nerf.model import NeRF
@@ -48,7 +48,7 @@ class PVDConfig:
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "to": OneOf(*REPRESENTATIONS.names()),
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "steps": AT_LEAST_1,
         "stage1_steps": NON_NEGATIVE,
         "stage2_steps": NON_NEGATIVE,
@@ -201,6 +201,10 @@ class PVDConfig:
     the last good checkpoint kept). 0 turns the guard off."""
 
     def __post_init__(self) -> None:
+        for name in ("elevation_range", "distance_range"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name} = [{low}, {high}]: the first value must not exceed the second")
         low, high = self.density_clip
         if low >= high:
             raise ValueError(f"density_clip = [{low}, {high}]: need min < max (log sigma is clipped to [min, max])")

@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Bound, OneOf, Range
+from sdtoolkit.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bound, OneOf, Range
 from sdtoolkit.nerf import NeRFConfig
 from sdtoolkit.nerf.fields import VISUAL_HULL
 from sdtoolkit.text_to_3d.guidance import (
@@ -245,7 +245,7 @@ class TextTo3DConfig:
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "method": OneOf(*METHODS),
-        "seed": NON_NEGATIVE,
+        "seed": SEED,
         "steps": AT_LEAST_1,
         "lr_encoding": POSITIVE,
         "lr_network": POSITIVE,

@@ -63,6 +63,8 @@ class TimestepScheduleConfig:
                 f"need 0 <= min_step_percent <= max_step_percent <= 1, got {self.min_step_percent}, "
                 f"{self.max_step_percent}"
             )
+        if self.anneal == "linear" and not self.anneal_start <= self.anneal_end:
+            raise ValueError(f"need anneal_start <= anneal_end, got {self.anneal_start} and {self.anneal_end}")
 
 
 def step_fraction_range(config: TimestepScheduleConfig, progress: float) -> tuple[float, float]:

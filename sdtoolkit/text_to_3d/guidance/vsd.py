@@ -76,6 +76,11 @@ class VSDConfig:
     grad_clip: float | None = None
     """Element-wise clamp of the VSD gradient (None = off)."""
 
+    def __post_init__(self) -> None:
+        low, high = self.lora_t_range
+        if not low <= high:
+            raise ValueError(f"lora_t_range {low} {high}: the first value must not exceed the second")
+
 
 @register("vsd", VSDConfig)
 class VSDGuidance:
