@@ -718,3 +718,31 @@ def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_way_on(assets, strai
     assert "step_000004 is damaged" in ours[0] and "resume from step_000002" in ours[0], ours
     shutil.rmtree(run / "checkpoints" / "step_000004")
     assert distill(assets, run, "--resume", str(run), "--max-steps", "4", "--no-export") == 0
+
+
+def test_text_to_3d_stops_when_its_field_vanishes(prior, tmp_path, monkeypatch):
+    """A field that renders nothing for `max_empty_steps` steps in a row (a signed distance whose zero level left the
+    scene: the purple torus under ISM, benchmarks/RESULTS.md) stops the run in one line, keeping its last checkpoint,
+    instead of training on to an export that finds no surface (it used to fail only after the last step)."""
+    from sdtoolkit.runs import RunDiverged
+    from sdtoolkit.text_to_3d import trainer
+
+    original = trainer.training_step
+
+    def vanishing(run):
+        logs = original(run)
+        if run.step >= 3:
+            logs["opacity"] = 0.0
+        return logs
+
+    out = tmp_path / "vanished"
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "training_step", vanishing)
+        with pytest.raises(RunDiverged, match=r"step 6: the renders were empty for 4 consecutive steps") as error:
+            trainer.train(
+                _config(steps=10, checkpoint_every=2, max_empty_steps=4), out, denoiser=prior, progress=False
+            )
+        assert "the last checkpoint is step 4" in str(error.value) and "--seed" in str(error.value)
+        assert not (out / "timing.json").exists()
+        # 0 turns the guard off
+        trainer.train(_config(steps=8, max_empty_steps=0), tmp_path / "off", denoiser=prior, progress=False)

@@ -66,6 +66,7 @@ class ImageTo3DConfig:
         "checkpoint_every": NON_NEGATIVE,
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
+        "max_empty_steps": NON_NEGATIVE,
         "iso_level": POSITIVE,
         "min_component_share": FRACTION,
         "vertex_colours": OneOf(*VERTEX_COLOURS),
@@ -78,6 +79,7 @@ class ImageTo3DConfig:
         "device",
         "overwrite",
         "max_nonfinite_steps",
+        "max_empty_steps",
         "iso_level",
         "min_component_share",
         "vertex_colours",
@@ -196,6 +198,9 @@ class ImageTo3DConfig:
     """Start anew in an output folder that holds a previous asset (only the files sdtoolkit wrote are deleted)."""
     max_nonfinite_steps: int = 3
     """Non-finite guard: skip a step whose loss or gradient is NaN/inf; stop after this many in a row (0: off)."""
+    max_empty_steps: int = 50
+    """Empty-field guard: stop after this many steps in a row whose render is empty (mean opacity below 1e-3: the
+    field vanished; 0: off)."""
 
     def __post_init__(self) -> None:
         check_field_options(self)

@@ -257,6 +257,7 @@ class TextTo3DConfig:
         "checkpoint_every": NON_NEGATIVE,
         "threads": AT_LEAST_1,
         "max_nonfinite_steps": NON_NEGATIVE,
+        "max_empty_steps": NON_NEGATIVE,
         "iso_level": POSITIVE,
         "iso_mode": OneOf(*ISO_MODES),
         "start_levels": AT_LEAST_1,
@@ -274,6 +275,7 @@ class TextTo3DConfig:
         "device",
         "overwrite",
         "max_nonfinite_steps",
+        "max_empty_steps",
         "iso_level",
         "iso_mode",
         "min_component_share",
@@ -369,6 +371,10 @@ class TextTo3DConfig:
     """Non-finite guard: a step whose loss or guidance gradient is NaN/inf is skipped (no NeRF or Adam update);
     after this many consecutive skipped steps the run stops (exit status 1, no mesh export, the last good
     checkpoint kept). 0 turns the guard off."""
+    max_empty_steps: int = 50
+    """Empty-field guard: after this many consecutive steps whose render is empty (mean opacity below 1e-3: the
+    field vanished, e.g. a signed distance whose zero level left the scene) the run stops (exit status 1, the last
+    checkpoint kept) instead of training on to an export that finds no surface. 0 turns it off."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

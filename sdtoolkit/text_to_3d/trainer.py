@@ -61,6 +61,10 @@ RUN_ENTRIES = (
     "mesh_textured.png",
 )
 """The top-level entries a text-to-3D run (`train` and `generate`) writes in its output folder."""
+EMPTY_OPACITY = 1e-3
+"""Mean rendered opacity below which a training render counts as empty (`max_empty_steps`)."""
+
+
 #: half-extent of the space the prior frames around one object (the shapes fit in radius 0.75)
 UNIT_OBJECT_RADIUS = 0.75
 #: size of one object as the prior frames it (the shapes are about one unit across)
@@ -505,12 +509,22 @@ def _train(
         save_config(config, tmp, {"command": export_settings} if export_settings else None)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     start_time = time.time()
-    skipped = 0
+    skipped = empty = 0
     bar = tqdm(total=config.steps, initial=run.step, desc=command, unit="step", disable=not progress)
     while run.step < end:
         logs = step_fn(run)
         run.history.append(logs)
         skipped = skipped + 1 if logs.get("skipped") else 0
+        empty = empty + 1 if logs.get("opacity", 1.0) < EMPTY_OPACITY else 0
+        if config.max_empty_steps and empty >= config.max_empty_steps:
+            bar.close()
+            saved = _saved_step(output_dir)
+            raise RunDiverged(
+                f"step {run.step}: the renders were empty for {empty} consecutive steps (mean opacity below "
+                f"{EMPTY_OPACITY:g}): the field vanished, so no mesh would be found; rerun with another --seed (with "
+                f"--overwrite), or with --max-empty-steps 0 to train on; "
+                + (f"the last checkpoint is step {saved}" if saved is not None else "no checkpoint was written yet")
+            )
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss_guidance']:.3g}", t=f"{logs['t']:.0f}", res=logs["res"])
         if config.max_nonfinite_steps > 0 and skipped >= config.max_nonfinite_steps:
