@@ -86,7 +86,7 @@ def test_a_convert_nerf_camera_range_out_of_order_is_refused():
     "flags, message",
     [
         (["--lambda-text", "5"], "--lambda-text needs --prompt"),
-        (["--novel-view-guidance.guidance-scale", "3"], "--novel-view-guidance needs --novel-view-prior"),
+        (["--novel-view-guidance.guidance-scale", "3"], "--novel-view-guidance.* needs --novel-view-prior"),
     ],
 )
 def test_image_to_3d_refuses_a_priors_settings_without_the_prior(flags, message, tmp_path, capsys):

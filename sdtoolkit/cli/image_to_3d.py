@@ -164,7 +164,13 @@ def resolve(args: argparse.Namespace):
         if key in given_flags and not present
     ]
     if idle:
-        config_cli.fail([f"{config_cli.flag_of('', key)} needs {need}, which is not given" for key, need in idle])
+        sections = ("guidance", "novel_view_guidance")  # their flags are --guidance.*, --novel-view-guidance.*
+        config_cli.fail(
+            [
+                f"{config_cli.flag_of('', key)}{'.*' if key in sections else ''} needs {need}, which is not given"
+                for key, need in idle
+            ]
+        )
     try:
         references = load_references(
             list(config.images), config.cameras, list(config.masks) or None, config.reference_resolution
