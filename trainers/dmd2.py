@@ -35,7 +35,7 @@ from sdtoolkit.distill.adversarial import (
     gan_discriminator_loss,
     gan_generator_loss,
 )
-from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.config import OptimizerSpec
 from sdtoolkit.distill.data import batch_conditioning, sample_latents
 from sdtoolkit.distill.method import register_method
 from sdtoolkit.distill.score_distillation import sample_timesteps
@@ -73,15 +73,6 @@ class DMD2(DistributionMatchingMethod):
         "a LoRA on the teacher's own backbone), two time-scale updates, backward simulation, and optional GAN "
         "(head on the fake score's bottleneck, real data) and regression losses."
     )
-
-    @classmethod
-    def check_config(cls, config: DMD2Config, train: TrainConfig) -> None:
-        super().check_config(config, train)
-        for name in ("gan_weight", "discriminator_weight"):
-            if getattr(config, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} must be >= 0")
-        if not 0.0 <= config.gan_max_t <= 1.0:
-            raise ValueError(f"--gan-max-t {config.gan_max_t} must be a fraction in [0, 1]")
 
     # ------------------------------------------------------------------ networks
 

@@ -115,8 +115,6 @@ class FlashDMD(DistributionMatchingMethod):
         super().check_config(config, train)
         if config.gan_loss not in ("hinge", "softplus"):
             raise ValueError(f"--gan-loss {config.gan_loss!r}: choose hinge or softplus")
-        if not 0.0 <= config.fake_ema_decay <= 1.0:
-            raise ValueError(f"--fake-ema-decay {config.fake_ema_decay} must be in [0, 1]")
         if config.fake_score == "lora" and config.fake_ema_decay < 1.0:
             raise ValueError(
                 f"--fake-score lora with --fake-ema-decay {config.fake_ema_decay}: the EMA injection of the generator "
@@ -125,8 +123,6 @@ class FlashDMD(DistributionMatchingMethod):
         if config.high_noise_steps is not None and not 1 <= config.high_noise_steps <= config.num_steps:
             k = config.num_steps
             raise ValueError(f"--high-noise-steps {config.high_noise_steps}: choose 1 to --num-steps ({k})")
-        if config.gan_weight < 0 or config.reward_weight < 0:
-            raise ValueError(f"--gan-weight {config.gan_weight} / --reward-weight {config.reward_weight}: need >= 0")
 
     # ------------------------------------------------------------------ networks
 

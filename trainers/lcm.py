@@ -286,11 +286,6 @@ class LCM(DistillationMethod):
 
     @classmethod
     def check_config(cls, config: LCMConfig, train: TrainConfig) -> None:
-        if config.lora_rank is not None and config.lora_rank <= 0:
-            raise ValueError(
-                f"--lora-rank {config.lora_rank} must be a positive integer (LCM-LoRA uses 64); "
-                "omit it to distil a full UNet"
-            )
         if config.lora_rank is not None and train.teacher_offload:
             raise ValueError(
                 "--teacher-offload with a LoRA student (--lora-rank): the LoRA trains on the teacher's own backbone, "
@@ -305,8 +300,6 @@ class LCM(DistillationMethod):
             raise ValueError("--adversarial is PCM's loss: use it with --phases N > 1")
         if not 0 <= config.w_min <= config.w_max:
             raise ValueError(f"guidance range [{config.w_min}, {config.w_max}] must satisfy 0 <= w_min <= w_max")
-        if config.lr is not None and config.lr <= 0:
-            raise ValueError(f"--lr {config.lr} must be positive")
         if config.loss_type not in ("l2", "huber"):
             raise ValueError(f"--loss-type {config.loss_type!r}; choose l2 or huber")
         steps = config.sample_steps

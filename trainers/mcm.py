@@ -255,10 +255,6 @@ class MCM(DistillationMethod):
             raise ValueError(f"--motion-target {config.motion_target!r}; choose one of {', '.join(MOTION_TARGETS)}")
         if config.train not in ("motion", "all"):
             raise ValueError(f"--train {config.train!r}; choose motion or all")
-        if config.num_frames < 2:
-            raise ValueError(f"--num-frames {config.num_frames}: a clip needs at least 2 frames")
-        if not 0 <= config.cd_pred_x0_portion <= 1:
-            raise ValueError(f"--cd-pred-x0-portion {config.cd_pred_x0_portion} must lie in [0, 1]")
         if config.motion_target == "learn" and (
             config.head_layers < 2 or config.head_channels % SpatialHead.GROUPS or config.head_kernel_size % 2 == 0
         ):

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sdtoolkit.core.config import FRACTION, NON_NEGATIVE
+from sdtoolkit.core.config import NON_NEGATIVE, Range
 from sdtoolkit.core.denoiser import Conditioning
-from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.config import OptimizerSpec
 from sdtoolkit.distill.data import batch_conditioning
 from sdtoolkit.distill.method import register_method
 from sdtoolkit.distill.score_distillation import drop_conditioning, finite_mask, sample_timesteps, sid_generator_loss
@@ -50,7 +50,7 @@ class SiDConfig(RegressionConfig):
         "alpha": NON_NEGATIVE,
         "fake_guidance": NON_NEGATIVE,
         "fake_train_guidance": NON_NEGATIVE,
-        "prompt_dropout": FRACTION,
+        "prompt_dropout": Range(0, 1, high_open=True),
     }
 
     alpha: float = 1.0
@@ -87,12 +87,6 @@ class SiD(DistributionMatchingMethod):
         "with the score-identity loss (alpha), gradients through the teacher's and the fake score's forwards, "
         "NaN-sample masking; the fake score is by default a LoRA on the teacher's own backbone."
     )
-
-    @classmethod
-    def check_config(cls, config: SiDConfig, train: TrainConfig) -> None:
-        super().check_config(config, train)
-        if not 0.0 <= config.prompt_dropout < 1.0:
-            raise ValueError(f"--prompt-dropout {config.prompt_dropout} must be in [0, 1)")
 
     def optimizers(self) -> list[OptimizerSpec]:
         c = self.config

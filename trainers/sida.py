@@ -38,7 +38,7 @@ from sdtoolkit.core.config import FRACTION, NON_NEGATIVE
 from sdtoolkit.core.denoiser import Conditioning
 from sdtoolkit.core.utils import frozen
 from sdtoolkit.distill.adversarial import bottleneck_features, bottleneck_head, gan_discriminator_loss
-from sdtoolkit.distill.config import OptimizerSpec, TrainConfig
+from sdtoolkit.distill.config import OptimizerSpec
 from sdtoolkit.distill.data import sample_latents
 from sdtoolkit.distill.method import register_method
 
@@ -88,16 +88,6 @@ class SiDA(SiD):
         "is a head on the fake score's encoder, trained on real images at the same noise level as the fake ones "
         "(0.5 / 0.5 mix); not data-free (needs --data, or the builtin:shapes renders)."
     )
-
-    @classmethod
-    def check_config(cls, config: SiDAConfig, train: TrainConfig) -> None:
-        super().check_config(config, train)
-        if not 0.0 <= config.adversarial_weight <= 1.0:
-            raise ValueError(f"--adversarial-weight {config.adversarial_weight} must be in [0, 1]")
-        if config.discriminator_weight < 0:
-            raise ValueError(f"--discriminator-weight {config.discriminator_weight} must be >= 0")
-        if config.adversarial_start < 0:
-            raise ValueError(f"--adversarial-start {config.adversarial_start} must be >= 0")
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"discriminator": bottleneck_head(self.teacher).to(self.accelerator.device)}
